@@ -1,0 +1,322 @@
+//! Hugging Face model directories: `config.json`, one or sharded `*.safetensors`
+//! (+ `model.safetensors.index.json`), tokenizer and generation files.
+//!
+//! Loading memory-maps the safetensors files. Saving writes a directory that `transformers`
+//! loads unchanged (safetensors with `{"format": "pt"}` metadata, sharded above a size limit),
+//! always into a temporary sibling directory renamed into place when complete.
+
+use super::config::LlamaConfig;
+use super::llama::{Llama, TensorSource};
+use crate::bail;
+use crate::error::{Error, IoContext, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Files copied verbatim from a source model directory when saving a derived model.
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+];
+
+/// transformers' default `max_shard_size` ("5GB").
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// The dtype a model is loaded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeChoice {
+    /// The dtype of the weights on disk.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown dtype {s:?}: use auto, f32, f16 or bf16")),
+        }
+    }
+}
+
+impl DTypeChoice {
+    pub fn resolve(self, on_disk: DType) -> DType {
+        match self {
+            Self::Auto => on_disk,
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// The name transformers uses for a dtype in `config.json`.
+pub fn torch_dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    }
+}
+
+/// Records `d` under both names transformers has used for it (`torch_dtype` < 5, `dtype` ≥ 5).
+pub fn set_dtype(cfg: &mut LlamaConfig, d: DType) {
+    cfg.torch_dtype = Some(torch_dtype_name(d).to_string());
+    cfg.extra.insert("dtype".into(), torch_dtype_name(d).into());
+}
+
+/// Memory-mapped safetensors files of one model directory.
+pub struct SafetensorsSource {
+    st: MmapedSafetensors,
+    names: HashSet<String>,
+    files: Vec<PathBuf>,
+    dir: PathBuf,
+}
+
+impl SafetensorsSource {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let files = weight_files(dir)?;
+        for f in &files {
+            std::fs::File::open(f).at(f)?;
+        }
+        // SAFETY: the files are opened read-only; like every mmap-based loader we rely on them
+        // not being modified while the model is loaded.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+            Error::Msg(format!(
+                "{}: not a readable safetensors file set ({e}); the file may be truncated or corrupt — \
+                 re-download or re-convert it",
+                dir.display()
+            ))
+        })?;
+        let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+        Ok(Self { st, names, files, dir: dir.to_path_buf() })
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.names.iter()
+    }
+
+    /// The dtype of `name` on disk.
+    pub fn dtype_of(&self, name: &str) -> Result<Option<DType>> {
+        if !self.names.contains(name) {
+            return Ok(None);
+        }
+        let view = self.st.get(name)?;
+        Ok(Some(match view.dtype() {
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F32 => DType::F32,
+            other => bail!("{}: tensor {name} has dtype {other:?}; spp reads f32, f16 and bf16 weights", self.dir.display()),
+        }))
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        if !self.names.contains(name) {
+            return Ok(None);
+        }
+        let t = self.st.load(name, &Device::Cpu).map_err(|e| {
+            Error::Msg(format!("{}: cannot read tensor {name} ({e}); the file may be corrupt", self.dir.display()))
+        })?;
+        Ok(Some(t))
+    }
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// The safetensors files of a model directory: those named by the index, or `model.safetensors`,
+/// or every `*.safetensors` file.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        if dir.exists() {
+            bail!("{} is not a directory: --model takes a Hugging Face model directory (config.json + *.safetensors)", dir.display());
+        }
+        bail!("model directory {} does not exist", dir.display());
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).at(&index)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Msg(format!("{}: invalid JSON ({e})", index.display())))?;
+        let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+            bail!("{}: no \"weight_map\" object", index.display());
+        };
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.exists()) {
+            bail!("{} names shard {} which is missing", index.display(), missing.display());
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "{}: no *.safetensors weights found. spp reads Hugging Face safetensors directories; \
+             for a GGUF file run `spp convert gguf FILE.gguf --out DIR` first",
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// A model loaded from a directory, with where it came from.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub dir: PathBuf,
+}
+
+/// Loads `dir` (config.json + safetensors) in `dtype` on `device`.
+pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<LoadedModel> {
+    let src = SafetensorsSource::open(dir)?;
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        bail!("{}: config.json is missing; a model directory needs config.json beside its weights", dir.display());
+    }
+    let cfg = LlamaConfig::load(&cfg_path)?;
+    let on_disk = src.dtype_of("model.embed_tokens.weight")?.unwrap_or(DType::F32);
+    let model = Llama::load(cfg, &src, dtype.resolve(on_disk), device)?;
+    Ok(LoadedModel { model, dir: dir.to_path_buf() })
+}
+
+/// Runs `write` on a fresh temporary directory beside `out` and renames it to `out` when it
+/// succeeds; on failure nothing is left behind. An existing `out` is replaced only with `force`.
+pub fn write_dir_atomically(out: &Path, force: bool, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} already exists: choose another --out or pass --force to replace it", out.display());
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).at(&parent)?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(&parent).at(&parent)?;
+    write(tmp.path())?;
+    let tmp = tmp.keep();
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old).at(out)?;
+        std::fs::rename(&tmp, out).at(out)?;
+        std::fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        std::fs::rename(&tmp, out).at(out)?;
+    }
+    Ok(())
+}
+
+/// Writes `tensors` as safetensors files in `dir` with `{"format": "pt"}` metadata: one
+/// `model.safetensors`, or `model-0000i-of-0000n.safetensors` shards of at most `max_shard_bytes`
+/// plus `model.safetensors.index.json`.
+pub fn write_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u64) -> Result<()> {
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let mut size = 0u64;
+    let mut total = 0u64;
+    for (name, t) in tensors {
+        let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        if size > 0 && size + bytes > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += bytes;
+        total += bytes;
+        let t = t.to_device(&Device::Cpu)?.contiguous()?;
+        if let Some(last) = shards.last_mut() {
+            last.push((name.clone(), t));
+        }
+    }
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let path = dir.join(&file);
+        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.as_str(), t)), Some(meta.clone()), &path)
+            .map_err(|e| Error::Msg(format!("{}: cannot write safetensors ({e})", path.display())))?;
+        for (k, _) in shard {
+            weight_map.insert(k.clone(), file.clone());
+        }
+    }
+    if n > 1 {
+        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        write_json(&dir.join("model.safetensors.index.json"), &index)?;
+    }
+    Ok(())
+}
+
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    std::fs::write(path, text + "\n").at(path)
+}
+
+/// How to save a model directory.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    pub max_shard_bytes: u64,
+    pub force: bool,
+    /// A directory whose tokenizer/generation files are copied beside the weights.
+    pub copy_from: Option<PathBuf>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, force: false, copy_from: None }
+    }
+}
+
+/// Saves `model` as a Hugging Face directory at `out` (atomically).
+pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
+    let mut cfg = model.cfg.clone();
+    set_dtype(&mut cfg, model.dtype());
+    if cfg.architectures.is_empty() {
+        cfg.architectures = vec!["LlamaForCausalLM".into()];
+    }
+    cfg.model_type.get_or_insert_with(|| "llama".into());
+    write_dir_atomically(out, opts.force, |tmp| {
+        write_json(&tmp.join("config.json"), &cfg)?;
+        write_safetensors(tmp, &model.named_tensors(), opts.max_shard_bytes)?;
+        if let Some(src) = &opts.copy_from {
+            copy_side_files(src, tmp)?;
+        }
+        Ok(())
+    })
+}
+
+/// Copies the tokenizer and generation files of `src` that exist into `dst`.
+pub fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
+    for f in SIDE_FILES {
+        let p = src.join(f);
+        if p.exists() {
+            std::fs::copy(&p, dst.join(f)).at(&p)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! The LLaMA architecture as Hugging Face's `LlamaForCausalLM` defines it: RMSNorm, RoPE in the
+//! `rotate_half` layout (with `rope_theta` and the `linear`/`llama3` scalings), grouped-query
+//! attention, SwiGLU MLP, tied or untied output embedding, optional attention/MLP biases.
+//!
+//! Field names are the checkpoint's key segments: `layers[3].self_attn.q_proj` is
+//! `model.layers.3.self_attn.q_proj.weight`.
+
+use super::config::LlamaConfig;
+use super::linear::SparseLinear;
+use crate::bail;
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor, D};
+
+/// Where a model's tensors come from (memory-mapped safetensors, an in-memory map, a GGUF…).
+pub trait TensorSource {
+    /// The tensor called `name`, or `None` when the source has no such tensor.
+    fn get(&self, name: &str) -> Result<Option<Tensor>>;
+    /// Where the tensors live, for error messages.
+    fn describe(&self) -> String;
+}
+
+impl TensorSource for std::collections::HashMap<String, Tensor> {
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        Ok(self.get(name).cloned())
+    }
+    fn describe(&self) -> String {
+        "in-memory tensors".into()
+    }
+}
+
+/// Loads tensors with shape checks and the requested dtype/device.
+struct Loader<'a> {
+    src: &'a dyn TensorSource,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let Some(t) = self.src.get(name)? else { return Ok(None) };
+        if t.dims() != shape {
+            bail!(
+                "{}: tensor {name} has shape {:?} but config.json implies {:?}; the config does not \
+                 describe these weights",
+                self.src.describe(),
+                t.dims(),
+                shape
+            );
+        }
+        Ok(Some(t.to_dtype(self.dtype)?.to_device(self.device)?))
+    }
+
+    fn req(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self.opt(name, shape)? {
+            Some(t) => Ok(t),
+            None => bail!("{}: tensor {name} is missing (expected shape {shape:?})", self.src.describe()),
+        }
+    }
+
+    fn linear(&self, prefix: &str, out_f: usize, in_f: usize, bias: bool) -> Result<SparseLinear> {
+        let w = self.req(&format!("{prefix}.weight"), &[out_f, in_f])?;
+        let b = if bias { Some(self.req(&format!("{prefix}.bias"), &[out_f])?) } else { None };
+        Ok(SparseLinear::new(w, b))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: SparseLinear,
+    pub k_proj: SparseLinear,
+    pub v_proj: SparseLinear,
+    pub o_proj: SparseLinear,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: SparseLinear,
+    pub up_proj: SparseLinear,
+    pub down_proj: SparseLinear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The four distinct linear inputs of one block, captured by [`Block::forward_taps`]:
+/// what calibration (Wanda, SparseGPT) needs instead of forward hooks.
+#[derive(Debug, Clone)]
+pub struct Taps {
+    /// Input of q_proj, k_proj, v_proj (the normed residual stream).
+    pub attn_in: Tensor,
+    /// Input of o_proj (the concatenated attention heads).
+    pub o_in: Tensor,
+    /// Input of gate_proj and up_proj (the normed residual stream after attention).
+    pub mlp_in: Tensor,
+    /// Input of down_proj (`silu(gate) * up`).
+    pub down_in: Tensor,
+}
+
+/// Keys and values of past positions, one entry per block.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { kv: vec![None; n_layers] }
+    }
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.kv.first().and_then(|e| e.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rotary tables for every position up to `max_position_embeddings`, `[positions, head_dim/2]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Inverse frequencies as `transformers` computes them (in f32), with the configured scaling.
+pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let d = cfg.head_dim();
+    let base = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / base.powf(i as f32 / d as f32)).collect();
+    if let Some(rs) = &cfg.rope_scaling {
+        let factor = rs.factor.unwrap_or(1.0) as f32;
+        match rs.rope_type.as_str() {
+            "linear" => inv.iter_mut().for_each(|f| *f /= factor),
+            "llama3" => {
+                let low = rs.low_freq_factor.unwrap_or(1.0) as f32;
+                let high = rs.high_freq_factor.unwrap_or(4.0) as f32;
+                let old_ctx = rs.original_max_position_embeddings.unwrap_or(8192) as f32;
+                let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+                for f in inv.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        // Medium band: interpolate between the scaled and the original frequency.
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    inv
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
+        let inv = inv_freq(cfg);
+        let n = cfg.max_position_embeddings.max(1);
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?;
+        Ok(Self { cos, sin })
+    }
+
+    /// Rotates `x` of shape `[B, H, T, D]` for positions `offset .. offset + T`.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dims()[2];
+        if offset + t > self.cos.dims()[0] {
+            bail!(
+                "position {} is beyond max_position_embeddings {}: use a shorter sequence",
+                offset + t,
+                self.cos.dims()[0]
+            );
+        }
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
+}
+
+fn causal_mask(t: usize, past: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let s = past + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), dev)?.to_dtype(dtype)?)
+}
+
+/// `[B, KV, S, D]` → `[B, KV·rep, S, D]`, each KV head repeated for the query heads that share it.
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, kv, rep, s, d))?.reshape((b, kv * rep, s, d))?)
+}
+
+impl Attention {
+    /// Returns the input of o_proj `[B, T, H·D]`.
+    fn heads(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let k = repeat_kv(k, h / kvh)?;
+        let v = repeat_kv(v, h / kvh)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            att = att.broadcast_add(m)?;
+        }
+        // Softmax in f32 whatever the model dtype, as transformers' eager attention does.
+        let dtype = att.dtype();
+        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let y = att.matmul(&v)?; // [B, H, T, D]
+        Ok(y.transpose(1, 2)?.reshape((b, t, h * d))?)
+    }
+}
+
+impl Mlp {
+    /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
+    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        Ok((g * self.up_proj.forward(x)?)?)
+    }
+}
+
+impl Block {
+    fn run(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+        taps: Option<&mut Option<Taps>>,
+    ) -> Result<Tensor> {
+        let attn_in = self.input_layernorm.forward(x)?;
+        let o_in = self.self_attn.heads(&attn_in, rope, mask, cache, offset)?;
+        let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
+        let mlp_in = self.post_attention_layernorm.forward(&x)?;
+        let down_in = self.mlp.hidden(&mlp_in)?;
+        let out = (&x + self.mlp.down_proj.forward(&down_in)?)?;
+        if let Some(slot) = taps {
+            *slot = Some(Taps { attn_in, o_in, mlp_in, down_in });
+        }
+        Ok(out)
+    }
+
+    /// The seven linears with their names, in checkpoint order.
+    pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
+        [
+            ("self_attn.q_proj", &self.self_attn.q_proj),
+            ("self_attn.k_proj", &self.self_attn.k_proj),
+            ("self_attn.v_proj", &self.self_attn.v_proj),
+            ("self_attn.o_proj", &self.self_attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut SparseLinear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when the output embedding is tied to `embed_tokens`.
+    pub lm_head: Option<SparseLinear>,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Llama {
+    /// Builds the model from `src`, checking every tensor's shape against `cfg`.
+    pub fn load(cfg: LlamaConfig, src: &dyn TensorSource, dtype: DType, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let l = Loader { src, dtype, device };
+        let (hd, d, kvh, h) = (cfg.hidden_size, cfg.head_dim(), cfg.num_kv_heads(), cfg.num_attention_heads);
+        let (im, v) = (cfg.intermediate_size, cfg.vocab_size);
+        let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: l.req(name, &[hd])?, eps: cfg.rms_norm_eps }) };
+        let embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            layers.push(Block {
+                self_attn: Attention {
+                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), h * d, hd, ab)?,
+                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), kvh * d, hd, ab)?,
+                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), kvh * d, hd, ab)?,
+                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), hd, h * d, ab)?,
+                    n_heads: h,
+                    n_kv: kvh,
+                    head_dim: d,
+                },
+                mlp: Mlp {
+                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), im, hd, mb)?,
+                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), im, hd, mb)?,
+                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), hd, im, mb)?,
+                },
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+            });
+        }
+        let norm = norm("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None))
+        };
+        let rope = Rope::new(&cfg, dtype, device)?;
+        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, rope, device: device.clone(), dtype })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every tensor under its checkpoint name, in checkpoint order (tied heads omitted).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (i, b) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.weight.clone()));
+            for (name, lin) in b.linears() {
+                out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.clone()));
+                }
+            }
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attention_layernorm.weight.clone()));
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.weight.clone()));
+        }
+        out
+    }
+
+    /// Token embeddings `[B, T, hidden]` for ids `[B, T]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let vocab = self.cfg.vocab_size as u32;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        let max = flat.max(0)?.to_scalar::<u32>()?;
+        if max >= vocab {
+            bail!("token id {max} is outside the vocabulary (vocab_size {vocab}): tokenizer and model do not match");
+        }
+        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// The causal mask for `t` new positions after `past` cached ones (`None` when not needed).
+    pub fn mask(&self, t: usize, past: usize) -> Result<Option<Tensor>> {
+        if t <= 1 {
+            return Ok(None);
+        }
+        Ok(Some(causal_mask(t, past, self.dtype, &self.device)?))
+    }
+
+    /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
+    pub fn block_forward(&self, i: usize, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.layers[i].run(x, &self.rope, mask, None, 0, None)
+    }
+
+    /// Runs block `i` and also returns the inputs of its linears.
+    pub fn block_forward_taps(&self, i: usize, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Taps)> {
+        let mut taps = None;
+        let y = self.layers[i].run(x, &self.rope, mask, None, 0, Some(&mut taps))?;
+        match taps {
+            Some(t) => Ok((y, t)),
+            None => bail!("internal: block {i} did not record its taps"),
+        }
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).
+    pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let mask = self.mask(t, past)?;
+        let mut x = self.embed(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.kv[i]);
+            x = layer.run(&x, &self.rope, mask.as_ref(), slot, past, None)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits from hidden states: `[..., hidden]` → `[..., vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(h) => h.forward(hidden),
+            None => SparseLinear::new(self.embed_tokens.clone(), None).forward(hidden),
+        }
+    }
+
+    /// Logits for every position: `[B, T]` → `[B, T, vocab]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(&self.hidden_states(ids, None)?)
+    }
+
+    /// One generation step with a KV cache: logits of the last position, `[B, vocab]`.
+    pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.cached_hidden(ids, cache)?;
+        let t = h.dims()[1];
+        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Logits of every new position with a KV cache, `[B, T, vocab]`.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.cached_hidden(ids, cache)?;
+        self.logits(&h)
+    }
+
+    fn cached_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.kv.len() != self.layers.len() {
+            *cache = KvCache::new(self.layers.len());
+        }
+        self.hidden_states(ids, Some(cache))
+    }
+
+    /// Mean next-token negative log-likelihood terms: for logits `[T, V]` and targets `[T]`,
+    /// returns `-log p(target)` per position as f32, computed in chunks to bound memory.
+    pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = logits.to_dtype(DType::F32)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let tgt = shifted.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+        Ok((lse - tgt)?.squeeze(1)?)
+    }
+}

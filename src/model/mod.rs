@@ -1,0 +1,11 @@
+//! The LLaMA model, its linears and its checkpoints.
+
+pub mod checkpoint;
+pub mod config;
+pub mod linear;
+pub mod llama;
+
+pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
+pub use config::LlamaConfig;
+pub use linear::SparseLinear;
+pub use llama::{KvCache, Llama, Taps, TensorSource};
