@@ -8,3 +8,7 @@ pub mod gguf;
 pub mod model;
 
 pub use error::{Error, Result};
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+pub mod tokenizer;

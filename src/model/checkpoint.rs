@@ -221,6 +221,7 @@ pub fn write_dir_atomically(out: &Path, force: bool, write: impl FnOnce(&Path) -
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(&parent).at(&parent)?;
     write(tmp.path())?;
+    make_readable(tmp.path())?;
     let tmp = tmp.keep();
     if out.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
@@ -229,6 +230,23 @@ pub fn write_dir_atomically(out: &Path, force: bool, write: impl FnOnce(&Path) -
         std::fs::remove_dir_all(&old).at(&old)?;
     } else {
         std::fs::rename(&tmp, out).at(out)?;
+    }
+    Ok(())
+}
+
+/// Temporary directories and some writers create owner-only files; a model directory is meant
+/// to be shared like any other output (0755 directory, 0644 files).
+fn make_readable(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).at(dir)?;
+        for e in std::fs::read_dir(dir).at(dir)? {
+            let p = e.at(dir)?.path();
+            if p.is_file() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).at(&p)?;
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! Evaluation protocols. Every number carries the protocol that produced it.
+
+pub mod perplexity;

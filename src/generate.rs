@@ -1,0 +1,142 @@
+//! Text generation: a prefill of the prompt, then one KV-cached step per token; greedy at
+//! temperature 0, otherwise temperature sampling with optional nucleus (top-p) truncation.
+
+use crate::bail;
+use crate::error::Result;
+use crate::model::{KvCache, Llama};
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+pub struct SamplingOptions {
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 128, temperature: 0.0, top_p: None, seed: 0 }
+    }
+}
+
+pub struct Sampler {
+    rng: rand::rngs::StdRng,
+    temperature: f64,
+    top_p: Option<f64>,
+}
+
+impl Sampler {
+    pub fn new(opts: &SamplingOptions) -> Result<Self> {
+        if !(opts.temperature >= 0.0) {
+            bail!("--temperature must be ≥ 0 (got {})", opts.temperature);
+        }
+        if let Some(p) = opts.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                bail!("--top-p must be in (0, 1] (got {p})");
+            }
+        }
+        Ok(Self { rng: rand::rngs::StdRng::seed_from_u64(opts.seed), temperature: opts.temperature, top_p: opts.top_p })
+    }
+
+    /// Picks the next token from logits `[vocab]`.
+    pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
+        let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        if logits.is_empty() {
+            bail!("empty logits");
+        }
+        if self.temperature == 0.0 {
+            // Greedy; ties go to the lowest id.
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            return Ok(best as u32);
+        }
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut probs: Vec<(usize, f64)> =
+            logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp())).collect();
+        let z: f64 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= z);
+        if let Some(top_p) = self.top_p {
+            probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (k, p) in probs.iter().enumerate() {
+                acc += p.1;
+                if acc >= top_p {
+                    keep = k + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+        }
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for &(i, p) in &probs {
+            if r < p {
+                return Ok(i as u32);
+            }
+            r -= p;
+        }
+        Ok(probs.last().map(|p| p.0 as u32).unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stopped_at_eos: bool,
+    pub prefill_seconds: f64,
+    pub decode_tokens_per_second: f64,
+}
+
+/// Generates after `prompt`, calling `on_token` with each new token (EOS is not passed on).
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    eos: &[u32],
+    opts: &SamplingOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<GenerationStats> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty after tokenisation: give some text");
+    }
+    let max_pos = model.cfg.max_position_embeddings;
+    if prompt.len() >= max_pos {
+        bail!("the prompt has {} tokens; the model's context is {max_pos}", prompt.len());
+    }
+    let mut sampler = Sampler::new(opts)?;
+    let mut cache = KvCache::new(model.layers.len());
+    let t0 = std::time::Instant::now();
+    let mut logits = model.forward_step(&Tensor::new(prompt, model.device())?.unsqueeze(0)?, &mut cache)?;
+    let prefill_seconds = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let mut generated = 0;
+    let mut stopped_at_eos = false;
+    let budget = opts.max_new_tokens.min(max_pos - prompt.len());
+    while generated < budget {
+        let next = sampler.sample(&logits.squeeze(0)?)?;
+        generated += 1;
+        if eos.contains(&next) {
+            stopped_at_eos = true;
+            break;
+        }
+        on_token(next)?;
+        if generated == budget {
+            break;
+        }
+        logits = model.forward_step(&Tensor::new(&[next], model.device())?.unsqueeze(0)?, &mut cache)?;
+    }
+    Ok(GenerationStats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: generated,
+        stopped_at_eos,
+        prefill_seconds,
+        decode_tokens_per_second: generated as f64 / t1.elapsed().as_secs_f64().max(1e-9),
+    })
+}

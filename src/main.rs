@@ -1,0 +1,334 @@
+//! The `spp` binary: parses arguments, calls the library, prints results on stdout and progress
+//! on stderr, and exits non-zero with one clear message on any error.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use spp::model::{load_model, DTypeChoice};
+use spp::tokenizer::{Message, Tokenizer};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "spp", version, about = "Prune, fine-tune with sparsity-preserving adapters, evaluate and run LLaMA-family models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert another format into a Hugging Face model directory.
+    #[command(subcommand)]
+    Convert(ConvertCmd),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+    /// Generate text (streaming, KV-cached).
+    Generate(GenerateArgs),
+    /// Show architecture, parameter counts, dtype and per-linear sparsity / N:M validity.
+    Inspect(InspectArgs),
+}
+
+#[derive(Subcommand)]
+enum ConvertCmd {
+    /// A llama-architecture GGUF file (v2/v3) → a Hugging Face directory.
+    Gguf(GgufArgs),
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Perplexity, Wanda/SparseGPT protocol: non-overlapping windows, every position scored.
+    Ppl(PplArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelOpts {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Weights dtype: auto (as stored), f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct GgufArgs {
+    /// The .gguf file.
+    file: PathBuf,
+    /// Output directory (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Output dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: DTypeChoice,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PplArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// Plain text file, or JSONL with a "text" field.
+    #[arg(long)]
+    text: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    /// Evaluate only the first N windows.
+    #[arg(long)]
+    max_windows: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// The prompt; without it (and with --chat) an interactive loop reads lines from stdin.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Optional system message for --chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Maximum number of new tokens.
+    #[arg(short = 'n', long = "max-new-tokens", default_value_t = 128)]
+    n: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// Print every linear, not only the summary.
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let Some(rest) = s.strip_prefix("cuda") else {
+                bail!("unknown --device {s:?}: use cpu, cuda or cuda:N");
+            };
+            let n = match rest.strip_prefix(':') {
+                Some(n) => n.parse().with_context(|| format!("bad CUDA ordinal in --device {s:?}"))?,
+                None if rest.is_empty() => 0,
+                None => bail!("unknown --device {s:?}: use cpu, cuda or cuda:N"),
+            };
+            Device::new_cuda(n).with_context(|| {
+                format!("cannot open {s}: this spp was built without CUDA (cargo build --release --features cuda) or no GPU is visible")
+            })
+        }
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+fn progress(label: &'static str) -> impl FnMut(usize, usize) {
+    let tty = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let start = std::time::Instant::now();
+    move |done, total| {
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}") {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b.set_message(label);
+                b
+            });
+            b.set_position(done as u64);
+            if done == total {
+                b.finish_and_clear();
+            }
+        } else {
+            eprintln!("{label} {done}/{total} {:.1} s", start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn load(m: &ModelOpts) -> Result<(spp::model::Llama, Device)> {
+    let dev = parse_device(&m.device)?;
+    let t = std::time::Instant::now();
+    let model = load_model(&m.model, m.dtype, &dev)?.model;
+    eprintln!("loaded {} ({} layers, {:?}) in {:.2} s", m.model.display(), model.layers.len(), model.dtype(), t.elapsed().as_secs_f64());
+    Ok((model, dev))
+}
+
+fn convert_gguf(a: GgufArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        DTypeChoice::Auto => DType::F32,
+        d => d.resolve(DType::F32),
+    };
+    let t = std::time::Instant::now();
+    let report = spp::gguf::convert(&a.file, &a.out, dtype, a.force)?;
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["seconds"] = secs.into();
+        v["out"] = a.out.display().to_string().into();
+        println!("{v}");
+    } else {
+        println!(
+            "converted {} -> {}: {} tensors, {} parameters, {} (from {:?}), tokenizer {}, tied {} in {secs:.1} s",
+            a.file.display(),
+            a.out.display(),
+            report.tensors,
+            report.parameters,
+            report.dtype,
+            report.source_types,
+            report.tokenizer,
+            report.tied_embeddings
+        );
+    }
+    Ok(())
+}
+
+fn eval_ppl(a: PplArgs) -> Result<()> {
+    let (model, _) = load(&a.m)?;
+    let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    let text = spp::eval::perplexity::read_text(&a.text)?;
+    let ids = tok.encode(&text, true)?;
+    let mut bar = progress("ppl");
+    let r = spp::eval::perplexity::perplexity(&model, &ids, a.seqlen, a.max_windows, tok.bos_id, &mut bar)?;
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = a.m.model.display().to_string().into();
+        v["text"] = a.text.display().to_string().into();
+        v["protocol"] = "non-overlapping windows, stride = seqlen, all positions scored, tail dropped".into();
+        println!("{v}");
+    } else {
+        println!("{}", r.line());
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let (model, _) = load(&a.m)?;
+    let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    let opts = spp::generate::SamplingOptions { max_new_tokens: a.n, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    let mut history: Vec<Message> = a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
+    let run = |user: &str, history: &mut Vec<Message>| -> Result<()> {
+        let ids = if a.chat {
+            history.push(Message { role: "user".into(), content: user.to_string() });
+            tok.encode(&tok.apply_chat(history)?, false)?
+        } else {
+            tok.encode(user, true)?
+        };
+        let mut stream = tok.inner.decode_stream(true);
+        let mut out = std::io::stdout();
+        let mut answer = String::new();
+        let stats = spp::generate::generate(&model, &ids, &tok.eos_ids, &opts, &mut |id| {
+            if let Some(piece) = stream.step(id).map_err(|e| spp::Error::Msg(format!("tokenizer: {e}")))? {
+                answer.push_str(&piece);
+                print!("{piece}");
+                let _ = out.flush();
+            }
+            Ok(())
+        })?;
+        println!();
+        if a.chat {
+            history.push(Message { role: "assistant".into(), content: answer });
+        }
+        eprintln!(
+            "[{} prompt tokens, {} generated{}, prefill {:.2} s, {:.1} tok/s]",
+            stats.prompt_tokens,
+            stats.generated_tokens,
+            if stats.stopped_at_eos { ", stopped at EOS" } else { "" },
+            stats.prefill_seconds,
+            stats.decode_tokens_per_second
+        );
+        Ok(())
+    };
+    match &a.prompt {
+        Some(p) => run(p, &mut history),
+        None => {
+            if !a.chat {
+                bail!("give --prompt TEXT, or --chat for an interactive conversation");
+            }
+            eprintln!("interactive chat: type a message and press enter; an empty line or EOF ends it");
+            for line in std::io::stdin().lock().lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    break;
+                }
+                run(&line, &mut history)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let (model, _) = load(&a.m)?;
+    let r = spp::inspect::inspect(&model)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("model       {}", a.m.model.display());
+    println!(
+        "arch        LLaMA: {} layers, hidden {}, mlp {}, {} heads / {} kv heads (head dim {}), vocab {}, context {}, rope theta {}, tied {}",
+        r.layers, r.hidden_size, r.intermediate_size, r.heads, r.kv_heads, r.head_dim, r.vocab_size, r.max_position_embeddings, r.rope_theta, r.tied_embeddings
+    );
+    println!("dtype       {}", r.dtype);
+    println!("parameters  {} total, {} in block linears", r.parameters, r.linear_parameters);
+    println!(
+        "sparsity    {:.4} of block-linear weights are zero ({} zeros); 2:4 {}; 4:8 {}",
+        r.linear_sparsity,
+        r.linear_zeros,
+        if r.all_linears_2_4 { "yes" } else { "no" },
+        if r.all_linears_4_8 { "yes" } else { "no" }
+    );
+    let rows: Vec<_> = if a.all { r.linears.iter().collect() } else { r.linears.iter().take(7).collect() };
+    println!("{:<40} {:>12} {:>9} {:>5} {:>5}", "linear", "shape", "sparsity", "2:4", "4:8");
+    for l in rows {
+        println!(
+            "{:<40} {:>12} {:>9.4} {:>5} {:>5}",
+            l.name,
+            format!("{}x{}", l.shape[0], l.shape[1]),
+            l.sparsity,
+            if l.n2m4 { "yes" } else { "no" },
+            if l.n4m8 { "yes" } else { "no" }
+        );
+    }
+    if !a.all && r.linears.len() > 7 {
+        println!("… {} more linears (--all to list them)", r.linears.len() - 7);
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Convert(ConvertCmd::Gguf(a)) => convert_gguf(a),
+        Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
+        Cmd::Generate(a) => generate(a),
+        Cmd::Inspect(a) => inspect(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
