@@ -208,39 +208,30 @@ impl Rope {
     }
 }
 
-fn causal_mask(t: usize, past: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let s = past + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, s), dev)?.to_dtype(dtype)?)
-}
+/// Query rows per attention chunk: keys beyond a chunk's last query are never scored (causal),
+/// and the score temporaries stay small (`[H, CHUNK, S]`).
+const ATTN_CHUNK: usize = 256;
 
-/// `[B, KV, S, D]` → `[B, KV·rep, S, D]`, each KV head repeated for the query heads that share it.
-fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x);
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, rep, s, d))?.reshape((b, kv * rep, s, d))?)
+/// Additive causal mask for queries at absolute positions `first .. first + c` over keys `0 .. end`.
+fn causal_mask(c: usize, first: usize, end: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..c)
+        .flat_map(|i| (0..end).map(move |j| if j > first + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (c, end), dev)?.to_dtype(dtype)?)
 }
 
 impl Attention {
-    /// Returns the input of o_proj `[B, T, H·D]`.
-    fn heads(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        offset: usize,
-    ) -> Result<Tensor> {
+    /// Causal grouped-query attention; returns the input of o_proj `[B, T, H·D]`.
+    /// Queries are processed in chunks so that each chunk scores only the keys it can see, and
+    /// each KV head serves its `rep` query heads without copying keys or values.
+    fn heads(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<(Tensor, Tensor)>>, offset: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let rep = h / kvh;
         let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?;
         let k = self.k_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
         let v = self.v_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, offset)?;
+        let q = (rope.apply(&q, offset)? * (1.0 / (d as f64).sqrt()))?;
         let k = rope.apply(&k, offset)?;
         let (k, v) = match cache {
             Some(slot) => {
@@ -253,18 +244,26 @@ impl Attention {
             }
             None => (k, v),
         };
-        let k = repeat_kv(k, h / kvh)?;
-        let v = repeat_kv(v, h / kvh)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
+        let q = q.reshape((b, kvh, rep, t, d))?;
+        let mut outs = Vec::with_capacity(t.div_ceil(ATTN_CHUNK));
+        for c0 in (0..t).step_by(ATTN_CHUNK) {
+            let c = ATTN_CHUNK.min(t - c0);
+            let end = offset + c0 + c;
+            let qc = q.narrow(3, c0, c)?.contiguous()?.reshape((b, kvh, rep * c, d))?;
+            let kc = k.narrow(2, 0, end)?.contiguous()?;
+            let vc = v.narrow(2, 0, end)?.contiguous()?;
+            let mut att = qc.matmul(&kc.t()?)?; // [B, KV, rep·c, end]
+            if c > 1 {
+                let mask = causal_mask(c, offset + c0, end, att.dtype(), x.device())?;
+                att = att.reshape((b, kvh, rep, c, end))?.broadcast_add(&mask)?.reshape((b, kvh, rep * c, end))?;
+            }
+            // Softmax in f32 whatever the model dtype, as transformers' eager attention does.
+            let dtype = att.dtype();
+            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+            outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
         }
-        // Softmax in f32 whatever the model dtype, as transformers' eager attention does.
-        let dtype = att.dtype();
-        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        let y = att.matmul(&v)?; // [B, H, T, D]
-        Ok(y.transpose(1, 2)?.reshape((b, t, h * d))?)
+        let y = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 3)? };
+        Ok(y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
     }
 }
 
@@ -281,13 +280,12 @@ impl Block {
         &self,
         x: &Tensor,
         rope: &Rope,
-        mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
         taps: Option<&mut Option<Taps>>,
     ) -> Result<Tensor> {
         let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self.self_attn.heads(&attn_in, rope, mask, cache, offset)?;
+        let o_in = self.self_attn.heads(&attn_in, rope, cache, offset)?;
         let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
         let mlp_in = self.post_attention_layernorm.forward(&x)?;
         let down_in = self.mlp.hidden(&mlp_in)?;
@@ -421,23 +419,15 @@ impl Llama {
         Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
 
-    /// The causal mask for `t` new positions after `past` cached ones (`None` when not needed).
-    pub fn mask(&self, t: usize, past: usize) -> Result<Option<Tensor>> {
-        if t <= 1 {
-            return Ok(None);
-        }
-        Ok(Some(causal_mask(t, past, self.dtype, &self.device)?))
-    }
-
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
-    pub fn block_forward(&self, i: usize, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.layers[i].run(x, &self.rope, mask, None, 0, None)
+    pub fn block_forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        self.layers[i].run(x, &self.rope, None, 0, None)
     }
 
     /// Runs block `i` and also returns the inputs of its linears.
-    pub fn block_forward_taps(&self, i: usize, x: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Taps)> {
+    pub fn block_forward_taps(&self, i: usize, x: &Tensor) -> Result<(Tensor, Taps)> {
         let mut taps = None;
-        let y = self.layers[i].run(x, &self.rope, mask, None, 0, Some(&mut taps))?;
+        let y = self.layers[i].run(x, &self.rope, None, 0, Some(&mut taps))?;
         match taps {
             Some(t) => Ok((y, t)),
             None => bail!("internal: block {i} did not record its taps"),
@@ -446,13 +436,11 @@ impl Llama {
 
     /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).
     pub fn hidden_states(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let mask = self.mask(t, past)?;
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            x = layer.run(&x, &self.rope, mask.as_ref(), slot, past, None)?;
+            x = layer.run(&x, &self.rope, slot, past, None)?;
         }
         self.norm.forward(&x)
     }

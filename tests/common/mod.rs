@@ -11,3 +11,91 @@ pub fn devices() -> Vec<Device> {
     }
     d
 }
+
+use candle_core::{DType, Tensor};
+use spp::model::{Llama, LlamaConfig};
+use std::collections::HashMap;
+
+/// A tiny LLaMA config: GQA (4 heads over 2 KV heads), dims divisible by 16 and by 4/8.
+pub fn tiny_config(tied: bool, bias: bool) -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 96,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": tied,
+        "attention_bias": bias,
+        "mlp_bias": bias,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "custom_key_kept_verbatim": {"nested": [1, 2, 3]}
+    }))
+    .unwrap()
+}
+
+/// Random weights (seeded by `Tensor::randn` on the CPU) for every tensor `cfg` implies.
+pub fn random_tensors(cfg: &LlamaConfig) -> HashMap<String, Tensor> {
+    let dev = Device::Cpu;
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.num_kv_heads() * cfg.head_dim());
+    let mut m = HashMap::new();
+    let mut put = |name: String, shape: &[usize], mean: f32, std: f32| {
+        let t = Tensor::randn(mean, std, shape, &dev).unwrap().to_dtype(DType::F32).unwrap();
+        m.insert(name, t);
+    };
+    put("model.embed_tokens.weight".into(), &[v, h], 0.0, 0.5);
+    put("model.norm.weight".into(), &[h], 1.0, 0.1);
+    if !cfg.tie_word_embeddings {
+        put("lm_head.weight".into(), &[v, h], 0.0, 0.3);
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1);
+        let lin = [
+            ("self_attn.q_proj", q, h, cfg.attention_bias),
+            ("self_attn.k_proj", kv, h, cfg.attention_bias),
+            ("self_attn.v_proj", kv, h, cfg.attention_bias),
+            ("self_attn.o_proj", h, q, cfg.attention_bias),
+            ("mlp.gate_proj", i, h, cfg.mlp_bias),
+            ("mlp.up_proj", i, h, cfg.mlp_bias),
+            ("mlp.down_proj", h, i, cfg.mlp_bias),
+        ];
+        for (name, out_f, in_f, bias) in lin {
+            put(format!("{p}.{name}.weight"), &[out_f, in_f], 0.0, 0.3);
+            if bias {
+                put(format!("{p}.{name}.bias"), &[out_f], 0.0, 0.1);
+            }
+        }
+    }
+    m
+}
+
+pub fn tiny_model(tied: bool, bias: bool, dev: &Device) -> Llama {
+    let cfg = tiny_config(tied, bias);
+    let t = random_tensors(&cfg);
+    Llama::load(cfg, &t, DType::F32, dev).unwrap()
+}
+
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+    d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// `n` pseudo-random token ids below `vocab` (a fixed LCG, so tests are reproducible).
+pub fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
