@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on the real model, from a fresh checkout: set up, then inspect SmolLM2-135M,
+# measure its WikiText-2 perplexity (Wanda/SparseGPT protocol, first 8 windows of 2048 tokens)
+# and generate. DATA defaults to ../shared/data (override with SPP_DATA_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+DATA=${SPP_DATA_DIR:-../shared/data}
+SPP=target/release/spp
+M=models/smollm2-135m
+$SPP inspect --model $M
+$SPP eval ppl --model $M --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
+$SPP generate --model $M --prompt "The capital of France is" -n 24
+$SPP generate --model $M --chat --prompt "Give me three tips for staying healthy." -n 96
