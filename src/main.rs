@@ -209,7 +209,9 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     let (model, _) = load(&a.m)?;
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let text = spp::eval::perplexity::read_text(&a.text)?;
+    let t = std::time::Instant::now();
     let ids = tok.encode(&text, true)?;
+    eprintln!("tokenised {} into {} tokens in {:.2} s", a.text.display(), ids.len(), t.elapsed().as_secs_f64());
     let mut bar = progress("ppl");
     let r = spp::eval::perplexity::perplexity(&model, &ids, a.seqlen, a.max_windows, tok.bos_id, &mut bar)?;
     if a.json {

@@ -74,7 +74,7 @@ fn nll_sum(model: &Llama, hidden: &Tensor, targets: &Tensor) -> Result<f64> {
     while start < t {
         let n = LOGIT_CHUNK.min(t - start);
         let logits = model.logits(&hidden.narrow(0, start, n)?)?;
-        let nll = Llama::token_nll(&logits, &targets.narrow(0, start, n)?)?;
+        let nll = crate::model::ops::token_nll(&logits, &targets.narrow(0, start, n)?)?;
         sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         start += n;
     }

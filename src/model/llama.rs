@@ -9,7 +9,7 @@ use super::config::LlamaConfig;
 use super::linear::SparseLinear;
 use crate::bail;
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 /// Where a model's tensors come from (memory-mapped safetensors, an in-memory map, a GGUF…).
 pub trait TensorSource {
@@ -212,14 +212,6 @@ impl Rope {
 /// and the score temporaries stay small (`[H, CHUNK, S]`).
 const ATTN_CHUNK: usize = 256;
 
-/// Additive causal mask for queries at absolute positions `first .. first + c` over keys `0 .. end`.
-fn causal_mask(c: usize, first: usize, end: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..c)
-        .flat_map(|i| (0..end).map(move |j| if j > first + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (c, end), dev)?.to_dtype(dtype)?)
-}
-
 impl Attention {
     /// Causal grouped-query attention; returns the input of o_proj `[B, T, H·D]`.
     /// Queries are processed in chunks so that each chunk scores only the keys it can see, and
@@ -252,14 +244,10 @@ impl Attention {
             let qc = q.narrow(3, c0, c)?.contiguous()?.reshape((b, kvh, rep * c, d))?;
             let kc = k.narrow(2, 0, end)?.contiguous()?;
             let vc = v.narrow(2, 0, end)?.contiguous()?;
-            let mut att = qc.matmul(&kc.t()?)?; // [B, KV, rep·c, end]
-            if c > 1 {
-                let mask = causal_mask(c, offset + c0, end, att.dtype(), x.device())?;
-                att = att.reshape((b, kvh, rep, c, end))?.broadcast_add(&mask)?.reshape((b, kvh, rep * c, end))?;
-            }
-            // Softmax in f32 whatever the model dtype, as transformers' eager attention does.
-            let dtype = att.dtype();
-            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+            // Scores [B, KV, rep, c, end]; softmax in f32 whatever the model dtype, as
+            // transformers' eager attention does.
+            let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end))?;
+            let att = super::ops::causal_softmax(&att, offset + c0)?.reshape((b, kvh, rep * c, end))?;
             outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
         }
         let y = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 3)? };
@@ -270,8 +258,7 @@ impl Attention {
 impl Mlp {
     /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
     fn hidden(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        Ok((g * self.up_proj.forward(x)?)?)
+        super::ops::silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)
     }
 }
 
@@ -476,16 +463,5 @@ impl Llama {
             *cache = KvCache::new(self.layers.len());
         }
         self.hidden_states(ids, Some(cache))
-    }
-
-    /// Mean next-token negative log-likelihood terms: for logits `[T, V]` and targets `[T]`,
-    /// returns `-log p(target)` per position as f32, computed in chunks to bound memory.
-    pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = logits.to_dtype(DType::F32)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let tgt = shifted.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-        Ok((lse - tgt)?.squeeze(1)?)
     }
 }

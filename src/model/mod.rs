@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod linear;
 pub mod llama;
+pub mod ops;
 
 pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
 pub use config::LlamaConfig;
