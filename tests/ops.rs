@@ -59,3 +59,31 @@ fn token_nll_matches_reference() {
     let bad = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 1000], &Device::Cpu).unwrap();
     assert!(ops::token_nll(&logits, &bad).is_err());
 }
+
+#[test]
+fn exp_fast_is_accurate() {
+    let mut worst = 0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+        let (a, b) = (ops::exp_fast(x) as f64, (x as f64).exp());
+        worst = worst.max(((a - b) / b).abs());
+    }
+    assert!(worst < 5e-7, "worst relative error {worst}");
+    assert_eq!(ops::exp_fast(0.0), 1.0);
+    assert!(ops::exp_fast(f32::NEG_INFINITY) >= 0.0 && ops::exp_fast(f32::NEG_INFINITY) < 1e-37);
+}
+
+#[test]
+fn frozen_matmul_matches_reference_and_freezes_the_weight() {
+    let x = Var::from_tensor(&rand(&[13, 24], 6)).unwrap();
+    let w = Var::from_tensor(&rand(&[40, 24], 7)).unwrap();
+    let fast = ops::frozen_matmul(x.as_tensor(), w.as_tensor()).unwrap();
+    let slow = ops::frozen_matmul_reference(x.as_tensor(), w.as_tensor()).unwrap();
+    assert!(common::max_diff(&fast, &slow) < 1e-3);
+    let r = rand(&[13, 40], 8);
+    let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (slow * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(common::max_diff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap()) < 1e-3);
+    assert!(gf.get(w.as_tensor()).is_none(), "the frozen weight must not receive a gradient");
+    assert!(gs.get(w.as_tensor()).is_some());
+}

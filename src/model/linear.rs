@@ -25,12 +25,13 @@ impl SparseLinear {
     }
 
     /// `y = x Wᵀ + b` for `x` of shape `[..., in]`. The leading dimensions are flattened so the
-    /// product is one 2-D GEMM against the transposed (strided, not copied) weight.
+    /// product is one 2-D GEMM against the transposed (strided, not copied) weight; the weight
+    /// is frozen (no gradient flows to it).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_f.max(1);
-        let y = x.reshape((rows, in_f))?.matmul(&self.weight.t()?)?;
+        let y = super::ops::frozen_matmul(&x.reshape((rows, in_f))?, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
