@@ -1,0 +1,1 @@
+//! SparseGPT (placeholder: being written).
