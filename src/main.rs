@@ -28,6 +28,49 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Show architecture, parameter counts, dtype and per-linear sparsity / N:M validity.
     Inspect(InspectArgs),
+    /// Prune a dense model (magnitude, Wanda, SparseGPT; unstructured or N:M).
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// magnitude, wanda or sparsegpt.
+    #[arg(long)]
+    method: spp::prune::Method,
+    /// A ratio to zero (0.5, 0.6, 0.7, …) or an N:M pattern keeping N of every M (2:4, 4:8).
+    #[arg(long)]
+    sparsity: spp::prune::Sparsity,
+    /// Calibration corpus (JSONL with "text", or plain text) [default: $SPP_DATA_DIR/c4/c4_sample.jsonl].
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Calibration window length in tokens (recorded in prune.json).
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Re-collect statistics after each group (q/k/v, o, gate/up, down), as SparseGPT's option.
+    #[arg(long)]
+    true_sequential: bool,
+    /// SparseGPT column block size.
+    #[arg(long, default_value_t = 128)]
+    blocksize: usize,
+    /// SparseGPT dampening, as a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    percdamp: f64,
+    /// Linears to prune: any of q,k,v,o,gate,up,down (or all).
+    #[arg(long, default_value = "all")]
+    targets: String,
+    /// Output directory (a Hugging Face directory plus prune.json and calibration.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -321,6 +364,93 @@ fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+fn data_dir() -> PathBuf {
+    std::env::var("SPP_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../shared/data"))
+}
+
+fn prune(a: PruneArgs) -> Result<()> {
+    use spp::prune::{calib, memory_estimate, peak_rss_bytes, prune_model, PruneOptions};
+    let opts = PruneOptions {
+        method: a.method,
+        sparsity: a.sparsity,
+        targets: spp::prune::parse_targets(&a.targets)?,
+        true_sequential: a.true_sequential,
+        blocksize: a.blocksize,
+        percdamp: a.percdamp,
+    };
+    if a.out.exists() && !a.force {
+        bail!("{} already exists: choose another --out or pass --force to replace it", a.out.display());
+    }
+    let (mut model, _) = load(&a.m)?;
+    let calibration = if a.method.needs_calibration() {
+        let path = a.calib.clone().unwrap_or_else(|| data_dir().join("c4/c4_sample.jsonl"));
+        if !path.exists() {
+            bail!("calibration corpus {} not found: pass --calib FILE (JSONL with a \"text\" field, or plain text)", path.display());
+        }
+        if a.seqlen > model.cfg.max_position_embeddings {
+            bail!("--seqlen {} exceeds the model's max_position_embeddings {}", a.seqlen, model.cfg.max_position_embeddings);
+        }
+        let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+        let docs = spp::eval::perplexity::read_documents(&path)?;
+        let c = calib::sample_windows(&docs, &path.display().to_string(), &tok, a.nsamples, a.seqlen, a.seed)?;
+        eprintln!("calibration: {} windows of {} tokens from {} ({} documents, {} tokens, seed {})", c.nsamples, c.seqlen, c.source, c.documents, c.stream_tokens, c.seed);
+        Some(c)
+    } else {
+        None
+    };
+    let windows: &[Vec<u32>] = calibration.as_ref().map(|c| c.windows.as_slice()).unwrap_or(&[]);
+    let est = memory_estimate(&model, &opts, windows.len(), windows.first().map_or(0, |w| w.len()));
+    eprintln!("prune: {:?} {} on {}; needs about {:.2} GiB beyond the model's weights", opts.method, opts.sparsity, opts.targets.join(","), est as f64 / (1u64 << 30) as f64);
+    let report = prune_model(&mut model, windows, &opts, &mut |b| {
+        eprintln!("prune block {}/{} {:.1} s", b.index + 1, b.total, b.seconds);
+    })?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    let summary = spp::inspect::inspect(&model)?;
+    let record = serde_json::json!({
+        "spp_version": env!("CARGO_PKG_VERSION"),
+        "model": a.m.model.display().to_string(),
+        "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "options": &opts,
+        "comparison_group": opts.method.group(),
+        "calibration": &calibration,
+        "result": {
+            "linear_sparsity": summary.linear_sparsity,
+            "all_linears_2_4": summary.all_linears_2_4,
+            "all_linears_4_8": summary.all_linears_4_8,
+        },
+        "report": &report,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let mut extra = vec![("prune.json".to_string(), serde_json::to_vec_pretty(&record)?)];
+    if let Some(c) = &calibration {
+        let ids: Vec<i64> = c.windows.iter().flatten().map(|&t| t as i64).collect();
+        let t = candle_core::Tensor::from_vec(ids, (c.nsamples, c.seqlen), &Device::Cpu)?;
+        let bytes = safetensors::serialize([("input_ids", &t)], Some([("format".to_string(), "pt".to_string())].into()))?;
+        extra.push(("calibration.safetensors".to_string(), bytes));
+    }
+    let save = spp::model::SaveOptions { force: a.force, copy_from: Some(a.m.model.clone()), extra_files: extra, ..Default::default() };
+    spp::model::save_model(&model, &a.out, &save)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        println!(
+            "pruned {} -> {}: {:?} {} sparsity {:.4} (2:4 {}, 4:8 {}) in {:.1} s, peak memory {:.2} GiB",
+            a.m.model.display(),
+            a.out.display(),
+            opts.method,
+            opts.sparsity,
+            summary.linear_sparsity,
+            summary.all_linears_2_4,
+            summary.all_linears_4_8,
+            report.total_seconds,
+            peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -328,6 +458,7 @@ fn main() {
         Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
         Cmd::Generate(a) => generate(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Prune(a) => prune(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -131,3 +131,58 @@ fn bad_inputs_are_clear_errors_without_output() {
     let left: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(left.iter().all(|n| !n.contains("partial")), "temporary output left behind: {left:?}");
 }
+
+#[test]
+fn prune_writes_a_model_and_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = converted(tmp.path());
+    let calib = tmp.path().join("calib.jsonl");
+    let docs: Vec<String> = (0..20).map(|i| format!("{{\"text\": \"Document {i} talks about pruning large language models without retraining them.\"}}")).collect();
+    std::fs::write(&calib, docs.join("\n")).unwrap();
+    let out = tmp.path().join("pruned");
+    let o = spp(&[
+        "prune", "--model", &s(&model), "--method", "wanda", "--sparsity", "2:4", "--calib", &s(&calib),
+        "--nsamples", "4", "--seqlen", "32", "--out", &s(&out), "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prune block 1/1"), "{err}");
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prune.json")).unwrap()).unwrap();
+    assert_eq!(rec["options"]["method"], "wanda");
+    assert_eq!(rec["calibration"]["nsamples"], 4);
+    assert_eq!(rec["calibration"]["seqlen"], 32);
+    assert_eq!(rec["result"]["all_linears_2_4"], true);
+    assert_eq!(rec["report"]["linears"].as_array().unwrap().len(), 7);
+    assert!(out.join("calibration.safetensors").exists() && out.join("tokenizer.json").exists());
+    let o = spp(&["inspect", "--model", &s(&out), "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["linear_sparsity"], 0.5);
+    assert_eq!(r["all_linears_2_4"], true);
+
+    // SparseGPT and magnitude through the CLI too (unstructured).
+    for method in ["sparsegpt", "magnitude"] {
+        let out = tmp.path().join(method);
+        let o = spp(&[
+            "prune", "--model", &s(&model), "--method", method, "--sparsity", "0.5", "--calib", &s(&calib),
+            "--nsamples", "2", "--seqlen", "32", "--blocksize", "8", "--out", &s(&out),
+        ]);
+        assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("sparsity 0.5000"));
+    }
+
+    // Bad input: nothing written.
+    let bad = tmp.path().join("bad");
+    let args = |sp: &'static str, seqlen: &'static str| {
+        vec!["prune".to_string(), "--model".into(), s(&model), "--method".into(), "wanda".into(), "--sparsity".into(), sp.into(),
+             "--calib".into(), s(&calib), "--nsamples".into(), "2".into(), "--seqlen".into(), seqlen.into(), "--out".into(), s(&bad)]
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_spp")).args(a).output().unwrap();
+    fails_with(&run(args("1.5", "32")), &["outside (0, 1)"]);
+    fails_with(&run(args("4:4", "32")), &["0 < N < M"]);
+    fails_with(&run(args("8:16", "32")), &["not divisible by M = 16", "model.layers.0"]);
+    fails_with(&run(args("0.5", "100000")), &["--seqlen"]);
+    let mut a = args("0.5", "32");
+    a[9] = s(&tmp.path().join("missing.jsonl"));
+    fails_with(&run(a), &["missing.jsonl"]);
+    assert!(!bad.exists());
+}

@@ -47,23 +47,26 @@ impl PplResult {
 /// Reads an evaluation text: plain text as is, or the `text` fields of a JSONL file joined by
 /// blank lines. CRLF is normalised to LF.
 pub fn read_text(path: &Path) -> Result<String> {
+    Ok(read_documents(path)?.join("\n\n"))
+}
+
+/// The documents of a text file: the whole file for plain text, one per line's `text` field for
+/// JSONL (`.jsonl`). CRLF is normalised to LF.
+pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     let raw = std::fs::read_to_string(path).at(path)?;
-    let is_jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let text = if is_jsonl {
-        let mut parts = Vec::new();
-        for (i, line) in raw.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| Error::Msg(format!("{}:{}: invalid JSON ({e})", path.display(), i + 1)))?;
-            match v.get("text").and_then(|t| t.as_str()) {
-                Some(t) => parts.push(t.to_string()),
-                None => bail!("{}:{}: no string field \"text\"", path.display(), i + 1),
-            }
+    if !path.extension().is_some_and(|e| e == "jsonl") {
+        return Ok(vec![raw.replace("\r\n", "\n")]);
+    }
+    let mut docs = Vec::new();
+    for (i, line) in raw.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Msg(format!("{}:{}: invalid JSON ({e})", path.display(), i + 1)))?;
+        match v.get("text").and_then(|t| t.as_str()) {
+            Some(t) => docs.push(t.replace("\r\n", "\n")),
+            None => bail!("{}:{}: no string field \"text\"", path.display(), i + 1),
         }
-        parts.join("\n\n")
-    } else {
-        raw
-    };
-    Ok(text.replace("\r\n", "\n"))
+    }
+    Ok(docs)
 }
 
 /// Mean of `−log p(target)` terms summed over rows: `hidden` `[T, H]`, `targets` `[T]`.

@@ -302,11 +302,13 @@ pub struct SaveOptions {
     pub force: bool,
     /// A directory whose tokenizer/generation files are copied beside the weights.
     pub copy_from: Option<PathBuf>,
+    /// More files written into the directory (name, contents), e.g. `prune.json`.
+    pub extra_files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        Self { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, force: false, copy_from: None }
+        Self { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, force: false, copy_from: None, extra_files: vec![] }
     }
 }
 
@@ -323,6 +325,9 @@ pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
         write_safetensors(tmp, &model.named_tensors(), opts.max_shard_bytes)?;
         if let Some(src) = &opts.copy_from {
             copy_side_files(src, tmp)?;
+        }
+        for (name, bytes) in &opts.extra_files {
+            std::fs::write(tmp.join(name), bytes).at(tmp.join(name))?;
         }
         Ok(())
     })

@@ -1,5 +1,344 @@
 //! Post-training pruning (`../shared/docs/SPP.md` §4): magnitude, Wanda and SparseGPT,
-//! unstructured or N:M, block by block.
+//! unstructured or N:M — the one driver that walks the blocks.
+//!
+//! Blocks are processed one after another: the inputs of block i are the outputs of the already
+//! pruned blocks 0…i−1. For each block, the statistics of its linears come from
+//! [`Llama::block_forward_taps`] over every calibration window (no hooks), one window at a time,
+//! so only one block's statistics and one window's intermediate activations exist at once. With
+//! `true_sequential` (SparseGPT's option) the statistics are re-collected after each group —
+//! q/k/v, then o, then gate/up, then down — so later groups see the pruned earlier ones.
+//! After pruning, the block is run again to produce the next block's inputs.
+//! Statistics are accumulated in f32 (SparseGPT's Hessian) or f64 (Wanda's norms); weights are
+//! written back in the model's dtype. Embeddings and the LM head are never pruned.
 
+pub mod calib;
+pub mod magnitude;
 pub mod mask;
 pub mod sparsegpt;
+pub mod wanda;
+
+pub use mask::Sparsity;
+
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::model::{Llama, SparseLinear};
+use candle_core::{DType, Tensor};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Magnitude,
+    Wanda,
+    SparseGpt,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "magnitude" => Ok(Method::Magnitude),
+            "wanda" => Ok(Method::Wanda),
+            "sparsegpt" => Ok(Method::SparseGpt),
+            _ => bail!("unknown pruning method {s:?}: use magnitude, wanda or sparsegpt"),
+        }
+    }
+}
+
+impl Method {
+    pub fn needs_calibration(&self) -> bool {
+        *self != Method::Magnitude
+    }
+    /// The comparison group of unstructured pruning, as recorded in `prune.json`.
+    pub fn group(&self) -> &'static str {
+        match self {
+            Method::Magnitude => "whole matrix",
+            Method::Wanda => "output row",
+            Method::SparseGpt => "rows x blocksize column block",
+        }
+    }
+}
+
+/// The seven linears of a block by short name, with the input they read.
+pub const LINEARS: [(&str, &str, Tap); 7] = [
+    ("q", "self_attn.q_proj", Tap::Attn),
+    ("k", "self_attn.k_proj", Tap::Attn),
+    ("v", "self_attn.v_proj", Tap::Attn),
+    ("o", "self_attn.o_proj", Tap::O),
+    ("gate", "mlp.gate_proj", Tap::Mlp),
+    ("up", "mlp.up_proj", Tap::Mlp),
+    ("down", "mlp.down_proj", Tap::Down),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    Attn,
+    O,
+    Mlp,
+    Down,
+}
+
+/// Parses `q,k,v,o,gate,up,down` (or `all`), also accepting the full names (`q_proj`, …).
+pub fn parse_targets(s: &str) -> Result<Vec<String>> {
+    if s.trim() == "all" {
+        return Ok(LINEARS.iter().map(|l| l.0.to_string()).collect());
+    }
+    let mut out = Vec::new();
+    for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let short = t.trim_end_matches("_proj");
+        if !LINEARS.iter().any(|l| l.0 == short) {
+            bail!("unknown target {t:?}: use any of q,k,v,o,gate,up,down");
+        }
+        if !out.iter().any(|o: &String| o == short) {
+            out.push(short.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!("no targets given: use any of q,k,v,o,gate,up,down");
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneOptions {
+    pub method: Method,
+    pub sparsity: Sparsity,
+    pub targets: Vec<String>,
+    pub true_sequential: bool,
+    pub blocksize: usize,
+    pub percdamp: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinearReport {
+    pub name: String,
+    pub sparsity_before: f64,
+    pub sparsity: f64,
+    /// Whether every group satisfies the requested N:M pattern (None for unstructured).
+    pub n_m_valid: Option<bool>,
+    /// SparseGPT's OBS reconstruction loss Σ (w − q)² / Hinv_ii² / 2.
+    pub obs_loss: Option<f64>,
+    pub percdamp_used: Option<f64>,
+    pub dead_inputs: Option<usize>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneReport {
+    pub linears: Vec<LinearReport>,
+    pub block_seconds: Vec<f64>,
+    pub total_seconds: f64,
+    /// Memory the calibration activations and one block's statistics need (estimate, bytes).
+    pub estimated_bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Progress from [`prune_model`]: a block finished.
+pub struct BlockDone {
+    pub index: usize,
+    pub total: usize,
+    pub seconds: f64,
+}
+
+/// Bytes the driver holds besides the model: the activations of every window (in and out of a
+/// block are the same tensor, replaced in place), one window's taps and one block's statistics.
+pub fn memory_estimate(model: &Llama, opts: &PruneOptions, nsamples: usize, seqlen: usize) -> u64 {
+    let c = &model.cfg;
+    let dt = model.dtype().size_in_bytes() as u64;
+    let acts = (nsamples * seqlen * c.hidden_size) as u64 * dt;
+    let taps = (seqlen * (3 * c.hidden_size + c.intermediate_size) * 4) as u64 * 2;
+    let stats = match opts.method {
+        Method::SparseGpt => ((3 * c.hidden_size * c.hidden_size + c.intermediate_size * c.intermediate_size) * 4) as u64,
+        _ => ((3 * c.hidden_size + c.intermediate_size) * 8) as u64,
+    };
+    acts + taps + stats
+}
+
+enum Stats {
+    None,
+    Norms(wanda::InputNorms),
+    Hessian(sparsegpt::Hessian),
+}
+
+fn tap_tensor<'a>(t: &'a crate::model::Taps, tap: Tap) -> &'a Tensor {
+    match tap {
+        Tap::Attn => &t.attn_in,
+        Tap::O => &t.o_in,
+        Tap::Mlp => &t.mlp_in,
+        Tap::Down => &t.down_in,
+    }
+}
+
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn zeros_fraction(w: &[f32]) -> f64 {
+    w.iter().filter(|v| **v == 0.0).count() as f64 / w.len().max(1) as f64
+}
+
+fn n_m_valid(w: &[f32], m: usize, n: usize) -> bool {
+    w.chunks_exact(m).all(|g| g.iter().filter(|v| **v != 0.0).count() <= n)
+}
+
+/// Prunes one linear given the statistics of its input; returns its report.
+fn prune_linear(lin: &mut SparseLinear, name: String, stats: &Stats, opts: &PruneOptions) -> Result<LinearReport> {
+    let (rows, cols) = (lin.out_features(), lin.in_features());
+    let w = to_f32_vec(&lin.weight)?;
+    let before = zeros_fraction(&w);
+    let mut report = LinearReport {
+        name: name.clone(),
+        sparsity_before: before,
+        sparsity: 0.0,
+        n_m_valid: None,
+        obs_loss: None,
+        percdamp_used: None,
+        dead_inputs: None,
+    };
+    let pruned = match (opts.method, stats) {
+        (Method::Magnitude, _) => magnitude::prune(&w, rows, cols, &opts.sparsity),
+        (Method::Wanda, Stats::Norms(n)) => wanda::prune(&w, rows, cols, n, &opts.sparsity),
+        (Method::SparseGpt, Stats::Hessian(h)) => {
+            let out = sparsegpt::prune(&w, rows, cols, h, &opts.sparsity, opts.blocksize, opts.percdamp)
+                .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
+            report.obs_loss = Some(out.obs_loss);
+            report.percdamp_used = Some(out.percdamp_used);
+            report.dead_inputs = Some(out.dead_inputs);
+            out.weight
+        }
+        _ => bail!("internal: {name} has no statistics for {:?}", opts.method),
+    };
+    report.sparsity = zeros_fraction(&pruned);
+    if let Sparsity::NM { n, m } = opts.sparsity {
+        report.n_m_valid = Some(n_m_valid(&pruned, m, n));
+    }
+    let dev = lin.weight.device().clone();
+    lin.weight = Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?;
+    Ok(report)
+}
+
+/// Prunes `model` in place. `calibration` holds the token windows (required by Wanda and
+/// SparseGPT, ignored by magnitude).
+pub fn prune_model(
+    model: &mut Llama,
+    calibration: &[Vec<u32>],
+    opts: &PruneOptions,
+    progress: &mut dyn FnMut(BlockDone),
+) -> Result<PruneReport> {
+    // Check every layer before touching any.
+    for (i, b) in model.layers.iter().enumerate() {
+        for (short, full, _) in LINEARS.iter().filter(|l| opts.targets.iter().any(|t| t == l.0)) {
+            let lin = b.linears().into_iter().find(|(n, _)| n == full).map(|(_, l)| l.in_features()).unwrap_or(0);
+            opts.sparsity.check_layer(&format!("model.layers.{i}.{full} ({short})"), lin)?;
+        }
+    }
+    if opts.method == Method::SparseGpt {
+        if opts.blocksize == 0 {
+            bail!("--blocksize must be positive");
+        }
+        if let Sparsity::NM { m, .. } = opts.sparsity {
+            if opts.blocksize % m != 0 {
+                bail!("--blocksize {} must be a multiple of M = {m} for N:M SparseGPT", opts.blocksize);
+            }
+        }
+    }
+    if opts.method.needs_calibration() && calibration.is_empty() {
+        bail!("{:?} needs calibration windows (--calib FILE)", opts.method);
+    }
+    let start = Instant::now();
+    let mut warnings = Vec::new();
+    let mut xs: Vec<Tensor> = Vec::new();
+    if opts.method.needs_calibration() {
+        for w in calibration {
+            xs.push(model.embed(&Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?)?);
+        }
+    }
+    let groups: Vec<Vec<Tap>> = if opts.true_sequential {
+        vec![vec![Tap::Attn], vec![Tap::O], vec![Tap::Mlp], vec![Tap::Down]]
+    } else {
+        vec![vec![Tap::Attn, Tap::O, Tap::Mlp, Tap::Down]]
+    };
+    let n_blocks = model.layers.len();
+    let mut linears = Vec::new();
+    let mut block_seconds = Vec::new();
+    for i in 0..n_blocks {
+        let t0 = Instant::now();
+        for group in &groups {
+            let wanted: Vec<&(&str, &str, Tap)> =
+                LINEARS.iter().filter(|l| group.contains(&l.2) && opts.targets.iter().any(|t| t == l.0)).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            // One statistic per distinct input (q/k/v share one, gate/up share one).
+            let mut stats: Vec<(Tap, Stats)> = Vec::new();
+            for l in &wanted {
+                if stats.iter().any(|(t, _)| *t == l.2) {
+                    continue;
+                }
+                let width = model.layers[i].linears().into_iter().find(|(n, _)| *n == l.1).map(|(_, x)| x.in_features()).unwrap_or(0);
+                let s = match opts.method {
+                    Method::Magnitude => Stats::None,
+                    Method::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
+                    Method::SparseGpt => Stats::Hessian(sparsegpt::Hessian::new(width)),
+                };
+                stats.push((l.2, s));
+            }
+            if opts.method.needs_calibration() {
+                for x in &xs {
+                    let (_, taps) = model.block_forward_taps(i, x)?;
+                    for (tap, s) in stats.iter_mut() {
+                        let t = tap_tensor(&taps, *tap);
+                        let tokens = t.elem_count() / t.dims()[t.rank() - 1];
+                        let v = to_f32_vec(t)?;
+                        match s {
+                            Stats::Norms(n) => n.add(&v),
+                            Stats::Hessian(h) => h.add(&v, tokens)?,
+                            Stats::None => {}
+                        }
+                    }
+                }
+            }
+            for l in &wanted {
+                let s = &stats.iter().find(|(t, _)| *t == l.2).map(|(_, s)| s).unwrap_or(&Stats::None);
+                let name = format!("model.layers.{i}.{}", l.1);
+                let lin = model.layers[i]
+                    .linears_mut()
+                    .into_iter()
+                    .find(|(n, _)| *n == l.1)
+                    .map(|(_, lin)| lin)
+                    .ok_or_else(|| Error::Msg(format!("internal: no linear {name}")))?;
+                let r = prune_linear(lin, name, s, opts)?;
+                if r.sparsity_before > 0.01 {
+                    warnings.push(format!(
+                        "{} was already {:.1}% sparse before pruning; pruning went ahead",
+                        r.name,
+                        100.0 * r.sparsity_before
+                    ));
+                }
+                linears.push(r);
+            }
+        }
+        // The pruned block's outputs are the next block's inputs.
+        for x in xs.iter_mut() {
+            *x = model.block_forward(i, x)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        block_seconds.push(secs);
+        progress(BlockDone { index: i, total: n_blocks, seconds: secs });
+    }
+    let seqlen = calibration.first().map(|w| w.len()).unwrap_or(0);
+    Ok(PruneReport {
+        linears,
+        block_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+        estimated_bytes: memory_estimate(model, opts, calibration.len(), seqlen),
+        warnings,
+    })
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

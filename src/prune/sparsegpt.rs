@@ -1,1 +1,265 @@
-//! SparseGPT (placeholder: being written).
+//! SparseGPT: one-shot pruning with weight reconstruction (Frantar & Alistarh 2023,
+//! <https://arxiv.org/abs/2301.00774>), as specified in `../shared/docs/SPP.md` §4 and written in
+//! the reference code (IST-DASLab/sparsegpt, `SparseGPT.fasterprune`).
+//!
+//! Notation: one linear `y = W x`, W `[rows, cols]`; X the calibration inputs; H = 2·XᵀX/N the
+//! Hessian of the layer-wise loss ‖WX − ŴX‖²_F (the same for every row, which is what makes this
+//! affordable); `Hinv` the **upper** Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU). Columns are fixed left
+//! to right. Once columns < i are fixed, the inverse Hessian of the remaining ones is what
+//! Gaussian elimination leaves of H⁻¹, and row i of U is exactly that matrix's row i divided by
+//! √(its diagonal): so `err = (w − q)/U_ii` and `W[:, i:] −= err ⊗ U[i, i:]` is the OBS update
+//! that compensates zeroing `w − q` in column i, with one factorisation for the whole sweep.
+//! Precision: H is accumulated in f32 (like the reference); the factorisations run in f64 (faer);
+//! U is then stored in f32 and the column sweep runs in f32, like the reference.
+//!
+//! Divergences from the reference code, on purpose:
+//! - Unstructured: the reference prunes `tmp <= sorted[⌊numel·ratio⌋]`, i.e. at least one entry
+//!   more than ⌊numel·ratio⌋ and more on ties. We prune exactly ⌊rows·count·ratio⌋ per block,
+//!   ties by lowest index (`mask::select`).
+//! - N:M counts kept weights (2:4 keeps 2); the reference's `topk(prune_n)` counts pruned ones.
+//!   Ties inside a group go to the lowest index (`topk` leaves them unspecified).
+//! - A Cholesky failure is retried with 10× the damping (3 times) instead of raising.
+
+use crate::bail;
+use crate::error::Result;
+use crate::prune::mask::{self, Sparsity};
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use rayon::prelude::*;
+
+/// Damping retries (each ×10) after the first Cholesky failure.
+const RETRIES: usize = 3;
+
+/// Running Hessian estimate H = (2/N) Σ XᵀX over N calibration samples, kept as the reference's
+/// running average so it never needs the final N: each `add` of a sample of T tokens does
+/// H ← H·N/(N+1) + (2/(N+1))·XᵀX, N ← N+1. (With samples of T tokens this is T times the
+/// per-token average of SPP.md; the scale cancels in the pruning update and only scales
+/// `obs_loss`.)
+pub struct Hessian {
+    /// Input features (columns of the weight).
+    pub n: usize,
+    /// Samples added so far.
+    pub samples: usize,
+    /// n×n, row-major, f32.
+    pub h: Vec<f32>,
+}
+
+impl Hessian {
+    pub fn new(n: usize) -> Self {
+        Hessian { n, samples: 0, h: vec![0.0; n * n] }
+    }
+
+    /// Adds one sample: `x` is `[tokens, n]` row-major.
+    pub fn add(&mut self, x: &[f32], tokens: usize) -> Result<()> {
+        let n = self.n;
+        if tokens == 0 {
+            bail!("SparseGPT Hessian: a calibration sample has no tokens");
+        }
+        if tokens.checked_mul(n) != Some(x.len()) {
+            bail!("SparseGPT Hessian: a sample of {tokens} tokens × {n} inputs needs {} values, got {}", tokens * n, x.len());
+        }
+        if let Some(p) = x.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "SparseGPT Hessian: calibration input is not finite ({}) at token {}, input {}: the unpruned model overflows on the calibration data (try f32/bf16 instead of f16)",
+                x[p], p / n, p % n
+            );
+        }
+        let k = self.samples as f64;
+        let keep = (k / (k + 1.0)) as f32;
+        self.h.iter_mut().for_each(|v| *v *= keep);
+        let xa = MatRef::from_row_major_slice(x, tokens, n);
+        let ha = MatMut::from_row_major_slice_mut(&mut self.h, n, n);
+        matmul(ha, Accum::Add, xa.transpose(), xa, (2.0 / (k + 1.0)) as f32, Par::rayon(0));
+        self.samples += 1;
+        Ok(())
+    }
+}
+
+pub struct SparseGptOutcome {
+    /// The pruned and updated `[rows, cols]` row-major weight.
+    pub weight: Vec<f32>,
+    /// Σ over rows of Σ_i (w_i − q_i)² / Hinv_ii² / 2, as the reference reports.
+    pub obs_loss: f64,
+    /// The damping finally used (larger than asked when the Hessian needed more).
+    pub percdamp_used: f64,
+    /// Columns with H_ii = 0 (never active in calibration): zeroed.
+    pub dead_inputs: usize,
+}
+
+/// SparseGPT on one linear: `weight` `[rows, cols]` row-major f32, `hessian` cols×cols.
+pub fn prune(
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: &Hessian,
+    sparsity: &Sparsity,
+    blocksize: usize,
+    percdamp: f64,
+) -> Result<SparseGptOutcome> {
+    let sparsity = *sparsity;
+    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(weight.len()) {
+        bail!("SparseGPT: weight has {} values, not rows {rows} × cols {cols}", weight.len());
+    }
+    if hessian.n != cols || hessian.h.len() != cols * cols {
+        bail!("SparseGPT: the Hessian is for {} inputs ({} values) but the weight has {cols} columns", hessian.n, hessian.h.len());
+    }
+    if hessian.samples == 0 {
+        bail!("SparseGPT: the Hessian has no calibration samples");
+    }
+    if blocksize == 0 {
+        bail!("SparseGPT: blocksize must be at least 1");
+    }
+    if !(percdamp.is_finite() && percdamp >= 0.0) {
+        bail!("SparseGPT: percdamp {percdamp} must be a finite number ≥ 0 (the usual value is 0.01)");
+    }
+    match sparsity {
+        Sparsity::Unstructured { ratio } if !(ratio > 0.0 && ratio < 1.0) => {
+            bail!("SparseGPT: sparsity ratio {ratio} is outside (0, 1)")
+        }
+        Sparsity::NM { n, m } if n == 0 || n >= m => bail!("SparseGPT: {n}:{m} needs 0 < N < M"),
+        Sparsity::NM { n, m } if cols % m != 0 => {
+            bail!("SparseGPT: {cols} input columns are not divisible by M = {m}, so {n}:{m} cannot be applied")
+        }
+        // Groups restart at each block start, so a block must hold whole groups.
+        Sparsity::NM { n, m } if blocksize % m != 0 => {
+            bail!("SparseGPT: blocksize {blocksize} is not a multiple of M = {m} (needed for {n}:{m}); use e.g. 128")
+        }
+        _ => {}
+    }
+    if let Some(p) = hessian.h.iter().position(|v| !v.is_finite()) {
+        bail!("SparseGPT: the Hessian has a non-finite value at ({}, {})", p / cols, p % cols);
+    }
+    if let Some(p) = weight.iter().position(|v| !v.is_finite()) {
+        bail!("SparseGPT: the weight has a non-finite value at ({}, {})", p / cols, p % cols);
+    }
+
+    // Dead inputs carry no information about W: H_ii = 1 keeps H invertible, and their weights
+    // can be zeroed for free (their input was always 0).
+    let dead: Vec<bool> = (0..cols).map(|j| hessian.h[j * cols + j] == 0.0).collect();
+    let mut w = weight.to_vec();
+    for row in w.chunks_mut(cols) {
+        row.iter_mut().zip(&dead).filter(|(_, &d)| d).for_each(|(v, _)| *v = 0.0);
+    }
+    let (hinv, percdamp_used) = inverse_factor(&hessian.h, cols, &dead, percdamp)?;
+
+    let mut err_buf = vec![0f32; rows * blocksize.min(cols)];
+    let mut loss_rows = vec![0f64; rows];
+    for i1 in (0..cols).step_by(blocksize) {
+        let i2 = (i1 + blocksize).min(cols);
+        let count = i2 - i1;
+        let d: Vec<f32> = (i1..i2).map(|j| hinv[j * cols + j]).collect();
+        // Unstructured: one adaptive mask for the whole block, from the block-start weights
+        // (uniform per block, not per row). N:M is chosen inside the sweep.
+        let mut prune_mask = match sparsity {
+            Sparsity::Unstructured { .. } => {
+                let mut scores = vec![0f32; rows * count];
+                for (s, row) in scores.chunks_mut(count).zip(w.chunks(cols)) {
+                    for j in 0..count {
+                        s[j] = row[i1 + j] * row[i1 + j] / (d[j] * d[j]);
+                    }
+                }
+                mask::select(&scores, rows, count, &sparsity, false)
+            }
+            Sparsity::NM { .. } => vec![false; rows * count],
+        };
+        let err = &mut err_buf[..rows * count];
+        // Within a block, rows are independent (H is shared, the mask is fixed or per row).
+        w.par_chunks_mut(cols)
+            .zip(err.par_chunks_mut(count))
+            .zip(prune_mask.par_chunks_mut(count))
+            .zip(loss_rows.par_iter_mut())
+            .for_each(|(((row, e), pm), loss)| {
+                let row = &mut row[i1..i2];
+                let mut group = Vec::new();
+                for i in 0..count {
+                    if let Sparsity::NM { n, m } = sparsity {
+                        if i % m == 0 {
+                            // From the current, already-updated weights, as the reference does.
+                            group.clear();
+                            group.extend((i..i + m).map(|j| row[j] * row[j] / (d[j] * d[j])));
+                            mask::mark_lowest(&group, m - n, &mut pm[i..i + m]);
+                        }
+                    }
+                    let wv = row[i];
+                    let q = if pm[i] { 0.0 } else { wv };
+                    let ei = (wv - q) / d[i];
+                    if ei != 0.0 {
+                        let hrow = &hinv[(i1 + i) * cols + i1..(i1 + i) * cols + i2];
+                        for j in i + 1..count {
+                            row[j] -= ei * hrow[j];
+                        }
+                        *loss += f64::from((wv - q) * (wv - q) / (d[i] * d[i]));
+                    }
+                    row[i] = q;
+                    e[i] = ei;
+                }
+            });
+        // Lazy batch update of the columns right of the block: one GEMM instead of `count`
+        // rank-1 updates.
+        if i2 < cols {
+            let (_, right) = MatMut::from_row_major_slice_mut(&mut w, rows, cols).split_at_col_mut(i2);
+            let em = MatRef::from_row_major_slice(err, rows, count);
+            let hm = MatRef::from_row_major_slice(&hinv, cols, cols).submatrix(i1, i2, count, cols - i2);
+            matmul(right, Accum::Add, em, hm, -1.0f32, Par::rayon(0));
+        }
+    }
+    // Exact arithmetic keeps dead columns at 0 (their rows of Hinv are 0); make it certain.
+    for row in w.chunks_mut(cols) {
+        row.iter_mut().zip(&dead).filter(|(_, &d)| d).for_each(|(v, _)| *v = 0.0);
+    }
+    if w.iter().any(|v| !v.is_finite()) {
+        bail!("SparseGPT: the update overflowed (non-finite weights) with percdamp {percdamp_used}; the Hessian is nearly singular: raise percdamp or use more calibration samples");
+    }
+    Ok(SparseGptOutcome {
+        weight: w,
+        obs_loss: loss_rows.iter().sum::<f64>() / 2.0,
+        percdamp_used,
+        dead_inputs: dead.iter().filter(|&&d| d).count(),
+    })
+}
+
+/// `Hinv` (upper Cholesky factor of the damped H⁻¹, row-major f32) and the damping used,
+/// retrying with 10× the damping when H is not positive definite.
+fn inverse_factor(h: &[f32], n: usize, dead: &[bool], percdamp: f64) -> Result<(Vec<f32>, f64)> {
+    let diag = |j: usize| if dead[j] { 1.0 } else { f64::from(h[j * n + j]) };
+    let mean = (0..n).map(diag).sum::<f64>() / n as f64;
+    let mut p = percdamp;
+    let mut tried = Vec::new();
+    for _ in 0..=RETRIES {
+        tried.push(p);
+        let damp = p * mean;
+        // Only the lower triangle is read by the factorisation.
+        let hd = Mat::<f64>::from_fn(n, n, |i, j| if i == j { diag(i) + damp } else { f64::from(h[i * n + j]) });
+        if let Some(u) = upper_factor_of_inverse(hd) {
+            return Ok((u, p));
+        }
+        // A zero damping cannot grow by ×10: restart from a small one.
+        p = if p > 0.0 { p * 10.0 } else { 1e-4 };
+    }
+    bail!(
+        "SparseGPT: the Hessian ({n}×{n}, mean diagonal {mean:.3e}) is not positive definite even with percdamp {tried:?}; the calibration inputs are degenerate: use more or more varied calibration samples, or a larger percdamp"
+    )
+}
+
+/// cholesky(H) → H⁻¹ → upper cholesky(H⁻¹) (= transpose of its lower factor), or None when a
+/// pivot is not positive or the result is not finite.
+fn upper_factor_of_inverse(hd: Mat<f64>) -> Option<Vec<f32>> {
+    let n = hd.nrows();
+    // Drop each input as soon as it is consumed: at most two n×n f64 matrices live at once.
+    let llt = hd.llt(Side::Lower).ok()?;
+    drop(hd);
+    let inv = llt.inverse();
+    drop(llt);
+    let llt = inv.llt(Side::Lower).ok()?;
+    drop(inv);
+    let l = llt.L();
+    let mut u = vec![0f32; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = l[(j, i)] as f32;
+        }
+    }
+    let ok = u.iter().all(|v| v.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
+    ok.then_some(u)
+}

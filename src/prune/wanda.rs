@@ -1,0 +1,42 @@
+//! Wanda — "A Simple and Effective Pruning Approach for Large Language Models"
+//! (Sun, Liu, Bair, Kolter; arXiv 2306.11695).
+//!
+//! Score `S_ij = |W_ij| · ‖X_j‖₂`, where `‖X_j‖₂² = Σ x_j²` over every calibration token of the
+//! linear's input. Comparison group: each **output row** for unstructured ratios (exactly
+//! ⌊n·ratio⌋ zeroed per row), each group of M inputs of a row for N:M. No weight update.
+
+use super::mask::{select, Sparsity};
+
+/// Per-input sums of squares `Σ x_j²`, accumulated in f64 over calibration samples.
+#[derive(Debug, Clone)]
+pub struct InputNorms {
+    pub sumsq: Vec<f64>,
+}
+
+impl InputNorms {
+    pub fn new(n: usize) -> Self {
+        Self { sumsq: vec![0.0; n] }
+    }
+
+    /// Adds the squared column sums of `x` (`[tokens, n]`, row-major).
+    pub fn add(&mut self, x: &[f32]) {
+        let n = self.sumsq.len();
+        for row in x.chunks_exact(n) {
+            for (s, &v) in self.sumsq.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+    }
+}
+
+/// Wanda scores `|W_ij| · ‖X_j‖₂` for `w` `[rows, cols]`.
+pub fn scores(w: &[f32], cols: usize, norms: &InputNorms) -> Vec<f32> {
+    let norm: Vec<f64> = norms.sumsq.iter().map(|s| s.sqrt()).collect();
+    w.iter().enumerate().map(|(k, &v)| (v.abs() as f64 * norm[k % cols]) as f32).collect()
+}
+
+/// Returns `w` with the lowest-scored weights zeroed.
+pub fn prune(w: &[f32], rows: usize, cols: usize, norms: &InputNorms, sparsity: &Sparsity) -> Vec<f32> {
+    let drop = select(&scores(w, cols, norms), rows, cols, sparsity, true);
+    w.iter().zip(drop).map(|(&v, d)| if d { 0.0 } else { v }).collect()
+}
