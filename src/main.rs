@@ -402,7 +402,16 @@ fn prune(a: PruneArgs) -> Result<()> {
     let est = memory_estimate(&model, &opts, windows.len(), windows.first().map_or(0, |w| w.len()));
     eprintln!("prune: {:?} {} on {}; needs about {:.2} GiB beyond the model's weights", opts.method, opts.sparsity, opts.targets.join(","), est as f64 / (1u64 << 30) as f64);
     let report = prune_model(&mut model, windows, &opts, &mut |b| {
-        eprintln!("prune block {}/{} {:.1} s", b.index + 1, b.total, b.seconds);
+        let t = b.timing;
+        eprintln!(
+            "prune block {}/{} {:.1} s (statistics {:.1} s, pruning {:.1} s, propagation {:.1} s)",
+            b.index + 1,
+            b.total,
+            t.total,
+            t.statistics,
+            t.pruning,
+            t.propagation
+        );
     })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");

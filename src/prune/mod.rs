@@ -125,18 +125,30 @@ pub struct LinearReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PruneReport {
     pub linears: Vec<LinearReport>,
-    pub block_seconds: Vec<f64>,
+    pub blocks: Vec<BlockTiming>,
     pub total_seconds: f64,
     /// Memory the calibration activations and one block's statistics need (estimate, bytes).
     pub estimated_bytes: u64,
     pub warnings: Vec<String>,
 }
 
+/// Where one block's time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct BlockTiming {
+    /// Forward passes collecting the linears' input statistics.
+    pub statistics: f64,
+    /// Choosing and applying the masks (and SparseGPT's updates).
+    pub pruning: f64,
+    /// Running the pruned block to produce the next block's inputs.
+    pub propagation: f64,
+    pub total: f64,
+}
+
 /// Progress from [`prune_model`]: a block finished.
 pub struct BlockDone {
     pub index: usize,
     pub total: usize,
-    pub seconds: f64,
+    pub timing: BlockTiming,
 }
 
 /// Bytes the driver holds besides the model: the activations of every window (in and out of a
@@ -259,9 +271,10 @@ pub fn prune_model(
     };
     let n_blocks = model.layers.len();
     let mut linears = Vec::new();
-    let mut block_seconds = Vec::new();
+    let mut blocks = Vec::new();
     for i in 0..n_blocks {
         let t0 = Instant::now();
+        let mut timing = BlockTiming::default();
         for group in &groups {
             let wanted: Vec<&(&str, &str, Tap)> =
                 LINEARS.iter().filter(|l| group.contains(&l.2) && opts.targets.iter().any(|t| t == l.0)).collect();
@@ -282,6 +295,7 @@ pub fn prune_model(
                 };
                 stats.push((l.2, s));
             }
+            let ts = Instant::now();
             if opts.method.needs_calibration() {
                 for x in &xs {
                     let (_, taps) = model.block_forward_taps(i, x)?;
@@ -297,6 +311,8 @@ pub fn prune_model(
                     }
                 }
             }
+            timing.statistics += ts.elapsed().as_secs_f64();
+            let tp = Instant::now();
             for l in &wanted {
                 let s = &stats.iter().find(|(t, _)| *t == l.2).map(|(_, s)| s).unwrap_or(&Stats::None);
                 let name = format!("model.layers.{i}.{}", l.1);
@@ -316,19 +332,22 @@ pub fn prune_model(
                 }
                 linears.push(r);
             }
+            timing.pruning += tp.elapsed().as_secs_f64();
         }
         // The pruned block's outputs are the next block's inputs.
+        let tf = Instant::now();
         for x in xs.iter_mut() {
             *x = model.block_forward(i, x)?;
         }
-        let secs = t0.elapsed().as_secs_f64();
-        block_seconds.push(secs);
-        progress(BlockDone { index: i, total: n_blocks, seconds: secs });
+        timing.propagation = tf.elapsed().as_secs_f64();
+        timing.total = t0.elapsed().as_secs_f64();
+        blocks.push(timing);
+        progress(BlockDone { index: i, total: n_blocks, timing });
     }
     let seqlen = calibration.first().map(|w| w.len()).unwrap_or(0);
     Ok(PruneReport {
         linears,
-        block_seconds,
+        blocks,
         total_seconds: start.elapsed().as_secs_f64(),
         estimated_bytes: memory_estimate(model, opts, calibration.len(), seqlen),
         warnings,

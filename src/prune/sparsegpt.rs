@@ -224,21 +224,27 @@ pub fn prune(
 fn inverse_factor(h: &[f32], n: usize, dead: &[bool], percdamp: f64) -> Result<(Vec<f32>, f64)> {
     let diag = |j: usize| if dead[j] { 1.0 } else { f64::from(h[j * n + j]) };
     let mean = (0..n).map(diag).sum::<f64>() / n as f64;
-    let mut p = percdamp;
     let mut tried = Vec::new();
-    for _ in 0..=RETRIES {
-        tried.push(p);
+    for k in 0..=RETRIES as i32 {
+        // A zero damping cannot grow by ×10: its retries start from 1e-4.
+        let p = if k == 0 {
+            percdamp
+        } else if percdamp == 0.0 {
+            1e-4 * 10f64.powi(k - 1)
+        } else {
+            percdamp * 10f64.powi(k)
+        };
+        tried.push(format!("{p:.1e}"));
         let damp = p * mean;
         // Only the lower triangle is read by the factorisation.
         let hd = Mat::<f64>::from_fn(n, n, |i, j| if i == j { diag(i) + damp } else { f64::from(h[i * n + j]) });
         if let Some(u) = upper_factor_of_inverse(hd) {
             return Ok((u, p));
         }
-        // A zero damping cannot grow by ×10: restart from a small one.
-        p = if p > 0.0 { p * 10.0 } else { 1e-4 };
     }
     bail!(
-        "SparseGPT: the Hessian ({n}×{n}, mean diagonal {mean:.3e}) is not positive definite even with percdamp {tried:?}; the calibration inputs are degenerate: use more or more varied calibration samples, or a larger percdamp"
+        "SparseGPT: the Hessian ({n}×{n}, mean diagonal {mean:.3e}) is not positive definite even with percdamp {}; the calibration inputs are degenerate: use more or more varied calibration samples, or a larger percdamp",
+        tried.join(", ")
     )
 }
 
