@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the real model, from a fresh checkout: set up, then inspect SmolLM2-135M,
-# measure its WikiText-2 perplexity (Wanda/SparseGPT protocol, first 8 windows of 2048 tokens)
-# and generate. DATA defaults to ../shared/data (override with SPP_DATA_DIR).
+# measure its WikiText-2 perplexity (Wanda/SparseGPT protocol, first 8 windows of 2048 tokens),
+# generate, prune it with Wanda 2:4 (16 calibration windows of 2048 C4 tokens) and measure the
+# pruned model the same way. DATA defaults to ../shared/data (override with SPP_DATA_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +13,7 @@ $SPP inspect --model $M
 $SPP eval ppl --model $M --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
 $SPP generate --model $M --prompt "The capital of France is" -n 24
 $SPP generate --model $M --chat --prompt "Give me three tips for staying healthy." -n 96
+$SPP prune --model $M --method wanda --sparsity 2:4 --calib "$DATA/c4/c4_sample.jsonl" \
+    --nsamples "${SPP_CALIB_SAMPLES:-16}" --seqlen 2048 --out models/smollm2-135m-wanda-2-4 --force
+$SPP inspect --model models/smollm2-135m-wanda-2-4
+$SPP eval ppl --model models/smollm2-135m-wanda-2-4 --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
