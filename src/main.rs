@@ -220,10 +220,8 @@ fn load(m: &ModelOpts) -> Result<(spp::model::Llama, Device)> {
 }
 
 fn convert_gguf(a: GgufArgs) -> Result<()> {
-    let dtype = match a.dtype {
-        DTypeChoice::Auto => DType::F32,
-        d => d.resolve(DType::F32),
-    };
+    // A GGUF has no single stored dtype: auto means f32.
+    let dtype = a.dtype.resolve(DType::F32);
     let t = std::time::Instant::now();
     let report = spp::gguf::convert(&a.file, &a.out, dtype, a.force)?;
     let secs = t.elapsed().as_secs_f64();

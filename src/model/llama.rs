@@ -296,6 +296,15 @@ impl Block {
         ]
     }
 
+    /// The linear called `name` (e.g. `mlp.down_proj`).
+    pub fn linear(&self, name: &str) -> Option<&SparseLinear> {
+        self.linears().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l)
+    }
+
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut SparseLinear> {
+        self.linears_mut().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l)
+    }
+
     pub fn linears_mut(&mut self) -> [(&'static str, &mut SparseLinear); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
         [

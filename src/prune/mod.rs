@@ -184,19 +184,11 @@ fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-fn zeros_fraction(w: &[f32]) -> f64 {
-    w.iter().filter(|v| **v == 0.0).count() as f64 / w.len().max(1) as f64
-}
-
-fn n_m_valid(w: &[f32], m: usize, n: usize) -> bool {
-    w.chunks_exact(m).all(|g| g.iter().filter(|v| **v != 0.0).count() <= n)
-}
-
 /// Prunes one linear given the statistics of its input; returns its report.
 fn prune_linear(lin: &mut SparseLinear, name: String, stats: &Stats, opts: &PruneOptions) -> Result<LinearReport> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
+    let before = lin.sparsity()?;
     let w = to_f32_vec(&lin.weight)?;
-    let before = zeros_fraction(&w);
     let mut report = LinearReport {
         name: name.clone(),
         sparsity_before: before,
@@ -219,12 +211,12 @@ fn prune_linear(lin: &mut SparseLinear, name: String, stats: &Stats, opts: &Prun
         }
         _ => bail!("internal: {name} has no statistics for {:?}", opts.method),
     };
-    report.sparsity = zeros_fraction(&pruned);
-    if let Sparsity::NM { n, m } = opts.sparsity {
-        report.n_m_valid = Some(n_m_valid(&pruned, m, n));
-    }
     let dev = lin.weight.device().clone();
     lin.weight = Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?;
+    report.sparsity = lin.sparsity()?;
+    if let Sparsity::NM { n, m } = opts.sparsity {
+        report.n_m_valid = Some(lin.satisfies_n_m(n, m)?);
+    }
     Ok(report)
 }
 
@@ -239,7 +231,7 @@ pub fn prune_model(
     // Check every layer before touching any.
     for (i, b) in model.layers.iter().enumerate() {
         for (short, full, _) in LINEARS.iter().filter(|l| opts.targets.iter().any(|t| t == l.0)) {
-            let lin = b.linears().into_iter().find(|(n, _)| n == full).map(|(_, l)| l.in_features()).unwrap_or(0);
+            let lin = b.linear(full).map_or(0, |l| l.in_features());
             opts.sparsity.check_layer(&format!("model.layers.{i}.{full} ({short})"), lin)?;
         }
     }
@@ -287,7 +279,7 @@ pub fn prune_model(
                 if stats.iter().any(|(t, _)| *t == l.2) {
                     continue;
                 }
-                let width = model.layers[i].linears().into_iter().find(|(n, _)| *n == l.1).map(|(_, x)| x.in_features()).unwrap_or(0);
+                let width = model.layers[i].linear(l.1).map_or(0, |x| x.in_features());
                 let s = match opts.method {
                     Method::Magnitude => Stats::None,
                     Method::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
@@ -317,10 +309,7 @@ pub fn prune_model(
                 let s = &stats.iter().find(|(t, _)| *t == l.2).map(|(_, s)| s).unwrap_or(&Stats::None);
                 let name = format!("model.layers.{i}.{}", l.1);
                 let lin = model.layers[i]
-                    .linears_mut()
-                    .into_iter()
-                    .find(|(n, _)| *n == l.1)
-                    .map(|(_, lin)| lin)
+                    .linear_mut(l.1)
                     .ok_or_else(|| Error::Msg(format!("internal: no linear {name}")))?;
                 let r = prune_linear(lin, name, s, opts)?;
                 if r.sparsity_before > 0.01 {
