@@ -9,7 +9,12 @@ fn gflops(m: usize, k: usize, n: usize, secs: f64) -> f64 {
 }
 
 fn main() {
-    let shapes = [(2047, 576, 576), (2047, 576, 1536), (2047, 1536, 576), (512, 576, 49152)];
+    let shapes = [
+        (2047, 576, 576),
+        (2047, 576, 1536),
+        (2047, 1536, 576),
+        (512, 576, 49152),
+    ];
     println!("| m×k·(n×k)ᵀ | candle GFLOP/s | faer GFLOP/s |");
     println!("|---|---|---|");
     for (m, k, n) in shapes {
@@ -29,7 +34,14 @@ fn main() {
         let mut out = faer::Mat::<f32>::zeros(m, n);
         let par = faer::Par::rayon(0);
         let run = |out: &mut faer::Mat<f32>| {
-            faer::linalg::matmul::matmul(out.as_mut(), faer::Accum::Replace, xa, wa.transpose(), 1.0f32, par);
+            faer::linalg::matmul::matmul(
+                out.as_mut(),
+                faer::Accum::Replace,
+                xa,
+                wa.transpose(),
+                1.0f32,
+                par,
+            );
         };
         run(&mut out);
         let t = Instant::now();

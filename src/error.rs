@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A complete, user-facing message: what is wrong and what to do.
     #[error("{0}")]
     Msg(String),
@@ -19,7 +22,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -17,7 +17,12 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.0, top_p: None, seed: 0 }
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_p: None,
+            seed: 0,
+        }
     }
 }
 
@@ -37,7 +42,11 @@ impl Sampler {
                 bail!("--top-p must be in (0, 1] (got {p})");
             }
         }
-        Ok(Self { rng: rand::rngs::StdRng::seed_from_u64(opts.seed), temperature: opts.temperature, top_p: opts.top_p })
+        Ok(Self {
+            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+        })
     }
 
     /// Picks the next token from logits `[vocab]`.
@@ -57,8 +66,11 @@ impl Sampler {
             return Ok(best as u32);
         }
         let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let mut probs: Vec<(usize, f64)> =
-            logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp())).collect();
+        let mut probs: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp()))
+            .collect();
         let z: f64 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= z);
         if let Some(top_p) = self.top_p {
@@ -108,12 +120,18 @@ pub fn generate(
     }
     let max_pos = model.cfg.max_position_embeddings;
     if prompt.len() >= max_pos {
-        bail!("the prompt has {} tokens; the model's context is {max_pos}", prompt.len());
+        bail!(
+            "the prompt has {} tokens; the model's context is {max_pos}",
+            prompt.len()
+        );
     }
     let mut sampler = Sampler::new(opts)?;
     let mut cache = KvCache::new(model.layers.len());
     let t0 = std::time::Instant::now();
-    let mut logits = model.forward_step(&Tensor::new(prompt, model.device())?.unsqueeze(0)?, &mut cache)?;
+    let mut logits = model.forward_step(
+        &Tensor::new(prompt, model.device())?.unsqueeze(0)?,
+        &mut cache,
+    )?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut generated = 0;
@@ -130,7 +148,10 @@ pub fn generate(
         if generated == budget {
             break;
         }
-        logits = model.forward_step(&Tensor::new(&[next], model.device())?.unsqueeze(0)?, &mut cache)?;
+        logits = model.forward_step(
+            &Tensor::new(&[next], model.device())?.unsqueeze(0)?,
+            &mut cache,
+        )?;
     }
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),

@@ -39,7 +39,11 @@ pub struct Report {
 
 pub fn inspect(model: &Llama) -> Result<Report> {
     let cfg = &model.cfg;
-    let parameters = model.named_tensors().iter().map(|(_, t)| t.elem_count()).sum();
+    let parameters = model
+        .named_tensors()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
     let mut linears = Vec::new();
     let (mut lin_params, mut zeros) = (0usize, 0f64);
     for (i, block) in model.layers.iter().enumerate() {

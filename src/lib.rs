@@ -3,6 +3,7 @@
 //!
 //! The library computes and returns values; only the binary (`src/main.rs`) prints and exits.
 
+pub mod adapter;
 pub mod error;
 pub mod gguf;
 pub mod model;
@@ -11,5 +12,6 @@ pub use error::{Error, Result};
 pub mod eval;
 pub mod generate;
 pub mod inspect;
-pub mod tokenizer;
 pub mod prune;
+pub mod tokenizer;
+pub mod train;

@@ -10,7 +10,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "spp", version, about = "Prune, fine-tune with sparsity-preserving adapters, evaluate and run LLaMA-family models")]
+#[command(
+    name = "spp",
+    version,
+    about = "Prune, fine-tune with sparsity-preserving adapters, evaluate and run LLaMA-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,6 +34,104 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Prune a dense model (magnitude, Wanda, SparseGPT; unstructured or N:M).
     Prune(PruneArgs),
+    /// Fine-tune adapters (SPP, LoRA, LoRA + mask) on the frozen, pruned model.
+    Train(TrainArgs),
+    /// Fold an adapter into the weights and write a Hugging Face directory.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// Alpaca JSON/JSONL (instruction, input, output) or JSONL with "text".
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: adapter (best validation), checkpoint/, metrics.jsonl, loss.svg, train.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// spp, lora or lora-mask.
+    #[arg(long, default_value = "spp")]
+    method: spp::adapter::Method,
+    /// Linears to adapt: any of q,k,v,o,gate,up,down (or all).
+    #[arg(long, default_value = "all")]
+    targets: String,
+    /// Rows of A: SPP's r (the paper's code uses 16) [default: 16 for spp, 8 for LoRA].
+    #[arg(long)]
+    r: Option<usize>,
+    /// Adapter scale s [default: 2.0, i.e. lora_alpha 16 / lora_r 8 as the paper's code].
+    #[arg(long)]
+    scale: Option<f64>,
+    /// LoRA alpha (scale = alpha / r); LoRA methods only.
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    dropout: f64,
+    #[arg(long, default_value_t = 4e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// linear or cosine (after warm-up).
+    #[arg(long, default_value = "linear")]
+    schedule: spp::train::Schedule,
+    #[arg(long, default_value_t = 0.001)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Global batch (examples per optimizer step).
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Examples per forward/backward (gradient accumulation = batch / micro-batch).
+    #[arg(long, default_value_t = 4)]
+    micro_batch_size: usize,
+    /// Maximum tokens per example (longer ones are truncated and counted).
+    #[arg(long, default_value_t = 256)]
+    cutoff: usize,
+    /// Compute the loss on the prompt too (the paper's setting).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    train_on_inputs: bool,
+    /// Held-out examples for validation [default: min(2000, a tenth of the data)].
+    #[arg(long)]
+    val_size: Option<usize>,
+    /// Validate every N optimizer steps (and at the end).
+    #[arg(long, default_value_t = 200)]
+    eval_every: usize,
+    /// Write a resumable checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Clip the global gradient norm (off by default, as the paper).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue the run in --out from its checkpoint (bit-identical to an uninterrupted run).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps, leaving a checkpoint (for testing resume).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The model the adapter was trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// The adapter directory (`spp train --out`).
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Merge even if the adapter's base-model hash differs; replace an existing --out.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +198,9 @@ struct ModelOpts {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run with this adapter unmerged (`spp train --out`; LoRA + mask is folded in on load).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -175,7 +280,9 @@ fn parse_device(s: &str) -> Result<Device> {
                 bail!("unknown --device {s:?}: use cpu, cuda or cuda:N");
             };
             let n = match rest.strip_prefix(':') {
-                Some(n) => n.parse().with_context(|| format!("bad CUDA ordinal in --device {s:?}"))?,
+                Some(n) => n
+                    .parse()
+                    .with_context(|| format!("bad CUDA ordinal in --device {s:?}"))?,
                 None if rest.is_empty() => 0,
                 None => bail!("unknown --device {s:?}: use cpu, cuda or cuda:N"),
             };
@@ -195,7 +302,9 @@ fn progress(label: &'static str) -> impl FnMut(usize, usize) {
         if tty {
             let b = bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total as u64);
-                if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}") {
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}",
+                ) {
                     b.set_style(style.progress_chars("=> "));
                 }
                 b.set_message(label);
@@ -206,7 +315,10 @@ fn progress(label: &'static str) -> impl FnMut(usize, usize) {
                 b.finish_and_clear();
             }
         } else {
-            eprintln!("{label} {done}/{total} {:.1} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "{label} {done}/{total} {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -214,8 +326,31 @@ fn progress(label: &'static str) -> impl FnMut(usize, usize) {
 fn load(m: &ModelOpts) -> Result<(spp::model::Llama, Device)> {
     let dev = parse_device(&m.device)?;
     let t = std::time::Instant::now();
-    let model = load_model(&m.model, m.dtype, &dev)?.model;
-    eprintln!("loaded {} ({} layers, {:?}) in {:.2} s", m.model.display(), model.layers.len(), model.dtype(), t.elapsed().as_secs_f64());
+    let mut model = load_model(&m.model, m.dtype, &dev)?.model;
+    eprintln!(
+        "loaded {} ({} layers, {:?}) in {:.2} s",
+        m.model.display(),
+        model.layers.len(),
+        model.dtype(),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(dir) = &m.adapter {
+        let (cfg, warning) = spp::adapter::load(&mut model, dir, false)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        if cfg.method == spp::adapter::Method::LoraMask {
+            spp::adapter::merge(&mut model)?;
+        }
+        eprintln!(
+            "adapter {} ({}, r {}, scale {}, {} targets)",
+            dir.display(),
+            cfg.method,
+            cfg.r,
+            cfg.scale,
+            cfg.target_modules.len()
+        );
+    }
     Ok((model, dev))
 }
 
@@ -252,14 +387,27 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     let text = spp::eval::perplexity::read_text(&a.text)?;
     let t = std::time::Instant::now();
     let ids = tok.encode(&text, true)?;
-    eprintln!("tokenised {} into {} tokens in {:.2} s", a.text.display(), ids.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "tokenised {} into {} tokens in {:.2} s",
+        a.text.display(),
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
     let mut bar = progress("ppl");
-    let r = spp::eval::perplexity::perplexity(&model, &ids, a.seqlen, a.max_windows, tok.bos_id, &mut bar)?;
+    let r = spp::eval::perplexity::perplexity(
+        &model,
+        &ids,
+        a.seqlen,
+        a.max_windows,
+        tok.bos_id,
+        &mut bar,
+    )?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.m.model.display().to_string().into();
         v["text"] = a.text.display().to_string().into();
-        v["protocol"] = "non-overlapping windows, stride = seqlen, all positions scored, tail dropped".into();
+        v["protocol"] =
+            "non-overlapping windows, stride = seqlen, all positions scored, tail dropped".into();
         println!("{v}");
     } else {
         println!("{}", r.line());
@@ -270,11 +418,26 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     let (model, _) = load(&a.m)?;
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
-    let opts = spp::generate::SamplingOptions { max_new_tokens: a.n, temperature: a.temperature, top_p: a.top_p, seed: a.seed };
-    let mut history: Vec<Message> = a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
+    let opts = spp::generate::SamplingOptions {
+        max_new_tokens: a.n,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let mut history: Vec<Message> = a
+        .system
+        .iter()
+        .map(|s| Message {
+            role: "system".into(),
+            content: s.clone(),
+        })
+        .collect();
     let run = |user: &str, history: &mut Vec<Message>| -> Result<()> {
         let ids = if a.chat {
-            history.push(Message { role: "user".into(), content: user.to_string() });
+            history.push(Message {
+                role: "user".into(),
+                content: user.to_string(),
+            });
             tok.encode(&tok.apply_chat(history)?, false)?
         } else {
             tok.encode(user, true)?
@@ -283,7 +446,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
         let mut out = std::io::stdout();
         let mut answer = String::new();
         let stats = spp::generate::generate(&model, &ids, &tok.eos_ids, &opts, &mut |id| {
-            if let Some(piece) = stream.step(id).map_err(|e| spp::Error::Msg(format!("tokenizer: {e}")))? {
+            if let Some(piece) = stream
+                .step(id)
+                .map_err(|e| spp::Error::Msg(format!("tokenizer: {e}")))?
+            {
                 answer.push_str(&piece);
                 print!("{piece}");
                 let _ = out.flush();
@@ -292,13 +458,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
         })?;
         println!();
         if a.chat {
-            history.push(Message { role: "assistant".into(), content: answer });
+            history.push(Message {
+                role: "assistant".into(),
+                content: answer,
+            });
         }
         eprintln!(
             "[{} prompt tokens, {} generated{}, prefill {:.2} s, {:.1} tok/s]",
             stats.prompt_tokens,
             stats.generated_tokens,
-            if stats.stopped_at_eos { ", stopped at EOS" } else { "" },
+            if stats.stopped_at_eos {
+                ", stopped at EOS"
+            } else {
+                ""
+            },
             stats.prefill_seconds,
             stats.decode_tokens_per_second
         );
@@ -310,7 +483,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
             if !a.chat {
                 bail!("give --prompt TEXT, or --chat for an interactive conversation");
             }
-            eprintln!("interactive chat: type a message and press enter; an empty line or EOF ends it");
+            eprintln!(
+                "interactive chat: type a message and press enter; an empty line or EOF ends it"
+            );
             for line in std::io::stdin().lock().lines() {
                 let line = line?;
                 if line.trim().is_empty() {
@@ -336,7 +511,10 @@ fn inspect(a: InspectArgs) -> Result<()> {
         r.layers, r.hidden_size, r.intermediate_size, r.heads, r.kv_heads, r.head_dim, r.vocab_size, r.max_position_embeddings, r.rope_theta, r.tied_embeddings
     );
     println!("dtype       {}", r.dtype);
-    println!("parameters  {} total, {} in block linears", r.parameters, r.linear_parameters);
+    println!(
+        "parameters  {} total, {} in block linears",
+        r.parameters, r.linear_parameters
+    );
     println!(
         "sparsity    {:.4} of block-linear weights are zero ({} zeros); 2:4 {}; 4:8 {}",
         r.linear_sparsity,
@@ -344,8 +522,15 @@ fn inspect(a: InspectArgs) -> Result<()> {
         if r.all_linears_2_4 { "yes" } else { "no" },
         if r.all_linears_4_8 { "yes" } else { "no" }
     );
-    let rows: Vec<_> = if a.all { r.linears.iter().collect() } else { r.linears.iter().take(7).collect() };
-    println!("{:<40} {:>12} {:>9} {:>5} {:>5}", "linear", "shape", "sparsity", "2:4", "4:8");
+    let rows: Vec<_> = if a.all {
+        r.linears.iter().collect()
+    } else {
+        r.linears.iter().take(7).collect()
+    };
+    println!(
+        "{:<40} {:>12} {:>9} {:>5} {:>5}",
+        "linear", "shape", "sparsity", "2:4", "4:8"
+    );
     for l in rows {
         println!(
             "{:<40} {:>12} {:>9.4} {:>5} {:>5}",
@@ -357,13 +542,18 @@ fn inspect(a: InspectArgs) -> Result<()> {
         );
     }
     if !a.all && r.linears.len() > 7 {
-        println!("… {} more linears (--all to list them)", r.linears.len() - 7);
+        println!(
+            "… {} more linears (--all to list them)",
+            r.linears.len() - 7
+        );
     }
     Ok(())
 }
 
 fn data_dir() -> PathBuf {
-    std::env::var("SPP_DATA_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../shared/data"))
+    std::env::var("SPP_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("../shared/data"))
 }
 
 fn prune(a: PruneArgs) -> Result<()> {
@@ -377,28 +567,62 @@ fn prune(a: PruneArgs) -> Result<()> {
         percdamp: a.percdamp,
     };
     if a.out.exists() && !a.force {
-        bail!("{} already exists: choose another --out or pass --force to replace it", a.out.display());
+        bail!(
+            "{} already exists: choose another --out or pass --force to replace it",
+            a.out.display()
+        );
     }
     let (mut model, _) = load(&a.m)?;
     let calibration = if a.method.needs_calibration() {
-        let path = a.calib.clone().unwrap_or_else(|| data_dir().join("c4/c4_sample.jsonl"));
+        let path = a
+            .calib
+            .clone()
+            .unwrap_or_else(|| data_dir().join("c4/c4_sample.jsonl"));
         if !path.exists() {
             bail!("calibration corpus {} not found: pass --calib FILE (JSONL with a \"text\" field, or plain text)", path.display());
         }
         if a.seqlen > model.cfg.max_position_embeddings {
-            bail!("--seqlen {} exceeds the model's max_position_embeddings {}", a.seqlen, model.cfg.max_position_embeddings);
+            bail!(
+                "--seqlen {} exceeds the model's max_position_embeddings {}",
+                a.seqlen,
+                model.cfg.max_position_embeddings
+            );
         }
         let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
         let docs = spp::eval::perplexity::read_documents(&path)?;
-        let c = calib::sample_windows(&docs, &path.display().to_string(), &tok, a.nsamples, a.seqlen, a.seed)?;
-        eprintln!("calibration: {} windows of {} tokens from {} ({} documents, {} tokens, seed {})", c.nsamples, c.seqlen, c.source, c.documents, c.stream_tokens, c.seed);
+        let c = calib::sample_windows(
+            &docs,
+            &path.display().to_string(),
+            &tok,
+            a.nsamples,
+            a.seqlen,
+            a.seed,
+        )?;
+        eprintln!(
+            "calibration: {} windows of {} tokens from {} ({} documents, {} tokens, seed {})",
+            c.nsamples, c.seqlen, c.source, c.documents, c.stream_tokens, c.seed
+        );
         Some(c)
     } else {
         None
     };
-    let windows: &[Vec<u32>] = calibration.as_ref().map(|c| c.windows.as_slice()).unwrap_or(&[]);
-    let est = memory_estimate(&model, &opts, windows.len(), windows.first().map_or(0, |w| w.len()));
-    eprintln!("prune: {:?} {} on {}; needs about {:.2} GiB beyond the model's weights", opts.method, opts.sparsity, opts.targets.join(","), est as f64 / (1u64 << 30) as f64);
+    let windows: &[Vec<u32>] = calibration
+        .as_ref()
+        .map(|c| c.windows.as_slice())
+        .unwrap_or(&[]);
+    let est = memory_estimate(
+        &model,
+        &opts,
+        windows.len(),
+        windows.first().map_or(0, |w| w.len()),
+    );
+    eprintln!(
+        "prune: {:?} {} on {}; needs about {:.2} GiB beyond the model's weights",
+        opts.method,
+        opts.sparsity,
+        opts.targets.join(","),
+        est as f64 / (1u64 << 30) as f64
+    );
     let report = prune_model(&mut model, windows, &opts, &mut |b| {
         let t = b.timing;
         eprintln!(
@@ -430,14 +654,25 @@ fn prune(a: PruneArgs) -> Result<()> {
         "report": &report,
         "peak_rss_bytes": peak_rss_bytes(),
     });
-    let mut extra = vec![("prune.json".to_string(), serde_json::to_vec_pretty(&record)?)];
+    let mut extra = vec![(
+        "prune.json".to_string(),
+        serde_json::to_vec_pretty(&record)?,
+    )];
     if let Some(c) = &calibration {
         let ids: Vec<i64> = c.windows.iter().flatten().map(|&t| t as i64).collect();
         let t = candle_core::Tensor::from_vec(ids, (c.nsamples, c.seqlen), &Device::Cpu)?;
-        let bytes = safetensors::serialize([("input_ids", &t)], Some([("format".to_string(), "pt".to_string())].into()))?;
+        let bytes = safetensors::serialize(
+            [("input_ids", &t)],
+            Some([("format".to_string(), "pt".to_string())].into()),
+        )?;
         extra.push(("calibration.safetensors".to_string(), bytes));
     }
-    let save = spp::model::SaveOptions { force: a.force, copy_from: Some(a.m.model.clone()), extra_files: extra, ..Default::default() };
+    let save = spp::model::SaveOptions {
+        force: a.force,
+        copy_from: Some(a.m.model.clone()),
+        extra_files: extra,
+        ..Default::default()
+    };
     spp::model::save_model(&model, &a.out, &save)?;
     if a.json {
         println!("{}", serde_json::to_string(&record)?);
@@ -458,6 +693,180 @@ fn prune(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
+struct TrainProgress;
+
+impl spp::train::Progress for TrainProgress {
+    fn step(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    use spp::adapter::Method;
+    if a.m.adapter.is_some() {
+        bail!("--adapter is for running a trained adapter; spp train attaches fresh ones (use --resume to continue a run)");
+    }
+    let (mut model, _) = load(&a.m)?;
+    let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    let r = a.r.unwrap_or(if a.method == Method::Spp { 16 } else { 8 });
+    let scale = match (a.scale, a.lora_alpha) {
+        (Some(_), Some(_)) => bail!("give --scale or --lora-alpha, not both"),
+        (Some(s), None) => s,
+        (None, Some(alpha)) if a.method != Method::Spp => alpha / r as f64,
+        (None, Some(_)) => bail!("--lora-alpha is for LoRA methods; SPP takes --scale"),
+        (None, None) => 2.0,
+    };
+    let t = std::time::Instant::now();
+    let ds = spp::train::data::load(&a.data, &tok, a.cutoff, a.train_on_inputs)?;
+    let val_size = a.val_size.unwrap_or((ds.examples.len() / 10).min(2000));
+    eprintln!(
+        "data: {}: {} {:?} records -> {} examples ({} truncated at {} tokens) in {:.1} s; {} held out for validation",
+        a.data.display(),
+        ds.records,
+        ds.kind,
+        ds.examples.len(),
+        ds.truncated,
+        a.cutoff,
+        t.elapsed().as_secs_f64(),
+        val_size
+    );
+    let opts = spp::train::TrainOptions {
+        method: a.method,
+        targets: spp::prune::parse_targets(&a.targets)?,
+        r,
+        scale,
+        dropout: a.dropout,
+        lr: a.lr,
+        warmup_ratio: a.warmup_ratio,
+        schedule: a.schedule,
+        weight_decay: a.weight_decay,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        micro_batch_size: a.micro_batch_size,
+        cutoff: a.cutoff,
+        train_on_inputs: a.train_on_inputs,
+        val_size,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+    };
+    let pad_id = tok.eos_ids.first().copied().unwrap_or(0);
+    let trainer = spp::train::Trainer {
+        model: &mut model,
+        data: &ds,
+        opts: &opts,
+        out: a.out.clone(),
+        base_path: a.m.model.clone(),
+        pad_id,
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let report = trainer.run(&mut TrainProgress)?;
+    let record = serde_json::json!({ "spp_version": env!("CARGO_PKG_VERSION"), "model": a.m.model.display().to_string(), "data": a.data.display().to_string(), "options": &opts, "report": &report });
+    let path = a.out.join("train.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if a.json {
+        println!("{record}");
+    } else {
+        println!(
+            "trained {} adapter ({} parameters) on {} for {} steps: loss {:.4} -> {:.4}, best val_loss {} at step {}, {:.0} tok/s, peak memory {:.2} GiB -> {}",
+            opts.method,
+            report.trainable_parameters,
+            a.data.display(),
+            report.steps,
+            report.first_loss.unwrap_or(f64::NAN),
+            report.last_loss.unwrap_or(f64::NAN),
+            report.best_val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            report.best_step.map_or("-".into(), |v| v.to_string()),
+            report.tokens_per_second,
+            report.peak_rss_bytes.unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    if a.out.exists() && !a.force {
+        bail!(
+            "{} already exists: choose another --out or pass --force to replace it",
+            a.out.display()
+        );
+    }
+    let m = ModelOpts {
+        model: a.model.clone(),
+        dtype: DTypeChoice::Auto,
+        device: "cpu".into(),
+        adapter: None,
+    };
+    let (mut model, _) = load(&m)?;
+    let (cfg, warning) = spp::adapter::load(&mut model, &a.adapter, a.force)?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let linears = spp::adapter::merge(&mut model)?;
+    let summary = spp::inspect::inspect(&model)?;
+    let zeros_before: usize = linears.iter().map(|l| l.zeros_before).sum();
+    let zeros_after: usize = linears.iter().map(|l| l.zeros_after).sum();
+    let numel: usize = linears.iter().map(|l| l.numel).sum();
+    let kept = linears.iter().all(|l| l.zeros_kept);
+    let record = serde_json::json!({
+        "spp_version": env!("CARGO_PKG_VERSION"),
+        "model": a.model.display().to_string(),
+        "adapter": a.adapter.display().to_string(),
+        "adapter_config": &cfg,
+        "merged_linears": linears.len(),
+        "zeros_before": zeros_before,
+        "zeros_after": zeros_after,
+        "adapted_weights": numel,
+        "all_zeros_kept": kept,
+        "linear_sparsity": summary.linear_sparsity,
+        "all_linears_2_4": summary.all_linears_2_4,
+        "all_linears_4_8": summary.all_linears_4_8,
+        "linears": &linears,
+    });
+    let save = spp::model::SaveOptions {
+        force: a.force,
+        copy_from: Some(a.model.clone()),
+        extra_files: vec![("merge.json".into(), serde_json::to_vec_pretty(&record)?)],
+        ..Default::default()
+    };
+    spp::model::save_model(&model, &a.out, &save)?;
+    if a.json {
+        println!("{record}");
+        return Ok(());
+    }
+    if cfg.method == spp::adapter::Method::Lora {
+        eprintln!(
+            "note: a plain LoRA update is dense: merging filled {} of the {} zeros ({:.2}% of the adapted weights are zero now); use spp or lora-mask to keep the sparsity",
+            zeros_before.saturating_sub(zeros_after),
+            zeros_before,
+            100.0 * zeros_after as f64 / numel.max(1) as f64
+        );
+    }
+    println!(
+        "merged {} adapter into {} -> {}: {} linears; zeros {} -> {} of {} ({}); model sparsity {:.4}, 2:4 {}, 4:8 {}",
+        cfg.method,
+        a.model.display(),
+        a.out.display(),
+        linears.len(),
+        zeros_before,
+        zeros_after,
+        numel,
+        if kept { "every zero kept" } else { "zeros NOT kept" },
+        summary.linear_sparsity,
+        summary.all_linears_2_4,
+        summary.all_linears_4_8
+    );
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -466,6 +875,8 @@ fn main() {
         Cmd::Generate(a) => generate(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Prune(a) => prune(a),
+        Cmd::Train(a) => train(a),
+        Cmd::Merge(a) => merge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -41,7 +41,9 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).at(path)?;
-    Ok(Some(serde_json::from_str(&text).map_err(|e| Error::Msg(format!("{}: invalid JSON ({e})", path.display())))?))
+    Ok(Some(serde_json::from_str(&text).map_err(|e| {
+        Error::Msg(format!("{}: invalid JSON ({e})", path.display()))
+    })?))
 }
 
 impl Tokenizer {
@@ -61,10 +63,16 @@ impl Tokenizer {
         let id_of = |tok: &Option<String>| tok.as_ref().and_then(|t| inner.token_to_id(t));
         let bos_token = token_text(tc.get("bos_token"));
         let eos_token = token_text(tc.get("eos_token"));
-        let bos_id = ids_of(gc.get("bos_token_id")).first().copied().or_else(|| id_of(&bos_token)).or(cfg.bos_id());
+        let bos_id = ids_of(gc.get("bos_token_id"))
+            .first()
+            .copied()
+            .or_else(|| id_of(&bos_token))
+            .or(cfg.bos_id());
         let mut eos_ids = ids_of(gc.get("eos_token_id"));
         if eos_ids.is_empty() {
-            eos_ids = id_of(&eos_token).map(|e| vec![e]).unwrap_or_else(|| cfg.eos_ids());
+            eos_ids = id_of(&eos_token)
+                .map(|e| vec![e])
+                .unwrap_or_else(|| cfg.eos_ids());
         }
         let name = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
         let chat_template = match tc.get("chat_template") {
@@ -90,12 +98,17 @@ impl Tokenizer {
 
     /// Token ids of `text`; `special` adds what the tokenizer's post-processor adds (e.g. BOS).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::Msg(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| Error::Msg(format!("tokenizer: {e}")))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Msg(format!("tokenizer: {e}")))
     }
 
     /// The chat template in use: the model's own, else ChatML or LLaMA-2 by vocabulary.
@@ -112,16 +125,23 @@ impl Tokenizer {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         let render = || -> std::result::Result<String, minijinja::Error> {
-            env.template_from_str(self.template())?.render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => true,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
+            env.template_from_str(self.template())?
+                .render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => true,
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                })
         };
         render().map_err(|e| Error::Msg(format!("chat template: {e}")))
     }

@@ -11,27 +11,57 @@ fn roundtrip_body(dev: &Device, tied: bool, bias: bool, max_shard_bytes: u64) {
     let m = common::tiny_model(tied, bias, dev);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
-    save_model(&m, &out, &SaveOptions { max_shard_bytes, ..Default::default() }).unwrap();
+    save_model(
+        &m,
+        &out,
+        &SaveOptions {
+            max_shard_bytes,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let back = load_model(&out, DTypeChoice::Auto, dev).unwrap().model;
     let (a, b) = (m.named_tensors(), back.named_tensors());
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(b.iter()) {
         assert_eq!(na, nb);
-        let (va, vb): (Vec<f32>, Vec<f32>) = (ta.flatten_all().unwrap().to_vec1().unwrap(), tb.flatten_all().unwrap().to_vec1().unwrap());
-        assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{na} not bit-exact");
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            ta.flatten_all().unwrap().to_vec1().unwrap(),
+            tb.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na} not bit-exact"
+        );
     }
-    assert_eq!(back.cfg.extra.get("custom_key_kept_verbatim"), m.cfg.extra.get("custom_key_kept_verbatim"));
+    assert_eq!(
+        back.cfg.extra.get("custom_key_kept_verbatim"),
+        m.cfg.extra.get("custom_key_kept_verbatim")
+    );
     assert_eq!(back.cfg.tie_word_embeddings, tied);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["torch_dtype"], "float32");
     // Every safetensors file carries the metadata transformers requires.
     for f in spp::model::checkpoint::weight_files(&out).unwrap() {
         let bytes = std::fs::read(&f).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
     }
-    let ids = Tensor::new(&common::ids(12, 96, 3)[..], dev).unwrap().unsqueeze(0).unwrap();
-    assert_eq!(common::max_diff(&m.forward(&ids).unwrap(), &back.forward(&ids).unwrap()), 0.0);
+    let ids = Tensor::new(&common::ids(12, 96, 3)[..], dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    assert_eq!(
+        common::max_diff(&m.forward(&ids).unwrap(), &back.forward(&ids).unwrap()),
+        0.0
+    );
 }
 
 #[test]
@@ -49,10 +79,25 @@ fn sharded_save_loads_back() {
     let m = common::tiny_model(false, false, &dev);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sharded");
-    save_model(&m, &out, &SaveOptions { max_shard_bytes: 20_000, ..Default::default() }).unwrap();
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
-    let files: std::collections::BTreeSet<_> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+    save_model(
+        &m,
+        &out,
+        &SaveOptions {
+            max_shard_bytes: 20_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let files: std::collections::BTreeSet<_> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     assert!(files.len() > 2, "expected several shards, got {files:?}");
     assert!(!out.join("model.safetensors").exists());
 }
@@ -64,9 +109,22 @@ fn existing_output_needs_force_and_failures_leave_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m");
     save_model(&m, &out, &SaveOptions::default()).unwrap();
-    let err = save_model(&m, &out, &SaveOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    save_model(&m, &out, &SaveOptions { force: true, ..Default::default() }).unwrap();
+    let err = save_model(&m, &out, &SaveOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    save_model(
+        &m,
+        &out,
+        &SaveOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // A failing writer leaves neither the output nor a temporary directory.
     let target = tmp.path().join("never");
     let r = spp::model::checkpoint::write_dir_atomically(&target, false, |d| {
@@ -74,8 +132,15 @@ fn existing_output_needs_force_and_failures_leave_nothing() {
         Err(spp::Error::Msg("boom".into()))
     });
     assert!(r.is_err());
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("m")], "left behind: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("m")],
+        "left behind: {left:?}"
+    );
 }
 
 /// 600 positions span three attention chunks; prefill + single steps chunk differently.
@@ -85,10 +150,14 @@ fn long_sequence_body(dev: &Device) {
     let all = Tensor::new(&ids[..], dev).unwrap().unsqueeze(0).unwrap();
     let full = m.forward(&all).unwrap();
     let mut cache = KvCache::new(m.layers.len());
-    let pre = m.forward_cached(&all.narrow(1, 0, 300).unwrap(), &mut cache).unwrap();
+    let pre = m
+        .forward_cached(&all.narrow(1, 0, 300).unwrap(), &mut cache)
+        .unwrap();
     assert!(common::max_diff(&pre, &full.narrow(1, 0, 300).unwrap()) < 1e-4);
     for t in 300..600 {
-        let step = m.forward_step(&all.narrow(1, t, 1).unwrap(), &mut cache).unwrap();
+        let step = m
+            .forward_step(&all.narrow(1, t, 1).unwrap(), &mut cache)
+            .unwrap();
         let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
         let d = common::max_diff(&step, &want);
         assert!(d < 1e-4, "position {t}: {d}");
@@ -96,9 +165,27 @@ fn long_sequence_body(dev: &Device) {
     // The same causal model must not let position t see position t+1.
     let mut changed = ids.clone();
     changed[400] = (changed[400] + 1) % 96;
-    let other = m.forward(&Tensor::new(&changed[..], dev).unwrap().unsqueeze(0).unwrap()).unwrap();
-    assert_eq!(common::max_diff(&other.narrow(1, 0, 400).unwrap(), &full.narrow(1, 0, 400).unwrap()), 0.0);
-    assert!(common::max_diff(&other.narrow(1, 400, 1).unwrap(), &full.narrow(1, 400, 1).unwrap()) > 0.0);
+    let other = m
+        .forward(
+            &Tensor::new(&changed[..], dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        common::max_diff(
+            &other.narrow(1, 0, 400).unwrap(),
+            &full.narrow(1, 0, 400).unwrap()
+        ),
+        0.0
+    );
+    assert!(
+        common::max_diff(
+            &other.narrow(1, 400, 1).unwrap(),
+            &full.narrow(1, 400, 1).unwrap()
+        ) > 0.0
+    );
 }
 
 #[test]
@@ -112,10 +199,20 @@ fn long_sequences_agree_with_the_kv_cache() {
 fn shape_mismatch_names_the_tensor() {
     let cfg = common::tiny_config(false, false);
     let mut t = common::random_tensors(&cfg);
-    t.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros((8, 8), candle_core::DType::F32, &Device::Cpu).unwrap());
-    let err = spp::model::Llama::load(cfg.clone(), &t, candle_core::DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[8, 8]"), "{err}");
+    t.insert(
+        "model.layers.1.mlp.up_proj.weight".into(),
+        Tensor::zeros((8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = spp::model::Llama::load(cfg.clone(), &t, candle_core::DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("[8, 8]"),
+        "{err}"
+    );
     t.remove("model.layers.1.mlp.up_proj.weight");
-    let err = spp::model::Llama::load(cfg, &t, candle_core::DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let err = spp::model::Llama::load(cfg, &t, candle_core::DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing") && err.contains("up_proj"), "{err}");
 }

@@ -7,7 +7,15 @@ use candle_core::{Device, Tensor};
 /// Zeroes, in every group of 4 inputs of every row, the entries whose index in the group is in `drop`.
 fn zero_pattern(w: &Tensor, drop: &[usize]) -> Tensor {
     let (o, i) = w.dims2().unwrap();
-    let mask: Vec<f32> = (0..o * i).map(|k| if drop.contains(&(k % i % 4)) { 0.0 } else { 1.0 }).collect();
+    let mask: Vec<f32> = (0..o * i)
+        .map(|k| {
+            if drop.contains(&(k % i % 4)) {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
     (w * Tensor::from_vec(mask, (o, i), &Device::Cpu).unwrap()).unwrap()
 }
 
@@ -17,7 +25,11 @@ fn sparsity_and_n_m_are_exact() {
     let r = spp::inspect::inspect(&m).unwrap();
     assert_eq!(r.linear_zeros, 0);
     assert!(!r.all_linears_2_4 && !r.all_linears_4_8);
-    let lin_params: usize = m.layers.iter().flat_map(|b| b.linears().map(|(_, l)| l.weight.elem_count())).sum();
+    let lin_params: usize = m
+        .layers
+        .iter()
+        .flat_map(|b| b.linears().map(|(_, l)| l.weight.elem_count()))
+        .sum();
     assert_eq!(r.linear_parameters, lin_params);
     let all: usize = m.named_tensors().iter().map(|(_, t)| t.elem_count()).sum();
     assert_eq!(r.parameters, all);
@@ -39,10 +51,20 @@ fn sparsity_and_n_m_are_exact() {
     w[3][1] = 0.5;
     lin.weight = Tensor::new(w, &Device::Cpu).unwrap();
     let r = spp::inspect::inspect(&m).unwrap();
-    let bad: Vec<_> = r.linears.iter().filter(|l| !l.n2m4).map(|l| l.name.as_str()).collect();
+    let bad: Vec<_> = r
+        .linears
+        .iter()
+        .filter(|l| !l.n2m4)
+        .map(|l| l.name.as_str())
+        .collect();
     assert_eq!(bad, vec!["model.layers.1.mlp.down_proj"]);
     // That group of 8 now has 5 non-zeros: 4:8 breaks there too.
-    let bad: Vec<_> = r.linears.iter().filter(|l| !l.n4m8).map(|l| l.name.as_str()).collect();
+    let bad: Vec<_> = r
+        .linears
+        .iter()
+        .filter(|l| !l.n4m8)
+        .map(|l| l.name.as_str())
+        .collect();
     assert_eq!(bad, vec!["model.layers.1.mlp.down_proj"]);
 
     // 1:4 groups of 3 zeros: 75% sparse, still 2:4.

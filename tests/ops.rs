@@ -7,7 +7,10 @@ use spp::model::ops;
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = common::ids(n, 10_000, seed).iter().map(|&i| i as f32 / 1000.0 - 5.0).collect();
+    let v: Vec<f32> = common::ids(n, 10_000, seed)
+        .iter()
+        .map(|&i| i as f32 / 1000.0 - 5.0)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
@@ -22,7 +25,10 @@ fn silu_mul_matches_reference_with_gradients() {
     let gf = (fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
     for v in [&g, &u] {
-        let (a, b) = (gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+        let (a, b) = (
+            gf.get(v.as_tensor()).unwrap(),
+            gs.get(v.as_tensor()).unwrap(),
+        );
         assert!(common::max_diff(a, b) < 1e-4);
     }
 }
@@ -39,12 +45,19 @@ fn causal_softmax_matches_reference_with_gradients() {
         let rows: Vec<Vec<f32>> = fast.reshape((2 * 3 * c, end)).unwrap().to_vec2().unwrap();
         for (r, row) in rows.iter().enumerate() {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-            assert!(row[(first + r % c + 1).min(end)..].iter().all(|&v| v == 0.0));
+            assert!(row[(first + r % c + 1).min(end)..]
+                .iter()
+                .all(|&v| v == 0.0));
         }
         let w = rand(&[2, 3, c, end], 99);
         let gf = (fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gs = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(common::max_diff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(
+            common::max_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                gs.get(x.as_tensor()).unwrap()
+            ) < 1e-5
+        );
     }
 }
 
@@ -83,7 +96,73 @@ fn frozen_matmul_matches_reference_and_freezes_the_weight() {
     let r = rand(&[13, 40], 8);
     let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = (slow * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(common::max_diff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap()) < 1e-3);
-    assert!(gf.get(w.as_tensor()).is_none(), "the frozen weight must not receive a gradient");
+    assert!(
+        common::max_diff(
+            gf.get(x.as_tensor()).unwrap(),
+            gs.get(x.as_tensor()).unwrap()
+        ) < 1e-3
+    );
+    assert!(
+        gf.get(w.as_tensor()).is_none(),
+        "the frozen weight must not receive a gradient"
+    );
     assert!(gs.get(w.as_tensor()).is_some());
+}
+
+/// Forward and input gradient of a fused op against its reference, under a random weighting.
+fn check_grad(x: &Var, fast: Tensor, slow: Tensor, tol: f32) {
+    assert!(
+        common::max_diff(&fast, &slow) < tol,
+        "forward differs by {}",
+        common::max_diff(&fast, &slow)
+    );
+    let w = rand(fast.dims(), 99);
+    let gf = (fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let (a, b) = (
+        gf.get(x.as_tensor()).unwrap(),
+        gs.get(x.as_tensor()).unwrap(),
+    );
+    assert!(
+        common::max_diff(a, b) < tol * 10.0,
+        "gradient differs by {}",
+        common::max_diff(a, b)
+    );
+}
+
+#[test]
+fn rms_norm_matches_reference_with_gradients() {
+    let x = Var::from_tensor(&rand(&[2, 5, 24], 4)).unwrap();
+    let w = rand(&[24], 5);
+    check_grad(
+        &x,
+        ops::rms_norm(x.as_tensor(), &w, 1e-5).unwrap(),
+        ops::rms_norm_reference(x.as_tensor(), &w, 1e-5).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn rope_matches_reference_with_gradients() {
+    let x = Var::from_tensor(&rand(&[2, 3, 7, 8], 6)).unwrap();
+    let cos = (rand(&[7, 4], 7) * 0.1).unwrap().cos().unwrap();
+    let sin = (rand(&[7, 4], 7) * 0.1).unwrap().sin().unwrap();
+    check_grad(
+        &x,
+        ops::rope(x.as_tensor(), &cos, &sin).unwrap(),
+        ops::rope_reference(x.as_tensor(), &cos, &sin).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn token_nll_gradient_matches_reference() {
+    let x = Var::from_tensor(&rand(&[6, 40], 8)).unwrap();
+    let t = Tensor::new(&[0u32, 39, 5, 5, 17, 2], &Device::Cpu).unwrap();
+    check_grad(
+        &x,
+        ops::token_nll(x.as_tensor(), &t).unwrap(),
+        ops::token_nll_reference(x.as_tensor(), &t).unwrap(),
+        1e-4,
+    );
 }

@@ -18,7 +18,10 @@ fn model_dir() -> Option<PathBuf> {
     if std::env::var("SPP_REQUIRE_REAL_MODEL").as_deref() == Ok("1") {
         panic!("{} not found: run scripts/setup.sh", dir.display());
     }
-    eprintln!("skipped: {} not found (run scripts/setup.sh)", dir.display());
+    eprintln!(
+        "skipped: {} not found (run scripts/setup.sh)",
+        dir.display()
+    );
     None
 }
 
@@ -30,17 +33,31 @@ fn logits_match_transformers() {
         &Device::Cpu,
     )
     .unwrap();
-    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu).unwrap().model;
+    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+        .model;
     let logits = m.forward(&g["input_ids"]).unwrap();
     let v = logits.dims()[2];
     let head = logits.narrow(2, 0, 1024).unwrap();
     let tail = logits.narrow(2, v - 1024, 1024).unwrap();
     let dh = common::max_diff(&head, &g["logits_head"]);
     let dt = common::max_diff(&tail, &g["logits_tail"]);
-    assert!(dh <= 1e-3 && dt <= 1e-3, "max |Δlogits| head {dh} tail {dt}");
+    assert!(
+        dh <= 1e-3 && dt <= 1e-3,
+        "max |Δlogits| head {dh} tail {dt}"
+    );
     // Summaries of the whole vocabulary: log-partition and argmax per position.
     let max = logits.max_keepdim(2).unwrap();
-    let lse = (logits.broadcast_sub(&max).unwrap().exp().unwrap().sum_keepdim(2).unwrap().log().unwrap() + max)
+    let lse = (logits
+        .broadcast_sub(&max)
+        .unwrap()
+        .exp()
+        .unwrap()
+        .sum_keepdim(2)
+        .unwrap()
+        .log()
+        .unwrap()
+        + max)
         .unwrap()
         .squeeze(2)
         .unwrap();
@@ -53,11 +70,16 @@ fn logits_match_transformers() {
 #[test]
 fn greedy_completion_names_paris() {
     let Some(dir) = model_dir() else { return };
-    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu).unwrap().model;
+    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+        .model;
     let tok = spp::tokenizer::Tokenizer::load(&dir, &m.cfg).unwrap();
     let ids = tok.encode("The capital of France is", true).unwrap();
     let mut out = vec![];
-    let opts = spp::generate::SamplingOptions { max_new_tokens: 6, ..Default::default() };
+    let opts = spp::generate::SamplingOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
     spp::generate::generate(&m, &ids, &tok.eos_ids, &opts, &mut |t| {
         out.push(t);
         Ok(())
@@ -70,11 +92,20 @@ fn greedy_completion_names_paris() {
 #[test]
 fn magnitude_2_4_on_the_real_model() {
     let Some(dir) = model_dir() else { return };
-    let mut m = load_model(&dir, DTypeChoice::F32, &Device::Cpu).unwrap().model;
+    let mut m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+        .model;
     let tok = spp::tokenizer::Tokenizer::load(&dir, &m.cfg).unwrap();
-    let text = spp::eval::perplexity::read_text(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wikitext2/wiki.test.raw")).unwrap();
+    let text = spp::eval::perplexity::read_text(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wikitext2/wiki.test.raw"),
+    )
+    .unwrap();
     let ids = tok.encode(&text[..20_000], true).unwrap();
-    let ppl = |m: &spp::model::Llama| spp::eval::perplexity::perplexity(m, &ids, 512, Some(1), None, &mut |_, _| {}).unwrap().ppl;
+    let ppl = |m: &spp::model::Llama| {
+        spp::eval::perplexity::perplexity(m, &ids, 512, Some(1), None, &mut |_, _| {})
+            .unwrap()
+            .ppl
+    };
     let dense = ppl(&m);
     let opts = spp::prune::PruneOptions {
         method: spp::prune::Method::Magnitude,
@@ -88,8 +119,15 @@ fn magnitude_2_4_on_the_real_model() {
     let r = spp::inspect::inspect(&m).unwrap();
     // The dequantised Q4_1 weights already hold a few exact zeros (0.03%), so a group can end
     // with three zeros: at least half, barely more.
-    assert!(r.all_linears_2_4 && r.linear_sparsity >= 0.5 && r.linear_sparsity < 0.5005, "{}", r.linear_sparsity);
+    assert!(
+        r.all_linears_2_4 && r.linear_sparsity >= 0.5 && r.linear_sparsity < 0.5005,
+        "{}",
+        r.linear_sparsity
+    );
     let pruned = ppl(&m);
     assert!(dense > 5.0 && dense < 60.0, "dense ppl {dense}");
-    assert!(pruned > 1.5 * dense, "magnitude 2:4 should hurt: dense {dense}, pruned {pruned}");
+    assert!(
+        pruned > 1.5 * dense,
+        "magnitude 2:4 should hurt: dense {dense}, pruned {pruned}"
+    );
 }

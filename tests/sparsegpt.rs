@@ -39,7 +39,8 @@ fn calibration(rng: &mut Rng) -> Vec<f32> {
         let z: Vec<f64> = (0..LATENT).map(|_| rng.normal()).collect();
         let row = &mut x[t * COLS..(t + 1) * COLS];
         for j in 0..COLS {
-            let shared: f64 = (0..LATENT).map(|k| z[k] * mix[k * COLS + j]).sum::<f64>() / (LATENT as f64).sqrt();
+            let shared: f64 =
+                (0..LATENT).map(|k| z[k] * mix[k * COLS + j]).sum::<f64>() / (LATENT as f64).sqrt();
             row[j] = (scales[j] * (shared + NOISE * rng.normal())) as f32;
         }
         row[1] = 0.9 * row[0] + 0.1 * rng.normal() as f32;
@@ -58,7 +59,8 @@ fn hessian_of(x: &[f32], cols: usize, samples: usize) -> Hessian {
     let tokens = x.len() / cols / samples;
     let mut h = Hessian::new(cols);
     for s in 0..samples {
-        h.add(&x[s * tokens * cols..(s + 1) * tokens * cols], tokens).unwrap();
+        h.add(&x[s * tokens * cols..(s + 1) * tokens * cols], tokens)
+            .unwrap();
     }
     h
 }
@@ -104,7 +106,15 @@ fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
 /// The paper's algorithm one column at a time in f64, updating all remaining columns after every
 /// column (no lazy batches), with the same mask rules: the unstructured mask is chosen over each
 /// block of `bs` columns from the weights at the block's start; N:M per row at each group start.
-fn slow_reference(w0: &[f32], rows: usize, n: usize, hess: &Hessian, sp: Sparsity, bs: usize, percdamp: f64) -> (Vec<f64>, f64) {
+fn slow_reference(
+    w0: &[f32],
+    rows: usize,
+    n: usize,
+    hess: &Hessian,
+    sp: Sparsity,
+    bs: usize,
+    percdamp: f64,
+) -> (Vec<f64>, f64) {
     let mut h: Vec<f64> = hess.h.iter().map(|&v| v as f64).collect();
     let mut w: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
     for j in 0..n {
@@ -135,19 +145,23 @@ fn slow_reference(w0: &[f32], rows: usize, n: usize, hess: &Hessian, sp: Sparsit
                 let mut scores = vec![0f32; rows * count];
                 for r in 0..rows {
                     for j in 0..count {
-                        scores[r * count + j] = (w[r * n + i + j].powi(2) / u(i + j, i + j).powi(2)) as f32;
+                        scores[r * count + j] =
+                            (w[r * n + i + j].powi(2) / u(i + j, i + j).powi(2)) as f32;
                     }
                 }
                 let sel = mask::select(&scores, rows, count, &sp, false);
                 for r in 0..rows {
-                    pruned[r * n + i..r * n + i + count].copy_from_slice(&sel[r * count..(r + 1) * count]);
+                    pruned[r * n + i..r * n + i + count]
+                        .copy_from_slice(&sel[r * count..(r + 1) * count]);
                 }
             }
         }
         for r in 0..rows {
             if let Sparsity::NM { n: keep, m } = sp {
                 if i % m == 0 {
-                    let scores: Vec<f32> = (i..i + m).map(|j| (w[r * n + j].powi(2) / u(j, j).powi(2)) as f32).collect();
+                    let scores: Vec<f32> = (i..i + m)
+                        .map(|j| (w[r * n + j].powi(2) / u(j, j).powi(2)) as f32)
+                        .collect();
                     mask::mark_lowest(&scores, m - keep, &mut pruned[r * n + i..r * n + i + m]);
                 }
             }
@@ -184,13 +198,24 @@ fn blocked_matches_slow_reference() {
         let (slow, slow_loss) = slow_reference(&w, ROWS, COLS, &h, sp, bs, 0.01);
         let scale = max_abs(slow.iter().copied());
         let diff = max_abs(out.weight.iter().zip(&slow).map(|(&a, &b)| a as f64 - b));
-        assert!(diff <= 1e-4 * scale, "{sp} bs {bs}: max diff {diff:e} vs scale {scale:e}");
+        assert!(
+            diff <= 1e-4 * scale,
+            "{sp} bs {bs}: max diff {diff:e} vs scale {scale:e}"
+        );
         // Same zero pattern.
         for (k, (&a, &b)) in out.weight.iter().zip(&slow).enumerate() {
-            assert_eq!(a == 0.0, b == 0.0, "{sp} bs {bs}: zero pattern differs at {k}");
+            assert_eq!(
+                a == 0.0,
+                b == 0.0,
+                "{sp} bs {bs}: zero pattern differs at {k}"
+            );
         }
         let rel = (out.obs_loss - slow_loss).abs() / slow_loss;
-        assert!(rel < 1e-4, "{sp} bs {bs}: loss {} vs {slow_loss}", out.obs_loss);
+        assert!(
+            rel < 1e-4,
+            "{sp} bs {bs}: loss {} vs {slow_loss}",
+            out.obs_loss
+        );
         assert_eq!(out.percdamp_used, 0.01);
         assert_eq!(out.dead_inputs, 1);
     }
@@ -204,15 +229,25 @@ fn exact_counts_and_dead_column() {
         let out = prune(&w, ROWS, COLS, &h, &sp, bs, 0.01).unwrap();
         for i1 in (0..COLS).step_by(bs) {
             let count = bs.min(COLS - i1);
-            let zeros = (0..ROWS).flat_map(|r| &out.weight[r * COLS + i1..r * COLS + i1 + count]).filter(|&&v| v == 0.0).count();
-            assert_eq!(zeros, (ROWS as f64 * count as f64 * ratio).floor() as usize, "ratio {ratio} bs {bs} block {i1}");
+            let zeros = (0..ROWS)
+                .flat_map(|r| &out.weight[r * COLS + i1..r * COLS + i1 + count])
+                .filter(|&&v| v == 0.0)
+                .count();
+            assert_eq!(
+                zeros,
+                (ROWS as f64 * count as f64 * ratio).floor() as usize,
+                "ratio {ratio} bs {bs} block {i1}"
+            );
         }
         assert!((0..ROWS).all(|r| out.weight[r * COLS + DEAD] == 0.0));
     }
     for (n, m) in [(2, 4), (4, 8), (1, 4)] {
         let out = prune(&w, ROWS, COLS, &h, &Sparsity::NM { n, m }, 16, 0.01).unwrap();
         for g in out.weight.chunks(m) {
-            assert!(g.iter().filter(|&&v| v != 0.0).count() <= n, "{n}:{m} group {g:?}");
+            assert!(
+                g.iter().filter(|&&v| v != 0.0).count() <= n,
+                "{n}:{m} group {g:?}"
+            );
         }
         assert!((0..ROWS).all(|r| out.weight[r * COLS + DEAD] == 0.0));
         assert_eq!(out.dead_inputs, 1);
@@ -225,7 +260,9 @@ fn reconstruction_error(w: &[f32], wh: &[f32], x: &[f32]) -> f64 {
     for t in 0..TOKENS {
         let xt = &x[t * COLS..(t + 1) * COLS];
         for r in 0..ROWS {
-            let d: f64 = (0..COLS).map(|j| (w[r * COLS + j] as f64 - wh[r * COLS + j] as f64) * xt[j] as f64).sum();
+            let d: f64 = (0..COLS)
+                .map(|j| (w[r * COLS + j] as f64 - wh[r * COLS + j] as f64) * xt[j] as f64)
+                .sum();
             total += d * d;
         }
     }
@@ -233,7 +270,10 @@ fn reconstruction_error(w: &[f32], wh: &[f32], x: &[f32]) -> f64 {
 }
 
 fn apply(w: &[f32], pruned: &[bool]) -> Vec<f32> {
-    w.iter().zip(pruned).map(|(&v, &p)| if p { 0.0 } else { v }).collect()
+    w.iter()
+        .zip(pruned)
+        .map(|(&v, &p)| if p { 0.0 } else { v })
+        .collect()
 }
 
 /// SparseGPT's edge is the reconstruction: pruned weights are compensated through correlated
@@ -243,10 +283,24 @@ fn apply(w: &[f32], pruned: &[bool]) -> Vec<f32> {
 #[test]
 fn beats_magnitude_and_wanda() {
     let (x, w, h) = setup(3);
-    let norms: Vec<f32> = (0..COLS).map(|j| (0..TOKENS).map(|t| (x[t * COLS + j] as f64).powi(2)).sum::<f64>().sqrt() as f32).collect();
+    let norms: Vec<f32> = (0..COLS)
+        .map(|j| {
+            (0..TOKENS)
+                .map(|t| (x[t * COLS + j] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
+        .collect();
     let abs: Vec<f32> = w.iter().map(|v| v.abs()).collect();
-    let wanda: Vec<f32> = abs.iter().enumerate().map(|(k, a)| a * norms[k % COLS]).collect();
-    for sp in [Sparsity::Unstructured { ratio: 0.5 }, Sparsity::NM { n: 2, m: 4 }] {
+    let wanda: Vec<f32> = abs
+        .iter()
+        .enumerate()
+        .map(|(k, a)| a * norms[k % COLS])
+        .collect();
+    for sp in [
+        Sparsity::Unstructured { ratio: 0.5 },
+        Sparsity::NM { n: 2, m: 4 },
+    ] {
         // Magnitude: one threshold per matrix; Wanda: per output row.
         let magnitude = apply(&w, &mask::select(&abs, ROWS, COLS, &sp, false));
         let wanda_w = apply(&w, &mask::select(&wanda, ROWS, COLS, &sp, true));
@@ -268,13 +322,18 @@ fn singular_hessian_never_panics_or_nans() {
     // Rank-1 calibration data with almost no damping.
     let mut rng = Rng(4);
     let v: Vec<f64> = (0..COLS).map(|_| rng.normal()).collect();
-    let x: Vec<f32> = (0..TOKENS).flat_map(|_| {
-        let c = rng.normal();
-        v.iter().map(move |vj| (c * vj) as f32).collect::<Vec<_>>()
-    }).collect();
+    let x: Vec<f32> = (0..TOKENS)
+        .flat_map(|_| {
+            let c = rng.normal();
+            v.iter().map(move |vj| (c * vj) as f32).collect::<Vec<_>>()
+        })
+        .collect();
     let h = hessian_of(&x, COLS, SAMPLES);
     let w = weight(&mut rng);
-    for sp in [Sparsity::Unstructured { ratio: 0.5 }, Sparsity::NM { n: 2, m: 4 }] {
+    for sp in [
+        Sparsity::Unstructured { ratio: 0.5 },
+        Sparsity::NM { n: 2, m: 4 },
+    ] {
         match prune(&w, ROWS, COLS, &h, &sp, 16, 1e-12) {
             Ok(out) => {
                 assert!(out.weight.iter().all(|v| v.is_finite()));
@@ -289,19 +348,46 @@ fn singular_hessian_never_panics_or_nans() {
 
     // An indefinite H (eigenvalue −0.05 of a mean-diagonal-1 matrix): 1e-3 and 1e-2 fail, 1e-1 works.
     let n = 8;
-    let mut h = Hessian { n, samples: 1, h: vec![0.0; n * n] };
+    let mut h = Hessian {
+        n,
+        samples: 1,
+        h: vec![0.0; n * n],
+    };
     (0..n).for_each(|i| h.h[i * n + i] = 1.0);
     h.h[1] = 1.05;
     h.h[n] = 1.05;
     let w8: Vec<f32> = (0..4 * n).map(|_| rng.normal() as f32).collect();
-    let out = prune(&w8, 4, n, &h, &Sparsity::Unstructured { ratio: 0.5 }, 4, 1e-3).unwrap();
-    assert!((out.percdamp_used - 0.1).abs() < 1e-15, "percdamp_used {}", out.percdamp_used);
+    let out = prune(
+        &w8,
+        4,
+        n,
+        &h,
+        &Sparsity::Unstructured { ratio: 0.5 },
+        4,
+        1e-3,
+    )
+    .unwrap();
+    assert!(
+        (out.percdamp_used - 0.1).abs() < 1e-15,
+        "percdamp_used {}",
+        out.percdamp_used
+    );
     assert!(out.weight.iter().all(|v| v.is_finite()));
 
     // Hopelessly indefinite (eigenvalue −999): a clear error after the retries.
     h.h[1] = 1000.0;
     h.h[n] = 1000.0;
-    let e = prune(&w8, 4, n, &h, &Sparsity::Unstructured { ratio: 0.5 }, 4, 0.01).err().expect("must fail");
+    let e = prune(
+        &w8,
+        4,
+        n,
+        &h,
+        &Sparsity::Unstructured { ratio: 0.5 },
+        4,
+        0.01,
+    )
+    .err()
+    .expect("must fail");
     assert!(e.to_string().contains("not positive definite"), "{e}");
 }
 
@@ -309,16 +395,44 @@ fn singular_hessian_never_panics_or_nans() {
 fn rejects_bad_inputs() {
     let (_, w, h) = setup(5);
     let un = Sparsity::Unstructured { ratio: 0.5 };
-    let msg = |r: spp::Result<_>| r.err().map(|e: spp::Error| e.to_string()).expect("must fail");
+    let msg = |r: spp::Result<_>| {
+        r.err()
+            .map(|e: spp::Error| e.to_string())
+            .expect("must fail")
+    };
     assert!(msg(prune(&w[1..], ROWS, COLS, &h, &un, 16, 0.01)).contains("rows"));
     assert!(msg(prune(&w, ROWS, COLS, &h, &un, 0, 0.01)).contains("blocksize"));
-    assert!(msg(prune(&w, ROWS, COLS, &h, &Sparsity::NM { n: 2, m: 4 }, 18, 0.01)).contains("multiple of M"));
+    assert!(msg(prune(
+        &w,
+        ROWS,
+        COLS,
+        &h,
+        &Sparsity::NM { n: 2, m: 4 },
+        18,
+        0.01
+    ))
+    .contains("multiple of M"));
     assert!(msg(prune(&w[..ROWS * 32], ROWS, 32, &h, &un, 16, 0.01)).contains("Hessian"));
     assert!(msg(prune(&w, ROWS, COLS, &h, &un, 16, f64::NAN)).contains("percdamp"));
-    assert!(msg(prune(&w, ROWS, COLS, &Hessian::new(COLS), &un, 16, 0.01)).contains("no calibration"));
+    assert!(
+        msg(prune(&w, ROWS, COLS, &Hessian::new(COLS), &un, 16, 0.01)).contains("no calibration")
+    );
     let w60 = vec![1.0f32; ROWS * 60];
-    let h60 = Hessian { n: 60, samples: 1, h: vec![0.0; 3600] };
-    assert!(msg(prune(&w60, ROWS, 60, &h60, &Sparsity::NM { n: 4, m: 8 }, 16, 0.01)).contains("divisible"));
+    let h60 = Hessian {
+        n: 60,
+        samples: 1,
+        h: vec![0.0; 3600],
+    };
+    assert!(msg(prune(
+        &w60,
+        ROWS,
+        60,
+        &h60,
+        &Sparsity::NM { n: 4, m: 8 },
+        16,
+        0.01
+    ))
+    .contains("divisible"));
     let mut hx = Hessian::new(4);
     assert!(hx.add(&[0.0; 7], 2).is_err());
     assert!(hx.add(&[0.0, 1.0, f32::INFINITY, 0.0], 1).is_err());
@@ -335,7 +449,8 @@ fn hessian_matches_direct_sum() {
     for t in 0..TOKENS {
         for i in 0..COLS {
             for j in 0..COLS {
-                direct[i * COLS + j] += 2.0 / SAMPLES as f64 * x[t * COLS + i] as f64 * x[t * COLS + j] as f64;
+                direct[i * COLS + j] +=
+                    2.0 / SAMPLES as f64 * x[t * COLS + i] as f64 * x[t * COLS + j] as f64;
             }
         }
     }
@@ -356,7 +471,10 @@ fn timing_4096() {
     let t = std::time::Instant::now();
     let h = hessian_of(&x, cols, 4);
     eprintln!("hessian: {:.2?}", t.elapsed());
-    for sp in [Sparsity::Unstructured { ratio: 0.5 }, Sparsity::NM { n: 2, m: 4 }] {
+    for sp in [
+        Sparsity::Unstructured { ratio: 0.5 },
+        Sparsity::NM { n: 2, m: 4 },
+    ] {
         let t = std::time::Instant::now();
         let out = prune(&w, rows, cols, &h, &sp, 128, 0.01).unwrap();
         eprintln!("{sp}: {:.2?}, loss {:.3e}", t.elapsed(), out.obs_loss);

@@ -58,7 +58,11 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
         return Ok(vec![raw.replace("\r\n", "\n")]);
     }
     let mut docs = Vec::new();
-    for (i, line) in raw.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in raw
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| Error::Msg(format!("{}:{}: invalid JSON ({e})", path.display(), i + 1)))?;
         match v.get("text").and_then(|t| t.as_str()) {
@@ -124,7 +128,9 @@ pub fn perplexity(
     let scored = windows * (seqlen - 1);
     let mean_nll = total / scored as f64;
     if !mean_nll.is_finite() {
-        bail!("the mean negative log-likelihood is {mean_nll}: the model produced non-finite logits");
+        bail!(
+            "the mean negative log-likelihood is {mean_nll}: the model produced non-finite logits"
+        );
     }
     Ok(PplResult {
         ppl: mean_nll.exp(),

@@ -10,7 +10,9 @@ pub mod tokenizer;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::{torch_dtype_name, write_dir_atomically, write_json, write_safetensors};
+use crate::model::checkpoint::{
+    torch_dtype_name, write_dir_atomically, write_json, write_safetensors,
+};
 use crate::model::{Llama, LlamaConfig};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
@@ -79,7 +81,11 @@ fn meta_f64(c: &Content, key: &str) -> Result<Option<f64>> {
 }
 
 fn required(c: &Content, key: &str) -> Result<usize> {
-    meta_usize(c, key)?.ok_or_else(|| Error::Msg(format!("GGUF metadata key {key} is missing: cannot build config.json")))
+    meta_usize(c, key)?.ok_or_else(|| {
+        Error::Msg(format!(
+            "GGUF metadata key {key} is missing: cannot build config.json"
+        ))
+    })
 }
 
 /// `config.json` for the model a GGUF file describes.
@@ -106,7 +112,9 @@ pub fn config_from_gguf(c: &Content) -> Result<LlamaConfig> {
             "factor": meta_f64(c, &format!("{p}.rope.scaling.factor"))?.unwrap_or(1.0)
         })),
         Some(Value::String(t)) if t == "none" => None,
-        Some(other) => bail!("GGUF rope scaling {other:?} is not supported (spp supports none and linear from GGUF)"),
+        Some(other) => bail!(
+            "GGUF rope scaling {other:?} is not supported (spp supports none and linear from GGUF)"
+        ),
         None => None,
     };
     if c.tensor_infos.contains_key("rope_freqs.weight") {
@@ -141,7 +149,8 @@ pub fn config_from_gguf(c: &Content) -> Result<LlamaConfig> {
     if let Some(rs) = rope_scaling {
         cfg["rope_scaling"] = rs;
     }
-    let cfg: LlamaConfig = serde_json::from_value(cfg).map_err(|e| Error::Msg(format!("GGUF metadata gives an invalid config: {e}")))?;
+    let cfg: LlamaConfig = serde_json::from_value(cfg)
+        .map_err(|e| Error::Msg(format!("GGUF metadata gives an invalid config: {e}")))?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -186,11 +195,19 @@ pub fn unpermute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     }
     let rest: usize = dims[1..].iter().product();
     let half = out / n_heads / 2;
-    Ok(t.reshape((n_heads, half, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(t.reshape((n_heads, half, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// All tensors of the file under Hugging Face names, dequantised and cast to `dtype`.
-pub fn hf_tensors(c: &Content, file: &mut std::fs::File, cfg: &LlamaConfig, dtype: DType) -> Result<HashMap<String, Tensor>> {
+pub fn hf_tensors(
+    c: &Content,
+    file: &mut std::fs::File,
+    cfg: &LlamaConfig,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     let mut names: Vec<&String> = c.tensor_infos.keys().collect();
     names.sort();
@@ -198,7 +215,9 @@ pub fn hf_tensors(c: &Content, file: &mut std::fs::File, cfg: &LlamaConfig, dtyp
         let Some(hf) = hf_name(name) else {
             bail!("GGUF tensor {name} has no Hugging Face LLaMA counterpart: this file is not a plain llama model");
         };
-        let q = c.tensor(file, name, &Device::Cpu).map_err(|e| Error::Msg(format!("GGUF tensor {name}: {e}")))?;
+        let q = c
+            .tensor(file, name, &Device::Cpu)
+            .map_err(|e| Error::Msg(format!("GGUF tensor {name}: {e}")))?;
         let mut t = q.dequantize(&Device::Cpu)?;
         if name.contains(".attn_q.") {
             t = unpermute_rows(&t, cfg.num_attention_heads)?;
@@ -213,14 +232,19 @@ pub fn hf_tensors(c: &Content, file: &mut std::fs::File, cfg: &LlamaConfig, dtyp
 /// Converts a GGUF file into a Hugging Face directory at `out` (written atomically).
 pub fn convert(path: &Path, out: &Path, dtype: DType, force: bool) -> Result<ConvertReport> {
     let (content, mut file) = read_header(path)?;
-    let cfg = config_from_gguf(&content).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    let tok = tokenizer::tokenizer_files(&content).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    let tensors = hf_tensors(&content, &mut file, &cfg, dtype).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let cfg =
+        config_from_gguf(&content).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let tok = tokenizer::tokenizer_files(&content)
+        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let tensors = hf_tensors(&content, &mut file, &cfg, dtype)
+        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
     // Building the model checks every shape against the config before anything is written.
     let model = Llama::load(cfg.clone(), &tensors, dtype, &Device::Cpu)?;
     let mut source_types = BTreeMap::new();
     for info in content.tensor_infos.values() {
-        *source_types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        *source_types
+            .entry(format!("{:?}", info.ggml_dtype))
+            .or_insert(0) += 1;
     }
     let mut cfg_out = cfg.clone();
     crate::model::checkpoint::set_dtype(&mut cfg_out, dtype);
@@ -231,7 +255,11 @@ pub fn convert(path: &Path, out: &Path, dtype: DType, force: bool) -> Result<Con
     let named = model.named_tensors();
     write_dir_atomically(out, force, |tmp| {
         write_json(&tmp.join("config.json"), &cfg_out)?;
-        write_safetensors(tmp, &named, crate::model::checkpoint::DEFAULT_MAX_SHARD_BYTES)?;
+        write_safetensors(
+            tmp,
+            &named,
+            crate::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
+        )?;
         write_json(&tmp.join("tokenizer.json"), &tok.tokenizer_json)?;
         write_json(&tmp.join("tokenizer_config.json"), &tok.tokenizer_config)?;
         write_json(&tmp.join("generation_config.json"), &generation)?;

@@ -101,7 +101,12 @@ impl SafetensorsSource {
             ))
         })?;
         let names = st.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(Self { st, names, files, dir: dir.to_path_buf() })
+        Ok(Self {
+            st,
+            names,
+            files,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -122,7 +127,10 @@ impl SafetensorsSource {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F32 => DType::F32,
-            other => bail!("{}: tensor {name} has dtype {other:?}; spp reads f32, f16 and bf16 weights", self.dir.display()),
+            other => bail!(
+                "{}: tensor {name} has dtype {other:?}; spp reads f32, f16 and bf16 weights",
+                self.dir.display()
+            ),
         }))
     }
 }
@@ -133,7 +141,10 @@ impl TensorSource for SafetensorsSource {
             return Ok(None);
         }
         let t = self.st.load(name, &Device::Cpu).map_err(|e| {
-            Error::Msg(format!("{}: cannot read tensor {name} ({e}); the file may be corrupt", self.dir.display()))
+            Error::Msg(format!(
+                "{}: cannot read tensor {name} ({e}); the file may be corrupt",
+                self.dir.display()
+            ))
         })?;
         Ok(Some(t))
     }
@@ -159,12 +170,19 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
             bail!("{}: no \"weight_map\" object", index.display());
         };
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
-            bail!("{} names shard {} which is missing", index.display(), missing.display());
+            bail!(
+                "{} names shard {} which is missing",
+                index.display(),
+                missing.display()
+            );
         }
         return Ok(files);
     }
@@ -199,27 +217,48 @@ pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Loa
     let src = SafetensorsSource::open(dir)?;
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
-        bail!("{}: config.json is missing; a model directory needs config.json beside its weights", dir.display());
+        bail!(
+            "{}: config.json is missing; a model directory needs config.json beside its weights",
+            dir.display()
+        );
     }
     let cfg = LlamaConfig::load(&cfg_path)?;
-    let on_disk = src.dtype_of("model.embed_tokens.weight")?.unwrap_or(DType::F32);
+    let on_disk = src
+        .dtype_of("model.embed_tokens.weight")?
+        .unwrap_or(DType::F32);
     let model = Llama::load(cfg, &src, dtype.resolve(on_disk), device)?;
-    Ok(LoadedModel { model, dir: dir.to_path_buf() })
+    Ok(LoadedModel {
+        model,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Runs `write` on a fresh temporary directory beside `out` and renames it to `out` when it
 /// succeeds; on failure nothing is left behind. An existing `out` is replaced only with `force`.
-pub fn write_dir_atomically(out: &Path, force: bool, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn write_dir_atomically(
+    out: &Path,
+    force: bool,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     if out.exists() && !force {
-        bail!("{} already exists: choose another --out or pass --force to replace it", out.display());
+        bail!(
+            "{} already exists: choose another --out or pass --force to replace it",
+            out.display()
+        );
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).at(&parent)?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(&parent).at(&parent)?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(&parent)
+        .at(&parent)?;
     write(tmp.path())?;
     make_readable(tmp.path())?;
     let tmp = tmp.keep();
@@ -254,7 +293,11 @@ fn make_readable(dir: &Path) -> Result<()> {
 /// Writes `tensors` as safetensors files in `dir` with `{"format": "pt"}` metadata: one
 /// `model.safetensors`, or `model-0000i-of-0000n.safetensors` shards of at most `max_shard_bytes`
 /// plus `model.safetensors.index.json`.
-pub fn write_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u64) -> Result<()> {
+pub fn write_safetensors(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    max_shard_bytes: u64,
+) -> Result<()> {
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
     let mut size = 0u64;
     let mut total = 0u64;
@@ -275,23 +318,38 @@ pub fn write_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_byt
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
     for (i, shard) in shards.iter().enumerate() {
-        let file = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
         let path = dir.join(&file);
-        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.as_str(), t)), Some(meta.clone()), &path)
-            .map_err(|e| Error::Msg(format!("{}: cannot write safetensors ({e})", path.display())))?;
+        safetensors::serialize_to_file(
+            shard.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(meta.clone()),
+            &path,
+        )
+        .map_err(|e| {
+            Error::Msg(format!(
+                "{}: cannot write safetensors ({e})",
+                path.display()
+            ))
+        })?;
         for (k, _) in shard {
             weight_map.insert(k.clone(), file.clone());
         }
     }
     if n > 1 {
-        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let index =
+            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         write_json(&dir.join("model.safetensors.index.json"), &index)?;
     }
     Ok(())
 }
 
 pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
     std::fs::write(path, text + "\n").at(path)
 }
 
@@ -308,7 +366,12 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        Self { max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, force: false, copy_from: None, extra_files: vec![] }
+        Self {
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            force: false,
+            copy_from: None,
+            extra_files: vec![],
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! `config.json` of a Hugging Face `LlamaForCausalLM` directory, mirrored with serde.
 //! Keys we do not use are kept in `extra` so that a load → save round trip loses nothing.
 
-use crate::error::{IoContext, Result};
 use crate::bail;
+use crate::error::{IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -90,7 +90,8 @@ impl LlamaConfig {
                 path.display()
             ))
         })?;
-        cfg.validate().map_err(|e| crate::Error::Msg(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| crate::Error::Msg(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
@@ -99,7 +100,10 @@ impl LlamaConfig {
         let known = ["LlamaForCausalLM", "MistralForCausalLM"];
         if let Some(a) = self.architectures.first() {
             if !known.contains(&a.as_str()) {
-                bail!("unsupported architecture {a:?}: spp runs LLaMA-family models ({})", known.join(", "));
+                bail!(
+                    "unsupported architecture {a:?}: spp runs LLaMA-family models ({})",
+                    known.join(", ")
+                );
             }
         }
         if let Some(t) = &self.model_type {
@@ -108,7 +112,10 @@ impl LlamaConfig {
             }
         }
         if self.hidden_act != "silu" {
-            bail!("unsupported hidden_act {:?}: LLaMA uses \"silu\"", self.hidden_act);
+            bail!(
+                "unsupported hidden_act {:?}: LLaMA uses \"silu\"",
+                self.hidden_act
+            );
         }
         if self.num_attention_heads == 0 || self.num_hidden_layers == 0 || self.hidden_size == 0 {
             bail!("num_attention_heads, num_hidden_layers and hidden_size must be positive");
@@ -121,7 +128,10 @@ impl LlamaConfig {
             );
         }
         if self.head_dim() % 2 != 0 {
-            bail!("head_dim {} must be even for rotary embeddings", self.head_dim());
+            bail!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            );
         }
         if self.num_attention_heads % self.num_kv_heads() != 0 {
             bail!(
@@ -154,7 +164,8 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// Token ids from `eos_token_id`, which may be a number or a list.
@@ -171,13 +182,22 @@ impl LlamaConfig {
 /// top-level `rope_theta` / `rope_scaling` keys that older versions (and spp) read.
 fn lift_rope_parameters(v: &mut serde_json::Value) {
     let Some(obj) = v.as_object_mut() else { return };
-    let Some(rp) = obj.get("rope_parameters").and_then(|r| r.as_object()).cloned() else { return };
+    let Some(rp) = obj
+        .get("rope_parameters")
+        .and_then(|r| r.as_object())
+        .cloned()
+    else {
+        return;
+    };
     if !obj.contains_key("rope_theta") {
         if let Some(t) = rp.get("rope_theta") {
             obj.insert("rope_theta".into(), t.clone());
         }
     }
-    let kind = rp.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+    let kind = rp
+        .get("rope_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
     if kind != "default" && obj.get("rope_scaling").is_none_or(|s| s.is_null()) {
         let mut rs = rp.clone();
         rs.remove("rope_theta");
@@ -187,8 +207,14 @@ fn lift_rope_parameters(v: &mut serde_json::Value) {
 
 pub(crate) fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }

@@ -1,5 +1,5 @@
 //! `SparseLinear`: a frozen `[out, in]` weight (zeros are the sparsity mask, never stored twice)
-//! and an optional bias. Adapters attach here later.
+//! an optional bias and an optional adapter.
 
 use crate::error::Result;
 use candle_core::{DType, Tensor, D};
@@ -9,11 +9,17 @@ pub struct SparseLinear {
     /// `[out_features, in_features]`, the Hugging Face layout.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A trainable adapter (SPP or LoRA) applied on top of the frozen weight.
+    pub adapter: Option<crate::adapter::Adapter>,
 }
 
 impl SparseLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -31,7 +37,11 @@ impl SparseLinear {
         let dims = x.dims().to_vec();
         let in_f = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_f.max(1);
-        let y = super::ops::frozen_matmul(&x.reshape((rows, in_f))?, &self.weight)?;
+        let x = x.reshape((rows, in_f))?;
+        let y = match &self.adapter {
+            Some(ad) => ad.forward(&x, &self.weight)?,
+            None => super::ops::frozen_matmul(&x, &self.weight)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -43,7 +53,12 @@ impl SparseLinear {
 
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
-        let zeros = self.weight.eq(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let zeros = self
+            .weight
+            .eq(0.0)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
         Ok(zeros / self.weight.elem_count() as f64)
     }
 

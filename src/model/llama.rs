@@ -37,7 +37,9 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        let Some(t) = self.src.get(name)? else { return Ok(None) };
+        let Some(t) = self.src.get(name)? else {
+            return Ok(None);
+        };
         if t.dims() != shape {
             bail!(
                 "{}: tensor {name} has shape {:?} but config.json implies {:?}; the config does not \
@@ -53,13 +55,20 @@ impl Loader<'_> {
     fn req(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         match self.opt(name, shape)? {
             Some(t) => Ok(t),
-            None => bail!("{}: tensor {name} is missing (expected shape {shape:?})", self.src.describe()),
+            None => bail!(
+                "{}: tensor {name} is missing (expected shape {shape:?})",
+                self.src.describe()
+            ),
         }
     }
 
     fn linear(&self, prefix: &str, out_f: usize, in_f: usize, bias: bool) -> Result<SparseLinear> {
         let w = self.req(&format!("{prefix}.weight"), &[out_f, in_f])?;
-        let b = if bias { Some(self.req(&format!("{prefix}.bias"), &[out_f])?) } else { None };
+        let b = if bias {
+            Some(self.req(&format!("{prefix}.bias"), &[out_f])?)
+        } else {
+            None
+        };
         Ok(SparseLinear::new(w, b))
     }
 }
@@ -72,7 +81,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        super::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -124,11 +133,17 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { kv: vec![None; n_layers] }
+        Self {
+            kv: vec![None; n_layers],
+        }
     }
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.kv.first().and_then(|e| e.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+        self.kv
+            .first()
+            .and_then(|e| e.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -146,7 +161,10 @@ pub struct Rope {
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
     let d = cfg.head_dim();
     let base = cfg.rope_theta as f32;
-    let mut inv: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / base.powf(i as f32 / d as f32)).collect();
+    let mut inv: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / d as f32))
+        .collect();
     if let Some(rs) = &cfg.rope_scaling {
         let factor = rs.factor.unwrap_or(1.0) as f32;
         match rs.rope_type.as_str() {
@@ -204,7 +222,7 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+        super::ops::rope(x, &cos, &sin)
     }
 }
 
@@ -216,13 +234,32 @@ impl Attention {
     /// Causal grouped-query attention; returns the input of o_proj `[B, T, H·D]`.
     /// Queries are processed in chunks so that each chunk scores only the keys it can see, and
     /// each KV head serves its `rep` query heads without copying keys or values.
-    fn heads(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<(Tensor, Tensor)>>, offset: usize) -> Result<Tensor> {
+    fn heads(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
         let rep = h / kvh;
-        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = (rope.apply(&q, offset)? * (1.0 / (d as f64).sqrt()))?;
         let k = rope.apply(&k, offset)?;
         let (k, v) = match cache {
@@ -241,17 +278,27 @@ impl Attention {
         for c0 in (0..t).step_by(ATTN_CHUNK) {
             let c = ATTN_CHUNK.min(t - c0);
             let end = offset + c0 + c;
-            let qc = q.narrow(3, c0, c)?.contiguous()?.reshape((b, kvh, rep * c, d))?;
+            let qc = q
+                .narrow(3, c0, c)?
+                .contiguous()?
+                .reshape((b, kvh, rep * c, d))?;
             let kc = k.narrow(2, 0, end)?.contiguous()?;
             let vc = v.narrow(2, 0, end)?.contiguous()?;
             // Scores [B, KV, rep, c, end]; softmax in f32 whatever the model dtype, as
             // transformers' eager attention does.
             let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end))?;
-            let att = super::ops::causal_softmax(&att, offset + c0)?.reshape((b, kvh, rep * c, end))?;
+            let att =
+                super::ops::causal_softmax(&att, offset + c0)?.reshape((b, kvh, rep * c, end))?;
             outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
         }
-        let y = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 3)? };
-        Ok(y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
+        let y = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 3)?
+        };
+        Ok(y.reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?)
     }
 }
 
@@ -278,7 +325,12 @@ impl Block {
         let down_in = self.mlp.hidden(&mlp_in)?;
         let out = (&x + self.mlp.down_proj.forward(&down_in)?)?;
         if let Some(slot) = taps {
-            *slot = Some(Taps { attn_in, o_in, mlp_in, down_in });
+            *slot = Some(Taps {
+                attn_in,
+                o_in,
+                mlp_in,
+                down_in,
+            });
         }
         Ok(out)
     }
@@ -298,11 +350,17 @@ impl Block {
 
     /// The linear called `name` (e.g. `mlp.down_proj`).
     pub fn linear(&self, name: &str) -> Option<&SparseLinear> {
-        self.linears().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l)
+        self.linears()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| l)
     }
 
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut SparseLinear> {
-        self.linears_mut().into_iter().find(|(n, _)| *n == name).map(|(_, l)| l)
+        self.linears_mut()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| l)
     }
 
     pub fn linears_mut(&mut self) -> [(&'static str, &mut SparseLinear); 7] {
@@ -334,12 +392,27 @@ pub struct Llama {
 
 impl Llama {
     /// Builds the model from `src`, checking every tensor's shape against `cfg`.
-    pub fn load(cfg: LlamaConfig, src: &dyn TensorSource, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        cfg: LlamaConfig,
+        src: &dyn TensorSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         let l = Loader { src, dtype, device };
-        let (hd, d, kvh, h) = (cfg.hidden_size, cfg.head_dim(), cfg.num_kv_heads(), cfg.num_attention_heads);
+        let (hd, d, kvh, h) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_kv_heads(),
+            cfg.num_attention_heads,
+        );
         let (im, v) = (cfg.intermediate_size, cfg.vocab_size);
-        let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: l.req(name, &[hd])?, eps: cfg.rms_norm_eps }) };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: l.req(name, &[hd])?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
         let embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -371,7 +444,16 @@ impl Llama {
             Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None))
         };
         let rope = Rope::new(&cfg, dtype, device)?;
-        Ok(Self { cfg, embed_tokens, layers, norm, lm_head, rope, device: device.clone(), dtype })
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -384,17 +466,26 @@ impl Llama {
 
     /// Every tensor under its checkpoint name, in checkpoint order (tied heads omitted).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (i, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.weight.clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                b.input_layernorm.weight.clone(),
+            ));
             for (name, lin) in b.linears() {
                 out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{p}.{name}.bias"), bias.clone()));
                 }
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_attention_layernorm.weight.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_attention_layernorm.weight.clone(),
+            ));
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
         if let Some(h) = &self.lm_head {
@@ -412,7 +503,10 @@ impl Llama {
         if max >= vocab {
             bail!("token id {max} is outside the vocabulary (vocab_size {vocab}): tokenizer and model do not match");
         }
-        Ok(self.embed_tokens.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?)
     }
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).

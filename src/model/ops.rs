@@ -2,10 +2,11 @@
 //! thread or in several passes: `silu(g)·u`, the causal softmax of attention scores, and the
 //! per-token negative log-likelihood. Each has a plain composition of candle ops beside it
 //! (`*_reference`), used on other devices and dtypes and as the check in the tests.
-//! The CPU ops carry their backward, so autograd keeps working through them.
+//! The CPU ops carry their backward, so autograd keeps working through them (candle's own fused
+//! RMSNorm and RoPE have none, which training needs).
 
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 fn fast_path(t: &Tensor) -> bool {
@@ -17,6 +18,21 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("fused op: expected a contiguous f32 tensor"),
     }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor (copied first when strided).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => Ok(f(f32_slice(c, l)?)),
+        _ => candle_core::bail!("fused op: expected a CPU tensor"),
+    }
+}
+
+/// A new f32 CPU tensor from a buffer.
+pub(crate) fn f32_tensor(v: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
 /// `eˣ` without a libm call, so that loops over it vectorise: `2^k · e^r` with `k` rounded by the
@@ -31,7 +47,10 @@ pub fn exp_fast(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((k as i32 + 127) as u32) << 23)
 }
 
@@ -50,7 +69,10 @@ fn max_of(x: &[f32]) -> f32 {
             lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
         }
     }
-    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// Sum of a slice with eight partial sums.
@@ -129,7 +151,13 @@ impl CustomOp2 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let (rows, k) = l1.shape().dims2()?;
         let (out, k2) = l2.shape().dims2()?;
@@ -140,10 +168,23 @@ impl CustomOp2 for FrozenMatmul {
         let xa = faer::MatRef::from_row_major_slice(x, rows, k);
         let wa = faer::MatRef::from_row_major_slice(w, out, k);
         let ya = faer::MatMut::from_row_major_slice_mut(&mut y, rows, out);
-        faer::linalg::matmul::matmul(ya, faer::Accum::Replace, xa, wa.transpose(), 1.0f32, faer::Par::rayon(0));
+        faer::linalg::matmul::matmul(
+            ya,
+            faer::Accum::Replace,
+            xa,
+            wa.transpose(),
+            1.0f32,
+            faer::Par::rayon(0),
+        );
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.matmul(w)?), None))
     }
 }
@@ -168,13 +209,28 @@ impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "silu-mul"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
+        out.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096))
+            .zip(u.par_chunks(4096))
+            .for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
-    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let s = candle_nn::ops::sigmoid(g)?;
         let silu = (g * &s)?;
         // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g)))
@@ -213,10 +269,13 @@ impl CustomOp1 for CausalSoftmax {
         let (c, end) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let first = self.first;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(end).zip(x.par_chunks(end)).enumerate().for_each(|(r, (o, x))| {
-            let visible = (first + r % c + 1).min(end);
-            softmax_row(&x[..visible], &mut o[..visible]);
-        });
+        out.par_chunks_mut(end)
+            .zip(x.par_chunks(end))
+            .enumerate()
+            .for_each(|(r, (o, x))| {
+                let visible = (first + r % c + 1).min(end);
+                softmax_row(&x[..visible], &mut o[..visible]);
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -238,8 +297,17 @@ pub fn causal_softmax(scores: &Tensor, first: usize) -> Result<Tensor> {
 pub fn causal_softmax_reference(scores: &Tensor, first: usize) -> Result<Tensor> {
     let dims = scores.dims();
     let (c, end) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let mask: Vec<f32> =
-        (0..c).flat_map(|i| (0..end).map(move |j| if j > first + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask: Vec<f32> = (0..c)
+        .flat_map(|i| {
+            (0..end).map(move |j| {
+                if j > first + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
     let mask = Tensor::from_vec(mask, (c, end), scores.device())?;
     let dtype = scores.dtype();
     let x = scores.to_dtype(DType::F32)?.broadcast_add(&mask)?;
@@ -256,7 +324,13 @@ impl CustomOp2 for TokenNll {
     fn name(&self) -> &'static str {
         "token-nll"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1)?;
         let tgt = match (s2, l2.contiguous_offsets()) {
             (CpuStorage::U32(v), Some((a, b))) => &v[a..b],
@@ -269,17 +343,36 @@ impl CustomOp2 for TokenNll {
         let out: Vec<f32> = x
             .par_chunks(v)
             .zip(tgt.par_iter())
-            .map_init(|| vec![0f32; v], |scratch, (row, &t)| logsumexp(row, scratch) - row[t as usize])
+            .map_init(
+                || vec![0f32; v],
+                |scratch, (row, &t)| logsumexp(row, scratch) - row[t as usize],
+            )
             .collect();
         Ok((CpuStorage::F32(out), Shape::from(tgt.len())))
     }
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let v = logits.dims()[1];
+        let tgt = targets.to_vec1::<u32>()?;
+        let g = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let out = with_f32(logits, |l| TokenNll::grad(l, &tgt, &g, v))?;
+        Ok((Some(f32_tensor(out, logits.dims())?), None))
+    }
 }
 
-/// Per-token negative log-likelihood: logits `[T, V]`, targets `[T]` → `[T]` (f32).
+/// Per-token negative log-likelihood: logits `[T, V]`, targets `[T]` → `[T]` (f32);
+/// differentiable with respect to the logits.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let targets = targets.to_dtype(DType::U32)?;
     if fast_path(logits) {
-        return Ok(logits.contiguous()?.apply_op2_no_bwd(&targets.contiguous()?, &TokenNll)?);
+        return Ok(logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, TokenNll)?);
     }
     token_nll_reference(logits, &targets)
 }
@@ -291,4 +384,170 @@ pub fn token_nll_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> 
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     let tgt = shifted.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
     Ok((lse - tgt)?.squeeze(1)?)
+}
+
+impl TokenNll {
+    fn grad(logits: &[f32], tgt: &[u32], g: &[f32], v: usize) -> Vec<f32> {
+        let mut out = vec![0f32; logits.len()];
+        out.par_chunks_mut(v)
+            .zip(logits.par_chunks(v))
+            .zip(tgt.par_iter().zip(g.par_iter()))
+            .for_each(|((o, row), (&t, &g))| {
+                // d/dz (lse(z) − z_t) = softmax(z) − onehot(t)
+                let lse = logsumexp(row, o);
+                for (o, &z) in o.iter_mut().zip(row) {
+                    *o = exp_fast(z - lse) * g;
+                }
+                o[t as usize] -= g;
+            });
+        out
+    }
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dimension; the weight is frozen (no gradient).
+struct RmsNormOp {
+    eps: f32,
+}
+
+#[inline(always)]
+fn rms_row_body(x: &[f32], w: &[f32], o: &mut [f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+        *o = x * r * w;
+    }
+}
+dispatch!(rms_row, rms_row_avx2, rms_row_body, (x: &[f32], w: &[f32], o: &mut [f32], eps: f32) -> ());
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, x)| rms_row(x, w, o, self.eps));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = x·r·w with r = (mean(x²) + eps)^(−1/2): dx = r·(gw − x·r²·mean(gw·x)).
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let gw = grad.broadcast_mul(w)?;
+        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+        let dx = gw
+            .broadcast_sub(&x.broadcast_mul(&(r.sqr()? * dot)?)?)?
+            .broadcast_mul(&r)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// RMSNorm over the last dimension with a frozen weight.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fast_path(x) && w.dtype() == DType::F32 {
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNormOp { eps: eps as f32 })?);
+    }
+    if x.track_op() {
+        return Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?);
+    }
+    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+}
+
+pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?)
+}
+
+// ---------------------------------------------------------------- RoPE
+
+/// Rotary embedding in the `rotate_half` layout for x `[B, H, T, D]` and tables `[T, D/2]`:
+/// `y₁ = x₁·cos − x₂·sin`, `y₂ = x₂·cos + x₁·sin`. It is a rotation, so the backward is the same
+/// op with `−sin`.
+struct RopeOp {
+    cos: Tensor,
+    sin: Tensor,
+    inverse: bool,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let dims = l.shape().dims();
+        let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let half = d / 2;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        with_f32(&self.cos, |cos| {
+            with_f32(&self.sin, |sin| {
+                out.par_chunks_mut(d)
+                    .zip(x.par_chunks(d))
+                    .enumerate()
+                    .for_each(|(row, (o, x))| {
+                        let p = (row % t) * half;
+                        let (c, s) = (&cos[p..p + half], &sin[p..p + half]);
+                        for i in 0..half {
+                            let (a, b, s) = (x[i], x[i + half], sign * s[i]);
+                            o[i] = a * c[i] - b * s;
+                            o[i + half] = b * c[i] + a * s;
+                        }
+                    });
+            })
+        })??;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let inv = RopeOp {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1(inv)?))
+    }
+}
+
+/// RoPE of x `[B, H, T, D]` with tables `[T, D/2]`, differentiable on every device.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fast_path(x) && cos.dtype() == DType::F32 {
+        let op = RopeOp {
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
+            inverse: false,
+        };
+        return Ok(x.contiguous()?.apply_op1(op)?);
+    }
+    if x.track_op() {
+        return rope_reference(x, cos, sin);
+    }
+    Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
+}
+
+pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::rotary_emb::rope_slow(x, cos, sin)?)
 }

@@ -53,8 +53,13 @@ pub fn sample_windows(
         );
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let starts: Vec<usize> = (0..nsamples).map(|_| rng.random_range(0..=stream.len() - seqlen)).collect();
-    let windows = starts.iter().map(|&s| stream[s..s + seqlen].to_vec()).collect();
+    let starts: Vec<usize> = (0..nsamples)
+        .map(|_| rng.random_range(0..=stream.len() - seqlen))
+        .collect();
+    let windows = starts
+        .iter()
+        .map(|&s| stream[s..s + seqlen].to_vec())
+        .collect();
     Ok(Calibration {
         windows,
         source: source.to_string(),

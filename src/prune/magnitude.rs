@@ -8,5 +8,8 @@ use super::mask::{select, Sparsity};
 pub fn prune(w: &[f32], rows: usize, cols: usize, sparsity: &Sparsity) -> Vec<f32> {
     let scores: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     let drop = select(&scores, rows, cols, sparsity, false);
-    w.iter().zip(drop).map(|(&v, d)| if d { 0.0 } else { v }).collect()
+    w.iter()
+        .zip(drop)
+        .map(|(&v, d)| if d { 0.0 } else { v })
+        .collect()
 }

@@ -84,13 +84,23 @@ pub fn mark_lowest(scores: &[f32], k: usize, prune: &mut [bool]) {
 /// Which weights of a `[rows, cols]` matrix to zero, given per-weight scores (lower = pruned
 /// first) and the comparison group: one row (`per_row`) or the whole matrix for unstructured;
 /// each group of M inputs of a row for N:M.
-pub fn select(scores: &[f32], rows: usize, cols: usize, sparsity: &Sparsity, per_row: bool) -> Vec<bool> {
+pub fn select(
+    scores: &[f32],
+    rows: usize,
+    cols: usize,
+    sparsity: &Sparsity,
+    per_row: bool,
+) -> Vec<bool> {
     let mut prune = vec![false; rows * cols];
     match *sparsity {
         Sparsity::Unstructured { ratio } if per_row => {
             let k = (cols as f64 * ratio).floor() as usize;
             for r in 0..rows {
-                mark_lowest(&scores[r * cols..(r + 1) * cols], k, &mut prune[r * cols..(r + 1) * cols]);
+                mark_lowest(
+                    &scores[r * cols..(r + 1) * cols],
+                    k,
+                    &mut prune[r * cols..(r + 1) * cols],
+                );
             }
         }
         Sparsity::Unstructured { ratio } => {

@@ -159,7 +159,10 @@ pub fn memory_estimate(model: &Llama, opts: &PruneOptions, nsamples: usize, seql
     let acts = (nsamples * seqlen * c.hidden_size) as u64 * dt;
     let taps = (seqlen * (3 * c.hidden_size + c.intermediate_size) * 4) as u64 * 2;
     let stats = match opts.method {
-        Method::SparseGpt => ((3 * c.hidden_size * c.hidden_size + c.intermediate_size * c.intermediate_size) * 4) as u64,
+        Method::SparseGpt => {
+            ((3 * c.hidden_size * c.hidden_size + c.intermediate_size * c.intermediate_size) * 4)
+                as u64
+        }
         _ => ((3 * c.hidden_size + c.intermediate_size) * 8) as u64,
     };
     acts + taps + stats
@@ -185,7 +188,12 @@ fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Prunes one linear given the statistics of its input; returns its report.
-fn prune_linear(lin: &mut SparseLinear, name: String, stats: &Stats, opts: &PruneOptions) -> Result<LinearReport> {
+fn prune_linear(
+    lin: &mut SparseLinear,
+    name: String,
+    stats: &Stats,
+    opts: &PruneOptions,
+) -> Result<LinearReport> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
     let before = lin.sparsity()?;
     let w = to_f32_vec(&lin.weight)?;
@@ -202,8 +210,16 @@ fn prune_linear(lin: &mut SparseLinear, name: String, stats: &Stats, opts: &Prun
         (Method::Magnitude, _) => magnitude::prune(&w, rows, cols, &opts.sparsity),
         (Method::Wanda, Stats::Norms(n)) => wanda::prune(&w, rows, cols, n, &opts.sparsity),
         (Method::SparseGpt, Stats::Hessian(h)) => {
-            let out = sparsegpt::prune(&w, rows, cols, h, &opts.sparsity, opts.blocksize, opts.percdamp)
-                .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
+            let out = sparsegpt::prune(
+                &w,
+                rows,
+                cols,
+                h,
+                &opts.sparsity,
+                opts.blocksize,
+                opts.percdamp,
+            )
+            .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
             report.obs_loss = Some(out.obs_loss);
             report.percdamp_used = Some(out.percdamp_used);
             report.dead_inputs = Some(out.dead_inputs);
@@ -230,9 +246,13 @@ pub fn prune_model(
 ) -> Result<PruneReport> {
     // Check every layer before touching any.
     for (i, b) in model.layers.iter().enumerate() {
-        for (short, full, _) in LINEARS.iter().filter(|l| opts.targets.iter().any(|t| t == l.0)) {
+        for (short, full, _) in LINEARS
+            .iter()
+            .filter(|l| opts.targets.iter().any(|t| t == l.0))
+        {
             let lin = b.linear(full).map_or(0, |l| l.in_features());
-            opts.sparsity.check_layer(&format!("model.layers.{i}.{full} ({short})"), lin)?;
+            opts.sparsity
+                .check_layer(&format!("model.layers.{i}.{full} ({short})"), lin)?;
         }
     }
     if opts.method == Method::SparseGpt {
@@ -241,7 +261,10 @@ pub fn prune_model(
         }
         if let Sparsity::NM { m, .. } = opts.sparsity {
             if opts.blocksize % m != 0 {
-                bail!("--blocksize {} must be a multiple of M = {m} for N:M SparseGPT", opts.blocksize);
+                bail!(
+                    "--blocksize {} must be a multiple of M = {m} for N:M SparseGPT",
+                    opts.blocksize
+                );
             }
         }
     }
@@ -257,7 +280,12 @@ pub fn prune_model(
         }
     }
     let groups: Vec<Vec<Tap>> = if opts.true_sequential {
-        vec![vec![Tap::Attn], vec![Tap::O], vec![Tap::Mlp], vec![Tap::Down]]
+        vec![
+            vec![Tap::Attn],
+            vec![Tap::O],
+            vec![Tap::Mlp],
+            vec![Tap::Down],
+        ]
     } else {
         vec![vec![Tap::Attn, Tap::O, Tap::Mlp, Tap::Down]]
     };
@@ -268,8 +296,10 @@ pub fn prune_model(
         let t0 = Instant::now();
         let mut timing = BlockTiming::default();
         for group in &groups {
-            let wanted: Vec<&(&str, &str, Tap)> =
-                LINEARS.iter().filter(|l| group.contains(&l.2) && opts.targets.iter().any(|t| t == l.0)).collect();
+            let wanted: Vec<&(&str, &str, Tap)> = LINEARS
+                .iter()
+                .filter(|l| group.contains(&l.2) && opts.targets.iter().any(|t| t == l.0))
+                .collect();
             if wanted.is_empty() {
                 continue;
             }
@@ -306,7 +336,11 @@ pub fn prune_model(
             timing.statistics += ts.elapsed().as_secs_f64();
             let tp = Instant::now();
             for l in &wanted {
-                let s = &stats.iter().find(|(t, _)| *t == l.2).map(|(_, s)| s).unwrap_or(&Stats::None);
+                let s = &stats
+                    .iter()
+                    .find(|(t, _)| *t == l.2)
+                    .map(|(_, s)| s)
+                    .unwrap_or(&Stats::None);
                 let name = format!("model.layers.{i}.{}", l.1);
                 let lin = model.layers[i]
                     .linear_mut(l.1)
@@ -331,7 +365,11 @@ pub fn prune_model(
         timing.propagation = tf.elapsed().as_secs_f64();
         timing.total = t0.elapsed().as_secs_f64();
         blocks.push(timing);
-        progress(BlockDone { index: i, total: n_blocks, timing });
+        progress(BlockDone {
+            index: i,
+            total: n_blocks,
+            timing,
+        });
     }
     let seqlen = calibration.first().map(|w| w.len()).unwrap_or(0);
     Ok(PruneReport {

@@ -47,7 +47,11 @@ pub struct Hessian {
 
 impl Hessian {
     pub fn new(n: usize) -> Self {
-        Hessian { n, samples: 0, h: vec![0.0; n * n] }
+        Hessian {
+            n,
+            samples: 0,
+            h: vec![0.0; n * n],
+        }
     }
 
     /// Adds one sample: `x` is `[tokens, n]` row-major.
@@ -70,7 +74,14 @@ impl Hessian {
         self.h.iter_mut().for_each(|v| *v *= keep);
         let xa = MatRef::from_row_major_slice(x, tokens, n);
         let ha = MatMut::from_row_major_slice_mut(&mut self.h, n, n);
-        matmul(ha, Accum::Add, xa.transpose(), xa, (2.0 / (k + 1.0)) as f32, Par::rayon(0));
+        matmul(
+            ha,
+            Accum::Add,
+            xa.transpose(),
+            xa,
+            (2.0 / (k + 1.0)) as f32,
+            Par::rayon(0),
+        );
         self.samples += 1;
         Ok(())
     }
@@ -99,10 +110,17 @@ pub fn prune(
 ) -> Result<SparseGptOutcome> {
     let sparsity = *sparsity;
     if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(weight.len()) {
-        bail!("SparseGPT: weight has {} values, not rows {rows} × cols {cols}", weight.len());
+        bail!(
+            "SparseGPT: weight has {} values, not rows {rows} × cols {cols}",
+            weight.len()
+        );
     }
     if hessian.n != cols || hessian.h.len() != cols * cols {
-        bail!("SparseGPT: the Hessian is for {} inputs ({} values) but the weight has {cols} columns", hessian.n, hessian.h.len());
+        bail!(
+            "SparseGPT: the Hessian is for {} inputs ({} values) but the weight has {cols} columns",
+            hessian.n,
+            hessian.h.len()
+        );
     }
     if hessian.samples == 0 {
         bail!("SparseGPT: the Hessian has no calibration samples");
@@ -111,7 +129,9 @@ pub fn prune(
         bail!("SparseGPT: blocksize must be at least 1");
     }
     if !(percdamp.is_finite() && percdamp >= 0.0) {
-        bail!("SparseGPT: percdamp {percdamp} must be a finite number ≥ 0 (the usual value is 0.01)");
+        bail!(
+            "SparseGPT: percdamp {percdamp} must be a finite number ≥ 0 (the usual value is 0.01)"
+        );
     }
     match sparsity {
         Sparsity::Unstructured { ratio } if !(ratio > 0.0 && ratio < 1.0) => {
@@ -128,10 +148,18 @@ pub fn prune(
         _ => {}
     }
     if let Some(p) = hessian.h.iter().position(|v| !v.is_finite()) {
-        bail!("SparseGPT: the Hessian has a non-finite value at ({}, {})", p / cols, p % cols);
+        bail!(
+            "SparseGPT: the Hessian has a non-finite value at ({}, {})",
+            p / cols,
+            p % cols
+        );
     }
     if let Some(p) = weight.iter().position(|v| !v.is_finite()) {
-        bail!("SparseGPT: the weight has a non-finite value at ({}, {})", p / cols, p % cols);
+        bail!(
+            "SparseGPT: the weight has a non-finite value at ({}, {})",
+            p / cols,
+            p % cols
+        );
     }
 
     // Dead inputs carry no information about W: H_ii = 1 keeps H invertible, and their weights
@@ -139,7 +167,10 @@ pub fn prune(
     let dead: Vec<bool> = (0..cols).map(|j| hessian.h[j * cols + j] == 0.0).collect();
     let mut w = weight.to_vec();
     for row in w.chunks_mut(cols) {
-        row.iter_mut().zip(&dead).filter(|(_, &d)| d).for_each(|(v, _)| *v = 0.0);
+        row.iter_mut()
+            .zip(&dead)
+            .filter(|(_, &d)| d)
+            .for_each(|(v, _)| *v = 0.0);
     }
     let (hinv, percdamp_used) = inverse_factor(&hessian.h, cols, &dead, percdamp)?;
 
@@ -198,15 +229,20 @@ pub fn prune(
         // Lazy batch update of the columns right of the block: one GEMM instead of `count`
         // rank-1 updates.
         if i2 < cols {
-            let (_, right) = MatMut::from_row_major_slice_mut(&mut w, rows, cols).split_at_col_mut(i2);
+            let (_, right) =
+                MatMut::from_row_major_slice_mut(&mut w, rows, cols).split_at_col_mut(i2);
             let em = MatRef::from_row_major_slice(err, rows, count);
-            let hm = MatRef::from_row_major_slice(&hinv, cols, cols).submatrix(i1, i2, count, cols - i2);
+            let hm =
+                MatRef::from_row_major_slice(&hinv, cols, cols).submatrix(i1, i2, count, cols - i2);
             matmul(right, Accum::Add, em, hm, -1.0f32, Par::rayon(0));
         }
     }
     // Exact arithmetic keeps dead columns at 0 (their rows of Hinv are 0); make it certain.
     for row in w.chunks_mut(cols) {
-        row.iter_mut().zip(&dead).filter(|(_, &d)| d).for_each(|(v, _)| *v = 0.0);
+        row.iter_mut()
+            .zip(&dead)
+            .filter(|(_, &d)| d)
+            .for_each(|(v, _)| *v = 0.0);
     }
     if w.iter().any(|v| !v.is_finite()) {
         bail!("SparseGPT: the update overflowed (non-finite weights) with percdamp {percdamp_used}; the Hessian is nearly singular: raise percdamp or use more calibration samples");
@@ -222,7 +258,13 @@ pub fn prune(
 /// `Hinv` (upper Cholesky factor of the damped H⁻¹, row-major f32) and the damping used,
 /// retrying with 10× the damping when H is not positive definite.
 fn inverse_factor(h: &[f32], n: usize, dead: &[bool], percdamp: f64) -> Result<(Vec<f32>, f64)> {
-    let diag = |j: usize| if dead[j] { 1.0 } else { f64::from(h[j * n + j]) };
+    let diag = |j: usize| {
+        if dead[j] {
+            1.0
+        } else {
+            f64::from(h[j * n + j])
+        }
+    };
     let mean = (0..n).map(diag).sum::<f64>() / n as f64;
     let mut tried = Vec::new();
     for k in 0..=RETRIES as i32 {
@@ -237,7 +279,13 @@ fn inverse_factor(h: &[f32], n: usize, dead: &[bool], percdamp: f64) -> Result<(
         tried.push(format!("{p:.1e}"));
         let damp = p * mean;
         // Only the lower triangle is read by the factorisation.
-        let hd = Mat::<f64>::from_fn(n, n, |i, j| if i == j { diag(i) + damp } else { f64::from(h[i * n + j]) });
+        let hd = Mat::<f64>::from_fn(n, n, |i, j| {
+            if i == j {
+                diag(i) + damp
+            } else {
+                f64::from(h[i * n + j])
+            }
+        });
         if let Some(u) = upper_factor_of_inverse(hd) {
             return Ok((u, p));
         }

@@ -15,7 +15,9 @@ pub struct InputNorms {
 
 impl InputNorms {
     pub fn new(n: usize) -> Self {
-        Self { sumsq: vec![0.0; n] }
+        Self {
+            sumsq: vec![0.0; n],
+        }
     }
 
     /// Adds the squared column sums of `x` (`[tokens, n]`, row-major).
@@ -32,11 +34,23 @@ impl InputNorms {
 /// Wanda scores `|W_ij| · ‖X_j‖₂` for `w` `[rows, cols]`.
 pub fn scores(w: &[f32], cols: usize, norms: &InputNorms) -> Vec<f32> {
     let norm: Vec<f64> = norms.sumsq.iter().map(|s| s.sqrt()).collect();
-    w.iter().enumerate().map(|(k, &v)| (v.abs() as f64 * norm[k % cols]) as f32).collect()
+    w.iter()
+        .enumerate()
+        .map(|(k, &v)| (v.abs() as f64 * norm[k % cols]) as f32)
+        .collect()
 }
 
 /// Returns `w` with the lowest-scored weights zeroed.
-pub fn prune(w: &[f32], rows: usize, cols: usize, norms: &InputNorms, sparsity: &Sparsity) -> Vec<f32> {
+pub fn prune(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    norms: &InputNorms,
+    sparsity: &Sparsity,
+) -> Vec<f32> {
     let drop = select(&scores(w, cols, norms), rows, cols, sparsity, true);
-    w.iter().zip(drop).map(|(&v, d)| if d { 0.0 } else { v }).collect()
+    w.iter()
+        .zip(drop)
+        .map(|(&v, d)| if d { 0.0 } else { v })
+        .collect()
 }

@@ -44,10 +44,16 @@ pub fn tiny_config(tied: bool, bias: bool) -> LlamaConfig {
 pub fn random_tensors(cfg: &LlamaConfig) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.num_kv_heads() * cfg.head_dim());
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim(),
+        cfg.num_kv_heads() * cfg.head_dim(),
+    );
     let mut m = HashMap::new();
     let mut put = |name: String, shape: &[usize], mean: f32, std: f32| {
-        let t = Tensor::randn(mean, std, shape, &dev).unwrap().to_dtype(DType::F32).unwrap();
+        let t = Tensor::randn(mean, std, shape, &dev)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
         m.insert(name, t);
     };
     put("model.embed_tokens.weight".into(), &[v, h], 0.0, 0.5);
@@ -58,7 +64,12 @@ pub fn random_tensors(cfg: &LlamaConfig) -> HashMap<String, Tensor> {
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1);
-        put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1);
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            1.0,
+            0.1,
+        );
         let lin = [
             ("self_attn.q_proj", q, h, cfg.attention_bias),
             ("self_attn.k_proj", kv, h, cfg.attention_bias),
@@ -86,15 +97,24 @@ pub fn tiny_model(tied: bool, bias: bool, dev: &Device) -> Llama {
 
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    d.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// `n` pseudo-random token ids below `vocab` (a fixed LCG, so tests are reproducible).
 pub fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()

@@ -1,0 +1,601 @@
+//! Adapters on the frozen linears: SPP (`../shared/docs/SPP.md` §2) and the LoRA / LoRA + mask
+//! baselines; attaching them, saving and loading a peft-shaped directory, and merging.
+//!
+//! On disk (`adapter_config.json` + `adapter_model.safetensors`), per adapted linear
+//! `base_model.model.model.layers.{i}.{self_attn|mlp}.{name}`:
+//! SPP: `.spp_A.weight` `[rows, in]`, `.spp_b.weight` `[out, 1]`;
+//! LoRA: `.lora_A.weight` `[r, in]`, `.lora_B.weight` `[out, r]` (peft's names and shapes).
+
+pub mod op;
+
+use crate::bail;
+use crate::error::{Error, IoContext, Result};
+use crate::model::checkpoint::{write_dir_atomically, write_json};
+use crate::model::{Llama, SparseLinear};
+use crate::prune::LINEARS;
+use candle_core::{DType, Device, Tensor, Var};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Sparsity-preserving: `W ⊙ (1 + s·R(A)⊙b)`.
+    Spp,
+    /// `W + s·BA`: merging makes the weight dense.
+    Lora,
+    /// LoRA trained as is, merged as `W + s·(BA ⊙ 1[W≠0])`.
+    LoraMask,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "spp" => Ok(Self::Spp),
+            "lora" => Ok(Self::Lora),
+            "lora-mask" => Ok(Self::LoraMask),
+            _ => bail!("unknown adapter method {s:?}: use spp, lora or lora-mask"),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Spp => "spp",
+            Self::Lora => "lora",
+            Self::LoraMask => "lora-mask",
+        })
+    }
+}
+
+/// `adapter_config.json`: what the adapter is, truthfully (rows actually used, the scale applied).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AdapterConfig {
+    /// `"SPP"` or `"LORA"` (LoRA + mask is a LoRA whose merge is masked).
+    pub peft_type: String,
+    pub method: Method,
+    pub task_type: String,
+    /// Short names of the adapted linears: `q_proj`, …, `down_proj`.
+    pub target_modules: Vec<String>,
+    /// Rows of A: SPP's `r` (16 in the paper's code) or the LoRA rank.
+    pub r: usize,
+    /// The factor `s` in front of the adapter branch (LoRA: `lora_alpha / r`).
+    pub scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    pub dropout: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_dropout: Option<f64>,
+    pub bias: String,
+    pub base_model_name_or_path: String,
+    /// [`weights_hash`] of the model the adapter was trained on.
+    pub base_model_hash: String,
+    pub num_layers: usize,
+    pub created_by: String,
+}
+
+impl AdapterConfig {
+    pub fn new(
+        method: Method,
+        targets: &[String],
+        r: usize,
+        scale: f64,
+        dropout: f64,
+        model: &Llama,
+        base: &Path,
+    ) -> Result<Self> {
+        let lora = method != Method::Spp;
+        Ok(Self {
+            peft_type: if lora { "LORA" } else { "SPP" }.into(),
+            method,
+            task_type: "CAUSAL_LM".into(),
+            target_modules: targets
+                .iter()
+                .map(|t| format!("{}_proj", t.trim_end_matches("_proj")))
+                .collect(),
+            r,
+            scale,
+            lora_alpha: lora.then_some(scale * r as f64),
+            dropout,
+            lora_dropout: lora.then_some(dropout),
+            bias: "none".into(),
+            base_model_name_or_path: base.display().to_string(),
+            base_model_hash: weights_hash(model)?,
+            num_layers: model.layers.len(),
+            created_by: format!("spp {}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    /// Full linear names (`self_attn.q_proj`) of the targets.
+    pub fn full_targets(&self) -> Result<Vec<&'static str>> {
+        full_targets(&self.target_modules)
+    }
+}
+
+/// Full linear names (`self_attn.q_proj`) of targets given as `q`, `q_proj` or `self_attn.q_proj`.
+pub fn full_targets(targets: &[String]) -> Result<Vec<&'static str>> {
+    targets
+            .iter()
+            .map(|t| {
+                let t = t.rsplit('.').next().unwrap_or(t);
+                let short = t.trim_end_matches("_proj");
+                LINEARS.iter().find(|l| l.0 == short).map(|l| l.1).ok_or_else(|| {
+                    Error::Msg(format!("adapter targets unknown module {t:?}; known: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"))
+                })
+            })
+            .collect()
+}
+
+/// Switches dropout on for training and gives each adapter call its own seed: the trainer sets
+/// `base` per micro-step, each adapter mixes in its id, so masks are reproducible (resume).
+#[derive(Debug, Default)]
+pub struct DropoutCtl {
+    pub train: AtomicBool,
+    pub base: AtomicU64,
+}
+
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Inverted-dropout mask of `len` entries: 0 with probability `p`, else `1/(1−p)`. Entry `i` comes
+/// from 16 bits of `splitmix64(seed + ⌊i/4⌋·φ)`, so the mask is a pure function of the seed.
+pub fn dropout_mask(seed: u64, len: usize, p: f32) -> Vec<f32> {
+    let threshold = (p as f64 * 65536.0).round() as u64;
+    let keep = 1.0 / (1.0 - p);
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
+        for (g, four) in chunk.chunks_mut(4).enumerate() {
+            let mut s =
+                seed.wrapping_add(((c * 1024 + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let h = splitmix64(&mut s);
+            for (l, v) in four.iter_mut().enumerate() {
+                *v = if (h >> (16 * l)) & 0xFFFF >= threshold {
+                    keep
+                } else {
+                    0.0
+                };
+            }
+        }
+    });
+    out
+}
+
+/// A uniform draw in `[-bound, bound)` per entry, from a seeded splitmix64 stream.
+fn uniform(state: &mut u64, len: usize, bound: f32) -> Vec<f32> {
+    (0..len)
+        .map(|_| ((splitmix64(state) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound)
+        .collect()
+}
+
+/// One adapter on one linear.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub method: Method,
+    /// SPP: `[rows, in]`; LoRA: `[r, in]`.
+    pub a: Var,
+    /// SPP: `[out, 1]`; LoRA: `[out, r]`.
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f32,
+    /// Mixed into the dropout seed so that every linear draws its own mask.
+    pub id: u64,
+    pub ctl: Arc<DropoutCtl>,
+}
+
+impl Adapter {
+    fn dropout_seed(&self) -> Option<(u64, f32)> {
+        let on = self.ctl.train.load(Ordering::Relaxed) && self.dropout > 0.0;
+        on.then(|| {
+            let mut s =
+                self.ctl.base.load(Ordering::Relaxed) ^ self.id.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            (splitmix64(&mut s), self.dropout)
+        })
+    }
+
+    fn mask_tensor(drop: Option<(u64, f32)>, x: &Tensor) -> Result<Option<Tensor>> {
+        match drop {
+            Some((seed, p)) => Ok(Some(
+                Tensor::from_vec(dropout_mask(seed, x.elem_count(), p), x.dims(), x.device())?
+                    .to_dtype(x.dtype())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// `y` for x `[T, in]` through the frozen weight `w` `[out, in]` plus the adapter branch.
+    pub fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let drop = self.dropout_seed();
+        match self.method {
+            Method::Spp => {
+                let fast =
+                    x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+                if fast {
+                    let op = op::SppOp {
+                        w: w.contiguous()?,
+                        scale: self.scale as f32,
+                        dropout: drop,
+                        z: Mutex::new(Vec::new()),
+                        grouped: true,
+                    };
+                    let b = self.b.as_tensor().flatten_all()?;
+                    return Ok(x.contiguous()?.apply_op3(self.a.as_tensor(), &b, op)?);
+                }
+                spp_naive(
+                    x,
+                    w,
+                    self.a.as_tensor(),
+                    self.b.as_tensor(),
+                    self.scale,
+                    Self::mask_tensor(drop, x)?.as_ref(),
+                )
+            }
+            Method::Lora | Method::LoraMask => {
+                let base = crate::model::ops::frozen_matmul(x, w)?;
+                let xd = match Self::mask_tensor(drop, x)? {
+                    Some(m) => (x * m)?,
+                    None => x.clone(),
+                };
+                let a = self.a.as_tensor().to_dtype(x.dtype())?;
+                let b = self.b.as_tensor().to_dtype(x.dtype())?;
+                Ok((base + (xd.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?)?)
+            }
+        }
+    }
+
+    /// The weight with the adapter folded in (f32 arithmetic, returned in `w`'s dtype).
+    pub fn merged(&self, w: &Tensor) -> Result<Tensor> {
+        let wf = w.to_dtype(DType::F32)?;
+        let a = self
+            .a
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .to_device(w.device())?;
+        let b = self
+            .b
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .to_device(w.device())?;
+        let merged = match self.method {
+            Method::Spp => {
+                (&wf * (spp_scaling(&a, &b, wf.dims()[0])? * self.scale)?.affine(1.0, 1.0)?)?
+            }
+            Method::Lora => (&wf + (b.matmul(&a)? * self.scale)?)?,
+            Method::LoraMask => {
+                let mask = wf.ne(0f32)?.to_dtype(DType::F32)?;
+                (&wf + (b.matmul(&a)? * self.scale)?.mul(&mask)?)?
+            }
+        };
+        Ok(merged.to_dtype(w.dtype())?)
+    }
+}
+
+/// `M = R(A) ⊙ b` (`[m, n]`): each row of A repeated `m/r` times contiguously, times b.
+pub fn spp_scaling(a: &Tensor, b: &Tensor, m: usize) -> Result<Tensor> {
+    let (r, n) = a.dims2()?;
+    let ra = a
+        .unsqueeze(1)?
+        .broadcast_as((r, m / r, n))?
+        .reshape((m, n))?;
+    Ok(ra.broadcast_mul(b)?)
+}
+
+/// The naive SPP forward, `x·Wᵀ + s·(xd·(R(A)⊙b⊙W)ᵀ)`: the reference the block form is tested
+/// against, and the path on devices without the fused op. It builds `[m, n]` temporaries.
+pub fn spp_naive(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let m = w.dims()[0];
+    let a = a.to_dtype(x.dtype())?;
+    let b = b.to_dtype(x.dtype())?;
+    let mw = (spp_scaling(&a, &b, m)? * w)?;
+    let xd = match mask {
+        Some(mk) => (x * mk)?,
+        None => x.clone(),
+    };
+    Ok((x.matmul(&w.t()?)? + (xd.matmul(&mw.t()?)? * scale)?)?)
+}
+
+/// What to attach: method, targets (short names), rows of A, scale, dropout.
+#[derive(Debug, Clone)]
+pub struct AdapterSpec {
+    pub method: Method,
+    pub targets: Vec<String>,
+    pub r: usize,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+fn param_names(i: usize, full: &str, method: Method) -> (String, String) {
+    let p = format!("base_model.model.model.layers.{i}.{full}");
+    match method {
+        Method::Spp => (format!("{p}.spp_A.weight"), format!("{p}.spp_b.weight")),
+        _ => (format!("{p}.lora_A.weight"), format!("{p}.lora_B.weight")),
+    }
+}
+
+/// Adapted linears of the model: `(layer, full name, linear)`.
+fn adapted(model: &Llama) -> impl Iterator<Item = (usize, &'static str, &SparseLinear)> {
+    model
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.linears().into_iter().map(move |(n, l)| (i, n, l)))
+        .filter(|(_, _, l)| l.adapter.is_some())
+}
+
+/// Attaches fresh adapters (A: kaiming-uniform `U(−1/√in, 1/√in)` from `seed`; b / B: zeros) to
+/// every target linear. Returns the dropout control shared by all of them.
+pub fn attach(model: &mut Llama, spec: &AdapterSpec, seed: u64) -> Result<Arc<DropoutCtl>> {
+    let mut state = seed;
+    attach_with(model, spec, |_, shape| {
+        let bound = 1.0 / (shape.1 as f32).sqrt();
+        Ok((uniform(&mut state, shape.0 * shape.1, bound), None))
+    })
+}
+
+/// Attaches adapters whose A (and optionally b / B) come from `init(name of A, (rows, in))`.
+fn attach_with(
+    model: &mut Llama,
+    spec: &AdapterSpec,
+    mut init: impl FnMut(&str, (usize, usize)) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
+) -> Result<Arc<DropoutCtl>> {
+    if spec.r == 0 {
+        bail!("adapter rows r must be positive");
+    }
+    let ctl = Arc::new(DropoutCtl::default());
+    let targets = full_targets(&spec.targets)?;
+    let dev = model.device().clone();
+    for (i, block) in model.layers.iter_mut().enumerate() {
+        for (j, (full, lin)) in block.linears_mut().into_iter().enumerate() {
+            if !targets.contains(&full) {
+                continue;
+            }
+            let (m, n) = (lin.out_features(), lin.in_features());
+            if spec.method == Method::Spp && m % spec.r != 0 {
+                bail!("model.layers.{i}.{full}: out_features {m} is not divisible by the SPP rows r = {}; choose r dividing every target's out_features", spec.r);
+            }
+            let (an, _) = param_names(i, full, spec.method);
+            let (av, bv) = init(&an, (spec.r, n))?;
+            let b_shape = if spec.method == Method::Spp {
+                (m, 1)
+            } else {
+                (m, spec.r)
+            };
+            let bv = bv.unwrap_or_else(|| vec![0f32; b_shape.0 * b_shape.1]);
+            lin.adapter = Some(Adapter {
+                method: spec.method,
+                a: Var::from_tensor(&Tensor::from_vec(av, (spec.r, n), &dev)?)?,
+                b: Var::from_tensor(&Tensor::from_vec(bv, b_shape, &dev)?)?,
+                scale: spec.scale,
+                dropout: spec.dropout as f32,
+                id: (i * 7 + j) as u64,
+                ctl: ctl.clone(),
+            });
+        }
+    }
+    Ok(ctl)
+}
+
+/// The trainable parameters under their file names, in model order.
+pub fn trainable(model: &Llama) -> Vec<(String, Var)> {
+    let mut out = Vec::new();
+    for (i, full, lin) in adapted(model) {
+        if let Some(ad) = &lin.adapter {
+            let (an, bn) = param_names(i, full, ad.method);
+            out.push((an, ad.a.clone()));
+            out.push((bn, ad.b.clone()));
+        }
+    }
+    out
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically).
+pub fn save(model: &Llama, cfg: &AdapterConfig, dir: &Path, force: bool) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = trainable(model)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    if tensors.is_empty() {
+        bail!("the model has no adapters to save");
+    }
+    write_dir_atomically(dir, force, |tmp| write_files(cfg, &tensors, tmp))
+}
+
+/// Writes the two adapter files into an existing directory.
+pub fn write_files(cfg: &AdapterConfig, tensors: &[(String, Tensor)], dir: &Path) -> Result<()> {
+    write_json(&dir.join(CONFIG_FILE), cfg)?;
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                t.to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .contiguous()?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let path = dir.join(WEIGHTS_FILE);
+    safetensors::serialize_to_file(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &path)
+        .map_err(|e| {
+            Error::Msg(format!(
+                "{}: cannot write safetensors ({e})",
+                path.display()
+            ))
+        })
+}
+
+pub fn read_config(dir: &Path) -> Result<AdapterConfig> {
+    let path = dir.join(CONFIG_FILE);
+    if !path.exists() {
+        bail!("{}: not an adapter directory ({CONFIG_FILE} is missing); pass the --out directory of `spp train`", dir.display());
+    }
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Msg(format!("{}: invalid adapter config ({e})", path.display())))
+}
+
+/// Loads the adapter in `dir` onto `model`. A base-model hash that differs from the model's is an
+/// error unless `force` (then a warning is returned).
+pub fn load(model: &mut Llama, dir: &Path, force: bool) -> Result<(AdapterConfig, Option<String>)> {
+    let cfg = read_config(dir)?;
+    let hash = weights_hash(model)?;
+    let mut warning = None;
+    if cfg.base_model_hash != hash {
+        let msg = format!(
+            "{}: the adapter was trained on a different model (base hash {} from {}, this model {hash})",
+            dir.display(),
+            cfg.base_model_hash,
+            cfg.base_model_name_or_path
+        );
+        if !force {
+            bail!("{msg}; pass --force to apply it anyway");
+        }
+        warning = Some(msg);
+    }
+    if cfg.num_layers != model.layers.len() {
+        bail!(
+            "{}: adapter for {} layers, model has {}",
+            dir.display(),
+            cfg.num_layers,
+            model.layers.len()
+        );
+    }
+    let path = dir.join(WEIGHTS_FILE);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let spec = AdapterSpec {
+        method: cfg.method,
+        targets: cfg.target_modules.clone(),
+        r: cfg.r,
+        scale: cfg.scale,
+        dropout: cfg.dropout,
+    };
+    let get = |name: &str, shape: (usize, usize)| -> Result<Vec<f32>> {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| Error::Msg(format!("{}: tensor {name} is missing", path.display())))?;
+        if t.dims() != [shape.0, shape.1] {
+            bail!(
+                "{}: {name} has shape {:?}, the model needs {shape:?}",
+                path.display(),
+                t.dims()
+            );
+        }
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    };
+    let dims: HashMap<String, (usize, usize)> = model
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| {
+            b.linears().into_iter().map(move |(n, l)| {
+                (
+                    param_names(i, n, cfg.method).1,
+                    (
+                        l.out_features(),
+                        if cfg.method == Method::Spp { 1 } else { cfg.r },
+                    ),
+                )
+            })
+        })
+        .collect();
+    attach_with(model, &spec, |an, shape| {
+        let a = get(an, shape)?;
+        let bn = an
+            .replace(".spp_A.", ".spp_b.")
+            .replace(".lora_A.", ".lora_B.");
+        let b = get(&bn, dims[&bn])?;
+        Ok((a, Some(b)))
+    })?;
+    Ok((cfg, warning))
+}
+
+/// Per-linear outcome of a merge.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergedLinear {
+    pub name: String,
+    pub zeros_before: usize,
+    pub zeros_after: usize,
+    pub numel: usize,
+    /// Every zero of the pruned weight is still zero.
+    pub zeros_kept: bool,
+}
+
+/// Folds every adapter into its weight and removes it.
+pub fn merge(model: &mut Llama) -> Result<Vec<MergedLinear>> {
+    let mut out = Vec::new();
+    for (i, block) in model.layers.iter_mut().enumerate() {
+        for (full, lin) in block.linears_mut() {
+            let Some(ad) = lin.adapter.take() else {
+                continue;
+            };
+            let before = lin.weight.eq(0f32)?;
+            let merged = ad.merged(&lin.weight)?;
+            let after = merged.eq(0f32)?;
+            let count = |t: &Tensor| -> Result<usize> {
+                Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+            };
+            let kept = count(&(before.to_dtype(DType::F32)? * after.to_dtype(DType::F32)?)?)?;
+            let zb = count(&before)?;
+            out.push(MergedLinear {
+                name: format!("model.layers.{i}.{full}"),
+                zeros_before: zb,
+                zeros_after: count(&after)?,
+                numel: merged.elem_count(),
+                zeros_kept: kept == zb,
+            });
+            lin.weight = merged;
+        }
+    }
+    Ok(out)
+}
+
+/// A 64-bit fingerprint of every tensor of the model (names, shapes and f32 values), printed as
+/// hex: what an adapter records to recognise its base model.
+pub fn weights_hash(model: &Llama) -> Result<String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| {
+        let mut s = h ^ v;
+        h = splitmix64(&mut s);
+    };
+    for (name, t) in model.named_tensors() {
+        name.bytes().for_each(|b| mix(b as u64));
+        t.dims().iter().for_each(|&d| mix(d as u64));
+        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let part = crate::model::ops::with_f32(&t, |v| {
+            v.par_chunks(1 << 16)
+                .map(|c| {
+                    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+                    for x in c {
+                        s = (s ^ x.to_bits() as u64)
+                            .wrapping_mul(0x0100_0000_01B3)
+                            .rotate_left(23);
+                    }
+                    s
+                })
+                .collect::<Vec<u64>>()
+        })?;
+        part.into_iter().for_each(&mut mix);
+    }
+    Ok(format!("{h:016x}"))
+}

@@ -1,0 +1,589 @@
+//! Fine-tuning the adapters (`spp train`): the loop, AdamW, the learning-rate schedule,
+//! validation, checkpoints and resume. Every protocol choice is in `docs/TRAINING.md`.
+
+pub mod data;
+pub mod plot;
+
+use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};
+use crate::bail;
+use crate::error::{Error, IoContext, Result};
+use crate::model::checkpoint::{write_dir_atomically, write_json};
+use crate::model::{ops, Llama};
+use candle_core::{DType, Device, Tensor, Var};
+use data::{Batch, Dataset, Example, Stream};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Linear,
+    Cosine,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linear" => Ok(Self::Linear),
+            "cosine" => Ok(Self::Cosine),
+            _ => bail!("unknown schedule {s:?}: use linear or cosine"),
+        }
+    }
+}
+
+/// Everything that decides a run (saved in checkpoints; a resume must match it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainOptions {
+    pub method: adapter::Method,
+    pub targets: Vec<String>,
+    pub r: usize,
+    pub scale: f64,
+    pub dropout: f64,
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub cutoff: usize,
+    pub train_on_inputs: bool,
+    pub val_size: usize,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+}
+
+/// The learning rate of the optimizer step after `s` completed steps (see `docs/TRAINING.md`).
+pub fn lr_at(s: usize, total: usize, warmup: usize, lr: f64, schedule: Schedule) -> f64 {
+    if s < warmup {
+        return lr * s as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((s - warmup) as f64 / span).min(1.0);
+    match schedule {
+        Schedule::Linear => lr * (1.0 - progress),
+        Schedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+    }
+}
+
+/// AdamW with decoupled weight decay, β = (0.9, 0.999), ε = 1e-8, bias correction (as
+/// `torch.optim.AdamW`).
+pub struct AdamW {
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub t: u64,
+}
+
+impl AdamW {
+    const B1: f64 = 0.9;
+    const B2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    pub fn new(params: &[Var]) -> Result<Self> {
+        let zeros = params
+            .iter()
+            .map(|p| Ok(p.as_tensor().zeros_like()?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            m: zeros.clone(),
+            v: zeros,
+            t: 0,
+        })
+    }
+
+    pub fn step(&mut self, params: &[Var], grads: &[Tensor], lr: f64, wd: f64) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - Self::B1.powi(self.t as i32);
+        let bc2 = 1.0 - Self::B2.powi(self.t as i32);
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            self.m[i] = ((&self.m[i] * Self::B1)? + (g * (1.0 - Self::B1))?)?;
+            self.v[i] = ((&self.v[i] * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
+            let denom = ((self.v[i].sqrt()? / bc2.sqrt())? + Self::EPS)?;
+            let decayed = (p.as_tensor() * (1.0 - lr * wd))?;
+            p.set(&(decayed - ((&self.m[i] / denom)? * (lr / bc1))?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Mean next-token cross-entropy over a micro-batch's targets. The language-model head runs
+/// only on the positions that have a target (padding never reaches it).
+pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
+    let h = model.hidden_states(&b.ids, None)?;
+    let (bs, len, hd) = h.dims3()?;
+    let rows = h.reshape((bs * len, hd))?.index_select(&b.positions, 0)?;
+    let logits = model.logits(&rows)?;
+    Ok(ops::token_nll(&logits, &b.targets)?.mean_all()?)
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Metric {
+    pub step: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub resumed_from: Option<usize>,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub truncated: usize,
+    pub trainable_parameters: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub tokens: usize,
+    pub seconds: f64,
+    /// Tokens per second over the steps after the first two (warm-up).
+    pub tokens_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+    /// Where the kept adapter came from: `best-validation` or `final`.
+    pub adapter: String,
+}
+
+/// Hooks the binary uses to print: one call per optimizer step and per validation.
+pub trait Progress {
+    fn step(&mut self, _line: &str) {}
+    fn note(&mut self, _line: &str) {}
+}
+
+impl Progress for () {}
+
+/// What `--resume` reads from `OUT/checkpoint/state.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CheckpointState {
+    step: usize,
+    position: usize,
+    adam_t: u64,
+    best_val: Option<f64>,
+    best_step: Option<usize>,
+    /// The run's settings and data/model identity, compared on resume.
+    run: serde_json::Value,
+}
+
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// The settings a checkpoint must share with a run that resumes it.
+fn run_identity(
+    opts: &TrainOptions,
+    ds: &Dataset,
+    total: usize,
+    base_hash: &str,
+) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(opts).map_err(|e| Error::Msg(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("eval_every");
+        o.remove("save_every");
+        o.insert("total_steps".into(), total.into());
+        o.insert("examples".into(), ds.examples.len().into());
+        o.insert("base_model_hash".into(), base_hash.into());
+    }
+    Ok(v)
+}
+
+fn peak_rss() -> Option<u64> {
+    crate::prune::peak_rss_bytes()
+}
+
+/// Writes the adapter files into `out` through a temporary directory, then renames them in.
+fn save_adapter_into(model: &Llama, cfg: &AdapterConfig, out: &Path) -> Result<()> {
+    let tmp = out.join(".adapter.tmp");
+    adapter::save(model, cfg, &tmp, true)?;
+    for f in [adapter::CONFIG_FILE, adapter::WEIGHTS_FILE] {
+        std::fs::rename(tmp.join(f), out.join(f)).at(out.join(f))?;
+    }
+    std::fs::remove_dir_all(&tmp).at(&tmp)
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    params: &[(String, Var)],
+    adam: &AdamW,
+    state: &CheckpointState,
+) -> Result<()> {
+    write_dir_atomically(dir, true, |tmp| {
+        let mut tensors = Vec::new();
+        for (i, (name, p)) in params.iter().enumerate() {
+            tensors.push((format!("param.{name}"), p.as_tensor().clone()));
+            tensors.push((format!("adam_m.{name}"), adam.m[i].clone()));
+            tensors.push((format!("adam_v.{name}"), adam.v[i].clone()));
+        }
+        crate::model::checkpoint::write_safetensors(tmp, &tensors, u64::MAX)?;
+        write_json(&tmp.join("state.json"), state)
+    })
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    params: &[(String, Var)],
+    adam: &mut AdamW,
+    run: &serde_json::Value,
+) -> Result<CheckpointState> {
+    let path = dir.join("state.json");
+    if !path.exists() {
+        bail!(
+            "--resume: {} has no checkpoint (no state.json); start without --resume",
+            dir.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    if &state.run != run {
+        let (a, b) = (state.run.as_object(), run.as_object());
+        let differ: Vec<String> = match (a, b) {
+            (Some(a), Some(b)) => b
+                .iter()
+                .filter(|(k, v)| a.get(*k) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k} (checkpoint {}, now {v})",
+                        a.get(k).cloned().unwrap_or_default()
+                    )
+                })
+                .collect(),
+            _ => vec!["everything".into()],
+        };
+        bail!(
+            "--resume: the checkpoint in {} is from another configuration: {}",
+            dir.display(),
+            differ.join(", ")
+        );
+    }
+    let file = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .map_err(|e| Error::Msg(format!("{}: {e}", file.display())))?;
+    let get = |k: String| {
+        tensors
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| Error::Msg(format!("{}: {k} missing", file.display())))
+    };
+    for (i, (name, p)) in params.iter().enumerate() {
+        p.set(&get(format!("param.{name}"))?.to_device(p.device())?)?;
+        adam.m[i] = get(format!("adam_m.{name}"))?.to_device(p.device())?;
+        adam.v[i] = get(format!("adam_v.{name}"))?.to_device(p.device())?;
+    }
+    adam.t = state.adam_t;
+    Ok(state)
+}
+
+/// A run: the model with adapters attached, the data, the settings, the output directory.
+pub struct Trainer<'a> {
+    pub model: &'a mut Llama,
+    pub data: &'a Dataset,
+    pub opts: &'a TrainOptions,
+    pub out: PathBuf,
+    pub base_path: PathBuf,
+    pub pad_id: u32,
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this many steps: how tests interrupt a run.
+    pub stop_after: Option<usize>,
+}
+
+impl Trainer<'_> {
+    pub fn run(self, progress: &mut dyn Progress) -> Result<TrainReport> {
+        let Trainer {
+            model,
+            data: ds,
+            opts,
+            out,
+            base_path,
+            pad_id,
+            resume,
+            stop_after,
+        } = self;
+        if opts.micro_batch_size == 0
+            || opts.batch_size == 0
+            || opts.batch_size % opts.micro_batch_size != 0
+        {
+            bail!(
+                "--batch-size {} must be a positive multiple of --micro-batch-size {}",
+                opts.batch_size,
+                opts.micro_batch_size
+            );
+        }
+        if opts.val_size >= ds.examples.len() {
+            bail!(
+                "--val-size {} leaves no training examples ({} in the data)",
+                opts.val_size,
+                ds.examples.len()
+            );
+        }
+        let (train_idx, val_idx) = data::split(ds.examples.len(), opts.val_size, opts.seed);
+        let total = opts
+            .max_steps
+            .unwrap_or_else(|| (opts.epochs * train_idx.len() / opts.batch_size).max(1));
+        let warmup = (opts.warmup_ratio * total as f64).ceil() as usize;
+        let accum = opts.batch_size / opts.micro_batch_size;
+
+        let base_hash = adapter::weights_hash(model)?;
+        let spec = AdapterSpec {
+            method: opts.method,
+            targets: opts.targets.clone(),
+            r: opts.r,
+            scale: opts.scale,
+            dropout: opts.dropout,
+        };
+        let ctl: Arc<DropoutCtl> = adapter::attach(model, &spec, opts.seed)?;
+        let mut cfg = AdapterConfig::new(
+            opts.method,
+            &opts.targets,
+            opts.r,
+            opts.scale,
+            opts.dropout,
+            model,
+            &base_path,
+        )?;
+        cfg.base_model_hash = base_hash.clone();
+        let named = adapter::trainable(model);
+        let params: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+        let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
+        let mut adam = AdamW::new(&params)?;
+        let run = run_identity(opts, ds, total, &base_hash)?;
+
+        std::fs::create_dir_all(&out).at(&out)?;
+        let ckpt_dir = out.join(CHECKPOINT_DIR);
+        let metrics_path = out.join("metrics.jsonl");
+        let (mut step, mut pos, mut best_val, mut best_step) =
+            (0usize, 0usize, None::<f64>, None::<usize>);
+        let mut metrics: Vec<Metric> = Vec::new();
+        if resume {
+            let st = load_checkpoint(&ckpt_dir, &named, &mut adam, &run)?;
+            (step, pos, best_val, best_step) = (st.step, st.position, st.best_val, st.best_step);
+            if let Ok(text) = std::fs::read_to_string(&metrics_path) {
+                metrics = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Metric>(l).ok())
+                    .filter(|m| m.step <= step)
+                    .collect();
+            }
+            progress.note(&format!(
+                "resumed from step {step}/{total} ({})",
+                ckpt_dir.display()
+            ));
+        } else if ckpt_dir.exists() {
+            bail!("{} already holds a training checkpoint: pass --resume to continue it, or choose another --out", out.display());
+        }
+        let resumed_from = resume.then_some(step);
+        let mut metrics_file = std::fs::File::create(&metrics_path).at(&metrics_path)?;
+        for m in &metrics {
+            writeln!(
+                metrics_file,
+                "{}",
+                serde_json::to_string(m).unwrap_or_default()
+            )
+            .at(&metrics_path)?;
+        }
+        let mut log = |m: Metric| -> Result<()> {
+            writeln!(
+                metrics_file,
+                "{}",
+                serde_json::to_string(&m).unwrap_or_default()
+            )
+            .at(&metrics_path)?;
+            metrics_file.flush().at(&metrics_path)?;
+            metrics.push(m);
+            Ok(())
+        };
+
+        let device = model.device().clone();
+        let mut stream = Stream::new(train_idx.clone(), opts.seed);
+        let val: Vec<&Example> = val_idx.iter().map(|&i| &ds.examples[i]).collect();
+        let (mut timed_tokens, mut timed_secs, mut all_tokens) = (0usize, 0f64, 0usize);
+        let (mut first_loss, mut last_loss) = (None, None);
+        let t_run = Instant::now();
+        let validate = |model: &Llama| -> Result<f64> {
+            ctl.train.store(false, Ordering::Relaxed);
+            let mut sum = 0.0;
+            let chunks: Vec<&[&Example]> = val.chunks(opts.micro_batch_size).collect();
+            for c in &chunks {
+                sum += micro_loss(model, &data::batch(c, pad_id, &device)?)?.to_scalar::<f32>()?
+                    as f64;
+            }
+            Ok(sum / chunks.len().max(1) as f64)
+        };
+
+        while step < total {
+            let t0 = Instant::now();
+            let lr = lr_at(step, total, warmup, opts.lr, opts.schedule);
+            ctl.train.store(true, Ordering::Relaxed);
+            let mut grads: Vec<Tensor> = params
+                .iter()
+                .map(|p| p.as_tensor().zeros_like())
+                .collect::<candle_core::Result<_>>()?;
+            let (mut loss_sum, mut tokens) = (0.0, 0usize);
+            for micro in 0..accum {
+                let mut seed = opts.seed ^ ((step as u64) << 20) ^ micro as u64;
+                ctl.base
+                    .store(adapter::splitmix64(&mut seed), Ordering::Relaxed);
+                let exs: Vec<&Example> = (0..opts.micro_batch_size)
+                    .map(|k| &ds.examples[stream.get(pos + k)])
+                    .collect();
+                pos += opts.micro_batch_size;
+                let b = data::batch(&exs, pad_id, &device)?;
+                tokens += b.tokens;
+                if b.n_targets == 0 {
+                    continue;
+                }
+                let loss = micro_loss(model, &b)?;
+                let lv = loss.to_scalar::<f32>()? as f64;
+                if !lv.is_finite() {
+                    bail!(
+                        "step {}: the loss is {lv}; training stopped, the last good checkpoint is in {} (lower --lr, check the data, or resume from it)",
+                        step + 1,
+                        ckpt_dir.display()
+                    );
+                }
+                loss_sum += lv;
+                let gs = (loss / accum as f64)?.backward()?;
+                for (g, p) in grads.iter_mut().zip(&params) {
+                    if let Some(d) = gs.get(p.as_tensor()) {
+                        *g = (&*g + d)?;
+                    }
+                }
+            }
+            let norm = grads
+                .iter()
+                .map(|g| {
+                    Ok(g.sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?)
+                })
+                .sum::<Result<f64>>()?
+                .sqrt();
+            if let Some(max) = opts.max_grad_norm {
+                if norm > max {
+                    grads = grads
+                        .iter()
+                        .map(|g| Ok((g * (max / (norm + 1e-6)))?))
+                        .collect::<Result<_>>()?;
+                }
+            }
+            adam.step(&params, &grads, lr, opts.weight_decay)?;
+            step += 1;
+            let secs = t0.elapsed().as_secs_f64();
+            let loss = loss_sum / accum as f64;
+            first_loss.get_or_insert(loss);
+            last_loss = Some(loss);
+            all_tokens += tokens;
+            if step > resumed_from.unwrap_or(0) + 2 {
+                timed_tokens += tokens;
+                timed_secs += secs;
+            }
+            progress.step(&format!(
+                "step {step}/{total} loss {loss:.4} lr {lr:.2e} {:.0} tok/s",
+                tokens as f64 / secs
+            ));
+            log(Metric {
+                step,
+                loss: Some(loss),
+                val_loss: None,
+                lr: Some(lr),
+                tokens: Some(tokens),
+                seconds: Some(secs),
+                grad_norm: Some(norm),
+            })?;
+
+            let last = step == total;
+            if !val.is_empty() && ((opts.eval_every > 0 && step % opts.eval_every == 0) || last) {
+                let v = validate(model)?;
+                let better = best_val.is_none_or(|b| v < b);
+                progress.note(&format!(
+                    "step {step}/{total} val_loss {v:.4}{}",
+                    if better {
+                        " (best so far: adapter saved)"
+                    } else {
+                        ""
+                    }
+                ));
+                log(Metric {
+                    step,
+                    loss: None,
+                    val_loss: Some(v),
+                    lr: None,
+                    tokens: None,
+                    seconds: None,
+                    grad_norm: None,
+                })?;
+                if better {
+                    best_val = Some(v);
+                    best_step = Some(step);
+                    save_adapter_into(model, &cfg, &out)?;
+                }
+            }
+            if (opts.save_every > 0 && step % opts.save_every == 0)
+                || last
+                || stop_after == Some(step)
+            {
+                let st = CheckpointState {
+                    step,
+                    position: pos,
+                    adam_t: adam.t,
+                    best_val,
+                    best_step,
+                    run: run.clone(),
+                };
+                save_checkpoint(&ckpt_dir, &named, &adam, &st)?;
+            }
+            if stop_after == Some(step) {
+                break;
+            }
+        }
+        if val.is_empty() && step == total {
+            save_adapter_into(model, &cfg, &out)?;
+        }
+        ctl.train.store(false, Ordering::Relaxed);
+        let svg = plot::loss_svg(&metrics);
+        std::fs::write(out.join("loss.svg"), svg).at(out.join("loss.svg"))?;
+        Ok(TrainReport {
+            steps: step,
+            resumed_from,
+            train_examples: train_idx.len(),
+            val_examples: val.len(),
+            truncated: ds.truncated,
+            trainable_parameters: n_params,
+            first_loss,
+            last_loss,
+            best_val_loss: best_val,
+            best_step,
+            tokens: all_tokens,
+            seconds: t_run.elapsed().as_secs_f64(),
+            tokens_per_second: if timed_secs > 0.0 {
+                timed_tokens as f64 / timed_secs
+            } else {
+                0.0
+            },
+            peak_rss_bytes: peak_rss(),
+            adapter: if val.is_empty() {
+                "final"
+            } else {
+                "best-validation"
+            }
+            .into(),
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! The SPP layer (block / row-group custom op against the naive `R(A)⊙b⊙W` form, gradients
+//! against finite differences), adapters on a model, save/load and the sparsity-preserving merge.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use spp::adapter::{self, dropout_mask, op, spp_naive, AdapterSpec, Method};
+use spp::model::Llama;
+
+fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = common::ids(n, 10_000, seed)
+        .iter()
+        .map(|&i| i as f32 / 5000.0 - 1.0)
+        .collect();
+    (Tensor::from_vec(v, shape, &Device::Cpu).unwrap() * scale).unwrap()
+}
+
+#[test]
+fn block_form_equals_naive_form_forward_and_gradients() {
+    let (t, n, m, r) = (9, 24, 32, 4);
+    let w = rand(&[m, n], 1, 1.0);
+    for grouped in [false, true] {
+        for drop in [None, Some((11u64, 0.3f32))] {
+            let x = Var::from_tensor(&rand(&[t, n], 2, 1.0)).unwrap();
+            let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
+            let b = Var::from_tensor(&rand(&[m, 1], 4, 0.5)).unwrap();
+            let o = op::SppOp {
+                w: w.clone(),
+                scale: 1.7,
+                dropout: drop,
+                z: Default::default(),
+                grouped,
+            };
+            let fast = x
+                .as_tensor()
+                .apply_op3(a.as_tensor(), &b.as_tensor().flatten_all().unwrap(), o)
+                .unwrap();
+            let mask = drop.map(|(s, p)| {
+                Tensor::from_vec(dropout_mask(s, t * n, p), (t, n), &Device::Cpu).unwrap()
+            });
+            let slow = spp_naive(
+                x.as_tensor(),
+                &w,
+                a.as_tensor(),
+                b.as_tensor(),
+                1.7,
+                mask.as_ref(),
+            )
+            .unwrap();
+            assert!(
+                common::max_diff(&fast, &slow) < 1e-4,
+                "forward, grouped {grouped}, dropout {drop:?}"
+            );
+            let weight = rand(&[t, m], 5, 1.0);
+            let gf = (fast * &weight)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gs = (slow * &weight)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("x", &x), ("A", &a), ("b", &b)] {
+                let (f, s) = (
+                    gf.get(v.as_tensor()).unwrap(),
+                    gs.get(v.as_tensor()).unwrap(),
+                );
+                assert_eq!(f.dims(), s.dims());
+                assert!(
+                    common::max_diff(f, s) < 1e-4,
+                    "d{name}: {} (grouped {grouped}, dropout {drop:?})",
+                    common::max_diff(f, s)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn naive_form_gradients_match_finite_differences() {
+    let (t, n, m, r) = (5, 6, 8, 2);
+    let f64t = |shape: &[usize], seed| rand(shape, seed, 1.0).to_dtype(DType::F64).unwrap();
+    let (w, x0, a0, b0, weight) = (
+        f64t(&[m, n], 1),
+        f64t(&[t, n], 2),
+        f64t(&[r, n], 3),
+        f64t(&[m, 1], 4),
+        f64t(&[t, m], 5),
+    );
+    let loss = |x: &Tensor, a: &Tensor, b: &Tensor| -> Tensor {
+        (spp_naive(x, &w, a, b, 2.0, None).unwrap() * &weight)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let (x, a, b) = (
+        Var::from_tensor(&x0).unwrap(),
+        Var::from_tensor(&a0).unwrap(),
+        Var::from_tensor(&b0).unwrap(),
+    );
+    let grads = loss(x.as_tensor(), a.as_tensor(), b.as_tensor())
+        .backward()
+        .unwrap();
+    let eps = 1e-6;
+    for which in 0..3 {
+        let base = [&x0, &a0, &b0][which];
+        let analytic: Vec<f64> = grads
+            .get([&x, &a, &b][which].as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let flat: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..flat.len() {
+            let at = |d: f64| {
+                let mut v = flat.clone();
+                v[i] += d;
+                let p = Tensor::from_vec(v, base.dims(), &Device::Cpu).unwrap();
+                let args = match which {
+                    0 => (p, a0.clone(), b0.clone()),
+                    1 => (x0.clone(), p, b0.clone()),
+                    _ => (x0.clone(), a0.clone(), p),
+                };
+                loss(&args.0, &args.1, &args.2).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (numeric - analytic[i]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                "arg {which} entry {i}: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn dropout_mask_is_seeded_and_has_the_right_rate() {
+    let a = dropout_mask(5, 100_000, 0.05);
+    assert_eq!(a, dropout_mask(5, 100_000, 0.05));
+    assert_ne!(a, dropout_mask(6, 100_000, 0.05));
+    let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+    assert!((dropped - 0.05).abs() < 0.005, "{dropped}");
+    assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.95).abs() < 1e-6));
+}
+
+/// Zeroes weights so that every linear is 2:4 (`nm`) or 50% unstructured (a scattered pattern).
+fn prune_tiny(model: &mut Llama, nm: bool) {
+    for block in &mut model.layers {
+        for (_, lin) in block.linears_mut() {
+            let (m, n) = (lin.out_features(), lin.in_features());
+            let keep: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let drop = if nm {
+                        c % 4 == 1 || c % 4 == 2
+                    } else {
+                        (r * 7 + c * 3) % 4 < 2
+                    };
+                    if drop {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            lin.weight =
+                (&lin.weight * Tensor::from_vec(keep, (m, n), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+}
+
+fn spec(method: Method, r: usize, scale: f64) -> AdapterSpec {
+    AdapterSpec {
+        method,
+        targets: ["q", "k", "v", "o", "gate", "up", "down"]
+            .map(String::from)
+            .to_vec(),
+        r,
+        scale,
+        dropout: 0.05,
+    }
+}
+
+/// Gives every adapter's second factor (b / B) random values, so that the adapter is active.
+fn randomise(model: &Llama) {
+    for (i, (name, v)) in adapter::trainable(model).into_iter().enumerate() {
+        if name.ends_with("spp_b.weight") || name.ends_with("lora_B.weight") {
+            v.set(&rand(v.dims(), 100 + i as u64, 0.3)).unwrap();
+        }
+    }
+}
+
+fn logits(model: &Llama) -> Tensor {
+    let ids = Tensor::from_vec(common::ids(24, 96, 9), (2, 12), &Device::Cpu).unwrap();
+    model.forward(&ids).unwrap()
+}
+
+fn zero_masks(model: &Llama) -> Vec<Vec<u8>> {
+    model
+        .layers
+        .iter()
+        .flat_map(|b| {
+            b.linears().map(|(_, l)| {
+                l.weight
+                    .eq(0f32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<u8>()
+                    .unwrap()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn zero_init_adapter_keeps_the_pruned_model() {
+    let mut model = common::tiny_model(false, false, &Device::Cpu);
+    prune_tiny(&mut model, true);
+    let base = logits(&model);
+    adapter::attach(&mut model, &spec(Method::Spp, 4, 2.0), 1).unwrap();
+    assert!(common::max_diff(&base, &logits(&model)) < 1e-6);
+    assert_eq!(adapter::trainable(&model).len(), 2 * 7 * 2);
+}
+
+#[test]
+fn spp_merge_equals_adapted_model_and_keeps_every_zero() {
+    for nm in [true, false] {
+        let mut model = common::tiny_model(true, false, &Device::Cpu);
+        prune_tiny(&mut model, nm);
+        let (base, mask) = (logits(&model), zero_masks(&model));
+        adapter::attach(&mut model, &spec(Method::Spp, 4, 1.7), 3).unwrap();
+        randomise(&model);
+        let adapted = logits(&model);
+        assert!(
+            common::max_diff(&base, &adapted) > 1e-2,
+            "the adapter must change the model"
+        );
+        let report = adapter::merge(&mut model).unwrap();
+        assert_eq!(report.len(), 14);
+        assert!(report
+            .iter()
+            .all(|l| l.zeros_kept && l.zeros_after == l.zeros_before));
+        assert!(model
+            .layers
+            .iter()
+            .all(|b| b.linears().iter().all(|(_, l)| l.adapter.is_none())));
+        assert!(
+            common::max_diff(&adapted, &logits(&model)) <= 1e-4,
+            "merged vs adapted: {}",
+            common::max_diff(&adapted, &logits(&model))
+        );
+        assert_eq!(
+            mask,
+            zero_masks(&model),
+            "the merged mask must be bit-identical"
+        );
+        if nm {
+            assert!(model.layers.iter().all(|b| b
+                .linears()
+                .iter()
+                .all(|(_, l)| l.satisfies_n_m(2, 4).unwrap())));
+        }
+    }
+}
+
+#[test]
+fn lora_mask_merge_keeps_zeros_and_plain_lora_does_not() {
+    for method in [Method::Lora, Method::LoraMask] {
+        let mut model = common::tiny_model(false, false, &Device::Cpu);
+        prune_tiny(&mut model, false);
+        let mask = zero_masks(&model);
+        adapter::attach(&mut model, &spec(method, 4, 2.0), 5).unwrap();
+        randomise(&model);
+        let adapted = logits(&model);
+        let report = adapter::merge(&mut model).unwrap();
+        if method == Method::Lora {
+            assert!(report
+                .iter()
+                .all(|l| !l.zeros_kept && l.zeros_after < l.zeros_before));
+            assert!(common::max_diff(&adapted, &logits(&model)) <= 1e-4);
+        } else {
+            assert!(report.iter().all(|l| l.zeros_kept));
+            assert_eq!(mask, zero_masks(&model));
+        }
+    }
+}
+
+#[test]
+fn rows_must_divide_out_features_and_the_error_names_the_layer() {
+    let mut model = common::tiny_model(false, false, &Device::Cpu);
+    let e = adapter::attach(&mut model, &spec(Method::Spp, 5, 2.0), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj") && e.contains("not divisible"),
+        "{e}"
+    );
+}
+
+#[test]
+fn saved_adapter_loads_back_and_refuses_another_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("adapter");
+    let mut model = common::tiny_model(false, false, &Device::Cpu);
+    prune_tiny(&mut model, true);
+    let plain = model.clone();
+    adapter::attach(&mut model, &spec(Method::Spp, 4, 2.0), 1).unwrap();
+    randomise(&model);
+    let cfg = adapter::AdapterConfig::new(
+        Method::Spp,
+        &spec(Method::Spp, 4, 2.0).targets,
+        4,
+        2.0,
+        0.05,
+        &plain,
+        tmp.path(),
+    )
+    .unwrap();
+    adapter::save(&model, &cfg, &dir, false).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["r"], 4);
+    assert_eq!(written["peft_type"], "SPP");
+    assert_eq!(written["target_modules"].as_array().unwrap().len(), 7);
+
+    let mut again = plain.clone();
+    let (loaded, warning) = adapter::load(&mut again, &dir, false).unwrap();
+    assert!(warning.is_none());
+    assert_eq!(loaded.method, Method::Spp);
+    assert!(common::max_diff(&logits(&model), &logits(&again)) < 1e-6);
+
+    let mut other = common::tiny_model(true, false, &Device::Cpu);
+    let e = adapter::load(&mut other, &dir, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("different model") && e.contains("--force"),
+        "{e}"
+    );
+    let (_, warning) = adapter::load(&mut other, &dir, true).unwrap();
+    assert!(warning.is_some());
+}
