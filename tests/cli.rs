@@ -407,3 +407,249 @@ fn prune_writes_a_model_and_its_record() {
     fails_with(&run(a), &["missing.jsonl"]);
     assert!(!bad.exists());
 }
+
+#[test]
+fn train_merge_and_run_an_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = converted(tmp.path());
+    let m = s(&model);
+    let records: Vec<serde_json::Value> = (0..12)
+        .map(|i| serde_json::json!({"instruction": format!("Count to {i}."), "input": if i % 2 == 0 { "" } else { "slowly" }, "output": "1 2 3 ".repeat(i + 1)}))
+        .collect();
+    let data = tmp.path().join("alpaca.json");
+    std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
+    let out = tmp.path().join("adapter");
+    let train = |method: &str, out: &Path| {
+        spp(&[
+            "train",
+            "--model",
+            &m,
+            "--data",
+            &s(&data),
+            "--out",
+            &s(out),
+            "--method",
+            method,
+            "--r",
+            "4",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--micro-batch-size",
+            "1",
+            "--cutoff",
+            "48",
+            "--val-size",
+            "2",
+            "--eval-every",
+            "2",
+            "--json",
+        ])
+    };
+    let o = train("spp", &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("step 3/3 loss") && err.contains("tok/s") && err.contains("val_loss"),
+        "{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["report"]["steps"], 3);
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+        "loss.svg",
+        "train.json",
+        "checkpoint/state.json",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["method"], "spp");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["scale"], 2.0);
+
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let o = spp(&[
+        "eval",
+        "ppl",
+        "--model",
+        &m,
+        "--adapter",
+        &s(&out),
+        "--text",
+        &s(&text),
+        "--seqlen",
+        "64",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let adapted: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let merged = tmp.path().join("merged");
+    let o = spp(&[
+        "merge",
+        "--model",
+        &m,
+        "--adapter",
+        &s(&out),
+        "--out",
+        &s(&merged),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["all_zeros_kept"], true);
+    assert!(merged.join("merge.json").exists() && merged.join("tokenizer.json").exists());
+    let o = spp(&[
+        "eval",
+        "ppl",
+        "--model",
+        &s(&merged),
+        "--text",
+        &s(&text),
+        "--seqlen",
+        "64",
+        "--json",
+    ]);
+    let merged_ppl: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (a, b) = (
+        adapted["ppl"].as_f64().unwrap(),
+        merged_ppl["ppl"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-3 * a, "unmerged {a} vs merged {b}");
+
+    // The adapter refuses another model; merging again into an existing directory needs --force.
+    let o = spp(&[
+        "merge",
+        "--model",
+        &s(&merged),
+        "--adapter",
+        &s(&out),
+        "--out",
+        &s(&tmp.path().join("m2")),
+    ]);
+    fails_with(&o, &["different model", "--force"]);
+    assert!(!tmp.path().join("m2").exists());
+    let o = spp(&[
+        "merge",
+        "--model",
+        &m,
+        "--adapter",
+        &s(&out),
+        "--out",
+        &s(&merged),
+    ]);
+    fails_with(&o, &["already exists"]);
+
+    // LoRA merges densify, and say so.
+    let lora = tmp.path().join("lora");
+    assert!(train("lora", &lora).status.success());
+    let o = spp(&[
+        "merge",
+        "--model",
+        &m,
+        "--adapter",
+        &s(&lora),
+        "--out",
+        &s(&tmp.path().join("lm")),
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("dense"));
+}
+
+#[test]
+fn train_bad_inputs_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = converted(tmp.path());
+    let m = s(&model);
+    let data = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\"}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("o");
+    let o = spp(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&out),
+        "--max-steps",
+        "1",
+    ]);
+    fails_with(&o, &["line 2", "missing field `output`"]);
+    assert!(!out.exists());
+    let good = tmp.path().join("good.jsonl");
+    std::fs::write(
+        &good,
+        "{\"text\": \"hello world, hello world\"}\n".repeat(20),
+    )
+    .unwrap();
+    let o = spp(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &s(&good),
+        "--out",
+        &s(&out),
+        "--max-steps",
+        "1",
+        "--r",
+        "7",
+        "--cutoff",
+        "8",
+        "--val-size",
+        "1",
+    ]);
+    fails_with(&o, &["not divisible", "model.layers.0.self_attn.q_proj"]);
+    let o = spp(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &s(&good),
+        "--out",
+        &s(&out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "3",
+        "--micro-batch-size",
+        "2",
+        "--cutoff",
+        "8",
+    ]);
+    fails_with(&o, &["multiple of --micro-batch-size"]);
+    let o = spp(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &s(&good),
+        "--out",
+        &s(&out),
+        "--resume",
+        "--cutoff",
+        "8",
+        "--val-size",
+        "1",
+        "--r",
+        "4",
+    ]);
+    fails_with(&o, &["no checkpoint"]);
+    assert!(!out.exists());
+}

@@ -364,7 +364,6 @@ impl Trainer<'_> {
         let mut adam = AdamW::new(&params)?;
         let run = run_identity(opts, ds, total, &base_hash)?;
 
-        std::fs::create_dir_all(&out).at(&out)?;
         let ckpt_dir = out.join(CHECKPOINT_DIR);
         let metrics_path = out.join("metrics.jsonl");
         let (mut step, mut pos, mut best_val, mut best_step) =
@@ -387,6 +386,7 @@ impl Trainer<'_> {
         } else if ckpt_dir.exists() {
             bail!("{} already holds a training checkpoint: pass --resume to continue it, or choose another --out", out.display());
         }
+        std::fs::create_dir_all(&out).at(&out)?;
         let resumed_from = resume.then_some(step);
         let mut metrics_file = std::fs::File::create(&metrics_path).at(&metrics_path)?;
         for m in &metrics {

@@ -1,0 +1,254 @@
+//! Training: data protocol, schedule, the loop on a tiny model (overfitting one batch, frozen
+//! base weights, bit-identical resume, NaN handling).
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use spp::adapter::{self, Method};
+use spp::train::data::{self, Dataset, Example, Kind};
+use spp::train::{lr_at, Schedule, TrainOptions, Trainer};
+use std::path::Path;
+
+#[test]
+fn alpaca_prompt_is_the_papers_template() {
+    assert_eq!(
+        data::alpaca_prompt("Add.", "2+2"),
+        "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\nAdd.\n\n### Input:\n2+2\n\n### Response:\n"
+    );
+    assert_eq!(
+        data::alpaca_prompt("Say hi.", ""),
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nSay hi.\n\n### Response:\n"
+    );
+}
+
+#[test]
+fn order_is_a_seeded_permutation_and_validation_is_disjoint() {
+    let p = data::permutation(50, 42);
+    let mut sorted = p.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    assert_eq!(p, data::permutation(50, 42));
+    assert_ne!(p, data::permutation(50, 43));
+    // splitmix64 from state 0 (the published first output of the generator).
+    assert_eq!(adapter::splitmix64(&mut 0u64), 0xE220_A839_7B1D_CDAF);
+    let (train, val) = data::split(50, 5, 42);
+    assert_eq!(val, p[..5].to_vec());
+    assert_eq!(train.len(), 45);
+    assert!(train.windows(2).all(|w| w[0] < w[1]) && train.iter().all(|t| !val.contains(t)));
+    // The stream visits every training example once per epoch.
+    let mut s = data::Stream::new(train.clone(), 42);
+    let mut first: Vec<usize> = (0..45).map(|i| s.get(i)).collect();
+    let second: Vec<usize> = (45..90).map(|i| s.get(i)).collect();
+    assert_ne!(first, second);
+    first.sort();
+    assert_eq!(first, train);
+}
+
+#[test]
+fn batches_pad_on_the_right_and_padding_is_never_a_target() {
+    let a = Example {
+        ids: vec![5, 6, 7, 8],
+        first_target: 0,
+    };
+    let b = Example {
+        ids: vec![9, 10],
+        first_target: 0,
+    };
+    let c = Example {
+        ids: vec![1, 2, 3, 4],
+        first_target: 3,
+    };
+    let bt = data::batch(&[&a, &b, &c], 0, &Device::Cpu).unwrap();
+    assert_eq!(
+        bt.ids.to_vec2::<u32>().unwrap(),
+        vec![vec![5, 6, 7, 8], vec![9, 10, 0, 0], vec![1, 2, 3, 4]]
+    );
+    // Position t predicts token t+1: a → 6,7,8; b → 10; c → only token 3 onwards (index 3: 4).
+    assert_eq!(bt.positions.to_vec1::<u32>().unwrap(), vec![0, 1, 2, 4, 10]);
+    assert_eq!(bt.targets.to_vec1::<u32>().unwrap(), vec![6, 7, 8, 10, 4]);
+    assert_eq!(bt.tokens, 10);
+}
+
+#[test]
+fn schedule_warms_up_from_zero_then_decays() {
+    let lr = |s| lr_at(s, 100, 3, 4e-3, Schedule::Linear);
+    assert_eq!(lr(0), 0.0);
+    assert!((lr(1) - 4e-3 / 3.0).abs() < 1e-12);
+    assert!((lr(3) - 4e-3).abs() < 1e-12);
+    assert!((lr(50) - 4e-3 * 50.0 / 97.0).abs() < 1e-12);
+    assert_eq!(lr(100), 0.0);
+    let cos = |s| lr_at(s, 100, 0, 1.0, Schedule::Cosine);
+    assert!(
+        (cos(0) - 1.0).abs() < 1e-12 && (cos(50) - 0.5).abs() < 1e-12 && cos(100).abs() < 1e-12
+    );
+}
+
+fn dataset(n: usize, len: usize) -> Dataset {
+    let examples = (0..n)
+        .map(|i| Example {
+            ids: common::ids(len - i % 3, 96, i as u64 + 1),
+            first_target: 0,
+        })
+        .collect();
+    Dataset {
+        kind: Kind::Text,
+        examples,
+        records: n,
+        truncated: 0,
+    }
+}
+
+fn opts(method: Method, steps: usize, lr: f64, batch: usize) -> TrainOptions {
+    TrainOptions {
+        method,
+        targets: ["q", "k", "v", "o", "gate", "up", "down"]
+            .map(String::from)
+            .to_vec(),
+        r: 4,
+        scale: 2.0,
+        dropout: 0.05,
+        lr,
+        warmup_ratio: 0.1,
+        schedule: Schedule::Linear,
+        weight_decay: 0.001,
+        epochs: 1,
+        max_steps: Some(steps),
+        batch_size: batch,
+        micro_batch_size: 2,
+        cutoff: 32,
+        train_on_inputs: true,
+        val_size: 0,
+        eval_every: 0,
+        save_every: 0,
+        max_grad_norm: None,
+        seed: 7,
+    }
+}
+
+fn run(
+    model: &mut spp::model::Llama,
+    ds: &Dataset,
+    o: &TrainOptions,
+    out: &Path,
+    resume: bool,
+    stop: Option<usize>,
+) -> spp::Result<spp::train::TrainReport> {
+    Trainer {
+        model,
+        data: ds,
+        opts: o,
+        out: out.to_path_buf(),
+        base_path: out.to_path_buf(),
+        pad_id: 0,
+        resume,
+        stop_after: stop,
+    }
+    .run(&mut ())
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}
+
+#[test]
+fn a_tiny_model_overfits_one_batch_and_base_weights_stay_frozen() {
+    for method in [Method::Spp, Method::Lora] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut model = common::tiny_model(false, false, &Device::Cpu);
+        let before: Vec<(String, Tensor)> = model.named_tensors();
+        let ds = dataset(4, 16);
+        let report = run(
+            &mut model,
+            &ds,
+            &opts(method, 40, 3e-2, 4),
+            tmp.path(),
+            false,
+            None,
+        )
+        .unwrap();
+        let l = losses(tmp.path());
+        assert_eq!(l.len(), 40);
+        assert!(l[39] < 0.5 * l[0], "{method}: loss {} -> {}", l[0], l[39]);
+        assert_eq!(report.steps, 40);
+        for ((name, a), (_, b)) in before.iter().zip(model.named_tensors()) {
+            assert_eq!(
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name} changed"
+            );
+        }
+        for f in [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "metrics.jsonl",
+            "loss.svg",
+        ] {
+            assert!(tmp.path().join(f).exists(), "{f}");
+        }
+        assert!(std::fs::read_to_string(tmp.path().join("loss.svg"))
+            .unwrap()
+            .contains("<polyline"));
+    }
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let ds = dataset(10, 12);
+    let mut o = opts(Method::Spp, 6, 1e-2, 4);
+    o.val_size = 2;
+    o.eval_every = 2;
+    let base = common::tiny_model(false, false, &Device::Cpu);
+    let straight = tempfile::tempdir().unwrap();
+    run(&mut base.clone(), &ds, &o, straight.path(), false, None).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    run(&mut base.clone(), &ds, &o, split.path(), false, Some(3)).unwrap();
+    let e = run(&mut base.clone(), &ds, &o, split.path(), false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let mut other = o.clone();
+    other.lr = 2e-2;
+    let e = run(&mut base.clone(), &ds, &other, split.path(), true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another configuration") && e.contains("lr"),
+        "{e}"
+    );
+    let r = run(&mut base.clone(), &ds, &o, split.path(), true, None).unwrap();
+    assert_eq!(r.resumed_from, Some(3));
+    assert_eq!(losses(straight.path()), losses(split.path()));
+    for f in ["adapter_model.safetensors", "checkpoint/model.safetensors"] {
+        assert_eq!(
+            std::fs::read(straight.path().join(f)).unwrap(),
+            std::fs::read(split.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step_and_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = common::tiny_model(false, false, &Device::Cpu);
+    let w = &mut model.layers[0].mlp.down_proj.weight;
+    *w = (w.clone() * f64::NAN).unwrap();
+    let e = run(
+        &mut model,
+        &dataset(4, 8),
+        &opts(Method::Spp, 3, 1e-2, 2),
+        tmp.path(),
+        false,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step 1") && e.contains("NaN") && e.contains("checkpoint"),
+        "{e}"
+    );
+}
