@@ -84,7 +84,9 @@ Protocol (what must agree with `spp train`; docs/TRAINING.md is the authority):
   to the end of optimizer.step() (validation excluded); tok/s = real (non-pad) tokens of the
   step's micro-batches / that time. Throughput = real tokens / time summed over the steps after
   the first --timing-skip. Peak memory = ru_maxrss (peak RSS); the RSS and peak right after the
-  model load are recorded too, so the training part can be separated.
+  model load (every weight page touched, as from_pretrained may mmap the file) are recorded too,
+  so the training part can be separated. The naive SPP form keeps R(A) and M*W ([out, in] each)
+  per adapted linear for the backward, so its peak is well above the block form's.
 
 Output: one line per optimizer step on stderr (`step 12/300 loss 1.9312 lr 3.90e-03 1450 tok/s`),
 OUT/metrics.jsonl (per step: step, loss, lr, tokens, targets, grad_norm, seconds, epoch,
@@ -633,6 +635,9 @@ def main():
     if eos_id is None:
         raise SystemExit("the tokenizer has no EOS token")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    with torch.no_grad():  # the weights may be mmapped: touch every page so the load RSS is the model's
+        for p in model.parameters():
+            p.sum()
     load_seconds = time.time() - t_load
     rss_after_load = current_rss_gib()
     peak_after_load = peak_rss_gib()
@@ -832,7 +837,7 @@ def main():
     with torch.no_grad():
         logits_unmerged = model(input_ids=check_ids).logits.float()
     per_linear = {}
-    zb_total = za_total = numel_total = kept_all = new_zeros = 0
+    zb_total = za_total = numel_total = new_zeros = 0
     kept_all = True
     with torch.no_grad():
         for name, mod, parent, child in wrapped:
@@ -879,7 +884,8 @@ def main():
     with open(json_out, "w") as f:
         json.dump(result, f, indent=1)
     tr = result["train"]
-    print(f"train loss {tr['first_loss']:.4f} -> {tr['last_loss']:.4f} (min {tr['min_loss']:.4f}); "
+    min_loss = float("nan") if tr["min_loss"] is None else tr["min_loss"]
+    print(f"train loss {tr['first_loss']:.4f} -> {tr['last_loss']:.4f} (min {min_loss:.4f}); "
           f"{tr['tokens_per_second']:.0f} tok/s, {tr['seconds_per_step']:.2f} s/step over {tr['timed_steps']} steps; "
           f"peak RSS {result['peak_rss_gib']:.2f} GiB (after load {peak_after_load:.2f}); wrote {json_out}",
           flush=True)
