@@ -1,56 +1,96 @@
-//! `cargo bench --bench spp`: one SPP linear, forward + backward, on SmolLM2's shapes
-//! (512 tokens = micro-batch 4 × cutoff 128, r = 16): the block-form custom op against the naive
-//! `R(A)⊙b⊙W` composition and against the frozen linear alone.
+//! `cargo bench --bench spp`: one SPP linear on SmolLM2's shapes (1024 tokens = micro-batch 4 ×
+//! cutoff 256, r = 16, dropout on): the frozen GEMM alone, the per-block and row-group forms of
+//! the forward and backward (`spp::adapter::op`), and the naive `R(A)⊙b⊙W` composition in candle.
+//! The op uses the row-group forward and picks the backward by block height from this table.
 
 use candle_core::{Device, Tensor, Var};
-use spp::adapter::{op, spp_naive};
+use spp::adapter::op::{self, Dims};
 use std::time::Instant;
 
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn time(mut f: impl FnMut()) -> f64 {
     f();
-    let t = Instant::now();
-    for _ in 0..reps {
+    let s = Instant::now();
+    for _ in 0..5 {
         f();
     }
-    t.elapsed().as_secs_f64() / reps as f64 * 1e3
+    s.elapsed().as_secs_f64() / 5.0 * 1e3
 }
 
 fn main() {
-    let (t, r) = (512, 16);
-    println!("| shape (m×n) | frozen fwd+bwd ms | SPP per-block op ms | SPP row-group op ms | SPP naive (candle) ms |");
-    println!("|---|---|---|---|---|");
-    for (m, n) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
+    let (t, r) = (1024, 16);
+    println!("| m×n | frozen GEMM ms | fwd per-block | fwd row-group | bwd per-block | bwd row-group | naive fwd+bwd (candle) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (m, n) in [(576usize, 576usize), (192, 576), (1536, 576), (576, 1536)] {
+        let x: Vec<f32> = (0..t * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let w: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0)
+            .collect();
+        let a: Vec<f32> = (0..r * n)
+            .map(|i| ((i * 31) % 100) as f32 / 100.0)
+            .collect();
+        let b: Vec<f32> = (0..m).map(|i| i as f32 / m as f32).collect();
+        let g: Vec<f32> = (0..t * m)
+            .map(|i| ((i * 13) % 100) as f32 / 100.0)
+            .collect();
+        let d = Dims { t, n, m, r };
+        let mask = spp::adapter::dropout_mask(3, t * n, 0.05);
+        let base = time(|| {
+            let mut y = vec![0f32; t * m];
+            let (xm, wm) = (
+                faer::MatRef::from_row_major_slice(&x, t, n),
+                faer::MatRef::from_row_major_slice(&w, m, n),
+            );
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut y, t, m),
+                faer::Accum::Replace,
+                xm,
+                wm.transpose(),
+                1.0f32,
+                faer::Par::rayon(0),
+            );
+        });
+        let (_, z) = op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask));
+        let fb = time(|| drop(op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask))));
+        let fg = time(|| drop(op::forward_grouped(&x, &w, &a, &b, d, 2.0, Some(&mask))));
+        let bb = time(|| drop(op::backward(&x, &w, &a, &b, &z, &g, d, 2.0, Some(&mask))));
+        let bg = time(|| {
+            drop(op::backward_grouped(
+                &x,
+                &w,
+                &a,
+                &b,
+                &z,
+                &g,
+                d,
+                2.0,
+                Some(&mask),
+            ))
+        });
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (t, n), &dev).unwrap()).unwrap();
-        let a = Var::from_tensor(&Tensor::randn(0f32, 0.05, (r, n), &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.05, (m, 1), &dev).unwrap()).unwrap();
-        let reps = 5;
-        let frozen = time(reps, || {
-            let y = spp::model::ops::frozen_matmul(x.as_tensor(), &w).unwrap();
-            let _ = y.sum_all().unwrap().backward().unwrap();
+        let tensor = |v: &[f32], s: (usize, usize)| Tensor::from_slice(v, s, &dev).unwrap();
+        let (xv, av, bv) = (
+            Var::from_tensor(&tensor(&x, (t, n))).unwrap(),
+            Var::from_tensor(&tensor(&a, (r, n))).unwrap(),
+            Var::from_tensor(&tensor(&b, (m, 1))).unwrap(),
+        );
+        let (wt, mt) = (tensor(&w, (m, n)), tensor(&mask, (t, n)));
+        let naive = time(|| {
+            let y = spp::adapter::spp_naive(
+                xv.as_tensor(),
+                &wt,
+                av.as_tensor(),
+                bv.as_tensor(),
+                2.0,
+                Some(&mt),
+            )
+            .unwrap();
+            drop(y.sum_all().unwrap().backward().unwrap());
         });
-        let spp_op = |grouped: bool| {
-            time(reps, || {
-                let o = op::SppOp {
-                    w: w.clone(),
-                    scale: 2.0,
-                    dropout: Some((7, 0.05)),
-                    z: Default::default(),
-                    grouped,
-                };
-                let y = x
-                    .as_tensor()
-                    .apply_op3(a.as_tensor(), &b.as_tensor().flatten_all().unwrap(), o)
-                    .unwrap();
-                let _ = y.sum_all().unwrap().backward().unwrap();
-            })
-        };
-        let (block, grouped) = (spp_op(false), spp_op(true));
-        let naive = time(reps, || {
-            let y = spp_naive(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 2.0, None).unwrap();
-            let _ = y.sum_all().unwrap().backward().unwrap();
-        });
-        println!("| {m}×{n} | {frozen:.2} | {block:.2} | {grouped:.2} | {naive:.2} |");
+        println!("| {m}×{n} | {base:.2} | {fb:.2} | {fg:.2} | {bb:.2} | {bg:.2} | {naive:.2} |");
     }
 }

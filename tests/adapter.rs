@@ -17,10 +17,11 @@ fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
 }
 
 #[test]
-fn block_form_equals_naive_form_forward_and_gradients() {
-    let (t, n, m, r) = (9, 24, 32, 4);
-    let w = rand(&[m, n], 1, 1.0);
-    for grouped in [false, true] {
+fn spp_op_equals_naive_form_forward_and_gradients() {
+    // m/r = 8 takes the row-group backward, m/r = 64 the per-block one.
+    for (m, r) in [(32, 4), (128, 2)] {
+        let (t, n) = (9, 24);
+        let w = rand(&[m, n], 1, 1.0);
         for drop in [None, Some((11u64, 0.3f32))] {
             let x = Var::from_tensor(&rand(&[t, n], 2, 1.0)).unwrap();
             let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
@@ -30,7 +31,6 @@ fn block_form_equals_naive_form_forward_and_gradients() {
                 scale: 1.7,
                 dropout: drop,
                 z: Default::default(),
-                grouped,
             };
             let fast = x
                 .as_tensor()
@@ -50,7 +50,7 @@ fn block_form_equals_naive_form_forward_and_gradients() {
             .unwrap();
             assert!(
                 common::max_diff(&fast, &slow) < 1e-4,
-                "forward, grouped {grouped}, dropout {drop:?}"
+                "forward, m {m}, dropout {drop:?}"
             );
             let weight = rand(&[t, m], 5, 1.0);
             let gf = (fast * &weight)
@@ -73,12 +73,32 @@ fn block_form_equals_naive_form_forward_and_gradients() {
                 assert_eq!(f.dims(), s.dims());
                 assert!(
                     common::max_diff(f, s) < 1e-4,
-                    "d{name}: {} (grouped {grouped}, dropout {drop:?})",
+                    "d{name}: {} (m {m}, dropout {drop:?})",
                     common::max_diff(f, s)
                 );
             }
         }
     }
+}
+
+#[test]
+fn per_block_and_row_group_forms_agree() {
+    let (t, n, m, r) = (7, 16, 48, 4);
+    let v = |len: usize, seed| rand(&[len], seed, 1.0).to_vec1::<f32>().unwrap();
+    let (x, w, a, b, g) = (v(t * n, 1), v(m * n, 2), v(r * n, 3), v(m, 4), v(t * m, 5));
+    let d = op::Dims { t, n, m, r };
+    let mask = dropout_mask(9, t * n, 0.2);
+    let close = |p: &[f32], q: &[f32]| {
+        p.iter()
+            .zip(q)
+            .all(|(p, q)| (p - q).abs() < 1e-4 * (1.0 + p.abs()))
+    };
+    let (y1, z1) = op::forward(&x, &w, &a, &b, d, 1.5, Some(&mask));
+    let (y2, z2) = op::forward_grouped(&x, &w, &a, &b, d, 1.5, Some(&mask));
+    assert!(close(&y1, &y2) && close(&z1, &z2));
+    let g1 = op::backward(&x, &w, &a, &b, &z1, &g, d, 1.5, Some(&mask));
+    let g2 = op::backward_grouped(&x, &w, &a, &b, &z1, &g, d, 1.5, Some(&mask));
+    assert!(close(&g1.0, &g2.0) && close(&g1.1, &g2.1) && close(&g1.2, &g2.2));
 }
 
 #[test]

@@ -228,7 +228,6 @@ impl Adapter {
                         scale: self.scale as f32,
                         dropout: drop,
                         z: Mutex::new(Vec::new()),
-                        grouped: true,
                     };
                     let b = self.b.as_tensor().flatten_all()?;
                     return Ok(x.contiguous()?.apply_op3(self.a.as_tensor(), &b, op)?);

@@ -14,8 +14,13 @@
 //! dx = G·W + mask ⊙ Σ_k U_k ⊙ A_k      dA_k = Σ_tokens xd ⊙ U_k      db = s·Σ_tokens G ⊙ z
 //! ```
 //!
-//! Nothing of shape `[m, n]` is built: the per-block products use one `[T, n]` scratch buffer,
-//! and the graph keeps only x (already alive as the layer input) and z (`[T, m]`).
+//! Two ways to run each pass, same arithmetic: per block (one GEMM with inner or outer dimension
+//! m/r per block, scratch `[T, n]`), and per row group (the scaled rows `S_i = A_{k(i)} ⊙ W_i` of
+//! as many whole blocks as fit a fixed 4 MiB scratch, then wide GEMMs: `z_g = xd·S_gᵀ`,
+//! `dxa += H_g·S_g`, `dA` from `H_gᵀ·xd`). The op runs the row-group forward, and the per-block
+//! backward when blocks have at least [`MIN_BLOCK_ROWS`] rows (`cargo bench --bench spp`).
+//! No buffer grows with m·n beyond that fixed scratch, nothing `[m, n]` is kept for the backward:
+//! the graph keeps x (already alive as the layer input) and z (`[T, m]`).
 
 use super::dropout_mask;
 use crate::model::ops::{f32_tensor, with_f32};
@@ -175,6 +180,9 @@ pub fn backward(
             .collect(),
     )
 }
+
+/// Block height below which the per-block backward's GEMMs (inner dimension m/r) are too thin.
+const MIN_BLOCK_ROWS: usize = 32;
 
 /// Scratch budget (elements) for the scaled weight rows `A_{k(i)} ⊙ W_i` of one row group.
 const GROUP_ELEMS: usize = 1 << 20;
@@ -352,8 +360,6 @@ pub struct SppOp {
     /// `(seed, p)` of the adapter's dropout, `None` when off.
     pub dropout: Option<(u64, f32)>,
     pub z: Mutex<Vec<f32>>,
-    /// Row groups ([`forward_grouped`]) instead of one GEMM per block ([`forward`]).
-    pub grouped: bool,
 }
 
 impl SppOp {
@@ -401,12 +407,9 @@ impl CustomOp3 for SppOp {
         let d = self.dims(l1.shape(), l2.shape())?;
         let (x, a, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let mask = self.mask(x.len());
-        let f = if self.grouped {
-            forward_grouped
-        } else {
-            forward
-        };
-        let (y, z) = with_f32(&self.w, |w| f(x, w, a, b, d, self.scale, mask.as_deref()))?;
+        let (y, z) = with_f32(&self.w, |w| {
+            forward_grouped(x, w, a, b, d, self.scale, mask.as_deref())
+        })?;
         *self
             .z
             .lock()
@@ -428,10 +431,12 @@ impl CustomOp3 for SppOp {
             .z
             .lock()
             .map_err(|_| candle_core::Error::Msg("spp: poisoned lock".into()))?;
-        let bwd = if self.grouped {
-            backward_grouped
-        } else {
+        // Measured (`cargo bench --bench spp`): the per-block backward wins while the blocks are
+        // tall enough for a GEMM; below that, row groups.
+        let bwd = if d.m / d.r >= MIN_BLOCK_ROWS {
             backward
+        } else {
+            backward_grouped
         };
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(&self.w, |w| {
