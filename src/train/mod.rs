@@ -156,11 +156,23 @@ pub struct TrainReport {
     pub best_step: Option<usize>,
     pub tokens: usize,
     pub seconds: f64,
-    /// Tokens per second over the steps after the first two (warm-up).
+    /// Tokens per second over the steps of this run after the first two (warm-up), or over all of
+    /// them when there are no more.
     pub tokens_per_second: f64,
     pub peak_rss_bytes: Option<u64>,
     /// Where the kept adapter came from: `best-validation` or `final`.
     pub adapter: String,
+}
+
+/// Tokens per second of `(tokens, seconds)` steps, leaving out two warm-up steps when possible.
+fn throughput(steps: &[(usize, f64)]) -> f64 {
+    let timed = if steps.len() > 2 { &steps[2..] } else { steps };
+    let (tokens, secs) = timed.iter().fold((0, 0.0), |(t, s), x| (t + x.0, s + x.1));
+    if secs > 0.0 {
+        tokens as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 /// Hooks the binary uses to print: one call per optimizer step and per validation.
@@ -412,7 +424,7 @@ impl Trainer<'_> {
         let device = model.device().clone();
         let mut stream = Stream::new(train_idx.clone(), opts.seed);
         let val: Vec<&Example> = val_idx.iter().map(|&i| &ds.examples[i]).collect();
-        let (mut timed_tokens, mut timed_secs, mut all_tokens) = (0usize, 0f64, 0usize);
+        let mut timings: Vec<(usize, f64)> = Vec::new();
         let (mut first_loss, mut last_loss) = (None, None);
         let t_run = Instant::now();
         let validate = |model: &Llama| -> Result<f64> {
@@ -489,11 +501,7 @@ impl Trainer<'_> {
             let loss = loss_sum / accum as f64;
             first_loss.get_or_insert(loss);
             last_loss = Some(loss);
-            all_tokens += tokens;
-            if step > resumed_from.unwrap_or(0) + 2 {
-                timed_tokens += tokens;
-                timed_secs += secs;
-            }
+            timings.push((tokens, secs));
             progress.step(&format!(
                 "step {step}/{total} loss {loss:.4} lr {lr:.2e} {:.0} tok/s",
                 tokens as f64 / secs
@@ -570,13 +578,9 @@ impl Trainer<'_> {
             last_loss,
             best_val_loss: best_val,
             best_step,
-            tokens: all_tokens,
+            tokens: timings.iter().map(|t| t.0).sum(),
             seconds: t_run.elapsed().as_secs_f64(),
-            tokens_per_second: if timed_secs > 0.0 {
-                timed_tokens as f64 / timed_secs
-            } else {
-                0.0
-            },
+            tokens_per_second: throughput(&timings),
             peak_rss_bytes: peak_rss(),
             adapter: if val.is_empty() {
                 "final"
