@@ -578,6 +578,9 @@ fn prune(a: PruneArgs) -> Result<()> {
             a.out.display()
         );
     }
+    if a.m.adapter.is_some() {
+        bail!("spp prune works on plain weights: merge the adapter first (spp merge), then prune the merged model");
+    }
     let (mut model, _) = load(&a.m)?;
     let calibration = if a.method.needs_calibration() {
         let path = a
