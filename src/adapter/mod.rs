@@ -344,17 +344,20 @@ fn adapted(model: &Llama) -> impl Iterator<Item = (usize, &'static str, &SparseL
 /// every target linear. Returns the dropout control shared by all of them.
 pub fn attach(model: &mut Llama, spec: &AdapterSpec, seed: u64) -> Result<Arc<DropoutCtl>> {
     let mut state = seed;
-    attach_with(model, spec, |_, shape| {
-        let bound = 1.0 / (shape.1 as f32).sqrt();
-        Ok((uniform(&mut state, shape.0 * shape.1, bound), None))
+    attach_with(model, spec, |(_, (r, n)), _| {
+        Ok((uniform(&mut state, r * n, 1.0 / (n as f32).sqrt()), None))
     })
 }
 
-/// Attaches adapters whose A (and optionally b / B) come from `init(name of A, (rows, in))`.
+/// Attaches adapters whose A (and optionally b / B) come from
+/// `init((name of A, its shape), (name of b / B, its shape))`.
 fn attach_with(
     model: &mut Llama,
     spec: &AdapterSpec,
-    mut init: impl FnMut(&str, (usize, usize)) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
+    mut init: impl FnMut(
+        (&str, (usize, usize)),
+        (&str, (usize, usize)),
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
 ) -> Result<Arc<DropoutCtl>> {
     if spec.r == 0 {
         bail!("adapter rows r must be positive");
@@ -371,13 +374,13 @@ fn attach_with(
             if spec.method == Method::Spp && m % spec.r != 0 {
                 bail!("model.layers.{i}.{full}: out_features {m} is not divisible by the SPP rows r = {}; choose r dividing every target's out_features", spec.r);
             }
-            let (an, _) = param_names(i, full, spec.method);
-            let (av, bv) = init(&an, (spec.r, n))?;
+            let (an, bn) = param_names(i, full, spec.method);
             let b_shape = if spec.method == Method::Spp {
                 (m, 1)
             } else {
                 (m, spec.r)
             };
+            let (av, bv) = init((&an, (spec.r, n)), (&bn, b_shape))?;
             let bv = bv.unwrap_or_else(|| vec![0f32; b_shape.0 * b_shape.1]);
             lin.adapter = Some(Adapter {
                 method: spec.method,
@@ -502,29 +505,8 @@ pub fn load(model: &mut Llama, dir: &Path, force: bool) -> Result<(AdapterConfig
         }
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     };
-    let dims: HashMap<String, (usize, usize)> = model
-        .layers
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| {
-            b.linears().into_iter().map(move |(n, l)| {
-                (
-                    param_names(i, n, cfg.method).1,
-                    (
-                        l.out_features(),
-                        if cfg.method == Method::Spp { 1 } else { cfg.r },
-                    ),
-                )
-            })
-        })
-        .collect();
-    attach_with(model, &spec, |an, shape| {
-        let a = get(an, shape)?;
-        let bn = an
-            .replace(".spp_A.", ".spp_b.")
-            .replace(".lora_A.", ".lora_B.");
-        let b = get(&bn, dims[&bn])?;
-        Ok((a, Some(b)))
+    attach_with(model, &spec, |(an, a_shape), (bn, b_shape)| {
+        Ok((get(an, a_shape)?, Some(get(bn, b_shape)?)))
     })?;
     Ok((cfg, warning))
 }
