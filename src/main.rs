@@ -113,6 +113,10 @@ struct TrainArgs {
     max_grad_norm: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Gradient checkpointing: keep only each block's input and re-run the block in the
+    /// backward (less memory, about one more forward per step).
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Continue the run in --out from its checkpoint (bit-identical to an uninterrupted run).
     #[arg(long)]
     resume: bool,
@@ -763,6 +767,7 @@ fn train(a: TrainArgs) -> Result<()> {
         save_every: a.save_every,
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
+        grad_checkpoint: a.grad_checkpoint,
     };
     let pad_id = tok.eos_ids.first().copied().unwrap_or(0);
     let trainer = spp::train::Trainer {

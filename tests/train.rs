@@ -122,6 +122,7 @@ fn opts(method: Method, steps: usize, lr: f64, batch: usize) -> TrainOptions {
         save_every: 0,
         max_grad_norm: None,
         seed: 7,
+        grad_checkpoint: false,
     }
 }
 
@@ -251,4 +252,31 @@ fn a_nan_loss_stops_with_the_step_and_a_hint() {
         e.contains("step 1") && e.contains("NaN") && e.contains("checkpoint"),
         "{e}"
     );
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_training() {
+    let ds = dataset(8, 12);
+    let base = common::tiny_model(false, false, &Device::Cpu);
+    let adapters = |checkpoint: bool| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts(Method::Spp, 3, 1e-2, 4);
+        o.grad_checkpoint = checkpoint;
+        run(&mut base.clone(), &ds, &o, tmp.path(), false, None).unwrap();
+        (
+            candle_core::safetensors::load(
+                tmp.path().join("adapter_model.safetensors"),
+                &Device::Cpu,
+            )
+            .unwrap(),
+            losses(tmp.path()),
+        )
+    };
+    let ((plain, lp), (ckpt, lc)) = (adapters(false), adapters(true));
+    assert_eq!(lp, lc, "the forward is the same computation");
+    assert_eq!(plain.len(), ckpt.len());
+    for (name, t) in &plain {
+        let d = common::max_diff(t, &ckpt[name]);
+        assert!(d < 1e-5, "{name}: {d}");
+    }
 }

@@ -58,6 +58,8 @@ pub struct TrainOptions {
     pub save_every: usize,
     pub max_grad_norm: Option<f64>,
     pub seed: u64,
+    /// Re-run each block in the backward instead of keeping every block's activations.
+    pub grad_checkpoint: bool,
 }
 
 /// The learning rate of the optimizer step after `s` completed steps (see `docs/TRAINING.md`).
@@ -116,11 +118,72 @@ impl AdamW {
 /// Mean next-token cross-entropy over a micro-batch's targets. The language-model head runs
 /// only on the positions that have a target (padding never reaches it).
 pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
-    let h = model.hidden_states(&b.ids, None)?;
+    loss_from_hidden(model, &model.hidden_states(&b.ids, None)?, b)
+}
+
+/// The loss from the final (normed) hidden states `[B, L, hidden]`.
+fn loss_from_hidden(model: &Llama, h: &Tensor, b: &Batch) -> Result<Tensor> {
     let (bs, len, hd) = h.dims3()?;
     let rows = h.reshape((bs * len, hd))?.index_select(&b.positions, 0)?;
     let logits = model.logits(&rows)?;
     Ok(ops::token_nll(&logits, &b.targets)?.mean_all()?)
+}
+
+fn accumulate(
+    grads: &mut [Tensor],
+    params: &[Var],
+    gs: &candle_core::backprop::GradStore,
+) -> Result<()> {
+    for (g, p) in grads.iter_mut().zip(params) {
+        if let Some(d) = gs.get(p.as_tensor()) {
+            *g = (&*g + d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one micro-batch and adds `weight ×` its gradients to `grads`; returns its loss.
+///
+/// With `checkpoint`, the forward keeps only each block's input (the blocks' graphs are dropped),
+/// and the backward walks the blocks from the top, running each again from its saved input and
+/// back-propagating the gradient of its output: one block's activations in memory instead of
+/// all of them, for one more forward of every block. The dropout seeds do not change within a
+/// micro-batch, so the re-run draws the same masks.
+fn micro_step(
+    model: &Llama,
+    b: &Batch,
+    params: &[Var],
+    weight: f64,
+    checkpoint: bool,
+    grads: &mut [Tensor],
+) -> Result<f64> {
+    if !checkpoint {
+        let loss = micro_loss(model, b)?;
+        accumulate(grads, params, &(&loss * weight)?.backward()?)?;
+        return Ok(loss.to_scalar::<f32>()? as f64);
+    }
+    let n = model.layers.len();
+    let mut inputs = vec![model.embed(&b.ids)?];
+    for i in 0..n {
+        let y = model.block_forward(i, &inputs[i])?.detach();
+        inputs.push(y);
+    }
+    let top = Var::from_tensor(&inputs[n])?;
+    let loss = loss_from_hidden(model, &model.norm.forward(top.as_tensor())?, b)?;
+    let gs = (&loss * weight)?.backward()?;
+    let missing = || Error::Msg("internal: no gradient reached a block output".into());
+    let mut upstream = gs.get(top.as_tensor()).cloned().ok_or_else(missing)?;
+    for i in (0..n).rev() {
+        let x = Var::from_tensor(&inputs[i])?;
+        let gs = (model.block_forward(i, x.as_tensor())? * &upstream)?
+            .sum_all()?
+            .backward()?;
+        accumulate(grads, params, &gs)?;
+        if i > 0 {
+            upstream = gs.get(x.as_tensor()).cloned().ok_or_else(missing)?;
+        }
+    }
+    Ok(loss.to_scalar::<f32>()? as f64)
 }
 
 /// One line of `metrics.jsonl`.
@@ -208,6 +271,7 @@ fn run_identity(
     if let Some(o) = v.as_object_mut() {
         o.remove("eval_every");
         o.remove("save_every");
+        o.remove("grad_checkpoint");
         o.insert("total_steps".into(), total.into());
         o.insert("examples".into(), ds.examples.len().into());
         o.insert("base_model_hash".into(), base_hash.into());
@@ -460,8 +524,14 @@ impl Trainer<'_> {
                 if b.n_targets == 0 {
                     continue;
                 }
-                let loss = micro_loss(model, &b)?;
-                let lv = loss.to_scalar::<f32>()? as f64;
+                let lv = micro_step(
+                    model,
+                    &b,
+                    &params,
+                    1.0 / accum as f64,
+                    opts.grad_checkpoint,
+                    &mut grads,
+                )?;
                 if !lv.is_finite() {
                     bail!(
                         "step {}: the loss is {lv}; training stopped, the last good checkpoint is in {} (lower --lr, check the data, or resume from it)",
@@ -470,12 +540,6 @@ impl Trainer<'_> {
                     );
                 }
                 loss_sum += lv;
-                let gs = (loss / accum as f64)?.backward()?;
-                for (g, p) in grads.iter_mut().zip(&params) {
-                    if let Some(d) = gs.get(p.as_tensor()) {
-                        *g = (&*g + d)?;
-                    }
-                }
             }
             let norm = grads
                 .iter()
