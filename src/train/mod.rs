@@ -121,6 +121,17 @@ pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
     loss_from_hidden(model, &model.hidden_states(&b.ids, None)?, b)
 }
 
+/// [`micro_loss`] without keeping a graph: each block's output is detached, so validation holds
+/// one block's activations at a time.
+pub fn eval_loss(model: &Llama, b: &Batch) -> Result<f64> {
+    let mut x = model.embed(&b.ids)?;
+    for i in 0..model.layers.len() {
+        x = model.block_forward(i, &x)?.detach();
+    }
+    let h = model.norm.forward(&x)?;
+    Ok(loss_from_hidden(model, &h, b)?.to_scalar::<f32>()? as f64)
+}
+
 /// The loss from the final (normed) hidden states `[B, L, hidden]`.
 fn loss_from_hidden(model: &Llama, h: &Tensor, b: &Batch) -> Result<Tensor> {
     let (bs, len, hd) = h.dims3()?;
@@ -496,8 +507,7 @@ impl Trainer<'_> {
             let mut sum = 0.0;
             let chunks: Vec<&[&Example]> = val.chunks(opts.micro_batch_size).collect();
             for c in &chunks {
-                sum += micro_loss(model, &data::batch(c, pad_id, &device)?)?.to_scalar::<f32>()?
-                    as f64;
+                sum += eval_loss(model, &data::batch(c, pad_id, &device)?)?;
             }
             Ok(sum / chunks.len().max(1) as f64)
         };
