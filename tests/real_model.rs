@@ -131,3 +131,59 @@ fn magnitude_2_4_on_the_real_model() {
         "magnitude 2:4 should hurt: dense {dense}, pruned {pruned}"
     );
 }
+
+/// SPP on the real model: out_features of every SmolLM2 linear divide by 16, a zero-init adapter
+/// leaves the logits unchanged, and merging a trained-looking adapter into a 50%-magnitude-pruned
+/// copy keeps every zero while matching the unmerged logits.
+#[test]
+fn spp_adapter_on_smollm2_keeps_logits_and_zeros() {
+    use spp::adapter::{self, AdapterSpec, Method};
+    let Some(dir) = model_dir() else { return };
+    let mut m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+        .model;
+    m.layers.truncate(2);
+    for block in &mut m.layers {
+        for (_, lin) in block.linears_mut() {
+            let keep = lin
+                .weight
+                .abs()
+                .unwrap()
+                .ge(lin
+                    .weight
+                    .abs()
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap())
+                .unwrap();
+            lin.weight = (&lin.weight * keep.to_dtype(DType::F32).unwrap()).unwrap();
+        }
+    }
+    let ids = candle_core::Tensor::new(&[[504u32, 3575, 282, 4649, 314]], &Device::Cpu).unwrap();
+    let base = m.forward(&ids).unwrap();
+    let spec = AdapterSpec {
+        method: Method::Spp,
+        targets: ["q", "k", "v", "o", "gate", "up", "down"]
+            .map(String::from)
+            .to_vec(),
+        r: 16,
+        scale: 2.0,
+        dropout: 0.05,
+    };
+    adapter::attach(&mut m, &spec, 42).unwrap();
+    assert!(common::max_diff(&base, &m.forward(&ids).unwrap()) < 1e-5);
+    for (name, v) in adapter::trainable(&m) {
+        if name.ends_with("spp_b.weight") {
+            v.set(&(candle_core::Tensor::randn(0f32, 0.1, v.dims(), &Device::Cpu).unwrap()))
+                .unwrap();
+        }
+    }
+    let adapted = m.forward(&ids).unwrap();
+    assert!(common::max_diff(&base, &adapted) > 1e-3);
+    let report = adapter::merge(&mut m).unwrap();
+    assert_eq!(report.len(), 14);
+    assert!(report.iter().all(|l| l.zeros_kept && l.zeros_before > 0));
+    assert!(common::max_diff(&adapted, &m.forward(&ids).unwrap()) < 1e-3);
+}
