@@ -4,7 +4,7 @@
 //! The op uses the row-group forward and picks the backward by block height from this table.
 
 use candle_core::{Device, Tensor, Var};
-use spp::adapter::op::{self, Dims};
+use spp::adapter::op::{self, Dims, Form};
 use std::time::Instant;
 
 #[global_allocator]
@@ -54,12 +54,33 @@ fn main() {
                 faer::Par::rayon(0),
             );
         });
-        let (_, z) = op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask));
-        let fb = time(|| drop(op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask))));
-        let fg = time(|| drop(op::forward_grouped(&x, &w, &a, &b, d, 2.0, Some(&mask))));
-        let bb = time(|| drop(op::backward(&x, &w, &a, &b, &z, &g, d, 2.0, Some(&mask))));
-        let bg = time(|| {
-            drop(op::backward_grouped(
+        let (_, z) = op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask), Form::Blocks);
+        let fb = time(|| {
+            drop(op::forward(
+                &x,
+                &w,
+                &a,
+                &b,
+                d,
+                2.0,
+                Some(&mask),
+                Form::Blocks,
+            ))
+        });
+        let fg = time(|| {
+            drop(op::forward(
+                &x,
+                &w,
+                &a,
+                &b,
+                d,
+                2.0,
+                Some(&mask),
+                Form::RowGroups,
+            ))
+        });
+        let bb = time(|| {
+            drop(op::backward(
                 &x,
                 &w,
                 &a,
@@ -69,6 +90,21 @@ fn main() {
                 d,
                 2.0,
                 Some(&mask),
+                Form::Blocks,
+            ))
+        });
+        let bg = time(|| {
+            drop(op::backward(
+                &x,
+                &w,
+                &a,
+                &b,
+                &z,
+                &g,
+                d,
+                2.0,
+                Some(&mask),
+                Form::RowGroups,
             ))
         });
         let dev = Device::Cpu;

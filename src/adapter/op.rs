@@ -23,7 +23,7 @@
 //! the graph keeps x (already alive as the layer input) and z (`[T, m]`).
 
 use super::dropout_mask;
-use crate::model::ops::{f32_tensor, with_f32};
+use crate::model::ops::{f32_slice, f32_tensor, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -54,131 +54,11 @@ fn dropped<'a>(x: &'a [f32], mask: Option<&[f32]>) -> Cow<'a, [f32]> {
     }
 }
 
-/// Returns `(y, z)`, both `[t, m]` row-major.
-pub fn forward(
-    x: &[f32],
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
-    d: Dims,
-    scale: f32,
-    mask: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    let Dims { t, n, m, r } = d;
-    let blk = m / r;
-    let wm = MatRef::from_row_major_slice(w, m, n);
-    let mut y = vec![0f32; t * m];
-    gemm(
-        MatMut::from_row_major_slice_mut(&mut y, t, m),
-        Accum::Replace,
-        MatRef::from_row_major_slice(x, t, n),
-        wm.transpose(),
-    );
-    let xd = dropped(x, mask);
-    let mut z = vec![0f32; t * m];
-    let mut p = vec![0f32; t * n];
-    for k in 0..r {
-        let ak = &a[k * n..(k + 1) * n];
-        p.par_chunks_mut(n)
-            .zip(xd.par_chunks(n))
-            .for_each(|(p, x)| {
-                for ((p, x), a) in p.iter_mut().zip(x).zip(ak) {
-                    *p = x * a;
-                }
-            });
-        let zk = MatMut::from_row_major_slice_mut(&mut z, t, m).subcols_mut(k * blk, blk);
-        gemm(
-            zk,
-            Accum::Replace,
-            MatRef::from_row_major_slice(&p, t, n),
-            wm.subrows(k * blk, blk).transpose(),
-        );
-    }
-    y.par_chunks_mut(m).zip(z.par_chunks(m)).for_each(|(y, z)| {
-        for ((y, z), b) in y.iter_mut().zip(z).zip(b) {
-            *y += scale * z * b;
-        }
-    });
-    (y, z)
-}
-
-/// Returns `(dx [t, n], dA [r, n], db [m])`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    x: &[f32],
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
-    z: &[f32],
-    g: &[f32],
-    d: Dims,
-    scale: f32,
-    mask: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let Dims { t, n, m, r } = d;
-    let blk = m / r;
-    let wm = MatRef::from_row_major_slice(w, m, n);
-    let mut dx = vec![0f32; t * n];
-    gemm(
-        MatMut::from_row_major_slice_mut(&mut dx, t, n),
-        Accum::Replace,
-        MatRef::from_row_major_slice(g, t, m),
-        wm,
-    );
-    let h: Vec<f32> = g
-        .par_chunks(m)
-        .flat_map_iter(|g| g.iter().zip(b).map(|(g, b)| scale * g * b))
-        .collect();
-    let hm = MatRef::from_row_major_slice(&h, t, m);
-    let xd = dropped(x, mask);
-    let mut dxa = vec![0f32; t * n];
-    let mut da = vec![0f32; r * n];
-    let mut u = vec![0f32; t * n];
-    let chunk = n * ROWS_PER_TASK;
-    for k in 0..r {
-        let ak = &a[k * n..(k + 1) * n];
-        gemm(
-            MatMut::from_row_major_slice_mut(&mut u, t, n),
-            Accum::Replace,
-            hm.subcols(k * blk, blk),
-            wm.subrows(k * blk, blk),
-        );
-        // One pass over U_k: dxa += U_k ⊙ A_k, and dA_k = Σ_tokens xd ⊙ U_k.
-        let sum = dxa
-            .par_chunks_mut(chunk)
-            .zip(u.par_chunks(chunk))
-            .zip(xd.par_chunks(chunk))
-            .map(|((dxa, u), xd)| {
-                let mut acc = vec![0f32; n];
-                for ((dxa, u), xd) in dxa.chunks_mut(n).zip(u.chunks(n)).zip(xd.chunks(n)) {
-                    for j in 0..n {
-                        dxa[j] += u[j] * ak[j];
-                        acc[j] += xd[j] * u[j];
-                    }
-                }
-                acc
-            })
-            .reduce(
-                || vec![0f32; n],
-                |mut s, p| {
-                    s.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
-                    s
-                },
-            );
-        da[k * n..(k + 1) * n].copy_from_slice(&sum);
-    }
-    let dxa = dropped(&dxa, mask);
-    dx.par_iter_mut()
-        .zip(dxa.par_iter())
-        .for_each(|(d, a)| *d += a);
-    (
-        dx,
-        da,
-        column_products(g, z, m)
-            .into_iter()
-            .map(|v| v * scale)
-            .collect(),
-    )
+/// How a pass is organised (same arithmetic): per block of `m/r` rows, or per row group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Blocks,
+    RowGroups,
 }
 
 /// Block height below which the per-block backward's GEMMs (inner dimension m/r) are too thin.
@@ -208,9 +88,14 @@ fn scaled_rows(w: &[f32], a: &[f32], d: Dims, i0: usize, rows: usize, s: &mut [f
         });
 }
 
-/// The same product as [`forward`], computed per row group: `z[:, g] = xd · S_gᵀ` with the scaled
-/// rows `S_g` of a bounded scratch buffer, so each GEMM is wide.
-pub fn forward_grouped(
+/// Element-wise sum of two partial vectors (the reduce step of the parallel column sums).
+fn add_into(mut s: Vec<f32>, p: Vec<f32>) -> Vec<f32> {
+    s.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+    s
+}
+
+/// Returns `(y, z)`, both `[t, m]` row-major: `y = x·Wᵀ + s·(z ⊙ bᵀ)`.
+pub fn forward(
     x: &[f32],
     w: &[f32],
     a: &[f32],
@@ -218,6 +103,7 @@ pub fn forward_grouped(
     d: Dims,
     scale: f32,
     mask: Option<&[f32]>,
+    form: Form,
 ) -> (Vec<f32>, Vec<f32>) {
     let Dims { t, n, m, .. } = d;
     let wm = MatRef::from_row_major_slice(w, m, n);
@@ -229,7 +115,50 @@ pub fn forward_grouped(
         wm.transpose(),
     );
     let xd = dropped(x, mask);
-    let xm = MatRef::from_row_major_slice(&xd, t, n);
+    let z = match form {
+        Form::Blocks => z_blocks(&xd, w, a, d),
+        Form::RowGroups => z_groups(&xd, w, a, d),
+    };
+    y.par_chunks_mut(m).zip(z.par_chunks(m)).for_each(|(y, z)| {
+        for ((y, z), b) in y.iter_mut().zip(z).zip(b) {
+            *y += scale * z * b;
+        }
+    });
+    (y, z)
+}
+
+/// `z_k = (xd ⊙ A_k) · W_kᵀ`, one GEMM per block.
+fn z_blocks(xd: &[f32], w: &[f32], a: &[f32], d: Dims) -> Vec<f32> {
+    let Dims { t, n, m, r } = d;
+    let blk = m / r;
+    let wm = MatRef::from_row_major_slice(w, m, n);
+    let mut z = vec![0f32; t * m];
+    let mut p = vec![0f32; t * n];
+    for k in 0..r {
+        let ak = &a[k * n..(k + 1) * n];
+        p.par_chunks_mut(n)
+            .zip(xd.par_chunks(n))
+            .for_each(|(p, x)| {
+                for ((p, x), a) in p.iter_mut().zip(x).zip(ak) {
+                    *p = x * a;
+                }
+            });
+        let zk = MatMut::from_row_major_slice_mut(&mut z, t, m).subcols_mut(k * blk, blk);
+        gemm(
+            zk,
+            Accum::Replace,
+            MatRef::from_row_major_slice(&p, t, n),
+            wm.subrows(k * blk, blk).transpose(),
+        );
+    }
+    z
+}
+
+/// `z_g = xd · S_gᵀ` per row group, with the scaled rows `S_g` in a bounded scratch buffer, so
+/// each GEMM is wide.
+fn z_groups(xd: &[f32], w: &[f32], a: &[f32], d: Dims) -> Vec<f32> {
+    let Dims { t, n, m, .. } = d;
+    let xm = MatRef::from_row_major_slice(xd, t, n);
     let gr = group_rows(d);
     let mut s = vec![0f32; gr * n];
     let mut z = vec![0f32; t * m];
@@ -244,18 +173,12 @@ pub fn forward_grouped(
             MatRef::from_row_major_slice(&s[..rows * n], rows, n).transpose(),
         );
     }
-    y.par_chunks_mut(m).zip(z.par_chunks(m)).for_each(|(y, z)| {
-        for ((y, z), b) in y.iter_mut().zip(z).zip(b) {
-            *y += scale * z * b;
-        }
-    });
-    (y, z)
+    z
 }
 
-/// The same gradients as [`backward`], per row group: `dxa += H_g · S_g` and
-/// `dA_k = Σ_{i∈k} W_i ⊙ (H_gᵀ · xd)_i`.
+/// Returns `(dx [t, n], dA [r, n], db [m])`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_grouped(
+pub fn backward(
     x: &[f32],
     w: &[f32],
     a: &[f32],
@@ -265,24 +188,106 @@ pub fn backward_grouped(
     d: Dims,
     scale: f32,
     mask: Option<&[f32]>,
+    form: Form,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let Dims { t, n, m, r } = d;
-    let blk = m / r;
-    let wm = MatRef::from_row_major_slice(w, m, n);
+    let Dims { t, n, m, .. } = d;
     let mut dx = vec![0f32; t * n];
     gemm(
         MatMut::from_row_major_slice_mut(&mut dx, t, n),
         Accum::Replace,
         MatRef::from_row_major_slice(g, t, m),
-        wm,
+        MatRef::from_row_major_slice(w, m, n),
     );
     let h: Vec<f32> = g
         .par_chunks(m)
         .flat_map_iter(|g| g.iter().zip(b).map(|(g, b)| scale * g * b))
         .collect();
-    let hm = MatRef::from_row_major_slice(&h, t, m);
     let xd = dropped(x, mask);
-    let xm = MatRef::from_row_major_slice(&xd, t, n);
+    let (dxa, da) = match form {
+        Form::Blocks => adapter_grads_blocks(&h, &xd, w, a, d),
+        Form::RowGroups => adapter_grads_groups(&h, &xd, w, a, d),
+    };
+    let dxa = dropped(&dxa, mask);
+    dx.par_iter_mut()
+        .zip(dxa.par_iter())
+        .for_each(|(d, a)| *d += a);
+    let db = g
+        .par_chunks(m * ROWS_PER_TASK)
+        .zip(z.par_chunks(m * ROWS_PER_TASK))
+        .map(|(g, z)| {
+            let mut acc = vec![0f32; m];
+            for (g, z) in g.chunks(m).zip(z.chunks(m)) {
+                for i in 0..m {
+                    acc[i] += g[i] * z[i];
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![0f32; m], add_into);
+    (dx, da, db.into_iter().map(|v| v * scale).collect())
+}
+
+/// Per block, with `U_k = H_k · W_k`: `dxa = Σ_k U_k ⊙ A_k` and `dA_k = Σ_tokens xd ⊙ U_k`.
+fn adapter_grads_blocks(
+    h: &[f32],
+    xd: &[f32],
+    w: &[f32],
+    a: &[f32],
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>) {
+    let Dims { t, n, m, r } = d;
+    let blk = m / r;
+    let (hm, wm) = (
+        MatRef::from_row_major_slice(h, t, m),
+        MatRef::from_row_major_slice(w, m, n),
+    );
+    let mut dxa = vec![0f32; t * n];
+    let mut da = vec![0f32; r * n];
+    let mut u = vec![0f32; t * n];
+    let chunk = n * ROWS_PER_TASK;
+    for k in 0..r {
+        let ak = &a[k * n..(k + 1) * n];
+        gemm(
+            MatMut::from_row_major_slice_mut(&mut u, t, n),
+            Accum::Replace,
+            hm.subcols(k * blk, blk),
+            wm.subrows(k * blk, blk),
+        );
+        // One pass over U_k for both.
+        let sum = dxa
+            .par_chunks_mut(chunk)
+            .zip(u.par_chunks(chunk))
+            .zip(xd.par_chunks(chunk))
+            .map(|((dxa, u), xd)| {
+                let mut acc = vec![0f32; n];
+                for ((dxa, u), xd) in dxa.chunks_mut(n).zip(u.chunks(n)).zip(xd.chunks(n)) {
+                    for j in 0..n {
+                        dxa[j] += u[j] * ak[j];
+                        acc[j] += xd[j] * u[j];
+                    }
+                }
+                acc
+            })
+            .reduce(|| vec![0f32; n], add_into);
+        da[k * n..(k + 1) * n].copy_from_slice(&sum);
+    }
+    (dxa, da)
+}
+
+/// Per row group: `dxa += H_g · S_g` and `dA_k = Σ_{i∈k} W_i ⊙ (H_gᵀ · xd)_i`.
+fn adapter_grads_groups(
+    h: &[f32],
+    xd: &[f32],
+    w: &[f32],
+    a: &[f32],
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>) {
+    let Dims { t, n, m, r } = d;
+    let blk = m / r;
+    let (hm, xm) = (
+        MatRef::from_row_major_slice(h, t, m),
+        MatRef::from_row_major_slice(xd, t, n),
+    );
     let gr = group_rows(d);
     let (mut s, mut q) = (vec![0f32; gr * n], vec![0f32; gr * n]);
     let mut dxa = vec![0f32; t * n];
@@ -307,8 +312,7 @@ pub fn backward_grouped(
             .par_chunks_mut(n)
             .enumerate()
             .for_each(|(kk, dak)| {
-                let first = kk * blk;
-                for i in first..first + blk {
+                for i in kk * blk..(kk + 1) * blk {
                     let (wi, qi) = (&w[(i0 + i) * n..][..n], &q[i * n..][..n]);
                     for j in 0..n {
                         dak[j] += wi[j] * qi[j];
@@ -316,40 +320,7 @@ pub fn backward_grouped(
                 }
             });
     }
-    let dxa = dropped(&dxa, mask);
-    dx.par_iter_mut()
-        .zip(dxa.par_iter())
-        .for_each(|(d, a)| *d += a);
-    (
-        dx,
-        da,
-        column_products(g, z, m)
-            .into_iter()
-            .map(|v| v * scale)
-            .collect(),
-    )
-}
-
-/// `Σ_rows g ⊙ z` for row-major `[rows, m]` buffers.
-fn column_products(g: &[f32], z: &[f32], m: usize) -> Vec<f32> {
-    g.par_chunks(m * ROWS_PER_TASK)
-        .zip(z.par_chunks(m * ROWS_PER_TASK))
-        .map(|(g, z)| {
-            let mut acc = vec![0f32; m];
-            for (g, z) in g.chunks(m).zip(z.chunks(m)) {
-                for i in 0..m {
-                    acc[i] += g[i] * z[i];
-                }
-            }
-            acc
-        })
-        .reduce(
-            || vec![0f32; m],
-            |mut s, p| {
-                s.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
-                s
-            },
-        )
+    (dxa, da)
 }
 
 /// The SPP linear as a candle op on `(x [T, n], A [r, n], b [m])`, holding the frozen weight.
@@ -383,13 +354,6 @@ impl SppOp {
     }
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("spp: expected contiguous f32 tensors"),
-    }
-}
-
 impl CustomOp3 for SppOp {
     fn name(&self) -> &'static str {
         "spp-linear"
@@ -405,10 +369,10 @@ impl CustomOp3 for SppOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.dims(l1.shape(), l2.shape())?;
-        let (x, a, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let mask = self.mask(x.len());
         let (y, z) = with_f32(&self.w, |w| {
-            forward_grouped(x, w, a, b, d, self.scale, mask.as_deref())
+            forward(x, w, a, b, d, self.scale, mask.as_deref(), Form::RowGroups)
         })?;
         *self
             .z
@@ -433,17 +397,17 @@ impl CustomOp3 for SppOp {
             .map_err(|_| candle_core::Error::Msg("spp: poisoned lock".into()))?;
         // Measured (`cargo bench --bench spp`): the per-block backward wins while the blocks are
         // tall enough for a GEMM; below that, row groups.
-        let bwd = if d.m / d.r >= MIN_BLOCK_ROWS {
-            backward
+        let form = if d.m / d.r >= MIN_BLOCK_ROWS {
+            Form::Blocks
         } else {
-            backward_grouped
+            Form::RowGroups
         };
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(&self.w, |w| {
                 with_f32(a, |a| {
                     with_f32(b, |b| {
                         with_f32(grad, |g| {
-                            bwd(x, w, a, b, &z, g, d, self.scale, mask.as_deref())
+                            backward(x, w, a, b, &z, g, d, self.scale, mask.as_deref(), form)
                         })
                     })
                 })
