@@ -355,16 +355,8 @@ fn saved_adapter_loads_back_and_refuses_another_model() {
     let plain = model.clone();
     adapter::attach(&mut model, &spec(Method::Spp, 4, 2.0), 1).unwrap();
     randomise(&model);
-    let cfg = adapter::AdapterConfig::new(
-        Method::Spp,
-        &spec(Method::Spp, 4, 2.0).targets,
-        4,
-        2.0,
-        0.05,
-        &plain,
-        tmp.path(),
-    )
-    .unwrap();
+    let hash = adapter::weights_hash(&plain).unwrap();
+    let cfg = adapter::AdapterConfig::new(&spec(Method::Spp, 4, 2.0), &plain, tmp.path(), hash);
     adapter::save(&model, &cfg, &dir, false).unwrap();
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())

@@ -83,35 +83,30 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
-    pub fn new(
-        method: Method,
-        targets: &[String],
-        r: usize,
-        scale: f64,
-        dropout: f64,
-        model: &Llama,
-        base: &Path,
-    ) -> Result<Self> {
-        let lora = method != Method::Spp;
-        Ok(Self {
+    /// The config of adapters `spec` on `model` (loaded from `base`, whose [`weights_hash`] is
+    /// `base_hash`).
+    pub fn new(spec: &AdapterSpec, model: &Llama, base: &Path, base_hash: String) -> Self {
+        let lora = spec.method != Method::Spp;
+        Self {
             peft_type: if lora { "LORA" } else { "SPP" }.into(),
-            method,
+            method: spec.method,
             task_type: "CAUSAL_LM".into(),
-            target_modules: targets
+            target_modules: spec
+                .targets
                 .iter()
                 .map(|t| format!("{}_proj", t.trim_end_matches("_proj")))
                 .collect(),
-            r,
-            scale,
-            lora_alpha: lora.then_some(scale * r as f64),
-            dropout,
-            lora_dropout: lora.then_some(dropout),
+            r: spec.r,
+            scale: spec.scale,
+            lora_alpha: lora.then_some(spec.scale * spec.r as f64),
+            dropout: spec.dropout,
+            lora_dropout: lora.then_some(spec.dropout),
             bias: "none".into(),
             base_model_name_or_path: base.display().to_string(),
-            base_model_hash: weights_hash(model)?,
+            base_model_hash: base_hash,
             num_layers: model.layers.len(),
             created_by: format!("spp {}", env!("CARGO_PKG_VERSION")),
-        })
+        }
     }
 
     /// Full linear names (`self_attn.q_proj`) of the targets.

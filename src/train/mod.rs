@@ -435,16 +435,7 @@ impl Trainer<'_> {
             dropout: opts.dropout,
         };
         let ctl: Arc<DropoutCtl> = adapter::attach(model, &spec, opts.seed)?;
-        let mut cfg = AdapterConfig::new(
-            opts.method,
-            &opts.targets,
-            opts.r,
-            opts.scale,
-            opts.dropout,
-            model,
-            &base_path,
-        )?;
-        cfg.base_model_hash = base_hash.clone();
+        let cfg = AdapterConfig::new(&spec, model, &base_path, base_hash.clone());
         let named = adapter::trainable(model);
         let params: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
         let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
