@@ -20,18 +20,10 @@ Then it prints a table. The pruned model defaults to models/smollm2-135m-wanda-2
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
-
-def run(cmd, env=None):
-    t = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return p, time.time() - t
+from bench_prune import run  # scripts/bench_prune.py: run a command, exit with its stderr on failure
 
 
 def main():

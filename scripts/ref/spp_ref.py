@@ -112,6 +112,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
+
+import prune_ref  # scripts/ref/prune_ref.py: the shared perplexity protocol
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -519,26 +521,15 @@ def validate(model, examples, val, mb, pad_id):
     return sum(losses) / len(losses) if losses else float("nan"), len(losses)
 
 
-@torch.no_grad()
 def perplexity(model, ids, seqlen, max_windows):
+    """The pruning reference's perplexity (one protocol for both), in eval mode."""
     was_training = model.training
     model.eval()
-    available = len(ids) // seqlen
-    if available == 0:
-        raise SystemExit(f"eval text has {len(ids)} tokens, fewer than one window of {seqlen}")
-    windows = available if max_windows <= 0 else min(max_windows, available)
-    nll = 0.0
-    t0 = time.time()
-    for w in range(windows):
-        win = torch.tensor(ids[w * seqlen:(w + 1) * seqlen], dtype=torch.int64)
-        logits = model(input_ids=win[:-1].unsqueeze(0)).logits[0].float()
-        nll += float(F.cross_entropy(logits, win[1:], reduction="sum").double())
-    scored = windows * (seqlen - 1)
-    if was_training:
-        model.train()
-    return {"ppl": math.exp(nll / scored), "mean_nll": nll / scored, "windows": windows, "seqlen": seqlen,
-            "stride": seqlen, "scored_tokens": scored, "text_tokens": len(ids),
-            "protocol": "non-overlapping, all positions", "seconds": time.time() - t0}
+    try:
+        return prune_ref.perplexity(model, ids, seqlen, max_windows)
+    finally:
+        if was_training:
+            model.train()
 
 
 # ----------------------------------------------------------------------------------------------
