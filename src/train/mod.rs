@@ -290,10 +290,6 @@ fn run_identity(
     Ok(v)
 }
 
-fn peak_rss() -> Option<u64> {
-    crate::prune::peak_rss_bytes()
-}
-
 /// Writes the adapter files into `out` through a temporary directory, then renames them in.
 fn save_adapter_into(model: &Llama, cfg: &AdapterConfig, out: &Path) -> Result<()> {
     let tmp = out.join(".adapter.tmp");
@@ -646,7 +642,7 @@ impl Trainer<'_> {
             tokens: timings.iter().map(|t| t.0).sum(),
             seconds: t_run.elapsed().as_secs_f64(),
             tokens_per_second: throughput(&timings),
-            peak_rss_bytes: peak_rss(),
+            peak_rss_bytes: crate::prune::peak_rss_bytes(),
             adapter: if val.is_empty() {
                 "final"
             } else {
