@@ -195,6 +195,8 @@ enum ConvertCmd {
 enum EvalCmd {
     /// Perplexity, Wanda/SparseGPT protocol: non-overlapping windows, every position scored.
     Ppl(PplArgs),
+    /// Zero-shot multiple choice with lm-evaluation-harness's prompts and scoring (acc, acc_norm).
+    Tasks(TasksArgs),
 }
 
 #[derive(Args, Clone)]
@@ -244,6 +246,34 @@ struct PplArgs {
     max_windows: Option<usize>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct TasksArgs {
+    #[command(flatten)]
+    m: ModelOpts,
+    /// Comma-separated: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa,
+    /// or all.
+    #[arg(long, default_value = "all")]
+    tasks: String,
+    /// Directory of the seven JSONL files [default: $SPP_DATA_DIR/eval, else ../shared/data/eval].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Only the first N documents of each task (as the harness's --limit).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Documents packed into one forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Compute a context once per choice, as the harness does (same scores, slower).
+    #[arg(long)]
+    no_prefix_sharing: bool,
+    /// Print the JSON result on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON result (settings, metrics, per-document predictions) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -422,6 +452,88 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     } else {
         println!("{}", r.line());
     }
+    Ok(())
+}
+
+fn eval_tasks(a: TasksArgs) -> Result<()> {
+    use spp::eval::{tasks, zeroshot};
+    let names = tasks::parse_names(&a.tasks)?;
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("SPP_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+            .join("eval")
+    });
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    // Every task is read before the model loads, so a bad file fails fast.
+    let loaded = names
+        .iter()
+        .map(|n| tasks::load(n, &data_dir, a.limit))
+        .collect::<spp::Result<Vec<_>>>()?;
+    let (model, _) = load(&a.m)?;
+    let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    let opts = zeroshot::ScoreOptions {
+        batch_docs: a.batch_size,
+        share: !a.no_prefix_sharing,
+    };
+    let start = std::time::Instant::now();
+    let mut results = Vec::new();
+    for task in &loaded {
+        let mut bar = progress(task.name);
+        let r = zeroshot::evaluate(&model, &tok, task, opts, &mut bar)?;
+        eprintln!(
+            "{}: {} docs, acc {:.4}, acc_norm {:.4}, {} requests, {} tokens, {} truncated, {:.1} s",
+            r.task, r.n, r.acc, r.acc_norm, r.requests, r.tokens, r.truncated, r.seconds
+        );
+        results.push(r);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mean = |f: fn(&zeroshot::TaskResult) -> f64| {
+        results.iter().map(f).sum::<f64>() / results.len() as f64
+    };
+    let (mean_acc, mean_acc_norm) = (mean(|r| r.acc), mean(|r| r.acc_norm));
+    let json = serde_json::json!({
+        "settings": {
+            "model": a.m.model.display().to_string(),
+            "adapter": a.m.adapter.as_ref().map(|p| p.display().to_string()),
+            "dtype": format!("{:?}", model.dtype()),
+            "tasks": names,
+            "data_dir": data_dir.display().to_string(),
+            "limit": a.limit,
+            "batch_size": a.batch_size,
+            "prefix_sharing": opts.share,
+            "num_fewshot": 0,
+            "max_length": model.cfg.max_position_embeddings,
+            "protocol": "lm-evaluation-harness 0.4 multiple choice, 0-shot, no BOS; acc = argmax of summed \
+                         log-likelihood, acc_norm = argmax of log-likelihood / characters of the choice; \
+                         stderr = sample std / sqrt(n)",
+            "spp_version": env!("CARGO_PKG_VERSION"),
+        },
+        "mean_acc": mean_acc,
+        "mean_acc_norm": mean_acc_norm,
+        "seconds": seconds,
+        "tasks": results.iter().map(|r| (r.task.clone(), serde_json::to_value(r).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(out) = &a.out {
+        let tmp = out.with_extension("json.part");
+        spp::model::checkpoint::write_json(&tmp, &json)?;
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!("| task | n | acc | ± | acc_norm | ± | seconds |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} |",
+            r.task, r.n, r.acc, r.acc_stderr, r.acc_norm, r.acc_norm_stderr, r.seconds
+        );
+    }
+    println!("| mean | | {mean_acc:.4} | | {mean_acc_norm:.4} | | {seconds:.1} |");
     Ok(())
 }
 
@@ -886,6 +998,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Convert(ConvertCmd::Gguf(a)) => convert_gguf(a),
         Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
+        Cmd::Eval(EvalCmd::Tasks(a)) => eval_tasks(a),
         Cmd::Generate(a) => generate(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Prune(a) => prune(a),

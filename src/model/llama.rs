@@ -224,6 +224,88 @@ impl Rope {
         let sin = self.sin.narrow(0, offset, t)?;
         super::ops::rope(x, &cos, &sin)
     }
+
+    /// Rotates `x` of shape `[B, H, T, D]` for the given positions (`[T]`, u32).
+    fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        super::ops::rope(x, &cos, &sin)
+    }
+}
+
+/// Several short sequences packed into one row so that one forward pass serves them all: each
+/// token has its own position, and query `i` sees exactly the keys `shared.0 .. shared.1` plus
+/// `own .. = i` (its own causal segment). With `shared` empty this is plain packing of
+/// independent sequences; with `shared` pointing at a context, several continuations share the
+/// context's keys without recomputing it (prefix sharing, used by zero-shot evaluation).
+#[derive(Debug, Clone)]
+pub struct Packing {
+    positions: Tensor,
+    rows: Vec<PackedRow>,
+}
+
+/// The keys a packed query sees: `shared.0 .. shared.1` and `own ..= itself`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedRow {
+    pub position: u32,
+    pub shared: (u32, u32),
+    pub own: u32,
+}
+
+impl Packing {
+    pub fn new(rows: Vec<PackedRow>, device: &Device) -> Result<Self> {
+        for (i, r) in rows.iter().enumerate() {
+            let (i, (s0, s1)) = (i as u32, r.shared);
+            if r.own > i || s0 > s1 || (s1 > r.own && s0 < s1) {
+                bail!("internal: packed row {i} has an invalid key range {r:?}");
+            }
+        }
+        let positions = Tensor::from_vec(
+            rows.iter().map(|r| r.position).collect::<Vec<_>>(),
+            rows.len(),
+            device,
+        )?;
+        Ok(Self { positions, rows })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The first key any of the queries `q0 .. q0 + c` sees.
+    fn first_key(&self, q0: usize, c: usize) -> usize {
+        self.rows[q0..q0 + c]
+            .iter()
+            .map(|r| {
+                if r.shared.0 < r.shared.1 {
+                    r.shared.0
+                } else {
+                    r.own
+                }
+            })
+            .min()
+            .unwrap_or(0) as usize
+    }
+
+    /// Additive mask `[c, end − lo]` (0 where a key is seen, −∞ elsewhere) for queries
+    /// `q0 .. q0 + c` over keys `lo .. end`.
+    fn mask(&self, q0: usize, c: usize, lo: usize, end: usize, device: &Device) -> Result<Tensor> {
+        let w = end - lo;
+        let mut m = vec![f32::NEG_INFINITY; c * w];
+        for (qi, r) in self.rows[q0..q0 + c].iter().enumerate() {
+            let row = &mut m[qi * w..(qi + 1) * w];
+            let (s0, s1) = (r.shared.0 as usize, r.shared.1 as usize);
+            if s0 < s1 {
+                row[s0 - lo..s1 - lo].fill(0.0);
+            }
+            row[r.own as usize - lo..=q0 + qi - lo].fill(0.0);
+        }
+        Ok(Tensor::from_vec(m, (c, w), device)?)
+    }
 }
 
 /// Query rows per attention chunk: keys beyond a chunk's last query are never scored (causal),
@@ -240,6 +322,7 @@ impl Attention {
         rope: &Rope,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
@@ -260,8 +343,14 @@ impl Attention {
             .reshape((b, t, kvh, d))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = (rope.apply(&q, offset)? * (1.0 / (d as f64).sqrt()))?;
-        let k = rope.apply(&k, offset)?;
+        let (q, k) = match packing {
+            Some(p) => (
+                rope.apply_at(&q, &p.positions)?,
+                rope.apply_at(&k, &p.positions)?,
+            ),
+            None => (rope.apply(&q, offset)?, rope.apply(&k, offset)?),
+        };
+        let q = (q * (1.0 / (d as f64).sqrt()))?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -278,17 +367,21 @@ impl Attention {
         for c0 in (0..t).step_by(ATTN_CHUNK) {
             let c = ATTN_CHUNK.min(t - c0);
             let end = offset + c0 + c;
+            let lo = packing.map_or(0, |p| p.first_key(c0, c));
             let qc = q
                 .narrow(3, c0, c)?
                 .contiguous()?
                 .reshape((b, kvh, rep * c, d))?;
-            let kc = k.narrow(2, 0, end)?.contiguous()?;
-            let vc = v.narrow(2, 0, end)?.contiguous()?;
+            let kc = k.narrow(2, lo, end - lo)?.contiguous()?;
+            let vc = v.narrow(2, lo, end - lo)?.contiguous()?;
             // Scores [B, KV, rep, c, end]; softmax in f32 whatever the model dtype, as
             // transformers' eager attention does.
-            let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end))?;
-            let att =
-                super::ops::causal_softmax(&att, offset + c0)?.reshape((b, kvh, rep * c, end))?;
+            let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end - lo))?;
+            let att = match packing {
+                Some(p) => super::ops::masked_softmax(&att, &p.mask(c0, c, lo, end, x.device())?)?,
+                None => super::ops::causal_softmax(&att, offset + c0)?,
+            }
+            .reshape((b, kvh, rep * c, end - lo))?;
             outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
         }
         let y = if outs.len() == 1 {
@@ -316,10 +409,13 @@ impl Block {
         rope: &Rope,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
+        packing: Option<&Packing>,
         taps: Option<&mut Option<Taps>>,
     ) -> Result<Tensor> {
         let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self.self_attn.heads(&attn_in, rope, cache, offset)?;
+        let o_in = self
+            .self_attn
+            .heads(&attn_in, rope, cache, offset, packing)?;
         let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
         let mlp_in = self.post_attention_layernorm.forward(&x)?;
         let down_in = self.mlp.hidden(&mlp_in)?;
@@ -511,13 +607,13 @@ impl Llama {
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
     pub fn block_forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[i].run(x, &self.rope, None, 0, None)
+        self.layers[i].run(x, &self.rope, None, 0, None, None)
     }
 
     /// Runs block `i` and also returns the inputs of its linears.
     pub fn block_forward_taps(&self, i: usize, x: &Tensor) -> Result<(Tensor, Taps)> {
         let mut taps = None;
-        let y = self.layers[i].run(x, &self.rope, None, 0, Some(&mut taps))?;
+        let y = self.layers[i].run(x, &self.rope, None, 0, None, Some(&mut taps))?;
         match taps {
             Some(t) => Ok((y, t)),
             None => bail!("internal: block {i} did not record its taps"),
@@ -530,7 +626,23 @@ impl Llama {
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            x = layer.run(&x, &self.rope, slot, past, None)?;
+            x = layer.run(&x, &self.rope, slot, past, None, None)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Final hidden states `[1, N, hidden]` of a packed row of tokens `ids` (`[1, N]`).
+    pub fn hidden_states_packed(&self, ids: &Tensor, packing: &Packing) -> Result<Tensor> {
+        if ids.dims() != [1, packing.len()] {
+            bail!(
+                "internal: packed ids {:?} do not match {} packed rows",
+                ids.dims(),
+                packing.len()
+            );
+        }
+        let mut x = self.embed(ids)?;
+        for layer in &self.layers {
+            x = layer.run(&x, &self.rope, None, 0, Some(packing), None)?;
         }
         self.norm.forward(&x)
     }

@@ -9,4 +9,4 @@ pub mod ops;
 pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
 pub use config::LlamaConfig;
 pub use linear::SparseLinear;
-pub use llama::{KvCache, Llama, Taps, TensorSource};
+pub use llama::{KvCache, Llama, PackedRow, Packing, Taps, TensorSource};

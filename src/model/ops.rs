@@ -308,9 +308,14 @@ pub fn causal_softmax_reference(scores: &Tensor, first: usize) -> Result<Tensor>
             })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (c, end), scores.device())?;
+    masked_softmax(scores, &Tensor::from_vec(mask, (c, end), scores.device())?)
+}
+
+/// Softmax over the last dimension of `scores` `[..., c, end]` plus an additive f32 mask
+/// `[c, end]` (0 or −∞), computed in f32 and returned in the scores' dtype.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let dtype = scores.dtype();
-    let x = scores.to_dtype(DType::F32)?.broadcast_add(&mask)?;
+    let x = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     // candle_nn::ops::softmax (not the fused softmax_last_dim) so that gradients flow.
     Ok(candle_nn::ops::softmax(&x, D::Minus1)?.to_dtype(dtype)?)
 }

@@ -1,0 +1,214 @@
+//! `spp eval tasks`: request strings equal lm-evaluation-harness's (golden file written by
+//! scripts/golden/make_task_golden.py with lm_eval from PyPI), the packed and prefix-shared
+//! scoring equals a one-request-at-a-time reference on a real (tiny, random) model with the
+//! LLaMA-2 tokenizer, and the metrics follow the harness's definitions.
+
+mod common;
+
+use spp::eval::tasks::{self, Doc};
+use spp::eval::zeroshot::{self, Encoded, ScoreOptions};
+use spp::model::{load_model, DTypeChoice, Llama};
+use spp::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn eval_dir() -> PathBuf {
+    root().join("../shared/data/eval")
+}
+
+/// The 1-layer LLaMA-2 GGUF of ../shared/data converted to a model directory (f32).
+fn tiny(tmp: &Path) -> (Llama, Tokenizer) {
+    let dir = tmp.join("tiny");
+    spp::gguf::convert(
+        &root().join("../shared/data/models/llama-2-tiny-random.gguf"),
+        &dir,
+        candle_core::DType::F32,
+        false,
+    )
+    .unwrap();
+    let model = load_model(&dir, DTypeChoice::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .model;
+    let tok = Tokenizer::load(&dir, &model.cfg).unwrap();
+    (model, tok)
+}
+
+/// A few documents of every task shape: shared contexts with long and one-token continuations,
+/// WinoGrande's shared continuation.
+fn some_docs() -> Vec<Doc> {
+    ["hellaswag", "boolq", "winogrande", "arc_challenge"]
+        .iter()
+        .flat_map(|t| tasks::load(t, &eval_dir(), Some(3)).unwrap().docs)
+        .collect()
+}
+
+#[test]
+fn request_strings_equal_the_harness() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/task_requests.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for (name, entries) in golden["tasks"].as_object().unwrap() {
+        for e in entries.as_array().unwrap() {
+            let index = e["index"].as_u64().unwrap() as usize;
+            let task = tasks::load(name, &eval_dir(), Some(index + 1)).unwrap();
+            let doc = &task.docs[index];
+            let want: Vec<(String, String)> =
+                serde_json::from_value(e["requests"].clone()).unwrap();
+            assert_eq!(doc.requests, want, "{name} doc {index}");
+            let choices: Vec<String> = serde_json::from_value(e["choices"].clone()).unwrap();
+            assert_eq!(doc.choices, choices, "{name} doc {index}");
+            assert_eq!(
+                doc.gold as u64,
+                e["gold"].as_u64().unwrap(),
+                "{name} doc {index}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 14, "two documents for each of the seven tasks");
+}
+
+/// Every packing of `encoded` (per document, shared or not, several batch sizes) gives the
+/// one-request-at-a-time reference's scores; sharing computes fewer tokens.
+fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
+    let reference: Vec<Vec<f64>> = encoded
+        .iter()
+        .map(|d| {
+            d.iter()
+                .map(|r| zeroshot::loglikelihood_reference(model, r).unwrap())
+                .collect()
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for (batch_docs, share) in [(1, false), (1, true), (2, true), (5, false), (12, true)] {
+        let opts = ScoreOptions { batch_docs, share };
+        let (lls, n) = zeroshot::loglikelihoods(model, encoded, opts, &mut |_, _| {}).unwrap();
+        for (d, (got, want)) in lls.iter().zip(&reference).enumerate() {
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "doc {d} batch {batch_docs} share {share}: {g} vs reference {w}"
+                );
+            }
+        }
+        tokens.push((share, n));
+    }
+    let unshared = tokens.iter().find(|t| !t.0).unwrap().1;
+    let shared = tokens.iter().find(|t| t.0).unwrap().1;
+    assert!(shared < unshared, "shared {shared} tokens vs {unshared}");
+}
+
+#[test]
+fn packed_and_shared_scores_equal_the_reference() {
+    // Real task requests through the real tokenizer (1-layer random model).
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok) = tiny(tmp.path());
+    let encoded =
+        zeroshot::encode_docs(&tok, &some_docs(), model.cfg.max_position_embeddings).unwrap();
+    let one_token = encoded
+        .iter()
+        .any(|d| d.iter().all(|r| r.continuation.len() == 1));
+    let long = encoded
+        .iter()
+        .any(|d| d.iter().any(|r| r.continuation.len() > 4));
+    assert!(
+        one_token && long,
+        "one-token and long continuations are covered"
+    );
+    packings_match_reference(&model, &encoded);
+
+    // A 2-layer model whose attention matters, with contexts longer than an attention chunk
+    // (256 queries), so that packed rows straddle chunks.
+    let model = common::tiny_model(false, true, &candle_core::Device::Cpu);
+    let vocab = model.cfg.vocab_size;
+    let encoded: Vec<Vec<Encoded>> = [(7, 3, 1), (300, 4, 9), (40, 2, 20), (1, 4, 2), (130, 1, 5)]
+        .iter()
+        .enumerate()
+        .map(|(d, &(ctx_len, choices, cont_len))| {
+            let context = common::ids(ctx_len, vocab, d as u64);
+            (0..choices)
+                .map(|c| Encoded {
+                    context: context.clone(),
+                    continuation: common::ids(cont_len + c, vocab, 100 + (d * 10 + c) as u64),
+                    truncated: false,
+                })
+                .collect()
+        })
+        .collect();
+    packings_match_reference(&model, &encoded);
+}
+
+#[test]
+fn long_requests_are_cut_from_the_left_like_the_harness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok) = tiny(tmp.path());
+    let doc = &tasks::load("boolq", &eval_dir(), Some(1)).unwrap().docs[0];
+    let (ctx, cont) = &doc.requests[1];
+    let full = zeroshot::encode_request(&tok, ctx, cont, 100_000).unwrap();
+    assert!(!full.truncated);
+    let cut = zeroshot::encode_request(&tok, ctx, cont, 32).unwrap();
+    assert!(cut.truncated);
+    assert_eq!(cut.context.len() + cut.continuation.len(), 33);
+    assert_eq!(cut.continuation, full.continuation);
+    assert!(full.context.ends_with(&cut.context));
+    let mut small = model.clone();
+    small.cfg.max_position_embeddings = 32;
+    let task = tasks::Task {
+        name: "boolq",
+        file: PathBuf::new(),
+        docs: vec![doc.clone()],
+    };
+    let opts = ScoreOptions {
+        batch_docs: 4,
+        share: true,
+    };
+    let r = zeroshot::evaluate(&small, &tok, &task, opts, &mut |_, _| {}).unwrap();
+    assert_eq!((r.truncated, r.requests), (2, 2));
+    let want = zeroshot::loglikelihood_reference(&model, &cut).unwrap();
+    assert!((r.docs[0].loglikelihoods[1] - want).abs() < 1e-4);
+    // A continuation that cannot fit is an error, not a wrong number.
+    let e = zeroshot::encode_request(&tok, ctx, &" yes".repeat(40), 32).unwrap_err();
+    assert!(e.to_string().contains("does not fit"), "{e}");
+}
+
+#[test]
+fn acc_norm_divides_by_characters_and_ties_go_to_the_first() {
+    let doc = Doc {
+        index: 0,
+        requests: vec![],
+        // 1 character (2 bytes) and 2 characters: per character −10 vs −5.25, per byte −5 vs −5.25.
+        choices: vec!["é".into(), "ab".into()],
+        gold: 1,
+    };
+    let r = zeroshot::score_doc(&doc, vec![-10.0, -10.5]);
+    assert_eq!((r.pred, r.pred_norm), (0, 1));
+    let r = zeroshot::score_doc(&doc, vec![-3.0, -3.0]);
+    assert_eq!(r.pred, 0, "numpy's argmax takes the first maximum");
+    let (m, se) = zeroshot::mean_stderr(&[1.0, 0.0, 1.0, 1.0]);
+    assert!(
+        (m - 0.75).abs() < 1e-12 && (se - 0.25).abs() < 1e-12,
+        "{m} {se}"
+    );
+}
+
+#[test]
+fn encoded_requests_keep_context_and_continuation_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, tok) = tiny(tmp.path());
+    // Trailing spaces of the context move into the continuation before encoding.
+    let a = zeroshot::encode_request(&tok, "Answer: ", "yes", 1000).unwrap();
+    let b = zeroshot::encode_request(&tok, "Answer:", " yes", 1000).unwrap();
+    assert_eq!(a, b);
+    let whole = tok.encode("Answer: yes", false).unwrap();
+    let Encoded {
+        context,
+        continuation,
+        ..
+    } = a;
+    assert_eq!([context, continuation].concat(), whole);
+}
