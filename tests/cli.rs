@@ -653,3 +653,91 @@ fn train_bad_inputs_name_the_problem() {
     fails_with(&o, &["no checkpoint"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn eval_tasks_reports_and_names_bad_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = s(&converted(tmp.path()));
+    let out = tmp.path().join("tasks.json");
+    let o = spp(&[
+        "eval",
+        "tasks",
+        "--model",
+        &m,
+        "--tasks",
+        "rte,winogrande,arc_easy",
+        "--limit",
+        "3",
+        "--data-dir",
+        &shared("eval"),
+        "--out",
+        &s(&out),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for row in [
+        "| rte | 3 |",
+        "| winogrande | 3 |",
+        "| arc_easy | 3 |",
+        "| mean |",
+    ] {
+        assert!(stdout.contains(row), "{stdout}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["settings"]["limit"], 3);
+    assert_eq!(v["settings"]["prefix_sharing"], true);
+    let arc = &v["tasks"]["arc_easy"];
+    assert_eq!(arc["docs"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        arc["docs"][0]["loglikelihoods"].as_array().unwrap().len(),
+        4
+    );
+    let acc = arc["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let mean = ["rte", "winogrande", "arc_easy"]
+        .map(|t| v["tasks"][t]["acc"].as_f64().unwrap())
+        .iter()
+        .sum::<f64>()
+        / 3.0;
+    assert!((v["mean_acc"].as_f64().unwrap() - mean).abs() < 1e-12);
+
+    // Bad input: one clear error each, nothing on stdout, no output file.
+    let bad_out = tmp.path().join("bad.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["eval", "tasks", "--model", &m, "--out"];
+        let b = s(&bad_out);
+        args.push(&b);
+        args.extend_from_slice(extra);
+        spp(&args)
+    };
+    fails_with(
+        &run(&["--tasks", "boolq,hellaswg", "--data-dir", &shared("eval")]),
+        &["hellaswg", "known tasks", "hellaswag"],
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    fails_with(
+        &run(&["--tasks", "rte", "--data-dir", &s(&empty)]),
+        &["rte_validation.jsonl", "missing", "README"],
+    );
+    std::fs::write(
+        empty.join("rte_validation.jsonl"),
+        "{\"sentence1\": \"a\", \"sentence2\": \"b\", \"label\": 0}\n{\"sentence1\": \"a\", \"label\": 1}\n",
+    )
+    .unwrap();
+    fails_with(
+        &run(&["--tasks", "rte", "--data-dir", &s(&empty)]),
+        &["rte_validation.jsonl:2", "sentence2"],
+    );
+    std::fs::write(
+        empty.join("rte_validation.jsonl"),
+        "{\"sentence1\": \"a\", \"sentence2\": \"b\", \"label\": 5}\n",
+    )
+    .unwrap();
+    fails_with(
+        &run(&["--tasks", "rte", "--data-dir", &s(&empty)]),
+        &["rte_validation.jsonl:1", "out of range"],
+    );
+    assert!(!bad_out.exists());
+}

@@ -187,3 +187,35 @@ fn spp_adapter_on_smollm2_keeps_logits_and_zeros() {
     assert!(report.iter().all(|l| l.zeros_kept && l.zeros_before > 0));
     assert!(common::max_diff(&adapted, &m.forward(&ids).unwrap()) < 1e-3);
 }
+
+/// The context/continuation split of `spp eval tasks` equals lm-evaluation-harness's
+/// `_encode_pair` with this tokenizer (tests/data/encode_pair_smollm2.json, written by
+/// scripts/golden/make_task_golden.py): leading spaces, unicode, digits, code.
+#[test]
+fn eval_tasks_split_requests_like_the_harness() {
+    let Some(dir) = model_dir() else { return };
+    let cfg = spp::model::LlamaConfig::load(&dir.join("config.json")).unwrap();
+    let tok = spp::tokenizer::Tokenizer::load(&dir, &cfg).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/encode_pair_smollm2.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pairs = golden["pairs"].as_array().unwrap();
+    assert!(pairs.len() >= 12);
+    for p in pairs {
+        let (ctx, cont) = (
+            p["context"].as_str().unwrap(),
+            p["continuation"].as_str().unwrap(),
+        );
+        let (c, x) = spp::eval::zeroshot::encode_pair(&tok, ctx, cont).unwrap();
+        let want = |k: &str| -> Vec<u32> { serde_json::from_value(p[k].clone()).unwrap() };
+        assert_eq!(
+            (c, x),
+            (want("context_ids"), want("continuation_ids")),
+            "{ctx:?} + {cont:?}"
+        );
+    }
+}
