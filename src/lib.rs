@@ -13,5 +13,6 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod prune;
+pub mod run;
 pub mod tokenizer;
 pub mod train;

@@ -44,6 +44,20 @@ enum Cmd {
     Train(TrainArgs),
     /// Fold an adapter into the weights and write a Hugging Face directory.
     Merge(MergeArgs),
+    /// The whole experiment from a recipe: prune → eval → train → merge → eval, and a report.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The recipe (TOML; see recipes/ and the README).
+    recipe: PathBuf,
+    /// Run directory [default: runs/<recipe name>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue a run: finished stages whose inputs are unchanged are skipped.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -537,6 +551,19 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_recipe(a: RunArgs) -> Result<()> {
+    let recipe = spp::run::recipe::Recipe::load(&a.recipe)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&recipe.name));
+    let exe = std::env::current_exe().context("cannot find the spp binary")?;
+    let command: Vec<String> = std::env::args().collect();
+    spp::run::run(&recipe, &out, a.resume, &exe, command)?;
+    println!("run {} done: {}", recipe.name, out.display());
+    Ok(())
+}
+
 fn generate(a: GenerateArgs) -> Result<()> {
     let (model, _) = load(&a.m)?;
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
@@ -999,6 +1026,7 @@ fn main() {
         Cmd::Convert(ConvertCmd::Gguf(a)) => convert_gguf(a),
         Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
         Cmd::Eval(EvalCmd::Tasks(a)) => eval_tasks(a),
+        Cmd::Run(a) => run_recipe(a),
         Cmd::Generate(a) => generate(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Prune(a) => prune(a),

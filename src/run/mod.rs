@@ -1,0 +1,538 @@
+//! `spp run RECIPE.toml`: prune → evaluate → fine-tune → merge → evaluate, as stages that each
+//! run the `spp` subcommands (the same binary) and write their outputs and a `stage.json` into
+//! their own directory.
+//!
+//! A stage's key is a hash of its commands and of the contents of everything it reads (the model
+//! directory, data files, the outputs of earlier stages). With `--resume`, a stage whose
+//! `stage.json` says done under the same key is skipped; an interrupted one restarts from scratch,
+//! except training, which continues from its last checkpoint (bit-identical to an uninterrupted
+//! run). Ctrl-C stops the running subcommand and `spp run` together; nothing is marked done that
+//! did not finish, so the directory is always resumable.
+
+pub mod recipe;
+
+use crate::bail;
+use crate::error::{Error, IoContext, Result};
+use recipe::{args, Recipe};
+use serde::{Deserialize, Serialize};
+use std::hash::Hasher;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Prune,
+    Train,
+    Merge,
+    Eval,
+}
+
+/// One command of a stage: argv (argv[0] is `spp`) and, where the result comes on stdout, the
+/// file in the stage directory that receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// `03-train-wanda-2-4-spp`: also the directory name.
+    pub name: String,
+    pub kind: Kind,
+    /// The model row this stage produces or evaluates: "dense", "wanda 2:4", "wanda 2:4 + spp".
+    pub model: String,
+    pub commands: Vec<Cmd>,
+    /// Files and directories the stage reads (hashed into its key).
+    pub inputs: Vec<PathBuf>,
+}
+
+/// What `stage.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub kind: Kind,
+    pub model: String,
+    pub commands: Vec<Vec<String>>,
+    pub key: String,
+    /// running, done or failed.
+    pub status: String,
+    pub seconds: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub started_unix: u64,
+}
+
+/// `wanda 2:4 + spp` → `wanda-2-4-spp`.
+fn slug(s: &str) -> String {
+    s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn sparsity_label(s: &str) -> String {
+    match s.parse::<f64>() {
+        Ok(r) if !s.contains(':') => format!("{}%", (r * 100.0).round()),
+        _ => s.to_string(),
+    }
+}
+
+/// The stages of `recipe` in order, all under `out`.
+pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
+    let mut stages: Vec<Stage> = Vec::new();
+    let dir = |stages: &Vec<Stage>, kind: &str, label: &str| -> (String, PathBuf) {
+        let name = format!("{:02}-{kind}-{}", stages.len(), slug(label));
+        let path = out.join(&name);
+        (name, path)
+    };
+    let model_opts = |model: &Path| -> Vec<String> {
+        let mut v = vec!["--model".into(), model.display().to_string()];
+        if let Some(d) = &r.dtype {
+            v.extend(["--dtype".into(), d.clone()]);
+        }
+        v
+    };
+    let eval = |stages: &mut Vec<Stage>, model: &Path, label: &str| {
+        let (name, path) = dir(stages, "eval", label);
+        let mut commands = vec![Cmd {
+            argv: [
+                vec!["spp".into(), "inspect".into()],
+                model_opts(model),
+                vec!["--json".into()],
+            ]
+            .concat(),
+            stdout: Some("inspect.json".into()),
+        }];
+        let mut inputs = vec![model.to_path_buf()];
+        if let Some((text, flags)) = &r.eval.ppl {
+            commands.push(Cmd {
+                argv: [
+                    vec!["spp".into(), "eval".into(), "ppl".into()],
+                    model_opts(model),
+                    vec!["--text".into(), text.display().to_string()],
+                    args(flags),
+                    vec!["--json".into()],
+                ]
+                .concat(),
+                stdout: Some("ppl.json".into()),
+            });
+            inputs.push(text.clone());
+        }
+        if let Some(flags) = &r.eval.tasks {
+            commands.push(Cmd {
+                argv: [
+                    vec!["spp".into(), "eval".into(), "tasks".into()],
+                    model_opts(model),
+                    args(flags),
+                    vec![
+                        "--out".into(),
+                        path.join("tasks.json").display().to_string(),
+                    ],
+                ]
+                .concat(),
+                stdout: None,
+            });
+            inputs.extend(
+                flags
+                    .iter()
+                    .filter(|f| f.0 == "data_dir")
+                    .filter_map(|f| f.1.clone())
+                    .map(PathBuf::from),
+            );
+        }
+        stages.push(Stage {
+            name,
+            kind: Kind::Eval,
+            model: label.into(),
+            commands,
+            inputs,
+        });
+    };
+    let flag_inputs = |flags: &[(String, Option<String>)]| -> Vec<PathBuf> {
+        flags
+            .iter()
+            .filter(|(k, _)| ["calib", "data"].contains(&k.as_str()))
+            .filter_map(|(_, v)| v.clone().map(PathBuf::from))
+            .collect()
+    };
+
+    eval(&mut stages, &r.model, "dense");
+    // (label, model directory) of every model that fine-tuning starts from.
+    let mut bases = vec![];
+    match &r.prune {
+        None => bases.push(("dense".to_string(), r.model.clone())),
+        Some(p) => {
+            for method in &p.methods {
+                for sp in &p.sparsities {
+                    let label = format!("{method} {}", sparsity_label(sp));
+                    let (name, path) = dir(&stages, "prune", &label);
+                    let model = path.join("model");
+                    let argv = [
+                        vec!["spp".into(), "prune".into()],
+                        model_opts(&r.model),
+                        vec![
+                            "--method".into(),
+                            method.clone(),
+                            "--sparsity".into(),
+                            sp.clone(),
+                        ],
+                        args(&p.flags),
+                        vec!["--out".into(), model.display().to_string()],
+                    ]
+                    .concat();
+                    let mut inputs = vec![r.model.clone()];
+                    inputs.extend(flag_inputs(&p.flags));
+                    stages.push(Stage {
+                        name,
+                        kind: Kind::Prune,
+                        model: label.clone(),
+                        commands: vec![Cmd { argv, stdout: None }],
+                        inputs,
+                    });
+                    eval(&mut stages, &model, &label);
+                    bases.push((label, model));
+                }
+            }
+        }
+    }
+    if let Some(t) = &r.train {
+        for (base_label, base) in &bases {
+            for method in &t.methods {
+                let label = format!("{base_label} + {method}");
+                let (name, path) = dir(&stages, "train", &label);
+                let adapter = path.join("adapter");
+                let argv = [
+                    vec!["spp".into(), "train".into()],
+                    model_opts(base),
+                    vec!["--method".into(), method.clone()],
+                    args(&t.flags),
+                    vec!["--out".into(), adapter.display().to_string()],
+                ]
+                .concat();
+                let mut inputs = vec![base.clone()];
+                inputs.extend(flag_inputs(&t.flags));
+                stages.push(Stage {
+                    name,
+                    kind: Kind::Train,
+                    model: label.clone(),
+                    commands: vec![Cmd { argv, stdout: None }],
+                    inputs,
+                });
+                let (name, path) = dir(&stages, "merge", &label);
+                let merged = path.join("model");
+                let argv = vec![
+                    "spp".into(),
+                    "merge".into(),
+                    "--model".into(),
+                    base.display().to_string(),
+                    "--adapter".into(),
+                    adapter.display().to_string(),
+                    "--out".into(),
+                    merged.display().to_string(),
+                ];
+                stages.push(Stage {
+                    name,
+                    kind: Kind::Merge,
+                    model: label.clone(),
+                    commands: vec![Cmd { argv, stdout: None }],
+                    inputs: vec![base.clone(), adapter.clone()],
+                });
+                eval(&mut stages, &merged, &label);
+            }
+        }
+    }
+    stages
+}
+
+/// A 64-bit content hash of files and directories (sorted walk; names, sizes and bytes).
+pub fn fingerprint(paths: &[PathBuf], h: &mut impl Hasher) -> Result<()> {
+    fn walk(p: &Path, h: &mut impl Hasher, buf: &mut [u8]) -> Result<()> {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .at(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for e in entries {
+                h.write(
+                    e.file_name()
+                        .map(|n| n.as_encoded_bytes())
+                        .unwrap_or_default(),
+                );
+                walk(&e, h, buf)?;
+            }
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(p).at(p)?;
+        loop {
+            let n = f.read(buf).at(p)?;
+            if n == 0 {
+                break;
+            }
+            h.write(&buf[..n]);
+        }
+        Ok(())
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for p in paths {
+        walk(p, h, &mut buf)?;
+    }
+    Ok(())
+}
+
+fn stage_key(s: &Stage) -> Result<String> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in &s.commands {
+        for a in &c.argv {
+            h.write(a.as_bytes());
+            h.write_u8(0);
+        }
+    }
+    fingerprint(&s.inputs, &mut h)?;
+    Ok(format!("{:016x}", h.finish()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_json_atomic(path: &Path, v: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.part");
+    crate::model::checkpoint::write_json(&tmp, v)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+pub fn read_record(dir: &Path) -> Option<StageRecord> {
+    let text = std::fs::read_to_string(dir.join("stage.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Peak resident memory of a running process (`VmHWM`), Linux only.
+fn peak_rss_of(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Runs one command (`spp` replaced by `exe`), its stdout to `stdout` when given; returns the
+/// peak memory seen.
+fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
+    let mut c = std::process::Command::new(exe);
+    c.args(&cmd.argv[1..]);
+    let part = cmd.stdout.as_ref().map(|f| dir.join(format!("{f}.part")));
+    if let Some(p) = &part {
+        c.stdout(std::fs::File::create(p).at(p)?);
+    }
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::Msg(format!("cannot start {}: {e}", exe.display())))?;
+    let mut peak = None;
+    let status = loop {
+        if let Some(m) = peak_rss_of(child.id()) {
+            peak = Some(peak.unwrap_or(0).max(m));
+        }
+        match child
+            .try_wait()
+            .map_err(|e| Error::Msg(format!("waiting for {}: {e}", cmd.argv.join(" "))))?
+        {
+            Some(s) => break s,
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    if !status.success() {
+        bail!("`{}` failed ({status})", shell_words(&cmd.argv));
+    }
+    if let (Some(p), Some(f)) = (part, &cmd.stdout) {
+        std::fs::rename(&p, dir.join(f)).at(dir.join(f))?;
+    }
+    Ok(peak)
+}
+
+/// argv as a shell line (single-quoting what needs it).
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.round() as u64;
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// What `run.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub recipe: String,
+    pub name: String,
+    pub spp_version: String,
+    pub stages: Vec<String>,
+    pub started_unix: u64,
+    pub command: Vec<String>,
+}
+
+/// Runs (or resumes) every stage of `recipe` into `out`. `exe` is the `spp` binary.
+pub fn run(
+    recipe: &Recipe,
+    out: &Path,
+    resume: bool,
+    exe: &Path,
+    command: Vec<String>,
+) -> Result<Vec<StageRecord>> {
+    let stages = plan(recipe, out);
+    let run_json = out.join("run.json");
+    if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() && !resume {
+        bail!(
+            "{} already holds a run: pass --resume to continue it (finished stages are skipped), or choose another --out",
+            out.display()
+        );
+    }
+    if resume && out.exists() && !run_json.exists() {
+        bail!(
+            "--resume: {} is not a run directory (no run.json)",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).at(out)?;
+    std::fs::copy(&recipe.path, out.join("recipe.toml")).at(&recipe.path)?;
+    write_json_atomic(
+        &run_json,
+        &RunRecord {
+            recipe: recipe.path.display().to_string(),
+            name: recipe.name.clone(),
+            spp_version: env!("CARGO_PKG_VERSION").into(),
+            stages: stages.iter().map(|s| s.name.clone()).collect(),
+            started_unix: unix_now(),
+            command,
+        },
+    )?;
+    let start = Instant::now();
+    let mut records = Vec::new();
+    let mut durations: Vec<(Kind, f64)> = Vec::new();
+    for (i, s) in stages.iter().enumerate() {
+        let dir = out.join(&s.name);
+        let key = stage_key(s)?;
+        let old = read_record(&dir);
+        if let Some(r) = old.as_ref().filter(|r| r.status == "done" && r.key == key) {
+            eprintln!(
+                "[{}/{}] {} · done earlier, inputs unchanged: skipped",
+                i + 1,
+                stages.len(),
+                s.name
+            );
+            records.push(r.clone());
+            continue;
+        }
+        // Training continues from its checkpoint when the interrupted stage had the same key.
+        let checkpoint = dir
+            .join("adapter")
+            .join(crate::train::CHECKPOINT_DIR)
+            .join("state.json");
+        let continue_training = s.kind == Kind::Train
+            && checkpoint.exists()
+            && old.as_ref().is_some_and(|r| r.key == key);
+        if !continue_training && dir.exists() {
+            std::fs::remove_dir_all(&dir).at(&dir)?;
+        }
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let eta = eta(&stages[i..], &durations);
+        eprintln!(
+            "[{}/{}] {} · {} elapsed{}{}",
+            i + 1,
+            stages.len(),
+            s.name,
+            fmt_secs(start.elapsed().as_secs_f64()),
+            eta.map(|e| format!(" · about {} left", fmt_secs(e)))
+                .unwrap_or_default(),
+            if continue_training {
+                " · continuing training from its checkpoint"
+            } else {
+                ""
+            }
+        );
+        let mut rec = StageRecord {
+            name: s.name.clone(),
+            kind: s.kind,
+            model: s.model.clone(),
+            commands: s.commands.iter().map(|c| c.argv.clone()).collect(),
+            key,
+            status: "running".into(),
+            seconds: None,
+            peak_rss_bytes: None,
+            started_unix: unix_now(),
+        };
+        write_json_atomic(&dir.join("stage.json"), &rec)?;
+        let t = Instant::now();
+        for c in &s.commands {
+            let mut c = c.clone();
+            if continue_training {
+                c.argv.push("--resume".into());
+            }
+            match execute(exe, &c, &dir) {
+                Ok(peak) => rec.peak_rss_bytes = rec.peak_rss_bytes.max(peak),
+                Err(e) => {
+                    rec.status = "failed".into();
+                    rec.seconds = Some(t.elapsed().as_secs_f64());
+                    write_json_atomic(&dir.join("stage.json"), &rec)?;
+                    bail!(
+                        "stage {} failed: {e}\nits output is in {}; fix the cause and rerun with --resume (finished stages are skipped)",
+                        s.name,
+                        dir.display()
+                    );
+                }
+            }
+        }
+        rec.status = "done".into();
+        rec.seconds = Some(t.elapsed().as_secs_f64());
+        durations.push((s.kind, t.elapsed().as_secs_f64()));
+        write_json_atomic(&dir.join("stage.json"), &rec)?;
+        records.push(rec);
+    }
+    eprintln!(
+        "all {} stages done in {}",
+        stages.len(),
+        fmt_secs(start.elapsed().as_secs_f64())
+    );
+    Ok(records)
+}
+
+/// Remaining time: each stage left costs what the finished stages of its kind took on average
+/// (or all finished stages on average when none of its kind has run yet).
+fn eta(left: &[Stage], done: &[(Kind, f64)]) -> Option<f64> {
+    if done.is_empty() {
+        return None;
+    }
+    let avg = |k: Option<Kind>| {
+        let xs: Vec<f64> = done
+            .iter()
+            .filter(|d| k.is_none_or(|k| d.0 == k))
+            .map(|d| d.1)
+            .collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    Some(
+        left.iter()
+            .map(|s| avg(Some(s.kind)).or(avg(None)).unwrap_or(0.0))
+            .sum(),
+    )
+}

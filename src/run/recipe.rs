@@ -1,0 +1,423 @@
+//! `RECIPE.toml`: the whole experiment in one file, checked completely before any stage runs.
+//!
+//! ```toml
+//! name = "smollm2-135m-spp"
+//! model = "../models/smollm2-135m"      # paths are relative to the recipe file
+//!
+//! [prune]                               # optional: without it the dense model is fine-tuned
+//! method = "wanda"                      # or a list: ["wanda", "sparsegpt"]
+//! sparsity = ["2:4", 0.5]               # one or a list
+//! calib = "../../shared/data/c4/c4_sample.jsonl"
+//! nsamples = 16                         # any other `spp prune` option by its flag name
+//!
+//! [train]                               # optional
+//! method = "spp"                        # spp | lora | lora-mask, or a list
+//! data = "../../shared/data/alpaca/alpaca_gpt4_en_demo.json"
+//! max_steps = 12                        # any other `spp train` option by its flag name
+//!
+//! [eval]                                # optional
+//! ppl_text = "../../shared/data/wikitext2/wiki.test.raw"
+//! seqlen = 2048
+//! max_windows = 4
+//! tasks = "all"                         # or a list of names
+//! limit = 20
+//! data_dir = "../../shared/data/eval"
+//! ```
+//!
+//! Every key of a section maps to the subcommand's flag of the same name (`max_steps` →
+//! `--max-steps`), so the recipe accepts exactly what the subcommands accept.
+
+use crate::bail;
+use crate::error::{Error, IoContext, Result};
+use crate::model::LlamaConfig;
+use crate::prune::Sparsity;
+use std::path::{Path, PathBuf};
+use toml::Value;
+
+const TOP: &[&str] = &["name", "model", "dtype", "prune", "train", "eval"];
+/// `spp prune` flags (`method` and `sparsity` may be lists).
+const PRUNE: &[&str] = &[
+    "method",
+    "sparsity",
+    "calib",
+    "nsamples",
+    "seqlen",
+    "seed",
+    "true_sequential",
+    "blocksize",
+    "percdamp",
+    "targets",
+];
+/// `spp train` flags (`method` may be a list).
+const TRAIN: &[&str] = &[
+    "method",
+    "data",
+    "targets",
+    "r",
+    "scale",
+    "lora_alpha",
+    "dropout",
+    "lr",
+    "warmup_ratio",
+    "schedule",
+    "weight_decay",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "micro_batch_size",
+    "cutoff",
+    "train_on_inputs",
+    "val_size",
+    "eval_every",
+    "save_every",
+    "max_grad_norm",
+    "seed",
+    "grad_checkpoint",
+];
+/// Perplexity (`ppl_text`, `seqlen`, `max_windows`) and task (`tasks`, `limit`, `data_dir`,
+/// `batch_size`) settings.
+const EVAL: &[&str] = &[
+    "ppl_text",
+    "seqlen",
+    "max_windows",
+    "tasks",
+    "limit",
+    "data_dir",
+    "batch_size",
+];
+/// Keys holding paths (resolved against the recipe's directory, checked to exist).
+const PATHS: &[&str] = &["calib", "data", "ppl_text", "data_dir"];
+/// Boolean switches (a flag without a value when true).
+const SWITCHES: &[&str] = &["true_sequential", "grad_checkpoint"];
+
+/// A checked recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub path: PathBuf,
+    pub name: String,
+    pub model: PathBuf,
+    pub dtype: Option<String>,
+    pub prune: Option<Variants>,
+    pub train: Option<Variants>,
+    pub eval: Eval,
+}
+
+/// One section: the methods (× sparsities for pruning) to run, and the other flags as given.
+#[derive(Debug, Clone)]
+pub struct Variants {
+    pub methods: Vec<String>,
+    pub sparsities: Vec<String>,
+    /// `--flag value` pairs (a switch has no value).
+    pub flags: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Eval {
+    pub ppl: Option<(PathBuf, Vec<(String, Option<String>)>)>,
+    pub tasks: Option<Vec<(String, Option<String>)>>,
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + (ca != *cb) as usize).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn unknown_keys(table: &toml::Table, known: &[&str], section: &str) -> Vec<String> {
+    table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| {
+            let near = known
+                .iter()
+                .min_by_key(|c| distance(k, c))
+                .copied()
+                .unwrap_or("");
+            let hint = if distance(k, near) <= 3 {
+                format!(" (did you mean {section}{near}?)")
+            } else {
+                String::new()
+            };
+            format!("{section}{k}{hint}")
+        })
+        .collect()
+}
+
+fn scalar(v: &Value, key: &str) -> Result<String> {
+    Ok(match v {
+        Value::String(s) => s.clone(),
+        Value::Integer(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        _ => bail!("recipe key {key}: expected a string, number or boolean"),
+    })
+}
+
+fn list(v: Option<&Value>, key: &str) -> Result<Vec<String>> {
+    match v {
+        None => Ok(vec![]),
+        Some(Value::Array(a)) => a.iter().map(|x| scalar(x, key)).collect(),
+        Some(x) => Ok(vec![scalar(x, key)?]),
+    }
+}
+
+impl Recipe {
+    /// Reads and checks `path`: unknown keys (with the nearest known one), paths that do not
+    /// exist, names that no subcommand accepts, and N:M patterns the model's widths do not allow.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let top: toml::Table = text
+            .parse()
+            .map_err(|e| Error::Msg(format!("{}: invalid TOML: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut errors = Vec::new();
+        let mut unknown = unknown_keys(&top, TOP, "");
+        let section = |name: &str| -> Result<Option<&toml::Table>> {
+            match top.get(name) {
+                None => Ok(None),
+                Some(Value::Table(t)) => Ok(Some(t)),
+                Some(_) => bail!("{}: [{name}] must be a table", path.display()),
+            }
+        };
+        let (prune_t, train_t, eval_t) = (section("prune")?, section("train")?, section("eval")?);
+        for (t, known, name) in [
+            (prune_t, PRUNE, "prune."),
+            (train_t, TRAIN, "train."),
+            (eval_t, EVAL, "eval."),
+        ] {
+            if let Some(t) = t {
+                unknown.extend(unknown_keys(t, known, name));
+            }
+        }
+        if !unknown.is_empty() {
+            bail!(
+                "{}: unknown recipe keys: {}",
+                path.display(),
+                unknown.join(", ")
+            );
+        }
+        let model = match top.get("model") {
+            Some(Value::String(m)) => base.join(m),
+            _ => bail!(
+                "{}: the recipe needs model = \"DIR\" (a Hugging Face model directory)",
+                path.display()
+            ),
+        };
+        let cfg_path = model.join("config.json");
+        let cfg = if cfg_path.exists() {
+            Some(LlamaConfig::load(&cfg_path)?)
+        } else {
+            errors.push(format!(
+                "model {}: no config.json there (run scripts/setup.sh for the default model, or point model at a Hugging Face directory)",
+                model.display()
+            ));
+            None
+        };
+        let name = match top.get("name") {
+            Some(v) => scalar(v, "name")?,
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let dtype = top.get("dtype").map(|v| scalar(v, "dtype")).transpose()?;
+
+        let prune = match prune_t {
+            None => None,
+            Some(t) => {
+                let methods = list(t.get("method"), "prune.method")?;
+                let sparsities = list(t.get("sparsity"), "prune.sparsity")?;
+                if methods.is_empty() || sparsities.is_empty() {
+                    bail!(
+                        "{}: [prune] needs method and sparsity (each one value or a list)",
+                        path.display()
+                    );
+                }
+                for m in &methods {
+                    if let Err(e) = m.parse::<crate::prune::Method>() {
+                        errors.push(format!("prune.method: {e}"));
+                    }
+                }
+                for s in &sparsities {
+                    match s.parse::<Sparsity>() {
+                        Err(e) => errors.push(format!("prune.sparsity: {e}")),
+                        Ok(sp) => {
+                            if let Some(cfg) = &cfg {
+                                for (lin, width) in [
+                                    ("q/k/v/gate/up (hidden_size)", cfg.hidden_size),
+                                    (
+                                        "o (heads × head_dim)",
+                                        cfg.num_attention_heads * cfg.head_dim(),
+                                    ),
+                                    ("down (intermediate_size)", cfg.intermediate_size),
+                                ] {
+                                    if let Err(e) = sp.check_layer(lin, width) {
+                                        errors.push(format!(
+                                            "prune.sparsity = {s:?} contradicts the model: {e}"
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(Variants {
+                    methods,
+                    sparsities,
+                    flags: section_flags(t, &["method", "sparsity"], "prune", base, &mut errors)?,
+                })
+            }
+        };
+        let train = match train_t {
+            None => None,
+            Some(t) => {
+                let methods = match list(t.get("method"), "train.method")? {
+                    m if m.is_empty() => vec!["spp".to_string()],
+                    m => m,
+                };
+                for m in &methods {
+                    if let Err(e) = m.parse::<crate::adapter::Method>() {
+                        errors.push(format!("train.method: {e}"));
+                    }
+                }
+                if t.get("data").is_none() {
+                    errors.push(
+                        "[train] needs data = \"FILE\" (Alpaca JSON/JSONL or JSONL with text)"
+                            .into(),
+                    );
+                }
+                Some(Variants {
+                    methods,
+                    sparsities: vec![],
+                    flags: section_flags(t, &["method"], "train", base, &mut errors)?,
+                })
+            }
+        };
+        let mut eval = Eval::default();
+        if let Some(t) = eval_t {
+            let all = section_flags(t, &[], "eval", base, &mut errors)?;
+            let pick = |keys: &[&str]| -> Vec<(String, Option<String>)> {
+                all.iter()
+                    .filter(|(k, _)| keys.contains(&k.as_str()))
+                    .cloned()
+                    .collect()
+            };
+            if let Some((_, Some(text))) = all.iter().find(|(k, _)| k == "ppl_text") {
+                eval.ppl = Some((PathBuf::from(text), pick(&["seqlen", "max_windows"])));
+            }
+            if t.contains_key("tasks") {
+                let tasks = pick(&["tasks", "limit", "data_dir", "batch_size"]);
+                if let Some((_, Some(names))) = tasks.iter().find(|(k, _)| k == "tasks") {
+                    if let Err(e) = crate::eval::tasks::parse_names(names) {
+                        errors.push(format!("eval.tasks: {e}"));
+                    }
+                }
+                eval.tasks = Some(tasks);
+            } else if t.contains_key("limit") || t.contains_key("data_dir") {
+                errors.push(
+                    "eval.limit / eval.data_dir without eval.tasks: name the tasks (or \"all\")"
+                        .into(),
+                );
+            }
+        }
+        if !errors.is_empty() {
+            bail!(
+                "{}: the recipe cannot run:\n  - {}",
+                path.display(),
+                errors.join("\n  - ")
+            );
+        }
+        Ok(Recipe {
+            path: path.to_path_buf(),
+            name,
+            model,
+            dtype,
+            prune,
+            train,
+            eval,
+        })
+    }
+}
+
+/// The flags of a section, with paths resolved against `base` (a missing one is added to
+/// `errors`).
+fn section_flags(
+    t: &toml::Table,
+    skip: &[&str],
+    section: &str,
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> Result<Vec<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    for (k, v) in t.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        let key = format!("{section}.{k}");
+        if SWITCHES.contains(&k.as_str()) {
+            match v {
+                Value::Boolean(true) => out.push((k.clone(), None)),
+                Value::Boolean(false) => {}
+                _ => bail!("recipe key {key}: expected true or false"),
+            }
+            continue;
+        }
+        let mut value = if k == "tasks" {
+            list(Some(v), &key)?.join(",")
+        } else {
+            scalar(v, &key)?
+        };
+        if PATHS.contains(&k.as_str()) {
+            let p = base.join(&value);
+            if !p.exists() {
+                errors.push(format!("{key} = {value:?}: {} does not exist", p.display()));
+            }
+            value = p.display().to_string();
+        }
+        out.push((k.clone(), Some(value)));
+    }
+    Ok(out)
+}
+
+/// `--flag value` arguments for `(key, value)` pairs (`max_steps` → `--max-steps`).
+pub fn args(flags: &[(String, Option<String>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in flags {
+        out.push(format!("--{}", k.replace('_', "-")));
+        out.extend(v.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_key_is_suggested() {
+        assert_eq!(distance("max_step", "max_steps"), 1);
+        let t: toml::Table = "max_step = 3\nzzzzzzzzzz = 1".parse().unwrap();
+        let u = unknown_keys(&t, TRAIN, "train.");
+        assert!(
+            u.contains(&"train.max_step (did you mean train.max_steps?)".to_string()),
+            "{u:?}"
+        );
+        assert!(u.contains(&"train.zzzzzzzzzz".to_string()), "{u:?}");
+    }
+
+    #[test]
+    fn flags_become_arguments() {
+        let f = vec![
+            ("max_steps".to_string(), Some("3".to_string())),
+            ("grad_checkpoint".to_string(), None),
+        ];
+        assert_eq!(args(&f), ["--max-steps", "3", "--grad-checkpoint"]);
+    }
+}
