@@ -1,0 +1,261 @@
+//! `spp run RECIPE.toml` end to end on the tiny LLaMA-2 GGUF of ../shared/data: every stage,
+//! the report, resume after a kill in the middle of training (same results as an uninterrupted
+//! run), and recipes that must be refused before any stage starts.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn spp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn shared(p: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// The tiny model and a recipe for it in `tmp`; `extra` is appended to the recipe.
+fn setup(tmp: &Path, extra: &str) -> PathBuf {
+    let model = tmp.join("tiny");
+    if !model.exists() {
+        let o = spp(&[
+            "convert",
+            "gguf",
+            &shared("models/llama-2-tiny-random.gguf"),
+            "--out",
+            &model.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let recipe = tmp.join("recipe.toml");
+    let text = format!(
+        r#"name = "tiny"
+model = "tiny"
+
+[prune]
+method = "wanda"
+sparsity = "2:4"
+calib = "{calib}"
+nsamples = 2
+seqlen = 32
+
+[train]
+method = "spp"
+data = "{alpaca}"
+max_steps = 40
+batch_size = 2
+micro_batch_size = 1
+cutoff = 48
+val_size = 4
+eval_every = 20
+save_every = 2
+r = 4
+
+[eval]
+ppl_text = "{wiki}"
+seqlen = 32
+max_windows = 2
+tasks = ["rte", "arc_easy"]
+limit = 3
+data_dir = "{eval}"
+{extra}"#,
+        calib = shared("c4/c4_sample.jsonl"),
+        alpaca = shared("alpaca/alpaca_gpt4_en_demo.json"),
+        wiki = shared("wikitext2/wiki.test.raw"),
+        eval = shared("eval"),
+    );
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(p)).unwrap()
+}
+
+#[test]
+fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path(), "");
+    let r = recipe.display().to_string();
+    let a = tmp.path().join("a");
+    let o = spp(&["run", &r, "--out", &a.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = json(&a.join("run.json"));
+    let stages: Vec<String> = serde_json::from_value(run["stages"].clone()).unwrap();
+    assert_eq!(
+        stages,
+        [
+            "00-eval-dense",
+            "01-prune-wanda-2-4",
+            "02-eval-wanda-2-4",
+            "03-train-wanda-2-4-spp",
+            "04-merge-wanda-2-4-spp",
+            "05-eval-wanda-2-4-spp"
+        ]
+    );
+    for s in &stages {
+        let rec = json(&a.join(s).join("stage.json"));
+        assert_eq!(rec["status"], "done", "{s}");
+        assert!(rec["seconds"].as_f64().unwrap() > 0.0);
+    }
+    let merged = json(&a.join("05-eval-wanda-2-4-spp/inspect.json"));
+    assert_eq!(
+        merged["all_linears_2_4"], true,
+        "the merged model keeps 2:4"
+    );
+    assert!(
+        a.join("05-eval-wanda-2-4-spp/tasks.json").exists()
+            && a.join("00-eval-dense/ppl.json").exists()
+    );
+
+    // Kill the whole run (spp run and its spp train) once training has written a checkpoint.
+    let b = tmp.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spp"))
+        .args(["run", &r, "--out", &b.display().to_string()])
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let checkpoint = b.join("03-train-wanda-2-4-spp/adapter/checkpoint/state.json");
+    let t = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Command::new("kill")
+        .args(["-9", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let rec = json(&b.join("03-train-wanda-2-4-spp/stage.json"));
+    assert_eq!(rec["status"], "running", "killed in the middle of training");
+    assert!(!b.join("04-merge-wanda-2-4-spp").exists());
+
+    let o = spp(&["run", &r, "--out", &b.display().to_string(), "--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("01-prune-wanda-2-4 · done earlier"), "{err}");
+    assert!(
+        err.contains("continuing training from its checkpoint"),
+        "{err}"
+    );
+    // Same adapter, same merged weights, same evaluations as the uninterrupted run.
+    for f in [
+        "03-train-wanda-2-4-spp/adapter/adapter_model.safetensors",
+        "04-merge-wanda-2-4-spp/model/model.safetensors",
+    ] {
+        assert!(
+            read(&a.join(f)) == read(&b.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    let (pa, pb) = (
+        json(&a.join("05-eval-wanda-2-4-spp/ppl.json")),
+        json(&b.join("05-eval-wanda-2-4-spp/ppl.json")),
+    );
+    assert_eq!(pa["ppl"], pb["ppl"]);
+    let (ta, tb) = (
+        json(&a.join("05-eval-wanda-2-4-spp/tasks.json")),
+        json(&b.join("05-eval-wanda-2-4-spp/tasks.json")),
+    );
+    assert_eq!(ta["tasks"]["rte"]["docs"], tb["tasks"]["rte"]["docs"]);
+
+    // A finished run resumes to nothing new.
+    let o = spp(&["run", &r, "--out", &b.display().to_string(), "--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.matches("done earlier").count() == 6,
+        "{err}"
+    );
+    // Without --resume an existing run is not overwritten.
+    let o = spp(&["run", &r, "--out", &b.display().to_string()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
+#[test]
+fn bad_recipes_are_refused_before_any_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |extra: &str, needles: &[&str]| {
+        let recipe = setup(tmp.path(), extra);
+        let out = tmp.path().join("never");
+        let o = spp(&[
+            "run",
+            &recipe.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{extra}: stderr lacks {n:?}: {err}");
+        }
+        assert!(!out.exists(), "nothing is written for a refused recipe");
+    };
+    check("[extra]\nx = 1\n", &["unknown recipe keys", "extra"]);
+    // Unknown keys inside sections, with the nearest known one.
+    let recipe = setup(tmp.path(), "");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("max_steps = 40", "max_step = 40")
+            .replace("nsamples = 2", "n_samples = 2"),
+    )
+    .unwrap();
+    let o = spp(&[
+        "run",
+        &recipe.display().to_string(),
+        "--out",
+        &tmp.path().join("never").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("train.max_step (did you mean train.max_steps?)")
+            && err.contains("prune.n_samples (did you mean prune.nsamples?)"),
+        "{err}"
+    );
+    // Contradictions and missing paths are all listed at once.
+    let text = std::fs::read_to_string(setup(tmp.path(), "")).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("sparsity = \"2:4\"", "sparsity = [\"2:4\", \"3:7\"]")
+            .replace(
+                &shared("alpaca/alpaca_gpt4_en_demo.json"),
+                "/nonexistent/alpaca.json",
+            )
+            .replace(
+                "tasks = [\"rte\", \"arc_easy\"]",
+                "tasks = [\"rte\", \"arc_eazy\"]",
+            ),
+    )
+    .unwrap();
+    let o = spp(&[
+        "run",
+        &recipe.display().to_string(),
+        "--out",
+        &tmp.path().join("never").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for n in ["3:7", "/nonexistent/alpaca.json", "arc_eazy", "cannot run"] {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    assert!(!tmp.path().join("never").exists());
+}
