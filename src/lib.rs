@@ -13,6 +13,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod prune;
+pub mod report;
 pub mod run;
 pub mod tokenizer;
 pub mod train;

@@ -46,6 +46,14 @@ enum Cmd {
     Merge(MergeArgs),
     /// The whole experiment from a recipe: prune → eval → train → merge → eval, and a report.
     Run(RunArgs),
+    /// Rebuild report.md / report.html of a run directory from its stage records.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The run directory (`spp run --out`).
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -560,7 +568,20 @@ fn run_recipe(a: RunArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the spp binary")?;
     let command: Vec<String> = std::env::args().collect();
     spp::run::run(&recipe, &out, a.resume, &exe, command)?;
-    println!("run {} done: {}", recipe.name, out.display());
+    let paths = spp::report::build(&out)?;
+    println!(
+        "run {} done: {} (report: {}, {})",
+        recipe.name,
+        out.display(),
+        paths.markdown.display(),
+        paths.html.display()
+    );
+    Ok(())
+}
+
+fn report(a: ReportArgs) -> Result<()> {
+    let paths = spp::report::build(&a.dir)?;
+    println!("{}\n{}", paths.markdown.display(), paths.html.display());
     Ok(())
 }
 
@@ -1027,6 +1048,7 @@ fn main() {
         Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
         Cmd::Eval(EvalCmd::Tasks(a)) => eval_tasks(a),
         Cmd::Run(a) => run_recipe(a),
+        Cmd::Report(a) => report(a),
         Cmd::Generate(a) => generate(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Prune(a) => prune(a),

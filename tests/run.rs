@@ -110,6 +110,20 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
         assert_eq!(rec["status"], "done", "{s}");
         assert!(rec["seconds"].as_f64().unwrap() > 0.0);
     }
+    // The report: one row per model, the plots, and `spp report` rebuilds it.
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    for row in ["| dense |", "| wanda 2:4 |", "| wanda 2:4 + spp |"] {
+        assert!(md.contains(row), "report.md lacks {row}: {md}");
+    }
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(
+        html.matches("<svg").count() >= 3,
+        "loss, sparsity and task plots"
+    );
+    std::fs::remove_file(a.join("report.md")).unwrap();
+    let o = spp(&["report", &a.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(a.join("report.md")).unwrap(), md);
     let merged = json(&a.join("05-eval-wanda-2-4-spp/inspect.json"));
     assert_eq!(
         merged["all_linears_2_4"], true,

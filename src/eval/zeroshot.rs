@@ -6,11 +6,12 @@
 //! context + continuation are encoded together and split at the context's token count, and a
 //! request longer than the model's context keeps its last `max_len + 1` tokens.
 //!
-//! Beyond the harness, nothing is computed twice or padded: the requests of a document that share
-//! a context are packed into one row — the context once, then each continuation (minus its last
-//! token) attending to the context and to itself — and several documents are packed side by side
-//! into one forward pass ([`crate::model::Packing`]). `share: false` packs every request with
-//! its own copy of the context, which is what the harness computes; both give the same scores.
+//! Beyond the harness, nothing is computed twice or padded: the inputs of a document's requests
+//! share their longest common token prefix (the context, or for WinoGrande the sentence up to the
+//! blank), which is computed once; each request's remaining tokens follow it in the same packed
+//! row, attending to the prefix and to themselves; several documents are packed side by side
+//! into one forward pass ([`crate::model::Packing`]). `share: false` packs every request whole,
+//! which is what the harness computes; both give the same scores.
 
 use super::tasks::{Doc, Task};
 use crate::bail;
@@ -93,67 +94,79 @@ fn short(s: &str) -> String {
     }
 }
 
-/// One context followed by the continuations that share it.
-struct Tree<'a> {
-    context: &'a [u32],
-    /// (request number, continuation)
-    continuations: Vec<(usize, &'a [u32])>,
-}
-
-impl Tree<'_> {
-    /// Tokens this tree puts into the packed row: the context, then every continuation but its
-    /// last token.
-    fn len(&self) -> usize {
-        self.context.len()
-            + self
-                .continuations
-                .iter()
-                .map(|(_, c)| c.len() - 1)
-                .sum::<usize>()
-    }
-}
-
-/// Groups consecutive requests with the same context (all of them when `share`, else none).
-fn trees(requests: &[Encoded], share: bool) -> Vec<Tree<'_>> {
-    let mut out: Vec<Tree> = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
-        match out.last_mut() {
-            Some(t) if share && t.context == r.context.as_slice() => {
-                t.continuations.push((i, &r.continuation))
-            }
-            _ => out.push(Tree {
-                context: &r.context,
-                continuations: vec![(i, &r.continuation)],
-            }),
-        }
-    }
-    out
-}
-
 /// The slow obvious version of the scoring, one request at a time: the whole sequence through
 /// [`Llama::forward`], log-softmax over the vocabulary, the continuation's tokens summed.
 pub fn loglikelihood_reference(model: &Llama, r: &Encoded) -> Result<f64> {
     let ids: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
     let n = ids.len() - 1;
     let input = Tensor::from_vec(ids[..n].to_vec(), (1, n), model.device())?;
-    let logp =
-        candle_nn::ops::log_softmax(&model.forward(&input)?.squeeze(0)?.to_dtype(DType::F32)?, 1)?
-            .to_vec2::<f32>()?;
+    let logits = model.forward(&input)?.squeeze(0)?.to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
     let c = r.context.len();
     Ok((c..=n).map(|i| logp[i - 1][ids[i] as usize] as f64).sum())
 }
 
-/// Summed log-likelihood of each continuation, for trees packed into one forward pass.
+/// The model input of a request: context + continuation without its last token.
+fn input(r: &Encoded) -> impl Iterator<Item = u32> + '_ {
+    r.context
+        .iter()
+        .chain(&r.continuation[..r.continuation.len() - 1])
+        .copied()
+}
+
+/// Requests packed together: their inputs' longest common prefix once, then each request's
+/// remaining tokens as a branch that attends to the prefix and to itself. A document's choices
+/// share at least the context (WinoGrande's share the sentence up to the blank).
+struct Group<'a> {
+    /// (request number, request)
+    requests: Vec<(usize, &'a Encoded)>,
+    prefix: usize,
+}
+
+impl<'a> Group<'a> {
+    fn new(requests: Vec<(usize, &'a Encoded)>) -> Self {
+        let first: Vec<u32> = input(requests[0].1).collect();
+        let prefix = requests[1..].iter().fold(first.len(), |n, (_, r)| {
+            input(r)
+                .zip(&first[..n])
+                .take_while(|(a, b)| a == *b)
+                .count()
+        });
+        Self { requests, prefix }
+    }
+
+    /// Tokens this group puts into the packed row.
+    fn len(&self) -> usize {
+        self.prefix
+            + self
+                .requests
+                .iter()
+                .map(|(_, r)| r.context.len() + r.continuation.len() - 1 - self.prefix)
+                .sum::<usize>()
+    }
+}
+
+/// One group per document (`share`), or one per request.
+fn groups(requests: &[Encoded], first: usize, share: bool) -> Vec<Group<'_>> {
+    let numbered = requests.iter().enumerate().map(|(i, r)| (first + i, r));
+    if share {
+        vec![Group::new(numbered.collect())]
+    } else {
+        numbered.map(|r| Group::new(vec![r])).collect()
+    }
+}
+
+/// Summed log-likelihood of each request of `groups`, packed into one forward pass:
 /// `out[request]` receives the sum.
-fn score_packed(model: &Llama, trees: &[Tree], out: &mut [f64]) -> Result<()> {
+fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> {
     let mut ids = Vec::new();
     let mut rows = Vec::new();
     // (row of the logits, target token, request)
     let mut scored: Vec<(u32, u32, usize)> = Vec::new();
-    for t in trees {
+    for g in groups {
         let start = ids.len() as u32;
-        let c = t.context.len() as u32;
-        for (p, &id) in t.context.iter().enumerate() {
+        let shared: Vec<u32> = input(g.requests[0].1).take(g.prefix).collect();
+        for (p, &id) in shared.iter().enumerate() {
             ids.push(id);
             rows.push(PackedRow {
                 position: p as u32,
@@ -161,19 +174,27 @@ fn score_packed(model: &Llama, trees: &[Tree], out: &mut [f64]) -> Result<()> {
                 own: start,
             });
         }
-        let last_ctx = start + c - 1;
-        for &(req, cont) in &t.continuations {
+        for &(req, r) in &g.requests {
             let own = ids.len() as u32;
-            scored.push((last_ctx, cont[0], req));
-            for (j, &id) in cont[..cont.len() - 1].iter().enumerate() {
-                let row = ids.len() as u32;
+            for (p, id) in input(r).enumerate().skip(g.prefix) {
                 ids.push(id);
                 rows.push(PackedRow {
-                    position: c + j as u32,
-                    shared: (start, start + c),
+                    position: p as u32,
+                    shared: (start, start + g.prefix as u32),
                     own,
                 });
-                scored.push((row, cont[j + 1], req));
+            }
+            // Input position p predicts token p + 1; the continuation starts at the context's end.
+            let row_of = |p: usize| {
+                if p < g.prefix {
+                    start + p as u32
+                } else {
+                    own + (p - g.prefix) as u32
+                }
+            };
+            let c = r.context.len();
+            for (j, &target) in r.continuation.iter().enumerate() {
+                scored.push((row_of(c - 1 + j), target, req));
             }
         }
     }
@@ -203,7 +224,7 @@ fn score_packed(model: &Llama, trees: &[Tree], out: &mut [f64]) -> Result<()> {
 pub struct ScoreOptions {
     /// Documents packed into one forward pass.
     pub batch_docs: usize,
-    /// Compute a context shared by several requests once.
+    /// Compute the common prefix of a document's requests once.
     pub share: bool,
 }
 
@@ -310,19 +331,10 @@ pub fn loglikelihoods(
         let mut n = 0;
         for d in batch {
             offsets.push(n);
-            for t in trees(d, opts.share) {
-                packed.push(Tree {
-                    context: t.context,
-                    continuations: t
-                        .continuations
-                        .into_iter()
-                        .map(|(i, c)| (i + n, c))
-                        .collect(),
-                });
-            }
+            packed.extend(groups(d, n, opts.share));
             n += d.len();
         }
-        tokens += packed.iter().map(Tree::len).sum::<usize>();
+        tokens += packed.iter().map(Group::len).sum::<usize>();
         let mut sums = vec![0.0; n];
         score_packed(model, &packed, &mut sums)?;
         for (slot, o) in slots.iter_mut().zip(offsets) {

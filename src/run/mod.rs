@@ -93,6 +93,9 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
         if let Some(d) = &r.dtype {
             v.extend(["--dtype".into(), d.clone()]);
         }
+        if let Some(d) = &r.device {
+            v.extend(["--device".into(), d.clone()]);
+        }
         v
     };
     let eval = |stages: &mut Vec<Stage>, model: &Path, label: &str| {

@@ -3,6 +3,7 @@
 //! ```toml
 //! name = "smollm2-135m-spp"
 //! model = "../models/smollm2-135m"      # paths are relative to the recipe file
+//! # dtype = "bf16"; device = "cuda"      # passed to every command that loads a model
 //!
 //! [prune]                               # optional: without it the dense model is fine-tuned
 //! method = "wanda"                      # or a list: ["wanda", "sparsegpt"]
@@ -34,7 +35,7 @@ use crate::prune::Sparsity;
 use std::path::{Path, PathBuf};
 use toml::Value;
 
-const TOP: &[&str] = &["name", "model", "dtype", "prune", "train", "eval"];
+const TOP: &[&str] = &["name", "model", "dtype", "device", "prune", "train", "eval"];
 /// `spp prune` flags (`method` and `sparsity` may be lists).
 const PRUNE: &[&str] = &[
     "method",
@@ -97,6 +98,8 @@ pub struct Recipe {
     pub name: String,
     pub model: PathBuf,
     pub dtype: Option<String>,
+    /// `--device` of every model command (cpu, cuda, cuda:N).
+    pub device: Option<String>,
     pub prune: Option<Variants>,
     pub train: Option<Variants>,
     pub eval: Eval,
@@ -231,6 +234,7 @@ impl Recipe {
                 .unwrap_or_default(),
         };
         let dtype = top.get("dtype").map(|v| scalar(v, "dtype")).transpose()?;
+        let device = top.get("device").map(|v| scalar(v, "device")).transpose()?;
 
         let prune = match prune_t {
             None => None,
@@ -342,6 +346,7 @@ impl Recipe {
             name,
             model,
             dtype,
+            device,
             prune,
             train,
             eval,
