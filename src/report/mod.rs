@@ -733,7 +733,7 @@ fn fmt_bytes(b: u64) -> String {
     }
 }
 
-fn fmt_secs(s: f64) -> String {
+pub(crate) fn fmt_secs(s: f64) -> String {
     if !s.is_finite() || s < 0.0 {
         return "—".into();
     }
@@ -1571,7 +1571,8 @@ fn commands(run: &Run, doc: &mut Vec<Block>) {
     doc.push(Block::Code(text));
 }
 
-fn quote_argv(argv: &[String]) -> String {
+/// argv as one shell line.
+pub fn quote_argv(argv: &[String]) -> String {
     argv.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()

@@ -13,6 +13,7 @@ pub mod recipe;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
+use crate::report::fmt_secs;
 use recipe::{args, Recipe};
 use serde::{Deserialize, Serialize};
 use std::hash::Hasher;
@@ -316,13 +317,6 @@ pub fn read_record(dir: &Path) -> Option<StageRecord> {
     serde_json::from_str(&text).ok()
 }
 
-/// Peak resident memory of a running process (`VmHWM`), Linux only.
-fn peak_rss_of(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
 /// Runs one command (`spp` replaced by `exe`), its stdout to `stdout` when given; returns the
 /// peak memory seen.
 fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
@@ -337,7 +331,7 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         .map_err(|e| Error::Msg(format!("cannot start {}: {e}", exe.display())))?;
     let mut peak = None;
     let status = loop {
-        if let Some(m) = peak_rss_of(child.id()) {
+        if let Some(m) = crate::prune::peak_rss_of(&child.id().to_string()) {
             peak = Some(peak.unwrap_or(0).max(m));
         }
         match child
@@ -349,38 +343,12 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         }
     };
     if !status.success() {
-        bail!("`{}` failed ({status})", shell_words(&cmd.argv));
+        bail!("`{}` failed ({status})", crate::report::quote_argv(&cmd.argv));
     }
     if let (Some(p), Some(f)) = (part, &cmd.stdout) {
         std::fs::rename(&p, dir.join(f)).at(dir.join(f))?;
     }
     Ok(peak)
-}
-
-/// argv as a shell line (single-quoting what needs it).
-pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+%".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn fmt_secs(s: f64) -> String {
-    let s = s.round() as u64;
-    if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }
 
 /// What `run.json` records.
