@@ -4,7 +4,7 @@
 # recipes/smollm2-135m.toml with `spp run`: WikiText-2 perplexity and the seven zero-shot tasks
 # (first 20 documents each) of the dense model; Wanda 2:4 and Wanda 50%; SPP fine-tuning of each
 # on the Alpaca-GPT4 subset; the sparsity-preserving merge; the same evaluations of every model;
-# and the report (runs/smollm2-135m-spp/report.md and report.html). About 15 minutes on 2 cores.
+# and the report (runs/smollm2-135m-spp/report.md and report.html). About 12 minutes on 2 cores.
 # Running it again continues an interrupted run (finished stages are skipped).
 # The recipe reads ../shared/data (paths relative to recipes/); edit it to point elsewhere.
 set -euo pipefail

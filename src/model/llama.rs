@@ -235,7 +235,7 @@ impl Rope {
 
 /// Several short sequences packed into one row so that one forward pass serves them all: each
 /// token has its own position, and query `i` sees exactly the keys `shared.0 .. shared.1` plus
-/// `own .. = i` (its own causal segment). With `shared` empty this is plain packing of
+/// `own ..= i` (its own causal segment). With `shared` empty this is plain packing of
 /// independent sequences; with `shared` pointing at a context, several continuations share the
 /// context's keys without recomputing it (prefix sharing, used by zero-shot evaluation).
 #[derive(Debug, Clone)]
