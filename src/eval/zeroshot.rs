@@ -29,13 +29,10 @@ pub fn encode_pair(
     context: &str,
     continuation: &str,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
-    let trimmed = context.trim_end_matches(super::tasks::py_space);
-    let (context, continuation) = (
-        trimmed,
-        format!("{}{continuation}", &context[trimmed.len()..]),
-    );
+    // The context's trailing whitespace belongs to the continuation: the whole string is encoded
+    // as given, the context without it.
     let whole = tok.encode(&format!("{context}{continuation}"), false)?;
-    let ctx = tok.encode(context, false)?;
+    let ctx = tok.encode(context.trim_end_matches(super::tasks::py_space), false)?;
     let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
     Ok((ctx, cont))
 }

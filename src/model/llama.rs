@@ -242,6 +242,9 @@ impl Rope {
 pub struct Packing {
     positions: Tensor,
     rows: Vec<PackedRow>,
+    /// Per attention chunk: its first visible key and its additive mask (built once, used by
+    /// every layer).
+    masks: Vec<(usize, Tensor)>,
 }
 
 /// The keys a packed query sees: `shared.0 .. shared.1` and `own ..= itself`.
@@ -265,7 +268,18 @@ impl Packing {
             rows.len(),
             device,
         )?;
-        Ok(Self { positions, rows })
+        let mut p = Self {
+            positions,
+            rows,
+            masks: Vec::new(),
+        };
+        for c0 in (0..p.rows.len()).step_by(ATTN_CHUNK) {
+            let c = ATTN_CHUNK.min(p.rows.len() - c0);
+            let lo = p.first_key(c0, c);
+            let mask = p.mask(c0, c, lo, c0 + c, device)?;
+            p.masks.push((lo, mask));
+        }
+        Ok(p)
     }
 
     pub fn len(&self) -> usize {
@@ -367,7 +381,7 @@ impl Attention {
         for c0 in (0..t).step_by(ATTN_CHUNK) {
             let c = ATTN_CHUNK.min(t - c0);
             let end = offset + c0 + c;
-            let lo = packing.map_or(0, |p| p.first_key(c0, c));
+            let lo = packing.map_or(0, |p| p.masks[c0 / ATTN_CHUNK].0);
             let qc = q
                 .narrow(3, c0, c)?
                 .contiguous()?
@@ -378,7 +392,7 @@ impl Attention {
             // transformers' eager attention does.
             let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end - lo))?;
             let att = match packing {
-                Some(p) => super::ops::masked_softmax(&att, &p.mask(c0, c, lo, end, x.device())?)?,
+                Some(p) => super::ops::masked_softmax(&att, &p.masks[c0 / ATTN_CHUNK].1)?,
                 None => super::ops::causal_softmax(&att, offset + c0)?,
             }
             .reshape((b, kvh, rep * c, end - lo))?;

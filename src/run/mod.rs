@@ -343,7 +343,10 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         }
     };
     if !status.success() {
-        bail!("`{}` failed ({status})", crate::report::quote_argv(&cmd.argv));
+        bail!(
+            "`{}` failed ({status})",
+            crate::report::quote_argv(&cmd.argv)
+        );
     }
     if let (Some(p), Some(f)) = (part, &cmd.stdout) {
         std::fs::rename(&p, dir.join(f)).at(dir.join(f))?;
