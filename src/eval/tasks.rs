@@ -296,9 +296,10 @@ mod tests {
 
     #[test]
     fn preprocess_follows_python() {
+        // Stripped before the brackets go, so a leading bracket leaves a space (as in the harness).
         assert_eq!(
             hellaswag_preprocess(" [header] How to x [title] Do y.  Then [step] z "),
-            "How to x. Do y. Then z"
+            " How to x. Do y. Then z"
         );
         // Not across a newline; an unclosed bracket stays.
         assert_eq!(hellaswag_preprocess("a [b\nc] d [e"), "a [b\nc] d [e");
