@@ -389,6 +389,11 @@ pub fn run(
     }
     std::fs::create_dir_all(out).at(out)?;
     std::fs::copy(&recipe.path, out.join("recipe.toml")).at(&recipe.path)?;
+    // A resumed run keeps the time it first started.
+    let started_unix = std::fs::read_to_string(&run_json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
+        .map_or_else(unix_now, |r| r.started_unix);
     write_json_atomic(
         &run_json,
         &RunRecord {
@@ -396,7 +401,7 @@ pub fn run(
             name: recipe.name.clone(),
             spp_version: env!("CARGO_PKG_VERSION").into(),
             stages: stages.iter().map(|s| s.name.clone()).collect(),
-            started_unix: unix_now(),
+            started_unix,
             command,
         },
     )?;
