@@ -55,58 +55,25 @@ fn main() {
             );
         });
         let (_, z) = op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask), Form::Blocks);
-        let fb = time(|| {
-            drop(op::forward(
-                &x,
-                &w,
-                &a,
-                &b,
-                d,
-                2.0,
-                Some(&mask),
-                Form::Blocks,
-            ))
-        });
-        let fg = time(|| {
-            drop(op::forward(
-                &x,
-                &w,
-                &a,
-                &b,
-                d,
-                2.0,
-                Some(&mask),
-                Form::RowGroups,
-            ))
-        });
-        let bb = time(|| {
-            drop(op::backward(
-                &x,
-                &w,
-                &a,
-                &b,
-                &z,
-                &g,
-                d,
-                2.0,
-                Some(&mask),
-                Form::Blocks,
-            ))
-        });
-        let bg = time(|| {
-            drop(op::backward(
-                &x,
-                &w,
-                &a,
-                &b,
-                &z,
-                &g,
-                d,
-                2.0,
-                Some(&mask),
-                Form::RowGroups,
-            ))
-        });
+        let fwd = |form| time(|| drop(op::forward(&x, &w, &a, &b, d, 2.0, Some(&mask), form)));
+        let bwd = |form| {
+            time(|| {
+                drop(op::backward(
+                    &x,
+                    &w,
+                    &a,
+                    &b,
+                    &z,
+                    &g,
+                    d,
+                    2.0,
+                    Some(&mask),
+                    form,
+                ))
+            })
+        };
+        let (fb, fg) = (fwd(Form::Blocks), fwd(Form::RowGroups));
+        let (bb, bg) = (bwd(Form::Blocks), bwd(Form::RowGroups));
         let dev = Device::Cpu;
         let tensor = |v: &[f32], s: (usize, usize)| Tensor::from_slice(v, s, &dev).unwrap();
         let (xv, av, bv) = (

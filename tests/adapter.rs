@@ -96,30 +96,8 @@ fn per_block_and_row_group_forms_agree() {
     let (y1, z1) = op::forward(&x, &w, &a, &b, d, 1.5, Some(&mask), op::Form::Blocks);
     let (y2, z2) = op::forward(&x, &w, &a, &b, d, 1.5, Some(&mask), op::Form::RowGroups);
     assert!(close(&y1, &y2) && close(&z1, &z2));
-    let g1 = op::backward(
-        &x,
-        &w,
-        &a,
-        &b,
-        &z1,
-        &g,
-        d,
-        1.5,
-        Some(&mask),
-        op::Form::Blocks,
-    );
-    let g2 = op::backward(
-        &x,
-        &w,
-        &a,
-        &b,
-        &z1,
-        &g,
-        d,
-        1.5,
-        Some(&mask),
-        op::Form::RowGroups,
-    );
+    let bwd = |form| op::backward(&x, &w, &a, &b, &z1, &g, d, 1.5, Some(&mask), form);
+    let (g1, g2) = (bwd(op::Form::Blocks), bwd(op::Form::RowGroups));
     assert!(close(&g1.0, &g2.0) && close(&g1.1, &g2.1) && close(&g1.2, &g2.2));
 }
 

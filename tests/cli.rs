@@ -1,27 +1,11 @@
 //! The binary end to end: the happy path on the tiny GGUF from ../shared/data, and every bad
 //! input of the foundation issue giving one clear error, a non-zero exit and no output.
 
+mod common;
+
+use common::{s, shared, spp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn spp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn shared(p: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(p)
-        .display()
-        .to_string()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// Fails with a message containing every `needles`, exit code ≠ 0, nothing on stdout.
 fn fails_with(out: &Output, needles: &[&str]) {

@@ -3,23 +3,14 @@
 //! train, merge), plus hand-written numbers where the arithmetic must be checked exactly; and a
 //! headless-browser render of the HTML when chromium is installed.
 
+mod common;
+
+use common::{s, shared};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn shared(p: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(p)
-        .display()
-        .to_string()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// Runs the binary; returns the argv as a recipe runner records it ("spp", args...) and seconds.
 fn spp(args: &[String], stdout_to: Option<&Path>) -> (Vec<String>, f64) {

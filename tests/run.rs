@@ -2,28 +2,16 @@
 //! the report, resume after a kill in the middle of training (same results as an uninterrupted
 //! run), and recipes that must be refused before any stage starts.
 
+mod common;
+
+use common::{shared, spp};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn spp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn shared(p: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(p)
-        .display()
-        .to_string()
-}
-
-/// The tiny model and a recipe for it in `tmp`; `extra` is appended to the recipe.
-fn setup(tmp: &Path, extra: &str) -> PathBuf {
+/// The tiny model and a recipe for it in `tmp`.
+fn setup(tmp: &Path) -> PathBuf {
     let model = tmp.join("tiny");
     if !model.exists() {
         let o = spp(&[
@@ -66,7 +54,7 @@ max_windows = 2
 tasks = ["rte", "arc_easy"]
 limit = 3
 data_dir = "{eval}"
-{extra}"#,
+"#,
         calib = shared("c4/c4_sample.jsonl"),
         alpaca = shared("alpaca/alpaca_gpt4_en_demo.json"),
         wiki = shared("wikitext2/wiki.test.raw"),
@@ -87,7 +75,7 @@ fn json(p: &Path) -> serde_json::Value {
 #[test]
 fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = setup(tmp.path(), "");
+    let recipe = setup(tmp.path());
     let r = recipe.display().to_string();
     let a = tmp.path().join("a");
     let o = spp(&["run", &r, "--out", &a.display().to_string()]);
@@ -208,9 +196,13 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
 #[test]
 fn bad_recipes_are_refused_before_any_stage() {
     let tmp = tempfile::tempdir().unwrap();
-    let check = |extra: &str, needles: &[&str]| {
-        let recipe = setup(tmp.path(), extra);
-        let out = tmp.path().join("never");
+    let out = tmp.path().join("never");
+    // `edit` turns the good recipe into a bad one: one clear error naming every problem at once,
+    // and nothing written.
+    let refused = |edit: &dyn Fn(String) -> String, needles: &[&str]| {
+        let recipe = setup(tmp.path());
+        let text = edit(std::fs::read_to_string(&recipe).unwrap());
+        std::fs::write(&recipe, text).unwrap();
         let o = spp(&[
             "run",
             &recipe.display().to_string(),
@@ -218,58 +210,40 @@ fn bad_recipes_are_refused_before_any_stage() {
             &out.display().to_string(),
         ]);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{extra}: {err}");
+        assert!(!o.status.success(), "{err}");
         for n in needles {
-            assert!(err.contains(n), "{extra}: stderr lacks {n:?}: {err}");
+            assert!(err.contains(n), "stderr lacks {n:?}: {err}");
         }
         assert!(!out.exists(), "nothing is written for a refused recipe");
     };
-    check("[extra]\nx = 1\n", &["unknown recipe keys", "extra"]);
+    refused(
+        &|t| t + "[extra]\nx = 1\n",
+        &["unknown recipe keys", "extra"],
+    );
     // Unknown keys inside sections, with the nearest known one.
-    let recipe = setup(tmp.path(), "");
-    let text = std::fs::read_to_string(&recipe).unwrap();
-    std::fs::write(
-        &recipe,
-        text.replace("max_steps = 40", "max_step = 40")
-            .replace("nsamples = 2", "n_samples = 2"),
-    )
-    .unwrap();
-    let o = spp(&[
-        "run",
-        &recipe.display().to_string(),
-        "--out",
-        &tmp.path().join("never").display().to_string(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("train.max_step (did you mean train.max_steps?)")
-            && err.contains("prune.n_samples (did you mean prune.nsamples?)"),
-        "{err}"
+    refused(
+        &|t| {
+            t.replace("max_steps = 40", "max_step = 40")
+                .replace("nsamples = 2", "n_samples = 2")
+        },
+        &[
+            "train.max_step (did you mean train.max_steps?)",
+            "prune.n_samples (did you mean prune.nsamples?)",
+        ],
     );
     // Contradictions and missing paths are all listed at once.
-    let text = std::fs::read_to_string(setup(tmp.path(), "")).unwrap();
-    std::fs::write(
-        &recipe,
-        text.replace("sparsity = \"2:4\"", "sparsity = [\"2:4\", \"3:7\"]")
-            .replace(
-                &shared("alpaca/alpaca_gpt4_en_demo.json"),
-                "/nonexistent/alpaca.json",
-            )
-            .replace(
-                "tasks = [\"rte\", \"arc_easy\"]",
-                "tasks = [\"rte\", \"arc_eazy\"]",
-            ),
-    )
-    .unwrap();
-    let o = spp(&[
-        "run",
-        &recipe.display().to_string(),
-        "--out",
-        &tmp.path().join("never").display().to_string(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    for n in ["3:7", "/nonexistent/alpaca.json", "arc_eazy", "cannot run"] {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-    assert!(!tmp.path().join("never").exists());
+    refused(
+        &|t| {
+            t.replace("sparsity = \"2:4\"", "sparsity = [\"2:4\", \"3:7\"]")
+                .replace(
+                    &shared("alpaca/alpaca_gpt4_en_demo.json"),
+                    "/nonexistent/alpaca.json",
+                )
+                .replace(
+                    "tasks = [\"rte\", \"arc_easy\"]",
+                    "tasks = [\"rte\", \"arc_eazy\"]",
+                )
+        },
+        &["3:7", "/nonexistent/alpaca.json", "arc_eazy", "cannot run"],
+    );
 }

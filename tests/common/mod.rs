@@ -119,3 +119,25 @@ pub fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         })
         .collect()
 }
+
+/// `../shared/data/<p>` (the project's read-only data), as a command-line argument.
+pub fn shared(p: &str) -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// Runs this build's `spp` binary.
+pub fn spp(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_spp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
