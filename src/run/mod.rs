@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::report::fmt_secs;
 use recipe::{args, Recipe};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -251,8 +252,8 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
     stages
 }
 
-/// A 64-bit content hash of files and directories (sorted walk; names, sizes and bytes).
-pub fn fingerprint(paths: &[PathBuf], h: &mut impl Hasher) -> Result<()> {
+/// A 64-bit content hash of a file or directory (sorted walk; names and bytes).
+pub fn fingerprint(path: &Path) -> Result<u64> {
     fn walk(p: &Path, h: &mut impl Hasher, buf: &mut [u8]) -> Result<()> {
         if p.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
@@ -280,14 +281,16 @@ pub fn fingerprint(paths: &[PathBuf], h: &mut impl Hasher) -> Result<()> {
         }
         Ok(())
     }
-    let mut buf = vec![0u8; 1 << 20];
-    for p in paths {
-        walk(p, h, &mut buf)?;
-    }
-    Ok(())
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    walk(path, &mut h, &mut vec![0u8; 1 << 20])?;
+    Ok(h.finish())
 }
 
-fn stage_key(s: &Stage) -> Result<String> {
+/// A stage's key: its commands and the fingerprints of its inputs. `seen` keeps each input's
+/// fingerprint for the rest of the run, so a model read by several stages is hashed once (every
+/// input is the finished output of an earlier stage or a file of the user's, so it no longer
+/// changes).
+fn stage_key(s: &Stage, seen: &mut HashMap<PathBuf, u64>) -> Result<String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for c in &s.commands {
         for a in &c.argv {
@@ -295,7 +298,17 @@ fn stage_key(s: &Stage) -> Result<String> {
             h.write_u8(0);
         }
     }
-    fingerprint(&s.inputs, &mut h)?;
+    for p in &s.inputs {
+        let f = match seen.get(p) {
+            Some(f) => *f,
+            None => {
+                let f = fingerprint(p)?;
+                seen.insert(p.clone(), f);
+                f
+            }
+        };
+        h.write_u64(f);
+    }
     Ok(format!("{:016x}", h.finish()))
 }
 
@@ -408,9 +421,10 @@ pub fn run(
     let start = Instant::now();
     let mut records = Vec::new();
     let mut durations: Vec<(Kind, f64)> = Vec::new();
+    let mut fingerprints = HashMap::new();
     for (i, s) in stages.iter().enumerate() {
         let dir = out.join(&s.name);
-        let key = stage_key(s)?;
+        let key = stage_key(s, &mut fingerprints)?;
         let old = read_record(&dir);
         if let Some(r) = old.as_ref().filter(|r| r.status == "done" && r.key == key) {
             eprintln!(
