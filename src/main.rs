@@ -539,9 +539,7 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
         "tasks": results.iter().map(|r| (r.task.clone(), serde_json::to_value(r).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
     });
     if let Some(out) = &a.out {
-        let tmp = out.with_extension("json.part");
-        spp::model::checkpoint::write_json(&tmp, &json)?;
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        spp::model::checkpoint::write_json_atomically(out, &json)?;
     }
     if a.json {
         println!("{json}");

@@ -347,10 +347,34 @@ pub fn write_safetensors(
     Ok(())
 }
 
-pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+fn json_text(path: &Path, v: &impl serde::Serialize) -> Result<String> {
     let text = serde_json::to_string_pretty(v)
         .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    std::fs::write(path, text + "\n").at(path)
+    Ok(text + "\n")
+}
+
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    std::fs::write(path, json_text(path, v)?).at(path)
+}
+
+/// Writes `bytes` into a temporary sibling and renames it over `path`, so a reader sees the old
+/// file or the new one, never part of one.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// [`write_json`], atomically.
+pub fn write_json_atomically(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    write_file_atomically(path, json_text(path, v)?.as_bytes())
 }
 
 /// How to save a model directory.

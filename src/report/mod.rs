@@ -49,31 +49,21 @@ pub fn build(dir: &Path) -> Result<ReportPaths> {
     }
     for (file, svg) in &figures {
         let p = plots_dir.join(file);
-        write_atomic(&p, svg.as_bytes())?;
+        crate::model::checkpoint::write_file_atomically(&p, svg.as_bytes())?;
         plots.push(p);
     }
     let markdown = dir.join("report.md");
     let html = dir.join("report.html");
-    write_atomic(&markdown, render_markdown(&doc).as_bytes())?;
-    write_atomic(&html, render_html(&doc, &run.title()).as_bytes())?;
+    crate::model::checkpoint::write_file_atomically(&markdown, render_markdown(&doc).as_bytes())?;
+    crate::model::checkpoint::write_file_atomically(
+        &html,
+        render_html(&doc, &run.title()).as_bytes(),
+    )?;
     Ok(ReportPaths {
         markdown,
         html,
         plots,
     })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(crate::Error::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).at(path)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ pub mod recipe;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
+use crate::model::checkpoint::write_json_atomically;
 use crate::report::fmt_secs;
 use recipe::{args, Recipe};
 use serde::{Deserialize, Serialize};
@@ -319,12 +320,6 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_json_atomic(path: &Path, v: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.part");
-    crate::model::checkpoint::write_json(&tmp, v)?;
-    std::fs::rename(&tmp, path).at(path)
-}
-
 pub fn read_record(dir: &Path) -> Option<StageRecord> {
     let text = std::fs::read_to_string(dir.join("stage.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -407,7 +402,7 @@ pub fn run(
         .ok()
         .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
         .map_or_else(unix_now, |r| r.started_unix);
-    write_json_atomic(
+    write_json_atomically(
         &run_json,
         &RunRecord {
             recipe: recipe.path.display().to_string(),
@@ -474,7 +469,7 @@ pub fn run(
             peak_rss_bytes: None,
             started_unix: unix_now(),
         };
-        write_json_atomic(&dir.join("stage.json"), &rec)?;
+        write_json_atomically(&dir.join("stage.json"), &rec)?;
         let t = Instant::now();
         for c in &s.commands {
             let mut c = c.clone();
@@ -486,7 +481,7 @@ pub fn run(
                 Err(e) => {
                     rec.status = "failed".into();
                     rec.seconds = Some(t.elapsed().as_secs_f64());
-                    write_json_atomic(&dir.join("stage.json"), &rec)?;
+                    write_json_atomically(&dir.join("stage.json"), &rec)?;
                     bail!(
                         "stage {} failed: {e}\nits output is in {}; fix the cause and rerun with --resume (finished stages are skipped)",
                         s.name,
@@ -498,7 +493,7 @@ pub fn run(
         rec.status = "done".into();
         rec.seconds = Some(t.elapsed().as_secs_f64());
         durations.push((s.kind, t.elapsed().as_secs_f64()));
-        write_json_atomic(&dir.join("stage.json"), &rec)?;
+        write_json_atomically(&dir.join("stage.json"), &rec)?;
         records.push(rec);
     }
     eprintln!(
