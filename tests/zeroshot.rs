@@ -75,24 +75,37 @@ fn request_strings_equal_the_harness() {
 
 /// Every packing of `encoded` (per document, shared or not, several batch sizes) gives the
 /// one-request-at-a-time reference's scores; sharing computes fewer tokens.
+/// Packed and shared scores, with the fused CPU attention and with the composed reference,
+/// against one request at a time through the reference attention.
 fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
+    let mut slow = model.clone();
+    slow.set_reference_attention(true);
     let reference: Vec<Vec<f64>> = encoded
         .iter()
         .map(|d| {
             d.iter()
-                .map(|r| zeroshot::loglikelihood_reference(model, r).unwrap())
+                .map(|r| zeroshot::loglikelihood_reference(&slow, r).unwrap())
                 .collect()
         })
         .collect();
     let mut tokens = Vec::new();
-    for (batch_docs, share) in [(1, false), (1, true), (2, true), (5, false), (12, true)] {
+    for (batch_docs, share, fused) in [
+        (1, false, true),
+        (1, true, true),
+        (2, true, true),
+        (5, false, true),
+        (12, true, true),
+        (2, true, false),
+        (5, false, false),
+    ] {
         let opts = ScoreOptions { batch_docs, share };
-        let (lls, n) = zeroshot::loglikelihoods(model, encoded, opts, &mut |_, _| {}).unwrap();
+        let m = if fused { model } else { &slow };
+        let (lls, n) = zeroshot::loglikelihoods(m, encoded, opts, &mut |_, _| {}).unwrap();
         for (d, (got, want)) in lls.iter().zip(&reference).enumerate() {
             for (g, w) in got.iter().zip(want) {
                 assert!(
                     (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "doc {d} batch {batch_docs} share {share}: {g} vs reference {w}"
+                    "doc {d} batch {batch_docs} share {share} fused {fused}: {g} vs reference {w}"
                 );
             }
         }
@@ -123,7 +136,7 @@ fn packed_and_shared_scores_equal_the_reference() {
     packings_match_reference(&model, &encoded);
 
     // A 2-layer model whose attention matters, with contexts longer than an attention chunk
-    // (256 queries), so that packed rows straddle chunks.
+    // (256 queries in the reference, 32 in the fused kernel), so that packed rows straddle chunks.
     let model = common::tiny_model(false, true, &candle_core::Device::Cpu);
     let vocab = model.cfg.vocab_size;
     let encoded: Vec<Vec<Encoded>> = [(7, 3, 1), (300, 4, 9), (40, 2, 20), (1, 4, 2), (130, 1, 5)]

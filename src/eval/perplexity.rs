@@ -12,9 +12,6 @@ use crate::model::Llama;
 use candle_core::{DType, Tensor};
 use std::path::Path;
 
-/// Rows of the language-model head evaluated at once, to bound the logits' memory.
-const LOGIT_CHUNK: usize = 512;
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PplResult {
     pub ppl: f64,
@@ -73,21 +70,6 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     Ok(docs)
 }
 
-/// Mean of `−log p(target)` terms summed over rows: `hidden` `[T, H]`, `targets` `[T]`.
-fn nll_sum(model: &Llama, hidden: &Tensor, targets: &Tensor) -> Result<f64> {
-    let t = hidden.dims()[0];
-    let mut sum = 0f64;
-    let mut start = 0;
-    while start < t {
-        let n = LOGIT_CHUNK.min(t - start);
-        let logits = model.logits(&hidden.narrow(0, start, n)?)?;
-        let nll = crate::model::ops::token_nll(&logits, &targets.narrow(0, start, n)?)?;
-        sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        start += n;
-    }
-    Ok(sum)
-}
-
 /// Perplexity of `ids` under `model`; `progress(done, total)` is called after each window.
 pub fn perplexity(
     model: &Llama,
@@ -121,7 +103,11 @@ pub fn perplexity(
         let input = Tensor::new(&win[..seqlen - 1], model.device())?.unsqueeze(0)?;
         let targets = Tensor::new(&win[1..], model.device())?;
         let hidden = model.hidden_states(&input, None)?.squeeze(0)?;
-        total += nll_sum(model, &hidden, &targets)?;
+        total += model
+            .token_nll(&hidden, &targets)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         progress(w + 1, windows);
     }
     let seconds = start.elapsed().as_secs_f64();

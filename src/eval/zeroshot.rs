@@ -20,9 +20,6 @@ use crate::model::{Llama, PackedRow, Packing};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 
-/// Rows of the language-model head evaluated at once, to bound the logits' memory.
-const LOGIT_CHUNK: usize = 512;
-
 /// The harness's context/continuation split (`_encode_pair`), without special tokens.
 pub fn encode_pair(
     tok: &Tokenizer,
@@ -201,17 +198,15 @@ fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> 
     let hidden = model
         .hidden_states_packed(&Tensor::from_vec(ids, (1, n), dev)?, &packing)?
         .squeeze(0)?;
-    for chunk in scored.chunks(LOGIT_CHUNK) {
-        let sel: Vec<u32> = chunk.iter().map(|s| s.0).collect();
-        let tgt: Vec<u32> = chunk.iter().map(|s| s.1).collect();
-        let h = hidden.index_select(&Tensor::from_vec(sel, chunk.len(), dev)?, 0)?;
-        let logits = model.logits(&h)?;
-        let nll = crate::model::ops::token_nll(&logits, &Tensor::from_vec(tgt, chunk.len(), dev)?)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        for (s, v) in chunk.iter().zip(nll) {
-            out[s.2] -= v as f64;
-        }
+    let sel: Vec<u32> = scored.iter().map(|s| s.0).collect();
+    let tgt: Vec<u32> = scored.iter().map(|s| s.1).collect();
+    let h = hidden.index_select(&Tensor::from_vec(sel, scored.len(), dev)?, 0)?;
+    let nll = model
+        .token_nll(&h, &Tensor::from_vec(tgt, scored.len(), dev)?)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    for (s, v) in scored.iter().zip(nll) {
+        out[s.2] -= v as f64;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! Field names are the checkpoint's key segments: `layers[3].self_attn.q_proj` is
 //! `model.layers.3.self_attn.q_proj.weight`.
 
+use super::attention::{Heads, Visible};
 use super::config::LlamaConfig;
 use super::linear::SparseLinear;
 use crate::bail;
@@ -94,6 +95,8 @@ pub struct Attention {
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
+    /// Always use the composed candle attention (the reference), never the fused CPU kernel.
+    reference: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -210,9 +213,8 @@ impl Rope {
         Ok(Self { cos, sin })
     }
 
-    /// Rotates `x` of shape `[B, H, T, D]` for positions `offset .. offset + T`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let t = x.dims()[2];
+    /// The tables `[T, D/2]` of positions `offset .. offset + T`.
+    fn tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
         if offset + t > self.cos.dims()[0] {
             bail!(
                 "position {} is beyond max_position_embeddings {}: use a shorter sequence",
@@ -220,15 +222,29 @@ impl Rope {
                 self.cos.dims()[0]
             );
         }
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        Ok((
+            self.cos.narrow(0, offset, t)?,
+            self.sin.narrow(0, offset, t)?,
+        ))
+    }
+
+    /// The tables `[T, D/2]` of the given positions (`[T]`, u32).
+    fn tables_at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
+    }
+
+    /// Rotates `x` of shape `[B, H, T, D]` for positions `offset .. offset + T`.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (cos, sin) = self.tables(offset, x.dims()[2])?;
         super::ops::rope(x, &cos, &sin)
     }
 
     /// Rotates `x` of shape `[B, H, T, D]` for the given positions (`[T]`, u32).
     fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let cos = self.cos.index_select(positions, 0)?;
-        let sin = self.sin.index_select(positions, 0)?;
+        let (cos, sin) = self.tables_at(positions)?;
         super::ops::rope(x, &cos, &sin)
     }
 }
@@ -341,22 +357,42 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
         let rep = h / kvh;
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let fused = !self.reference
+            && cache.is_none()
+            && offset == 0
+            && [&q, &k, &v]
+                .iter()
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+        if fused {
+            let (cos, sin) = match packing {
+                Some(p) => rope.tables_at(&p.positions)?,
+                None => rope.tables(0, t)?,
+            };
+            let visible = |i: usize| match packing {
+                Some(p) => {
+                    let r = p.rows[i];
+                    Visible {
+                        shared: (r.shared.0 as usize, r.shared.1 as usize),
+                        own: r.own as usize,
+                    }
+                }
+                None => Visible::CAUSAL,
+            };
+            let heads = Heads {
+                n_heads: h,
+                n_kv: kvh,
+                head_dim: d,
+            };
+            return super::attention::attention(&q, &k, &v, &cos, &sin, heads, &visible);
+        }
+        let q = q.reshape((b, t, h, d))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, kvh, d))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
         let (q, k) = match packing {
             Some(p) => (
                 rope.apply_at(&q, &p.positions)?,
@@ -537,6 +573,7 @@ impl Llama {
                     n_heads: h,
                     n_kv: kvh,
                     head_dim: d,
+                    reference: false,
                 },
                 mlp: Mlp {
                     gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), im, hd, mb)?,
@@ -564,6 +601,14 @@ impl Llama {
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// Runs attention through the composed candle ops (the reference) instead of the fused CPU
+    /// kernel that is otherwise used for f32 on the CPU when no gradient is needed.
+    pub fn set_reference_attention(&mut self, on: bool) {
+        for layer in &mut self.layers {
+            layer.self_attn.reference = on;
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -661,12 +706,46 @@ impl Llama {
         self.norm.forward(&x)
     }
 
+    /// The output embedding `[vocab, hidden]` (`embed_tokens` when tied).
+    fn output_weight(&self) -> &Tensor {
+        match &self.lm_head {
+            Some(h) => &h.weight,
+            None => &self.embed_tokens,
+        }
+    }
+
     /// Logits from hidden states: `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(h) => h.forward(hidden),
             None => SparseLinear::new(self.embed_tokens.clone(), None).forward(hidden),
         }
+    }
+
+    /// `−log p(target)` per row (f32 `[T]`) for final hidden states `[T, hidden]` and targets
+    /// `[T]`, differentiable when `hidden` is. The logits are computed `LOGIT_CHUNK` rows at a
+    /// time (fused with the log-softmax on the CPU when no gradient is needed), so they never
+    /// exist for all rows at once.
+    pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        const LOGIT_CHUNK: usize = 512;
+        let fused = self.lm_head.as_ref().is_none_or(|h| h.bias.is_none())
+            && hidden.device().is_cpu()
+            && hidden.dtype() == DType::F32
+            && !hidden.track_op();
+        if !fused {
+            let t = hidden.dims()[0];
+            let mut parts = Vec::with_capacity(t.div_ceil(LOGIT_CHUNK));
+            for start in (0..t).step_by(LOGIT_CHUNK) {
+                let n = LOGIT_CHUNK.min(t - start);
+                let logits = self.logits(&hidden.narrow(0, start, n)?)?;
+                parts.push(super::ops::token_nll(
+                    &logits,
+                    &targets.narrow(0, start, n)?,
+                )?);
+            }
+            return Ok(Tensor::cat(&parts, 0)?);
+        }
+        super::ops::lm_head_nll(hidden, self.output_weight(), targets)
     }
 
     /// Logits for every position: `[B, T]` → `[B, T, vocab]`.

@@ -1,5 +1,6 @@
 //! The LLaMA model, its linears and its checkpoints.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod linear;

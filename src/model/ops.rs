@@ -45,13 +45,21 @@ pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.3, 88.7);
-    let k = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let k = shifted - ROUND;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // `shifted`'s low mantissa bits hold k exactly (its ulp is 1), so 2^k is built with integer
+    // lanes; a float-to-int `as` cast would not vectorise (it saturates and maps NaN to 0).
+    let two_k = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127)
+        << 23;
+    p * f32::from_bits(two_k)
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -100,6 +108,14 @@ fn softmax_row_body(x: &[f32], o: &mut [f32]) {
 }
 
 #[inline(always)]
+fn softmax_inplace_body(x: &mut [f32]) {
+    let max = max_of(x);
+    x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
+    let inv = 1.0 / sum_of(x);
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline(always)]
 fn silu_mul_body(g: &[f32], u: &[f32], o: &mut [f32]) {
     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
         *o = g * sigmoid(g) * u;
@@ -137,8 +153,14 @@ macro_rules! dispatch {
 }
 
 dispatch!(softmax_row, softmax_row_avx2, softmax_row_body, (x: &[f32], o: &mut [f32]) -> ());
+dispatch!(softmax_inplace_fast, softmax_inplace_avx2, softmax_inplace_body, (x: &mut [f32]) -> ());
 dispatch!(silu_mul_chunk, silu_mul_chunk_avx2, silu_mul_body, (g: &[f32], u: &[f32], o: &mut [f32]) -> ());
 dispatch!(logsumexp, logsumexp_avx2, logsumexp_body, (row: &[f32], scratch: &mut [f32]) -> f32);
+
+/// Softmax of a row in place (−∞ entries become 0).
+pub(crate) fn softmax_inplace(x: &mut [f32]) {
+    softmax_inplace_fast(x)
+}
 
 // ---------------------------------------------------------------- frozen linear
 
@@ -380,6 +402,59 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             .apply_op2(&targets.contiguous()?, TokenNll)?);
     }
     token_nll_reference(logits, &targets)
+}
+
+/// Rows of the LM head computed at once by [`lm_head_nll`]: their logits (`ROWS × vocab`) live in
+/// one buffer reused for every chunk.
+const LM_HEAD_ROWS: usize = 128;
+
+/// `−log softmax(h·Wᵀ)[target]` per row for hidden states `[T, H]`, the output embedding W
+/// `[V, H]` and u32 targets `[T]`, without autograd: the logits of `LM_HEAD_ROWS` rows at a
+/// time into one reused buffer (no fresh pages per chunk), then the log-sum-exp of each row.
+/// Same result as `token_nll(frozen_matmul(h, W), targets)`, which runs where this does not
+/// (other devices and dtypes, or when `h` needs a gradient).
+pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.to_dtype(DType::U32)?;
+    if !(fast_path(h) && w.dtype() == DType::F32 && !h.track_op()) {
+        return token_nll(&frozen_matmul(h, w)?, &targets);
+    }
+    let ((t, hd), (v, hd2)) = (h.dims2()?, w.dims2()?);
+    if hd != hd2 || targets.dims() != [t] {
+        crate::bail!(
+            "lm-head NLL: hidden {:?}, weight {:?} and targets {:?} do not fit",
+            h.dims(),
+            w.dims(),
+            targets.dims()
+        );
+    }
+    let tgt = targets.to_vec1::<u32>()?;
+    if let Some(bad) = tgt.iter().find(|&&x| x as usize >= v) {
+        crate::bail!("target token {bad} is outside the vocabulary of {v}");
+    }
+    let out = with_f32(h, |h| {
+        with_f32(w, |w| {
+            let wm = faer::MatRef::from_row_major_slice(w, v, hd);
+            let mut logits = vec![0f32; LM_HEAD_ROWS.min(t) * v];
+            let mut out = Vec::with_capacity(t);
+            for (hc, tc) in h.chunks(LM_HEAD_ROWS * hd).zip(tgt.chunks(LM_HEAD_ROWS)) {
+                let (n, buf) = (tc.len(), &mut logits[..tc.len() * v]);
+                faer::linalg::matmul::matmul(
+                    faer::MatMut::from_row_major_slice_mut(buf, n, v),
+                    faer::Accum::Replace,
+                    faer::MatRef::from_row_major_slice(hc, n, hd),
+                    wm.transpose(),
+                    1.0f32,
+                    faer::Par::rayon(0),
+                );
+                out.par_extend(buf.par_chunks(v).zip(tc.par_iter()).map_init(
+                    || vec![0f32; v],
+                    |scratch, (row, &t)| logsumexp(row, scratch) - row[t as usize],
+                ));
+            }
+            out
+        })
+    })??;
+    Ok(f32_tensor(out, t)?)
 }
 
 pub fn token_nll_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {

@@ -8,7 +8,7 @@ use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{write_dir_atomically, write_json};
-use crate::model::{ops, Llama};
+use crate::model::Llama;
 use candle_core::{DType, Device, Tensor, Var};
 use data::{Batch, Dataset, Example, Stream};
 use std::io::Write;
@@ -136,8 +136,7 @@ pub fn eval_loss(model: &Llama, b: &Batch) -> Result<f64> {
 fn loss_from_hidden(model: &Llama, h: &Tensor, b: &Batch) -> Result<Tensor> {
     let (bs, len, hd) = h.dims3()?;
     let rows = h.reshape((bs * len, hd))?.index_select(&b.positions, 0)?;
-    let logits = model.logits(&rows)?;
-    Ok(ops::token_nll(&logits, &b.targets)?.mean_all()?)
+    Ok(model.token_nll(&rows, &b.targets)?.mean_all()?)
 }
 
 fn accumulate(
