@@ -26,8 +26,8 @@ Checks (both sides run in this one process, one after the other, never concurren
 * greedy generation: `spp generate --model M --prompt "The capital of France is" -n 8` stdout
   contains "Paris"; transformers' greedy 8 tokens shown for comparison.
 
-Targets (this script's own pass marks, not a specification): throughput ratio >= 1.0,
-ppl relative difference <= 1e-4, load <= 5 s, convert <= 30 s, "Paris" in the generation.
+Targets (issue 2's): throughput ratio >= 1.3, ppl relative difference <= 0.1%, load < 2 s,
+convert < 30 s, "Paris" in the generation.
 """
 
 import argparse
@@ -47,9 +47,9 @@ SEQLEN = 2048
 PROMPT = "The capital of France is"
 N_GEN = 8
 
-TARGET_RATIO = 1.0
-TARGET_PPL_REL = 1e-4
-TARGET_LOAD_S = 5.0
+TARGET_RATIO = 1.3
+TARGET_PPL_REL = 1e-3
+TARGET_LOAD_S = 2.0
 TARGET_CONVERT_S = 30.0
 
 
