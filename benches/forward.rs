@@ -28,7 +28,10 @@ fn main() {
             return;
         }
     };
-    let t = 2047;
+    let t: usize = std::env::var("T")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2047);
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919) % 40000).collect();
     let ids = Tensor::new(ids, &Device::Cpu)
         .unwrap()

@@ -239,7 +239,7 @@ fn block_inputs_come_from_the_pruned_blocks_before() {
                 )
                 .unwrap();
             let y = model.block_forward(0, &x).unwrap();
-            let (_, taps) = model.block_forward_taps(1, &y).unwrap();
+            let taps = model.block_taps(1, &y).unwrap();
             n.add(
                 &taps
                     .attn_in
@@ -286,7 +286,7 @@ fn recon_error(dense: &spp::model::Llama, pruned: &spp::model::Llama, cal: &[Vec
                     .unwrap(),
             )
             .unwrap();
-        let (_, taps) = dense.block_forward_taps(0, &x).unwrap();
+        let taps = dense.block_taps(0, &x).unwrap();
         let a = dense.layers[0].mlp.gate_proj.forward(&taps.mlp_in).unwrap();
         let b = pruned.layers[0]
             .mlp

@@ -114,7 +114,7 @@ pub struct Block {
     pub post_attention_layernorm: RmsNorm,
 }
 
-/// The four distinct linear inputs of one block, captured by [`Block::forward_taps`]:
+/// The four distinct linear inputs of one block, captured by [`Llama::block_taps`]:
 /// what calibration (Wanda, SparseGPT) needs instead of forward hooks.
 #[derive(Debug, Clone)]
 pub struct Taps {
@@ -453,15 +453,16 @@ impl Mlp {
 }
 
 impl Block {
-    fn run(
+    /// The block up to down_proj's input: the residual stream after attention and the four
+    /// linear inputs.
+    fn run_to_down(
         &self,
         x: &Tensor,
         rope: &Rope,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
         packing: Option<&Packing>,
-        taps: Option<&mut Option<Taps>>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Taps)> {
         let attn_in = self.input_layernorm.forward(x)?;
         let o_in = self
             .self_attn
@@ -469,16 +470,25 @@ impl Block {
         let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
         let mlp_in = self.post_attention_layernorm.forward(&x)?;
         let down_in = self.mlp.hidden(&mlp_in)?;
-        let out = (&x + self.mlp.down_proj.forward(&down_in)?)?;
-        if let Some(slot) = taps {
-            *slot = Some(Taps {
-                attn_in,
-                o_in,
-                mlp_in,
-                down_in,
-            });
-        }
-        Ok(out)
+        let taps = Taps {
+            attn_in,
+            o_in,
+            mlp_in,
+            down_in,
+        };
+        Ok((x, taps))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+        packing: Option<&Packing>,
+    ) -> Result<Tensor> {
+        let (x, taps) = self.run_to_down(x, rope, cache, offset, packing)?;
+        Ok((&x + self.mlp.down_proj.forward(&taps.down_in)?)?)
     }
 
     /// The seven linears with their names, in checkpoint order.
@@ -666,17 +676,13 @@ impl Llama {
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
     pub fn block_forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[i].run(x, &self.rope, None, 0, None, None)
+        self.layers[i].run(x, &self.rope, None, 0, None)
     }
 
-    /// Runs block `i` and also returns the inputs of its linears.
-    pub fn block_forward_taps(&self, i: usize, x: &Tensor) -> Result<(Tensor, Taps)> {
-        let mut taps = None;
-        let y = self.layers[i].run(x, &self.rope, None, 0, None, Some(&mut taps))?;
-        match taps {
-            Some(t) => Ok((y, t)),
-            None => bail!("internal: block {i} did not record its taps"),
-        }
+    /// The inputs of block `i`'s linears for hidden states `x` (positions `0 .. T`, no cache).
+    /// The block's output is not computed: down_proj's input is the last thing calibration needs.
+    pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
+        Ok(self.layers[i].run_to_down(x, &self.rope, None, 0, None)?.1)
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).
@@ -685,7 +691,7 @@ impl Llama {
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            x = layer.run(&x, &self.rope, slot, past, None, None)?;
+            x = layer.run(&x, &self.rope, slot, past, None)?;
         }
         self.norm.forward(&x)
     }
@@ -701,7 +707,7 @@ impl Llama {
         }
         let mut x = self.embed(ids)?;
         for layer in &self.layers {
-            x = layer.run(&x, &self.rope, None, 0, Some(packing), None)?;
+            x = layer.run(&x, &self.rope, None, 0, Some(packing))?;
         }
         self.norm.forward(&x)
     }

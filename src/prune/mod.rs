@@ -3,7 +3,7 @@
 //!
 //! Blocks are processed one after another: the inputs of block i are the outputs of the already
 //! pruned blocks 0…i−1. For each block, the statistics of its linears come from
-//! [`Llama::block_forward_taps`] over every calibration window (no hooks), one window at a time,
+//! [`Llama::block_taps`] over every calibration window (no hooks), one window at a time,
 //! so only one block's statistics and one window's intermediate activations exist at once. With
 //! `true_sequential` (SparseGPT's option) the statistics are re-collected after each group —
 //! q/k/v, then o, then gate/up, then down — so later groups see the pruned earlier ones.
@@ -320,7 +320,7 @@ pub fn prune_model(
             let ts = Instant::now();
             if opts.method.needs_calibration() {
                 for x in &xs {
-                    let (_, taps) = model.block_forward_taps(i, x)?;
+                    let taps = model.block_taps(i, x)?;
                     for (tap, s) in stats.iter_mut() {
                         let t = tap_tensor(&taps, *tap);
                         let tokens = t.elem_count() / t.dims()[t.rank() - 1];
