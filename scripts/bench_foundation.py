@@ -21,7 +21,8 @@ Checks (both sides run in this one process, one after the other, never concurren
   difference. With --full, also on 8 windows (transformers' 8-window number comes from
   tests/data/smollm2/ppl.json when its model sha256 matches, else it is computed here).
 * load time: spp's `loaded ... in X s` stderr line vs transformers' from_pretrained wall time
-  (the faster of its two loads; the first also pays lazy imports).
+  (the faster of its two loads; the first also pays lazy imports), both from a warm page cache
+  (the model's files are read once before spp runs).
 * convert time: `spp convert gguf GGUF --out TMP/x` (skipped when the GGUF file is absent).
 * greedy generation: `spp generate --model M --prompt "The capital of France is" -n 8` stdout
   contains "Paris"; transformers' greedy 8 tokens shown for comparison.
@@ -123,6 +124,12 @@ def main():
         )
 
     # ---------------- spp: perplexity / throughput ----------------
+    # Both sides load from a warm page cache: read the model's files once first (transformers
+    # loads after spp, from the pages spp's run left in the cache).
+    for name in sorted(os.listdir(args.model)):
+        with open(os.path.join(args.model, name), "rb") as f:
+            while f.read(1 << 24):
+                pass
     print(f"spp eval ppl, {args.windows} windows ...", flush=True)
     spp_res = run_spp_ppl(args.spp, args.model, args.text, args.windows, args.threads)
     print(f"  spp ppl {spp_res['ppl']:.6f}, {spp_res['tokens_per_second']:.1f} tok/s, "
