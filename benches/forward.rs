@@ -17,6 +17,7 @@ fn secs(f: impl FnOnce() -> spp::Result<Tensor>) -> f64 {
 }
 
 fn main() {
+    spp::keep_freed_memory();
     let dir = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
@@ -105,7 +106,7 @@ fn main() {
 
 /// All layers' worth of the fused attention kernel alone on random projections of `t` tokens.
 fn attention_core(model: &spp::model::Llama, t: usize) -> f64 {
-    use spp::model::attention::{attention, Heads, Visible};
+    use spp::model::attention::{attention, Heads, Visibility};
     let cfg = &model.cfg;
     let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
     let dev = Device::Cpu;
@@ -119,8 +120,7 @@ fn attention_core(model: &spp::model::Llama, t: usize) -> f64 {
         n_kv: kvh,
         head_dim: d,
     };
-    let causal = |_| Visible::CAUSAL;
     (0..cfg.num_hidden_layers)
-        .map(|_| secs(|| attention(&q, &k, &v, &cos, &sin, heads, &causal)))
+        .map(|_| secs(|| attention(&q, &k, &v, &cos, &sin, heads, Visibility::Causal)))
         .sum()
 }

@@ -20,6 +20,7 @@ fn time(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    spp::keep_freed_memory();
     let (t, r) = (1024, 16);
     println!("| m×n | frozen GEMM ms | fwd per-block | fwd row-group | bwd per-block | bwd row-group | naive fwd+bwd (candle) |");
     println!("|---|---|---|---|---|---|---|");

@@ -9,6 +9,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    spp::keep_freed_memory();
     let dir = std::env::args()
         .nth(1)
         .filter(|a| !a.starts_with('-'))

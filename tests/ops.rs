@@ -198,3 +198,63 @@ fn fused_attention_and_lm_head_nll_match_the_reference() {
         assert!(d < 1e-4, "tied {tied}: fused LM-head NLL differs by {d}");
     }
 }
+
+#[test]
+fn fused_attention_gradients_match_the_reference() {
+    // The gradient of a weighted sum of the final hidden states with respect to the embeddings
+    // runs back through every layer's attention: causal over two sequences, and packed (two
+    // sequences plus a continuation that shares the first one's 30-token prefix).
+    use spp::model::{PackedRow, Packing};
+    let mut model = common::tiny_model(false, true, &Device::Cpu);
+    let emb = Var::from_tensor(&model.embed_tokens).unwrap();
+    model.embed_tokens = emb.as_tensor().clone();
+    let vocab = model.cfg.vocab_size;
+    let hs = model.cfg.hidden_size;
+    let ids = Tensor::from_vec(common::ids(200, vocab, 5), (2, 100), &Device::Cpu).unwrap();
+    let row = |position: u32, shared: (u32, u32), own: u32| PackedRow {
+        position,
+        shared,
+        own,
+    };
+    let rows: Vec<PackedRow> = (0..60)
+        .map(|i| row(i, (0, 0), 0))
+        .chain((0..40).map(|i| row(i, (0, 0), 60)))
+        .chain((0..10).map(|i| row(30 + i, (0, 30), 100)))
+        .collect();
+    let packing = Packing::new(rows, &Device::Cpu).unwrap();
+    let packed_ids = Tensor::from_vec(common::ids(110, vocab, 6), (1, 110), &Device::Cpu).unwrap();
+    let (w, wp) = (rand(&[2, 100, hs], 7), rand(&[1, 110, hs], 8));
+    let grads = |model: &spp::model::Llama| {
+        let causal = model.hidden_states(&ids, None).unwrap();
+        let packed = model.hidden_states_packed(&packed_ids, &packing).unwrap();
+        [(causal, &w), (packed, &wp)].map(|(h, w)| {
+            let loss = (h * w).unwrap().sum_all().unwrap();
+            loss.backward()
+                .unwrap()
+                .get(emb.as_tensor())
+                .unwrap()
+                .clone()
+        })
+    };
+    let fused = grads(&model);
+    model.set_reference_attention(true);
+    let reference = grads(&model);
+    for (name, f, r) in [
+        ("causal", &fused[0], &reference[0]),
+        ("packed", &fused[1], &reference[1]),
+    ] {
+        let scale = r
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = common::max_diff(f, r);
+        assert!(scale > 1e-3, "{name}: the gradient vanished ({scale})");
+        assert!(
+            d < 1e-4 * scale,
+            "{name}: fused attention gradient differs by {d} (scale {scale})"
+        );
+    }
+}

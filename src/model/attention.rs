@@ -1,6 +1,6 @@
-//! Fused grouped-query attention for f32 on the CPU, used when no gradient is needed (evaluation,
-//! pruning calibration, perplexity). The composed candle path in `llama.rs` stays the reference:
-//! it runs on other devices and dtypes, under autograd, and is what the tests compare this with.
+//! Fused grouped-query attention for f32 on the CPU, with its backward. The composed candle path
+//! in `llama.rs` stays the reference: it runs on other devices and dtypes and is what the tests
+//! compare this with.
 //!
 //! One pass rotates and scales the queries and keys and lays each KV head's data out
 //! contiguously (queries as `[kv head, token, rep, d]`, so that a KV head's `rep` query heads
@@ -8,22 +8,43 @@
 //! scores `S = Q·Kᵀ` over the keys the chunk can see (faer GEMM, one thread per task), masked
 //! softmax in place, `O = P·V`, rows written straight into the output `[B, T, H·D]`. No
 //! `[B, H, T, D]` transposes, no score tensors outside one task's scratch.
+//!
+//! The backward recomputes each task's probabilities `P` (nothing but the output is kept) and
+//! with `dO` the output gradient and `Δ = rowsum(dO ⊙ O)`:
+//!
+//! ```text
+//! dS = P ⊙ (dO·Vᵀ − Δ)      dQ = dS·K      dK = dSᵀ·Q      dV = Pᵀ·dO
+//! ```
+//!
+//! `dQ` rows belong to their task; each task's `dK`, `dV` over its visible keys are summed per
+//! (sequence, KV head) afterwards. RoPE is undone on `dQ` and `dK` (rotation by −θ).
 
-use super::ops::{f32_slice, softmax_inplace};
+use super::ops::{f32_slice, f32_tensor, softmax_inplace, with_f32};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Queries per task. With SmolLM2's 3 query heads per KV head a task's scores are at most
 /// `96 × T` floats (768 KiB at T = 2048).
 const QUERY_CHUNK: usize = 32;
 
+/// A task's buffers: scores/probabilities, output rows (forward); `dP`, `dO`, `O` and `dQ`
+/// rows (backward).
+#[derive(Default)]
+struct Scratch {
+    p: Vec<f32>,
+    o: Vec<f32>,
+    dp: Vec<f32>,
+    go: Vec<f32>,
+    dq: Vec<f32>,
+}
+
 thread_local! {
-    /// Per thread: a task's scores and its output rows, kept between tasks and calls (rayon's
-    /// `for_each_init` would make new ones for every split of the work, each on fresh pages).
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
-    };
+    /// Per thread, kept between tasks and calls (rayon's `for_each_init` would make new ones for
+    /// every split of the work, each on fresh pages).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// The keys query `i` sees: `shared.0 .. shared.1` and `own ..= i` (key indices of this call).
@@ -49,6 +70,24 @@ impl Visible {
     }
 }
 
+/// Which keys each query of a call sees.
+#[derive(Debug, Clone)]
+pub enum Visibility {
+    /// Every key up to the query itself.
+    Causal,
+    /// Per query (token of the call), as packed sequences need.
+    Rows(Arc<[Visible]>),
+}
+
+impl Visibility {
+    fn at(&self, i: usize) -> Visible {
+        match self {
+            Visibility::Causal => Visible::CAUSAL,
+            Visibility::Rows(r) => r[i],
+        }
+    }
+}
+
 /// Shapes of one call.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
@@ -60,7 +99,7 @@ pub struct Heads {
 /// A pointer that tasks writing disjoint rows may share.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of output rows (see `attention`).
+// SAFETY: every task writes a disjoint set of output rows (see `FusedAttention::tasks`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
@@ -73,7 +112,8 @@ impl SharedOut {
 
 /// Attention output `[B, T, H·D]` (the input of o_proj) for projections `q` `[B, T, H·D]` and
 /// `k`, `v` `[B, T, KV·D]` before RoPE; `cos`/`sin` `[T, D/2]` are the rotary tables of each
-/// token's position; query `i` sees the keys `visible(i)` allows, up to itself.
+/// token's position; query `i` sees the keys `visible` allows, up to itself. Differentiable in
+/// `q`, `k` and `v`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -81,7 +121,7 @@ pub fn attention(
     cos: &Tensor,
     sin: &Tensor,
     heads: Heads,
-    visible: &(dyn Fn(usize) -> Visible + Sync),
+    visible: Visibility,
 ) -> Result<Tensor> {
     let op = FusedAttention {
         cos: cos.flatten_all()?.to_vec1()?,
@@ -90,17 +130,38 @@ pub fn attention(
         visible,
     };
     Ok(q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?)
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
-struct FusedAttention<'a> {
+fn gemm(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+    faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+}
+
+struct FusedAttention {
     cos: Vec<f32>,
     sin: Vec<f32>,
     heads: Heads,
-    visible: &'a (dyn Fn(usize) -> Visible + Sync),
+    visible: Visibility,
 }
 
-impl CustomOp3 for FusedAttention<'_> {
+/// One task: sequence `bi`, KV head `g`, queries `c0 .. c0 + c`.
+#[derive(Clone, Copy)]
+struct Task {
+    bi: usize,
+    g: usize,
+    c0: usize,
+}
+
+/// Rotated (and scaled) projections of one call, laid out per (sequence, KV head).
+struct Rotated {
+    /// `[B, KV, T, rep, D]`, times 1/√D.
+    q: Vec<f32>,
+    /// `[B, KV, T, D]`.
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
@@ -115,54 +176,91 @@ impl CustomOp3 for FusedAttention<'_> {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (qs, ks, vs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (b, t, hd) = l1.shape().dims3()?;
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        if hd != h * d || l2.shape().dims3()? != (b, t, kvh * d) || l3.shape() != l2.shape() {
-            candle_core::bail!(
-                "fused-attention: shapes {:?} {:?} {:?} do not fit {h} heads, {kvh} KV heads of {d}",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let out = self.run(qs, ks, vs, b, t);
-        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+        let (b, t) = self.check(l1.shape(), l2.shape(), l3.shape())?;
+        let out = self.forward(&self.rotate(qs, ks, vs, b, t), b, t);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t) = self.check(q.shape(), k.shape(), v.shape())?;
+        let (dq, dk, dv) = with_f32(q, |qs| {
+            with_f32(k, |ks| {
+                with_f32(v, |vs| {
+                    with_f32(out, |os| {
+                        with_f32(grad, |gs| {
+                            self.backward(&self.rotate(qs, ks, vs, b, t), os, gs, b, t)
+                        })
+                    })
+                })
+            })
+        })?????;
+        Ok((
+            Some(f32_tensor(dq, q.shape())?),
+            Some(f32_tensor(dk, k.shape())?),
+            Some(f32_tensor(dv, v.shape())?),
+        ))
     }
 }
 
-impl FusedAttention<'_> {
-    fn run(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Vec<f32> {
+impl FusedAttention {
+    fn check(&self, q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<(usize, usize)> {
         let Heads {
             n_heads: h,
             n_kv: kvh,
             head_dim: d,
         } = self.heads;
-        let visible = self.visible;
-        let rep = h / kvh;
-        let half = d / 2;
-        let scale = 1.0 / (d as f32).sqrt();
-        let (cos, sin) = (&self.cos[..], &self.sin[..]);
+        let (b, t, hd) = q.dims3()?;
+        let rows_ok = match &self.visible {
+            Visibility::Causal => true,
+            Visibility::Rows(r) => r.len() == t,
+        };
+        if hd != h * d || k.dims3()? != (b, t, kvh * d) || v != k || h % kvh != 0 || !rows_ok {
+            candle_core::bail!(
+                "fused-attention: shapes {q:?} {k:?} {v:?} do not fit {h} heads, {kvh} KV heads of {d}"
+            );
+        }
+        Ok((b, t))
+    }
 
-        // Rotated, scaled queries [B, KV, T, rep, D]; rotated keys and values [B, KV, T, D].
-        let mut qr = vec![0f32; b * t * h * d];
-        let mut kr = vec![0f32; b * t * kvh * d];
-        let mut vr = vec![0f32; b * t * kvh * d];
-        let rotate = |src: &[f32], dst: &mut [f32], pos: usize, s: f32| {
-            let (c, sn) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
-            for i in 0..half {
-                let (a, z) = (src[i], src[i + half]);
-                dst[i] = (a * c[i] - z * sn[i]) * s;
-                dst[i + half] = (z * c[i] + a * sn[i]) * s;
-            }
+    /// `x·cos − x_half·sin` on the two halves (RoPE as transformers applies it), times `s`;
+    /// with `sign = −1` the inverse rotation (the transpose, for gradients).
+    fn rope(&self, src: &[f32], dst: &mut [f32], pos: usize, s: f32, sign: f32) {
+        let half = self.heads.head_dim / 2;
+        let (c, sn) = (
+            &self.cos[pos * half..][..half],
+            &self.sin[pos * half..][..half],
+        );
+        for i in 0..half {
+            let (a, z, sn) = (src[i], src[i + half], sign * sn[i]);
+            dst[i] = (a * c[i] - z * sn) * s;
+            dst[i + half] = (z * c[i] + a * sn) * s;
+        }
+    }
+
+    fn rotate(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Rotated {
+        let Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        } = self.heads;
+        let rep = h / kvh;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut r = Rotated {
+            q: vec![0f32; b * t * h * d],
+            k: vec![0f32; b * t * kvh * d],
+            v: vec![0f32; b * t * kvh * d],
         };
         // One parallel pass per sequence and KV head over its tokens.
-        qr.par_chunks_mut(t * rep * d)
-            .zip(kr.par_chunks_mut(t * d))
-            .zip(vr.par_chunks_mut(t * d))
+        r.q.par_chunks_mut(t * rep * d)
+            .zip(r.k.par_chunks_mut(t * d))
+            .zip(r.v.par_chunks_mut(t * d))
             .enumerate()
             .for_each(|(bg, ((qd, kd), vd))| {
                 let (bi, g) = (bg / kvh, bg % kvh);
@@ -170,72 +268,239 @@ impl FusedAttention<'_> {
                     let row = bi * t + i;
                     for j in 0..rep {
                         let src = &qs[row * h * d + (g * rep + j) * d..][..d];
-                        rotate(src, &mut qd[(i * rep + j) * d..][..d], i, scale);
+                        self.rope(src, &mut qd[(i * rep + j) * d..][..d], i, scale, 1.0);
                     }
                     let src = &ks[row * kvh * d + g * d..][..d];
-                    rotate(src, &mut kd[i * d..][..d], i, 1.0);
+                    self.rope(src, &mut kd[i * d..][..d], i, 1.0, 1.0);
                     vd[i * d..][..d].copy_from_slice(&vs[row * kvh * d + g * d..][..d]);
                 }
             });
+        r
+    }
 
+    /// Every (sequence, KV head, query chunk), later chunks first: they see more keys, so
+    /// handing them out first lets the threads finish together.
+    fn tasks(&self, b: usize, t: usize) -> Vec<Task> {
+        let kvh = self.heads.n_kv;
+        (0..t.div_ceil(QUERY_CHUNK))
+            .rev()
+            .flat_map(|c| {
+                (0..b * kvh).map(move |bg| Task {
+                    bi: bg / kvh,
+                    g: bg % kvh,
+                    c0: c * QUERY_CHUNK,
+                })
+            })
+            .collect()
+    }
+
+    /// The task's probabilities into `p` (`[c·rep, w]`, zero where a key is hidden); returns
+    /// the first visible key `lo` and the width `w`.
+    fn probs(&self, r: &Rotated, task: Task, t: usize, p: &mut Vec<f32>) -> (usize, usize) {
+        let Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        } = self.heads;
+        let rep = h / kvh;
+        let Task { bi, g, c0 } = task;
+        let c = QUERY_CHUNK.min(t - c0);
+        let lo = (c0..c0 + c)
+            .map(|i| self.visible.at(i).first())
+            .min()
+            .unwrap_or(0);
+        let (w, rows) = (c0 + c - lo, c * rep);
+        p.resize(rows * w, 0.0);
+        let base = (bi * kvh + g) * t;
+        gemm(
+            MatMut::from_row_major_slice_mut(&mut p[..], rows, w),
+            MatRef::from_row_major_slice(&r.q[(base + c0) * rep * d..][..rows * d], rows, d),
+            MatRef::from_row_major_slice(&r.k[(base + lo) * d..][..w * d], w, d).transpose(),
+        );
+        for (row_i, row) in p.chunks_exact_mut(w).enumerate() {
+            let i = c0 + row_i / rep;
+            let vis = self.visible.at(i);
+            let n = i + 1 - lo;
+            // Hidden: the keys before the query's own segment, except the shared ones.
+            let own = vis.own - lo;
+            let s0 = vis.shared.0.clamp(lo, vis.own) - lo;
+            let s1 = vis.shared.1.clamp(lo, vis.own).max(s0 + lo) - lo;
+            row[..s0].fill(f32::NEG_INFINITY);
+            row[s1..own].fill(f32::NEG_INFINITY);
+            softmax_inplace(&mut row[..n]);
+            row[n..].fill(0.0);
+        }
+        (lo, w)
+    }
+
+    /// Offset in `[B, T, H·D]` of the task's row `r` (query `c0 + r / rep`, head `g·rep + r % rep`).
+    fn out_at(&self, task: Task, t: usize, r: usize) -> usize {
+        let Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        } = self.heads;
+        let rep = h / kvh;
+        (task.bi * t + task.c0 + r / rep) * h * d + (task.g * rep + r % rep) * d
+    }
+
+    fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
+        let Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        } = self.heads;
+        let rep = h / kvh;
         let mut out = vec![0f32; b * t * h * d];
         let out_ptr = SharedOut(out.as_mut_ptr());
-        let chunks = t.div_ceil(QUERY_CHUNK);
-        // Later chunks see more keys: hand them out first so the threads finish together.
-        let tasks: Vec<(usize, usize, usize)> = (0..chunks)
-            .rev()
-            .flat_map(|c| (0..b * kvh).map(move |bg| (bg / kvh, bg % kvh, c * QUERY_CHUNK)))
-            .collect();
-        tasks.into_par_iter().for_each(|(bi, g, c0)| {
-            SCRATCH.with_borrow_mut(|(scores, o)| {
-                let c = QUERY_CHUNK.min(t - c0);
-                let lo = (c0..c0 + c).map(|i| visible(i).first()).min().unwrap_or(0);
-                let w = c0 + c - lo;
-                let rows = c * rep;
-                scores.resize(rows * w, 0.0);
-                o.resize(rows * d, 0.0);
-                let base = (bi * kvh + g) * t;
-                let qm = faer::MatRef::from_row_major_slice(
-                    &qr[(base * rep + c0 * rep) * d..][..rows * d],
-                    rows,
-                    d,
+        self.tasks(b, t).into_par_iter().for_each(|task| {
+            SCRATCH.with_borrow_mut(|s| {
+                let (lo, w) = self.probs(r, task, t, &mut s.p);
+                let rows = QUERY_CHUNK.min(t - task.c0) * rep;
+                s.o.resize(rows * d, 0.0);
+                let base = (task.bi * kvh + task.g) * t;
+                gemm(
+                    MatMut::from_row_major_slice_mut(&mut s.o[..], rows, d),
+                    MatRef::from_row_major_slice(&s.p[..], rows, w),
+                    MatRef::from_row_major_slice(&r.v[(base + lo) * d..][..w * d], w, d),
                 );
-                let km = faer::MatRef::from_row_major_slice(&kr[(base + lo) * d..][..w * d], w, d);
-                let vm = faer::MatRef::from_row_major_slice(&vr[(base + lo) * d..][..w * d], w, d);
-                let sm = faer::MatMut::from_row_major_slice_mut(&mut scores[..], rows, w);
-                faer::linalg::matmul::matmul(
-                    sm,
-                    faer::Accum::Replace,
-                    qm,
-                    km.transpose(),
-                    1.0,
-                    faer::Par::Seq,
-                );
-                for (r, row) in scores.chunks_exact_mut(w).enumerate() {
-                    let i = c0 + r / rep;
-                    let vis = visible(i);
-                    let n = i + 1 - lo;
-                    // Hidden: the keys before the query's own segment, except the shared ones.
-                    let own = vis.own - lo;
-                    let s0 = vis.shared.0.clamp(lo, vis.own) - lo;
-                    let s1 = vis.shared.1.clamp(lo, vis.own).max(s0 + lo) - lo;
-                    row[..s0].fill(f32::NEG_INFINITY);
-                    row[s1..own].fill(f32::NEG_INFINITY);
-                    softmax_inplace(&mut row[..n]);
-                    row[n..].fill(0.0);
-                }
-                let pm = faer::MatRef::from_row_major_slice(&scores[..], rows, w);
-                let om = faer::MatMut::from_row_major_slice_mut(&mut o[..], rows, d);
-                faer::linalg::matmul::matmul(om, faer::Accum::Replace, pm, vm, 1.0, faer::Par::Seq);
-                for (r, src) in o.chunks_exact(d).enumerate() {
-                    let (i, j) = (c0 + r / rep, r % rep);
-                    let at = (bi * t + i) * h * d + (g * rep + j) * d;
-                    // SAFETY: row (bi, i) and head g·rep + j belong to this task alone, and `out`
-                    // outlives the parallel loop.
-                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.at(at), d) };
+                for (row, src) in s.o.chunks_exact(d).enumerate() {
+                    // SAFETY: the row's (sequence, query, head) belongs to this task alone, and
+                    // `out` outlives the parallel loop.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out_ptr.at(self.out_at(task, t, row)),
+                            d,
+                        )
+                    };
                 }
             })
         });
         out
+    }
+
+    /// `(dq, dk, dv)` in the layouts of `q`, `k`, `v`, for the output `os` and its gradient `gs`.
+    fn backward(
+        &self,
+        r: &Rotated,
+        os: &[f32],
+        gs: &[f32],
+        b: usize,
+        t: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        } = self.heads;
+        let rep = h / kvh;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut dq = vec![0f32; b * t * h * d];
+        let dq_ptr = SharedOut(dq.as_mut_ptr());
+        // Per task: (sequence · KV + head, first key, dK and dV over its keys).
+        let parts: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = self
+            .tasks(b, t)
+            .into_par_iter()
+            .map(|task| {
+                SCRATCH.with_borrow_mut(|s| {
+                    let (lo, w) = self.probs(r, task, t, &mut s.p);
+                    let rows = QUERY_CHUNK.min(t - task.c0) * rep;
+                    let bg = task.bi * kvh + task.g;
+                    let (qm, km, vm) = (
+                        MatRef::from_row_major_slice(
+                            &r.q[(bg * t + task.c0) * rep * d..][..rows * d],
+                            rows,
+                            d,
+                        ),
+                        MatRef::from_row_major_slice(&r.k[(bg * t + lo) * d..][..w * d], w, d),
+                        MatRef::from_row_major_slice(&r.v[(bg * t + lo) * d..][..w * d], w, d),
+                    );
+                    // dO rows of the task, and Δ = rowsum(dO ⊙ O).
+                    s.go.resize(rows * d, 0.0);
+                    let mut delta = vec![0f32; rows];
+                    for (row, (go, dl)) in s.go.chunks_exact_mut(d).zip(&mut delta).enumerate() {
+                        let at = self.out_at(task, t, row);
+                        go.copy_from_slice(&gs[at..][..d]);
+                        *dl = go.iter().zip(&os[at..][..d]).map(|(a, b)| a * b).sum();
+                    }
+                    let gm = MatRef::from_row_major_slice(&s.go[..], rows, d);
+                    // dS = P ⊙ (dO·Vᵀ − Δ), in place of dP.
+                    s.dp.resize(rows * w, 0.0);
+                    gemm(
+                        MatMut::from_row_major_slice_mut(&mut s.dp[..], rows, w),
+                        gm,
+                        vm.transpose(),
+                    );
+                    for ((ds, p), dl) in
+                        s.dp.chunks_exact_mut(w)
+                            .zip(s.p.chunks_exact(w))
+                            .zip(&delta)
+                    {
+                        for (ds, p) in ds.iter_mut().zip(p) {
+                            *ds = p * (*ds - dl);
+                        }
+                    }
+                    let (pm, dsm) = (
+                        MatRef::from_row_major_slice(&s.p[..], rows, w),
+                        MatRef::from_row_major_slice(&s.dp[..], rows, w),
+                    );
+                    let (mut dk, mut dv) = (vec![0f32; w * d], vec![0f32; w * d]);
+                    gemm(
+                        MatMut::from_row_major_slice_mut(&mut dk, w, d),
+                        dsm.transpose(),
+                        qm,
+                    );
+                    gemm(
+                        MatMut::from_row_major_slice_mut(&mut dv, w, d),
+                        pm.transpose(),
+                        gm,
+                    );
+                    s.dq.resize(rows * d, 0.0);
+                    gemm(
+                        MatMut::from_row_major_slice_mut(&mut s.dq[..], rows, d),
+                        dsm,
+                        km,
+                    );
+                    let mut unrotated = vec![0f32; d];
+                    for (row, src) in s.dq.chunks_exact(d).enumerate() {
+                        self.rope(src, &mut unrotated, task.c0 + row / rep, scale, -1.0);
+                        // SAFETY: as in `forward`: the row belongs to this task alone.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                unrotated.as_ptr(),
+                                dq_ptr.at(self.out_at(task, t, row)),
+                                d,
+                            )
+                        };
+                    }
+                    (bg, lo, dk, dv)
+                })
+            })
+            .collect();
+        // Sum the parts per (sequence, KV head), then back to `[B, T, KV·D]`, unrotating dK.
+        let mut dk = vec![0f32; b * t * kvh * d];
+        let mut dv = vec![0f32; b * t * kvh * d];
+        let (dk_ptr, dv_ptr) = (SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
+        (0..b * kvh).into_par_iter().for_each(|bg| {
+            let (mut sk, mut sv) = (vec![0f32; t * d], vec![0f32; t * d]);
+            for (_, lo, pk, pv) in parts.iter().filter(|p| p.0 == bg) {
+                let (sk, sv) = (&mut sk[lo * d..][..pk.len()], &mut sv[lo * d..][..pv.len()]);
+                sk.iter_mut().zip(pk).for_each(|(a, b)| *a += b);
+                sv.iter_mut().zip(pv).for_each(|(a, b)| *a += b);
+            }
+            let (bi, g) = (bg / kvh, bg % kvh);
+            let mut unrotated = vec![0f32; d];
+            for i in 0..t {
+                let at = (bi * t + i) * kvh * d + g * d;
+                self.rope(&sk[i * d..][..d], &mut unrotated, i, 1.0, -1.0);
+                // SAFETY: (sequence bi, KV head g) rows belong to this task alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(unrotated.as_ptr(), dk_ptr.at(at), d);
+                    std::ptr::copy_nonoverlapping(sv[i * d..].as_ptr(), dv_ptr.at(at), d);
+                }
+            }
+        });
+        (dq, dk, dv)
     }
 }

@@ -5,7 +5,7 @@
 //! Field names are the checkpoint's key segments: `layers[3].self_attn.q_proj` is
 //! `model.layers.3.self_attn.q_proj.weight`.
 
-use super::attention::{Heads, Visible};
+use super::attention::{Heads, Visibility, Visible};
 use super::config::LlamaConfig;
 use super::linear::SparseLinear;
 use crate::bail;
@@ -258,6 +258,8 @@ impl Rope {
 pub struct Packing {
     positions: Tensor,
     rows: Vec<PackedRow>,
+    /// The rows' key ranges as the fused attention takes them.
+    visible: Visibility,
     /// Per attention chunk: its first visible key and its additive mask (built once, used by
     /// every layer).
     masks: Vec<(usize, Tensor)>,
@@ -284,9 +286,18 @@ impl Packing {
             rows.len(),
             device,
         )?;
+        let visible = Visibility::Rows(
+            rows.iter()
+                .map(|r| Visible {
+                    shared: (r.shared.0 as usize, r.shared.1 as usize),
+                    own: r.own as usize,
+                })
+                .collect(),
+        );
         let mut p = Self {
             positions,
             rows,
+            visible,
             masks: Vec::new(),
         };
         for c0 in (0..p.rows.len()).step_by(ATTN_CHUNK) {
@@ -367,28 +378,19 @@ impl Attention {
             && offset == 0
             && [&q, &k, &v]
                 .iter()
-                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
         if fused {
             let (cos, sin) = match packing {
                 Some(p) => rope.tables_at(&p.positions)?,
                 None => rope.tables(0, t)?,
             };
-            let visible = |i: usize| match packing {
-                Some(p) => {
-                    let r = p.rows[i];
-                    Visible {
-                        shared: (r.shared.0 as usize, r.shared.1 as usize),
-                        own: r.own as usize,
-                    }
-                }
-                None => Visible::CAUSAL,
-            };
+            let visible = packing.map_or(Visibility::Causal, |p| p.visible.clone());
             let heads = Heads {
                 n_heads: h,
                 n_kv: kvh,
                 head_dim: d,
             };
-            return super::attention::attention(&q, &k, &v, &cos, &sin, heads, &visible);
+            return super::attention::attention(&q, &k, &v, &cos, &sin, heads, visible);
         }
         let q = q.reshape((b, t, h, d))?.transpose(1, 2)?;
         let k = k.reshape((b, t, kvh, d))?.transpose(1, 2)?;
