@@ -1,7 +1,7 @@
 //! `cargo bench --bench train_step [MODEL_DIR]`: one training micro-batch (4 × 256 tokens) on a
 //! real model, split into forward and backward, with and without SPP adapters.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use spp::adapter::{self, AdapterSpec, Method};
 use std::time::Instant;
 
@@ -23,19 +23,16 @@ fn main() {
     .model;
     let (b, t) = (4, 256);
     let vocab = model.cfg.vocab_size as u32;
-    let ids: Vec<u32> = (0..b * t).map(|i| (i as u32 * 7919) % vocab).collect();
-    let batch = spp::train::data::Batch {
-        ids: Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu).unwrap(),
-        positions: Tensor::from_vec(
-            (0..(b * t) as u32 - 1).collect::<Vec<_>>(),
-            b * t - 1,
-            &Device::Cpu,
-        )
-        .unwrap(),
-        targets: Tensor::from_vec(ids[1..].to_vec(), b * t - 1, &Device::Cpu).unwrap(),
-        tokens: b * t,
-        n_targets: b * t - 1,
-    };
+    let examples: Vec<spp::train::data::Example> = (0..b)
+        .map(|e| spp::train::data::Example {
+            ids: (0..t)
+                .map(|i| ((e * t + i) as u32 * 7919) % vocab)
+                .collect(),
+            first_target: 0,
+        })
+        .collect();
+    let batch =
+        spp::train::data::batch(&examples.iter().collect::<Vec<_>>(), &Device::Cpu).unwrap();
     println!("| configuration | forward s | backward s | tok/s |");
     println!("|---|---|---|---|");
     let only = std::env::var("SPP_BENCH_ONLY").ok();

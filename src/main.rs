@@ -927,14 +927,12 @@ fn train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         grad_checkpoint: a.grad_checkpoint,
     };
-    let pad_id = tok.eos_ids.first().copied().unwrap_or(0);
     let trainer = spp::train::Trainer {
         model: &mut model,
         data: &ds,
         opts: &opts,
         out: a.out.clone(),
         base_path: a.m.model.clone(),
-        pad_id,
         resume: a.resume,
         stop_after: a.stop_after,
     };

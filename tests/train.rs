@@ -45,7 +45,7 @@ fn order_is_a_seeded_permutation_and_validation_is_disjoint() {
 }
 
 #[test]
-fn batches_pad_on_the_right_and_padding_is_never_a_target() {
+fn batches_pack_examples_into_one_row_and_targets_stay_in_their_example() {
     let a = Example {
         ids: vec![5, 6, 7, 8],
         first_target: 0,
@@ -58,15 +58,52 @@ fn batches_pad_on_the_right_and_padding_is_never_a_target() {
         ids: vec![1, 2, 3, 4],
         first_target: 3,
     };
-    let bt = data::batch(&[&a, &b, &c], 0, &Device::Cpu).unwrap();
+    let bt = data::batch(&[&a, &b, &c], &Device::Cpu).unwrap();
+    // One row, no padding: a at 0..4, b at 4..6, c at 6..10.
     assert_eq!(
         bt.ids.to_vec2::<u32>().unwrap(),
-        vec![vec![5, 6, 7, 8], vec![9, 10, 0, 0], vec![1, 2, 3, 4]]
+        vec![vec![5, 6, 7, 8, 9, 10, 1, 2, 3, 4]]
     );
-    // Position t predicts token t+1: a → 6,7,8; b → 10; c → only token 3 onwards (index 3: 4).
-    assert_eq!(bt.positions.to_vec1::<u32>().unwrap(), vec![0, 1, 2, 4, 10]);
+    // Row r predicts token r+1 of its example: a → 6,7,8; b → 10; c → only its token 3 (4).
+    assert_eq!(bt.positions.to_vec1::<u32>().unwrap(), vec![0, 1, 2, 4, 8]);
     assert_eq!(bt.targets.to_vec1::<u32>().unwrap(), vec![6, 7, 8, 10, 4]);
     assert_eq!(bt.tokens, 10);
+}
+
+#[test]
+fn a_packed_batch_scores_each_example_as_if_alone() {
+    // The mean loss over a packed batch equals the target-weighted mean of each example's loss
+    // computed on its own: no token sees another example (fused and reference attention).
+    let mut model = common::tiny_model(false, true, &Device::Cpu);
+    let examples: Vec<Example> = [(37, 0), (20, 5), (52, 9)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(len, first_target))| Example {
+            ids: common::ids(len, model.cfg.vocab_size, 11 + i as u64),
+            first_target,
+        })
+        .collect();
+    for reference in [false, true] {
+        model.set_reference_attention(reference);
+        let loss = |exs: &[&Example]| {
+            let b = data::batch(exs, &Device::Cpu).unwrap();
+            let l = spp::train::micro_loss(&model, &b).unwrap();
+            (l.to_scalar::<f32>().unwrap() as f64, b.n_targets as f64)
+        };
+        let (packed, n) = loss(&examples.iter().collect::<Vec<_>>());
+        let alone: f64 = examples
+            .iter()
+            .map(|e| {
+                let (l, k) = loss(&[e]);
+                l * k
+            })
+            .sum::<f64>()
+            / n;
+        assert!(
+            (packed - alone).abs() < 1e-5,
+            "reference {reference}: packed {packed} vs alone {alone}"
+        );
+    }
 }
 
 #[test]
@@ -140,7 +177,6 @@ fn run(
         opts: o,
         out: out.to_path_buf(),
         base_path: out.to_path_buf(),
-        pad_id: 0,
         resume,
         stop_after: stop,
     }

@@ -681,6 +681,11 @@ impl Llama {
         self.layers[i].run(x, &self.rope, None, 0, None)
     }
 
+    /// Runs block `i` on a packed row of hidden states `x` `[1, N, hidden]`.
+    pub fn block_forward_packed(&self, i: usize, x: &Tensor, packing: &Packing) -> Result<Tensor> {
+        self.layers[i].run(x, &self.rope, None, 0, Some(packing))
+    }
+
     /// The inputs of block `i`'s linears for hidden states `x` (positions `0 .. T`, no cache).
     /// The block's output is not computed: down_proj's input is the last thing calibration needs.
     pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
@@ -708,8 +713,8 @@ impl Llama {
             );
         }
         let mut x = self.embed(ids)?;
-        for layer in &self.layers {
-            x = layer.run(&x, &self.rope, None, 0, Some(packing))?;
+        for i in 0..self.layers.len() {
+            x = self.block_forward_packed(i, &x, packing)?;
         }
         self.norm.forward(&x)
     }

@@ -5,6 +5,7 @@
 use crate::adapter::splitmix64;
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
+use crate::model::{PackedRow, Packing};
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -246,43 +247,46 @@ impl Stream {
     }
 }
 
-/// A right-padded micro-batch: `ids` `[B, L]`, and the flat positions (`b·L + t`) whose next
-/// token is a target, with those targets.
+/// A micro-batch packed into one row: `ids` `[1, N]` holds the examples one after another, no
+/// padding; `packing` lets each token see only its own example's earlier tokens and gives it its
+/// position within the example, so every example computes exactly what it would alone.
+/// `positions` are the packed rows whose next token is a target, with those targets.
 pub struct Batch {
     pub ids: Tensor,
+    pub packing: Packing,
     pub positions: Tensor,
     pub targets: Tensor,
-    /// Real (non-padding) tokens.
+    /// Tokens (all real: there is no padding).
     pub tokens: usize,
     pub n_targets: usize,
 }
 
-pub fn batch(examples: &[&Example], pad: u32, device: &Device) -> Result<Batch> {
-    let len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    if len < 2 {
+pub fn batch(examples: &[&Example], device: &Device) -> Result<Batch> {
+    if examples.iter().all(|e| e.ids.len() < 2) {
         bail!("a micro-batch needs sequences of at least 2 tokens");
     }
-    let mut ids = Vec::with_capacity(examples.len() * len);
+    let (mut ids, mut rows) = (Vec::new(), Vec::new());
     let (mut positions, mut targets) = (Vec::new(), Vec::new());
-    for (b, e) in examples.iter().enumerate() {
-        ids.extend(
-            e.ids
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(pad))
-                .take(len),
-        );
+    for e in examples {
+        let start = ids.len();
+        ids.extend_from_slice(&e.ids);
+        rows.extend((0..e.ids.len()).map(|t| PackedRow {
+            position: t as u32,
+            shared: (0, 0),
+            own: start as u32,
+        }));
         for t in e.first_target.max(1)..e.ids.len() {
-            positions.push((b * len + t - 1) as u32);
+            positions.push((start + t - 1) as u32);
             targets.push(e.ids[t]);
         }
     }
-    let n_targets = targets.len();
+    let (n, n_targets) = (ids.len(), targets.len());
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (examples.len(), len), device)?,
+        ids: Tensor::from_vec(ids, (1, n), device)?,
+        packing: Packing::new(rows, device)?,
         positions: Tensor::from_vec(positions, n_targets, device)?,
         targets: Tensor::from_vec(targets, n_targets, device)?,
-        tokens: examples.iter().map(|e| e.ids.len()).sum(),
+        tokens: n,
         n_targets,
     })
 }

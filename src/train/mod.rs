@@ -118,7 +118,7 @@ impl AdamW {
 /// Mean next-token cross-entropy over a micro-batch's targets. The language-model head runs
 /// only on the positions that have a target (padding never reaches it).
 pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
-    loss_from_hidden(model, &model.hidden_states(&b.ids, None)?, b)
+    loss_from_hidden(model, &model.hidden_states_packed(&b.ids, &b.packing)?, b)
 }
 
 /// [`micro_loss`] without keeping a graph: each block's output is detached, so validation holds
@@ -126,7 +126,7 @@ pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
 pub fn eval_loss(model: &Llama, b: &Batch) -> Result<f64> {
     let mut x = model.embed(&b.ids)?;
     for i in 0..model.layers.len() {
-        x = model.block_forward(i, &x)?.detach();
+        x = model.block_forward_packed(i, &x, &b.packing)?.detach();
     }
     let h = model.norm.forward(&x)?;
     Ok(loss_from_hidden(model, &h, b)?.to_scalar::<f32>()? as f64)
@@ -175,7 +175,9 @@ fn micro_step(
     let n = model.layers.len();
     let mut inputs = vec![model.embed(&b.ids)?];
     for i in 0..n {
-        let y = model.block_forward(i, &inputs[i])?.detach();
+        let y = model
+            .block_forward_packed(i, &inputs[i], &b.packing)?
+            .detach();
         inputs.push(y);
     }
     let top = Var::from_tensor(&inputs[n])?;
@@ -185,7 +187,7 @@ fn micro_step(
     let mut upstream = gs.get(top.as_tensor()).cloned().ok_or_else(missing)?;
     for i in (0..n).rev() {
         let x = Var::from_tensor(&inputs[i])?;
-        let gs = (model.block_forward(i, x.as_tensor())? * &upstream)?
+        let gs = (model.block_forward_packed(i, x.as_tensor(), &b.packing)? * &upstream)?
             .sum_all()?
             .backward()?;
         accumulate(grads, params, &gs)?;
@@ -379,7 +381,6 @@ pub struct Trainer<'a> {
     pub opts: &'a TrainOptions,
     pub out: PathBuf,
     pub base_path: PathBuf,
-    pub pad_id: u32,
     pub resume: bool,
     /// Stop (with a checkpoint) after this many steps: how tests interrupt a run.
     pub stop_after: Option<usize>,
@@ -393,7 +394,6 @@ impl Trainer<'_> {
             opts,
             out,
             base_path,
-            pad_id,
             resume,
             stop_after,
         } = self;
@@ -493,7 +493,7 @@ impl Trainer<'_> {
             let mut sum = 0.0;
             let chunks: Vec<&[&Example]> = val.chunks(opts.micro_batch_size).collect();
             for c in &chunks {
-                sum += eval_loss(model, &data::batch(c, pad_id, &device)?)?;
+                sum += eval_loss(model, &data::batch(c, &device)?)?;
             }
             Ok(sum / chunks.len().max(1) as f64)
         };
@@ -515,7 +515,7 @@ impl Trainer<'_> {
                     .map(|k| &ds.examples[stream.get(pos + k)])
                     .collect();
                 pos += opts.micro_batch_size;
-                let b = data::batch(&exs, pad_id, &device)?;
+                let b = data::batch(&exs, &device)?;
                 tokens += b.tokens;
                 if b.n_targets == 0 {
                     continue;
