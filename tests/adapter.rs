@@ -18,7 +18,7 @@ fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
 
 #[test]
 fn spp_op_equals_naive_form_forward_and_gradients() {
-    // m/r = 8 takes the row-group backward, m/r = 64 the per-block one.
+    // Blocks of 8 and of 64 rows.
     for (m, r) in [(32, 4), (128, 2)] {
         let (t, n) = (9, 24);
         let w = rand(&[m, n], 1, 1.0);
@@ -30,7 +30,6 @@ fn spp_op_equals_naive_form_forward_and_gradients() {
                 w: w.clone(),
                 scale: 1.7,
                 dropout: drop,
-                z: Default::default(),
             };
             let fast = x
                 .as_tensor()
@@ -83,7 +82,13 @@ fn spp_op_equals_naive_form_forward_and_gradients() {
 
 #[test]
 fn per_block_and_row_group_forms_agree() {
-    let (t, n, m, r) = (7, 16, 48, 4);
+    // The second shape needs two row groups (1 Mi-element scratch, two blocks of 256 × 2048).
+    for (t, n, m, r) in [(7, 16, 48, 4), (3, 2048, 1024, 4)] {
+        forms_agree(t, n, m, r);
+    }
+}
+
+fn forms_agree(t: usize, n: usize, m: usize, r: usize) {
     let v = |len: usize, seed| rand(&[len], seed, 1.0).to_vec1::<f32>().unwrap();
     let (x, w, a, b, g) = (v(t * n, 1), v(m * n, 2), v(r * n, 3), v(m, 4), v(t * m, 5));
     let d = op::Dims { t, n, m, r };
@@ -93,12 +98,14 @@ fn per_block_and_row_group_forms_agree() {
             .zip(q)
             .all(|(p, q)| (p - q).abs() < 1e-4 * (1.0 + p.abs()))
     };
-    let (y1, z1) = op::forward(&x, &w, &a, &b, d, 1.5, Some(&mask), op::Form::Blocks);
-    let (y2, z2) = op::forward(&x, &w, &a, &b, d, 1.5, Some(&mask), op::Form::RowGroups);
-    assert!(close(&y1, &y2) && close(&z1, &z2));
-    let bwd = |form| op::backward(&x, &w, &a, &b, &z1, &g, d, 1.5, Some(&mask), form);
-    let (g1, g2) = (bwd(op::Form::Blocks), bwd(op::Form::RowGroups));
-    assert!(close(&g1.0, &g2.0) && close(&g1.1, &g2.1) && close(&g1.2, &g2.2));
+    // With dropout, and without (where the row-group form merges W and the adapter's weight).
+    for mask in [Some(&mask[..]), None] {
+        let fwd = |form| op::forward(&x, &w, &a, &b, d, 1.5, mask, form);
+        assert!(close(&fwd(op::Form::Blocks), &fwd(op::Form::RowGroups)));
+        let bwd = |form| op::backward(&x, &w, &a, &b, &g, d, 1.5, mask, form);
+        let (g1, g2) = (bwd(op::Form::Blocks), bwd(op::Form::RowGroups));
+        assert!(close(&g1.0, &g2.0) && close(&g1.1, &g2.1) && close(&g1.2, &g2.2));
+    }
 }
 
 #[test]

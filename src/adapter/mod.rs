@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -222,7 +222,6 @@ impl Adapter {
                         w: w.contiguous()?,
                         scale: self.scale as f32,
                         dropout: drop,
-                        z: Mutex::new(Vec::new()),
                     };
                     let b = self.b.as_tensor().flatten_all()?;
                     return Ok(x.contiguous()?.apply_op3(self.a.as_tensor(), &b, op)?);

@@ -1,26 +1,25 @@
 //! The SPP layer's arithmetic (`../shared/docs/SPP.md` §2) on raw f32 buffers, and the candle
 //! custom op that trains with it.
 //!
-//! Forward, in the memory-efficient block form (W split into `r` blocks of `m/r` rows; the
-//! adapter sees `xd = dropout(x)`):
+//! Notation: W `[m, n]` frozen, A `[r, n]`, b `[m]`, scale s, blocks of `m/r` rows, row `i` in
+//! block `k(i)`; the adapter sees `xd = dropout(x)`; `S_i = A_{k(i)} ⊙ W_i` (the scaled rows) and
+//! `Wa_i = s·b_i·S_i` (the adapter's weight, `s·(M ⊙ W)` in SPP.md).
 //!
-//! ```text
-//! z_k = (xd ⊙ A_k) · W_kᵀ          y = x·Wᵀ + s · (z ⊙ bᵀ)
-//! ```
+//! Two forms, same arithmetic:
 //!
-//! Backward with `G = dL/dy`, `H = s·(G ⊙ bᵀ)`, `U_k = H_k · W_k`:
+//! - **per block** (SPP.md's memory-efficient form, kept as the plain reference): one GEMM per
+//!   block with inner or outer dimension `m/r`:
+//!   `z_k = (xd ⊙ A_k)·W_kᵀ`, `y = x·Wᵀ + s·(z ⊙ bᵀ)`; backward with `H = s·(G ⊙ bᵀ)`,
+//!   `U_k = H_k·W_k`: `dx = G·W + mask ⊙ Σ_k U_k ⊙ A_k`, `dA_k = Σ_tokens xd ⊙ U_k`,
+//!   `db = s·Σ_tokens G ⊙ z` (z recomputed);
+//! - **per row group** (what the op runs): `Wa` is built for as many whole blocks as fit a
+//!   fixed 4 MiB scratch, then every GEMM is wide:
+//!   `y = x·Wᵀ + xd·Waᵀ`; backward `dx = G·W + mask ⊙ (G·Wa)`, `P = Gᵀ·xd` `[m, n]` per group,
+//!   and from `Q_i = W_i ⊙ P_i`: `dA_k = s·Σ_{i∈k} b_i·Q_i`, `db_i = s·A_{k(i)}·Q_i`.
+//!   Without dropout `xd = x`, so `W + Wa` (the merged weight) makes one GEMM of each pair.
 //!
-//! ```text
-//! dx = G·W + mask ⊙ Σ_k U_k ⊙ A_k      dA_k = Σ_tokens xd ⊙ U_k      db = s·Σ_tokens G ⊙ z
-//! ```
-//!
-//! Two ways to run each pass, same arithmetic: per block (one GEMM with inner or outer dimension
-//! m/r per block, scratch `[T, n]`), and per row group (the scaled rows `S_i = A_{k(i)} ⊙ W_i` of
-//! as many whole blocks as fit a fixed 4 MiB scratch, then wide GEMMs: `z_g = xd·S_gᵀ`,
-//! `dxa += H_g·S_g`, `dA` from `H_gᵀ·xd`). The op runs the row-group forward, and the per-block
-//! backward when blocks have at least [`MIN_BLOCK_ROWS`] rows (`cargo bench --bench spp`).
-//! No buffer grows with m·n beyond that fixed scratch, nothing `[m, n]` is kept for the backward:
-//! the graph keeps x (already alive as the layer input) and z (`[T, m]`).
+//! Nothing but x (already alive as the layer input) is kept for the backward, and no buffer grows
+//! with m·n beyond the fixed scratch.
 
 use super::dropout_mask;
 use crate::model::ops::{f32_slice, f32_tensor, with_f32};
@@ -28,7 +27,6 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::borrow::Cow;
-use std::sync::Mutex;
 
 /// Rows handled by one rayon task in the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
@@ -61,10 +59,7 @@ pub enum Form {
     RowGroups,
 }
 
-/// Block height below which the per-block backward's GEMMs (inner dimension m/r) are too thin.
-const MIN_BLOCK_ROWS: usize = 32;
-
-/// Scratch budget (elements) for the scaled weight rows `A_{k(i)} ⊙ W_i` of one row group.
+/// Scratch budget (elements) for the adapter rows of one row group.
 const GROUP_ELEMS: usize = 1 << 20;
 
 /// Rows per group: whole blocks of `m/r` rows, as many as fit in [`GROUP_ELEMS`] (at least one).
@@ -73,17 +68,30 @@ fn group_rows(d: Dims) -> usize {
     (GROUP_ELEMS / (blk * d.n)).clamp(1, d.r) * blk
 }
 
-/// `S[i − i0, j] = A[⌊i/blk⌋, j] · W[i, j]` for rows `i0 .. i0 + rows`.
-fn scaled_rows(w: &[f32], a: &[f32], d: Dims, i0: usize, rows: usize, s: &mut [f32]) {
+/// Rows `i0 .. i0 + rows` of `Wa` (`s·b_i·A_{k(i)} ⊙ W_i`), plus `W_i` itself with `merged`.
+#[allow(clippy::too_many_arguments)]
+fn adapter_rows(
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    scale: f32,
+    d: Dims,
+    i0: usize,
+    rows: usize,
+    merged: bool,
+    out: &mut [f32],
+) {
     let (n, blk) = (d.n, d.m / d.r);
-    s[..rows * n]
+    let keep = if merged { 1.0 } else { 0.0 };
+    out[..rows * n]
         .par_chunks_mut(n)
         .zip(w[i0 * n..(i0 + rows) * n].par_chunks(n))
         .enumerate()
-        .for_each(|(i, (s, w))| {
+        .for_each(|(i, (o, w))| {
             let ak = &a[((i0 + i) / blk) * n..][..n];
-            for ((s, w), a) in s.iter_mut().zip(w).zip(ak) {
-                *s = w * a;
+            let sb = scale * b[i0 + i];
+            for ((o, w), a) in o.iter_mut().zip(w).zip(ak) {
+                *o = w * (keep + sb * a);
             }
         });
 }
@@ -94,7 +102,8 @@ fn add_into(mut s: Vec<f32>, p: Vec<f32>) -> Vec<f32> {
     s
 }
 
-/// Returns `(y, z)`, both `[t, m]` row-major: `y = x·Wᵀ + s·(z ⊙ bᵀ)`.
+/// `y = x·Wᵀ + s·(z ⊙ bᵀ)` `[t, m]`, row-major.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     x: &[f32],
     w: &[f32],
@@ -104,27 +113,55 @@ pub fn forward(
     scale: f32,
     mask: Option<&[f32]>,
     form: Form,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Vec<f32> {
     let Dims { t, n, m, .. } = d;
-    let wm = MatRef::from_row_major_slice(w, m, n);
-    let mut y = vec![0f32; t * m];
-    gemm(
-        MatMut::from_row_major_slice_mut(&mut y, t, m),
-        Accum::Replace,
+    let (xm, wm) = (
         MatRef::from_row_major_slice(x, t, n),
-        wm.transpose(),
+        MatRef::from_row_major_slice(w, m, n),
     );
+    let mut y = vec![0f32; t * m];
     let xd = dropped(x, mask);
-    let z = match form {
-        Form::Blocks => z_blocks(&xd, w, a, d),
-        Form::RowGroups => z_groups(&xd, w, a, d),
-    };
-    y.par_chunks_mut(m).zip(z.par_chunks(m)).for_each(|(y, z)| {
-        for ((y, z), b) in y.iter_mut().zip(z).zip(b) {
-            *y += scale * z * b;
+    match form {
+        Form::Blocks => {
+            gemm(
+                MatMut::from_row_major_slice_mut(&mut y, t, m),
+                Accum::Replace,
+                xm,
+                wm.transpose(),
+            );
+            let z = z_blocks(&xd, w, a, d);
+            y.par_chunks_mut(m).zip(z.par_chunks(m)).for_each(|(y, z)| {
+                for ((y, z), b) in y.iter_mut().zip(z).zip(b) {
+                    *y += scale * z * b;
+                }
+            });
         }
-    });
-    (y, z)
+        Form::RowGroups => {
+            let merged = mask.is_none();
+            if !merged {
+                gemm(
+                    MatMut::from_row_major_slice_mut(&mut y, t, m),
+                    Accum::Replace,
+                    xm,
+                    wm.transpose(),
+                );
+            }
+            let xdm = MatRef::from_row_major_slice(&xd, t, n);
+            let gr = group_rows(d);
+            let mut wa = vec![0f32; gr * n];
+            for i0 in (0..m).step_by(gr) {
+                let rows = gr.min(m - i0);
+                adapter_rows(w, a, b, scale, d, i0, rows, merged, &mut wa);
+                gemm(
+                    MatMut::from_row_major_slice_mut(&mut y, t, m).subcols_mut(i0, rows),
+                    if merged { Accum::Replace } else { Accum::Add },
+                    xdm,
+                    MatRef::from_row_major_slice(&wa[..rows * n], rows, n).transpose(),
+                );
+            }
+        }
+    }
+    y
 }
 
 /// `z_k = (xd ⊙ A_k) · W_kᵀ`, one GEMM per block.
@@ -154,93 +191,52 @@ fn z_blocks(xd: &[f32], w: &[f32], a: &[f32], d: Dims) -> Vec<f32> {
     z
 }
 
-/// `z_g = xd · S_gᵀ` per row group, with the scaled rows `S_g` in a bounded scratch buffer, so
-/// each GEMM is wide.
-fn z_groups(xd: &[f32], w: &[f32], a: &[f32], d: Dims) -> Vec<f32> {
-    let Dims { t, n, m, .. } = d;
-    let xm = MatRef::from_row_major_slice(xd, t, n);
-    let gr = group_rows(d);
-    let mut s = vec![0f32; gr * n];
-    let mut z = vec![0f32; t * m];
-    for i0 in (0..m).step_by(gr) {
-        let rows = gr.min(m - i0);
-        scaled_rows(w, a, d, i0, rows, &mut s);
-        let zg = MatMut::from_row_major_slice_mut(&mut z, t, m).subcols_mut(i0, rows);
-        gemm(
-            zg,
-            Accum::Replace,
-            xm,
-            MatRef::from_row_major_slice(&s[..rows * n], rows, n).transpose(),
-        );
-    }
-    z
-}
-
-/// Returns `(dx [t, n], dA [r, n], db [m])`.
+/// Returns `(dx [t, n], dA [r, n], db [m])` for the output gradient `g` `[t, m]`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: &[f32],
     w: &[f32],
     a: &[f32],
     b: &[f32],
-    z: &[f32],
     g: &[f32],
     d: Dims,
     scale: f32,
     mask: Option<&[f32]>,
     form: Form,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let Dims { t, n, m, .. } = d;
+    let xd = dropped(x, mask);
+    match form {
+        Form::Blocks => backward_blocks(&xd, w, a, b, g, d, scale, mask),
+        Form::RowGroups => backward_groups(&xd, w, a, b, g, d, scale, mask),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_blocks(
+    xd: &[f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    g: &[f32],
+    d: Dims,
+    scale: f32,
+    mask: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims { t, n, m, r } = d;
+    let blk = m / r;
+    let wm = MatRef::from_row_major_slice(w, m, n);
     let mut dx = vec![0f32; t * n];
     gemm(
         MatMut::from_row_major_slice_mut(&mut dx, t, n),
         Accum::Replace,
         MatRef::from_row_major_slice(g, t, m),
-        MatRef::from_row_major_slice(w, m, n),
+        wm,
     );
     let h: Vec<f32> = g
         .par_chunks(m)
         .flat_map_iter(|g| g.iter().zip(b).map(|(g, b)| scale * g * b))
         .collect();
-    let xd = dropped(x, mask);
-    let (dxa, da) = match form {
-        Form::Blocks => adapter_grads_blocks(&h, &xd, w, a, d),
-        Form::RowGroups => adapter_grads_groups(&h, &xd, w, a, d),
-    };
-    let dxa = dropped(&dxa, mask);
-    dx.par_iter_mut()
-        .zip(dxa.par_iter())
-        .for_each(|(d, a)| *d += a);
-    let db = g
-        .par_chunks(m * ROWS_PER_TASK)
-        .zip(z.par_chunks(m * ROWS_PER_TASK))
-        .map(|(g, z)| {
-            let mut acc = vec![0f32; m];
-            for (g, z) in g.chunks(m).zip(z.chunks(m)) {
-                for i in 0..m {
-                    acc[i] += g[i] * z[i];
-                }
-            }
-            acc
-        })
-        .reduce(|| vec![0f32; m], add_into);
-    (dx, da, db.into_iter().map(|v| v * scale).collect())
-}
-
-/// Per block, with `U_k = H_k · W_k`: `dxa = Σ_k U_k ⊙ A_k` and `dA_k = Σ_tokens xd ⊙ U_k`.
-fn adapter_grads_blocks(
-    h: &[f32],
-    xd: &[f32],
-    w: &[f32],
-    a: &[f32],
-    d: Dims,
-) -> (Vec<f32>, Vec<f32>) {
-    let Dims { t, n, m, r } = d;
-    let blk = m / r;
-    let (hm, wm) = (
-        MatRef::from_row_major_slice(h, t, m),
-        MatRef::from_row_major_slice(w, m, n),
-    );
+    let hm = MatRef::from_row_major_slice(&h, t, m);
     let mut dxa = vec![0f32; t * n];
     let mut da = vec![0f32; r * n];
     let mut u = vec![0f32; t * n];
@@ -271,66 +267,114 @@ fn adapter_grads_blocks(
             .reduce(|| vec![0f32; n], add_into);
         da[k * n..(k + 1) * n].copy_from_slice(&sum);
     }
-    (dxa, da)
+    let dxa = dropped(&dxa, mask);
+    dx.par_iter_mut()
+        .zip(dxa.par_iter())
+        .for_each(|(d, a)| *d += a);
+    let z = z_blocks(xd, w, a, d);
+    let db = g
+        .par_chunks(m * ROWS_PER_TASK)
+        .zip(z.par_chunks(m * ROWS_PER_TASK))
+        .map(|(g, z)| {
+            let mut acc = vec![0f32; m];
+            for (g, z) in g.chunks(m).zip(z.chunks(m)) {
+                for i in 0..m {
+                    acc[i] += g[i] * z[i];
+                }
+            }
+            acc
+        })
+        .reduce(|| vec![0f32; m], add_into);
+    (dx, da, db.into_iter().map(|v| v * scale).collect())
 }
 
-/// Per row group: `dxa += H_g · S_g` and `dA_k = Σ_{i∈k} W_i ⊙ (H_gᵀ · xd)_i`.
-fn adapter_grads_groups(
-    h: &[f32],
+#[allow(clippy::too_many_arguments)]
+fn backward_groups(
     xd: &[f32],
     w: &[f32],
     a: &[f32],
+    b: &[f32],
+    g: &[f32],
     d: Dims,
-) -> (Vec<f32>, Vec<f32>) {
+    scale: f32,
+    mask: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { t, n, m, r } = d;
     let blk = m / r;
-    let (hm, xm) = (
-        MatRef::from_row_major_slice(h, t, m),
+    let (gm, xdm) = (
+        MatRef::from_row_major_slice(g, t, m),
         MatRef::from_row_major_slice(xd, t, n),
     );
+    let merged = mask.is_none();
+    let mut dx = vec![0f32; t * n];
+    // With dropout: dx = G·W here, and the adapter part into `dxa`, masked at the end.
+    let mut dxa = if merged {
+        Vec::new()
+    } else {
+        gemm(
+            MatMut::from_row_major_slice_mut(&mut dx, t, n),
+            Accum::Replace,
+            gm,
+            MatRef::from_row_major_slice(w, m, n),
+        );
+        vec![0f32; t * n]
+    };
     let gr = group_rows(d);
-    let (mut s, mut q) = (vec![0f32; gr * n], vec![0f32; gr * n]);
-    let mut dxa = vec![0f32; t * n];
+    let (mut wa, mut p) = (vec![0f32; gr * n], vec![0f32; gr * n]);
     let mut da = vec![0f32; r * n];
+    let mut db = vec![0f32; m];
     for i0 in (0..m).step_by(gr) {
         let rows = gr.min(m - i0);
-        scaled_rows(w, a, d, i0, rows, &mut s);
-        let hg = hm.subcols(i0, rows);
+        adapter_rows(w, a, b, scale, d, i0, rows, merged, &mut wa);
+        let gg = gm.subcols(i0, rows);
         gemm(
-            MatMut::from_row_major_slice_mut(&mut dxa, t, n),
-            Accum::Add,
-            hg,
-            MatRef::from_row_major_slice(&s[..rows * n], rows, n),
+            MatMut::from_row_major_slice_mut(if merged { &mut dx } else { &mut dxa }, t, n),
+            if i0 == 0 { Accum::Replace } else { Accum::Add },
+            gg,
+            MatRef::from_row_major_slice(&wa[..rows * n], rows, n),
         );
         gemm(
-            MatMut::from_row_major_slice_mut(&mut q[..rows * n], rows, n),
+            MatMut::from_row_major_slice_mut(&mut p[..rows * n], rows, n),
             Accum::Replace,
-            hg.transpose(),
-            xm,
+            gg.transpose(),
+            xdm,
         );
+        // Per block of this group: dA_k and the block's db from Q_i = W_i ⊙ P_i.
         da[(i0 / blk) * n..((i0 + rows) / blk) * n]
             .par_chunks_mut(n)
+            .zip(db[i0..i0 + rows].par_chunks_mut(blk))
             .enumerate()
-            .for_each(|(kk, dak)| {
-                for i in kk * blk..(kk + 1) * blk {
-                    let (wi, qi) = (&w[(i0 + i) * n..][..n], &q[i * n..][..n]);
+            .for_each(|(kk, (dak, dbk))| {
+                let ak = &a[(i0 / blk + kk) * n..][..n];
+                for (ii, dbi) in dbk.iter_mut().enumerate() {
+                    let i = kk * blk + ii;
+                    let (wi, pi) = (&w[(i0 + i) * n..][..n], &p[i * n..][..n]);
+                    let sb = scale * b[i0 + i];
+                    let mut acc = 0f32;
                     for j in 0..n {
-                        dak[j] += wi[j] * qi[j];
+                        let q = wi[j] * pi[j];
+                        dak[j] += sb * q;
+                        acc += ak[j] * q;
                     }
+                    *dbi = scale * acc;
                 }
             });
     }
-    (dxa, da)
+    if !merged {
+        let dxa = dropped(&dxa, mask);
+        dx.par_iter_mut()
+            .zip(dxa.par_iter())
+            .for_each(|(d, a)| *d += a);
+    }
+    (dx, da, db)
 }
 
 /// The SPP linear as a candle op on `(x [T, n], A [r, n], b [m])`, holding the frozen weight.
-/// `z` is kept from the forward for the backward of b.
 pub struct SppOp {
     pub w: Tensor,
     pub scale: f32,
     /// `(seed, p)` of the adapter's dropout, `None` when off.
     pub dropout: Option<(u64, f32)>,
-    pub z: Mutex<Vec<f32>>,
 }
 
 impl SppOp {
@@ -371,13 +415,9 @@ impl CustomOp3 for SppOp {
         let d = self.dims(l1.shape(), l2.shape())?;
         let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let mask = self.mask(x.len());
-        let (y, z) = with_f32(&self.w, |w| {
+        let y = with_f32(&self.w, |w| {
             forward(x, w, a, b, d, self.scale, mask.as_deref(), Form::RowGroups)
         })?;
-        *self
-            .z
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("spp: poisoned lock".into()))? = z;
         Ok((CpuStorage::F32(y), Shape::from((d.t, d.m))))
     }
 
@@ -391,23 +431,22 @@ impl CustomOp3 for SppOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = self.dims(x.shape(), a.shape())?;
         let mask = self.mask(d.t * d.n);
-        let z = self
-            .z
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("spp: poisoned lock".into()))?;
-        // Measured (`cargo bench --bench spp`): the per-block backward wins while the blocks are
-        // tall enough for a GEMM; below that, row groups.
-        let form = if d.m / d.r >= MIN_BLOCK_ROWS {
-            Form::Blocks
-        } else {
-            Form::RowGroups
-        };
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(&self.w, |w| {
                 with_f32(a, |a| {
                     with_f32(b, |b| {
                         with_f32(grad, |g| {
-                            backward(x, w, a, b, &z, g, d, self.scale, mask.as_deref(), form)
+                            backward(
+                                x,
+                                w,
+                                a,
+                                b,
+                                g,
+                                d,
+                                self.scale,
+                                mask.as_deref(),
+                                Form::RowGroups,
+                            )
                         })
                     })
                 })
