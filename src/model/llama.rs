@@ -616,7 +616,7 @@ impl Llama {
     }
 
     /// Runs attention through the composed candle ops (the reference) instead of the fused CPU
-    /// kernel that is otherwise used for f32 on the CPU when no gradient is needed.
+    /// kernel (forward and backward) that is otherwise used for f32 on the CPU.
     pub fn set_reference_attention(&mut self, on: bool) {
         for layer in &mut self.layers {
             layer.self_attn.reference = on;

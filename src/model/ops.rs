@@ -132,6 +132,32 @@ fn logsumexp_body(row: &[f32], scratch: &mut [f32]) -> f32 {
     sum_of(scratch).ln() + max
 }
 
+/// `Σ a_i·b_i` with sixteen partial sums.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+#[inline(always)]
+fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
 /// Each kernel is compiled twice: for the baseline target and with AVX2 + FMA, picked at run
 /// time, so one portable binary still uses 8-wide vectors where the CPU has them.
 macro_rules! dispatch {
@@ -156,6 +182,18 @@ dispatch!(softmax_row, softmax_row_avx2, softmax_row_body, (x: &[f32], o: &mut [
 dispatch!(softmax_inplace_fast, softmax_inplace_avx2, softmax_inplace_body, (x: &mut [f32]) -> ());
 dispatch!(silu_mul_chunk, silu_mul_chunk_avx2, silu_mul_body, (g: &[f32], u: &[f32], o: &mut [f32]) -> ());
 dispatch!(logsumexp, logsumexp_avx2, logsumexp_body, (row: &[f32], scratch: &mut [f32]) -> f32);
+dispatch!(dot_fast, dot_avx2, dot_body, (a: &[f32], b: &[f32]) -> f32);
+dispatch!(axpy_fast, axpy_avx2, axpy_body, (y: &mut [f32], a: f32, x: &[f32]) -> ());
+
+/// `Σ a_i·b_i` over the shorter of the two slices.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_fast(a, b)
+}
+
+/// `y += a·x` over the shorter of the two slices.
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_fast(y, a, x)
+}
 
 /// Softmax of a row in place (−∞ entries become 0).
 pub(crate) fn softmax_inplace(x: &mut [f32]) {
