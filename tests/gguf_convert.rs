@@ -32,13 +32,7 @@ fn dequantisation_matches_gguf_package() {
             .unwrap();
         assert_eq!(got.dims(), want.dims(), "{name}");
         let d = common::max_diff(&got, want);
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = common::max_abs(want);
         assert!(
             d <= scale * 1e-6,
             "{name}: max diff {d} (values up to {scale})"

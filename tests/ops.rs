@@ -243,13 +243,7 @@ fn fused_attention_gradients_match_the_reference() {
         ("causal", &fused[0], &reference[0]),
         ("packed", &fused[1], &reference[1]),
     ] {
-        let scale = r
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = common::max_abs(r);
         let d = common::max_diff(f, r);
         assert!(scale > 1e-3, "{name}: the gradient vanished ({scale})");
         assert!(

@@ -72,32 +72,6 @@ fn group_rows(d: Dims) -> usize {
     (GROUP_ELEMS / (blk * d.n)).clamp(1, d.r) * blk
 }
 
-/// Rows `i0 .. i0 + rows` of the merged weight `W + scale·b_i·A_{k(i)} ⊙ W_i`.
-#[allow(clippy::too_many_arguments)]
-fn merged_rows(
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
-    scale: f32,
-    d: Dims,
-    i0: usize,
-    rows: usize,
-    out: &mut [f32],
-) {
-    let (n, blk) = (d.n, d.m / d.r);
-    out[..rows * n]
-        .par_chunks_mut(n)
-        .zip(w[i0 * n..(i0 + rows) * n].par_chunks(n))
-        .enumerate()
-        .for_each(|(i, (o, w))| {
-            let ak = &a[((i0 + i) / blk) * n..][..n];
-            let sb = scale * b[i0 + i];
-            for ((o, w), a) in o.iter_mut().zip(w).zip(ak) {
-                *o = w * (1.0 + sb * a);
-            }
-        });
-}
-
 /// Element-wise sum of two partial vectors (the reduce step of the parallel column sums).
 fn add_into(mut s: Vec<f32>, p: Vec<f32>) -> Vec<f32> {
     s.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
@@ -156,35 +130,53 @@ impl Sparse {
     }
 }
 
-/// `Waᵀ` for rows `i0 .. i0 + rows`: `out[j·rows + ii] = s·b_i·A_{k(i), j}·W_{i, j}`, `i = i0 + ii`.
-#[allow(clippy::too_many_arguments)]
-fn adapter_cols(
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
+/// The adapter's weight `Wa_i = s·b_i·A_{k(i)} ⊙ W_i`, built a row group at a time.
+struct Adapter<'a> {
+    w: &'a [f32],
+    a: &'a [f32],
+    b: &'a [f32],
     scale: f32,
     d: Dims,
-    i0: usize,
-    rows: usize,
-    out: &mut [f32],
-) {
-    const J: usize = 16;
-    let (n, blk) = (d.n, d.m / d.r);
-    out[..rows * n]
-        .par_chunks_mut(rows * J)
-        .enumerate()
-        .for_each(|(jc, o)| {
-            let j0 = jc * J;
-            let nj = o.len() / rows;
-            for ii in 0..rows {
-                let i = i0 + ii;
-                let (wi, ak) = (&w[i * n + j0..][..nj], &a[(i / blk) * n + j0..][..nj]);
-                let sb = scale * b[i];
-                for jj in 0..nj {
-                    o[jj * rows + ii] = sb * ak[jj] * wi[jj];
+}
+
+impl Adapter<'_> {
+    /// Rows `i0 .. i0 + rows` of the merged weight `W + c·Wa`, row-major `[rows, n]`.
+    fn merged_rows(&self, c: f32, i0: usize, rows: usize, out: &mut [f32]) {
+        let (n, blk) = (self.d.n, self.d.m / self.d.r);
+        out[..rows * n]
+            .par_chunks_mut(n)
+            .zip(self.w[i0 * n..(i0 + rows) * n].par_chunks(n))
+            .enumerate()
+            .for_each(|(i, (o, w))| {
+                let ak = &self.a[((i0 + i) / blk) * n..][..n];
+                let sb = c * self.scale * self.b[i0 + i];
+                for ((o, w), a) in o.iter_mut().zip(w).zip(ak) {
+                    *o = w * (1.0 + sb * a);
                 }
-            }
-        });
+            });
+    }
+
+    /// `Waᵀ` for rows `i0 .. i0 + rows`, row-major `[n, rows]`.
+    fn cols(&self, i0: usize, rows: usize, out: &mut [f32]) {
+        const J: usize = 16;
+        let (n, blk) = (self.d.n, self.d.m / self.d.r);
+        out[..rows * n]
+            .par_chunks_mut(rows * J)
+            .enumerate()
+            .for_each(|(jc, o)| {
+                let j0 = jc * J;
+                let nj = o.len() / rows;
+                for ii in 0..rows {
+                    let i = i0 + ii;
+                    let wi = &self.w[i * n + j0..][..nj];
+                    let ak = &self.a[(i / blk) * n + j0..][..nj];
+                    let sb = self.scale * self.b[i];
+                    for jj in 0..nj {
+                        o[jj * rows + ii] = sb * ak[jj] * wi[jj];
+                    }
+                }
+            });
+    }
 }
 
 /// `y = x·Wᵀ + s·(z ⊙ bᵀ)` `[t, m]`, row-major.
@@ -222,11 +214,12 @@ pub fn forward(
         }
         Form::RowGroups => {
             let sp = Sparse::new(mask, t, n);
+            let ad = Adapter { w, a, b, scale, d };
             let gr = group_rows(d);
             let (mut wc, mut wat) = (vec![0f32; gr * n], Vec::new());
             for i0 in (0..m).step_by(gr) {
                 let rows = gr.min(m - i0);
-                merged_rows(w, a, b, scale * sp.c, d, i0, rows, &mut wc);
+                ad.merged_rows(sp.c, i0, rows, &mut wc);
                 gemm(
                     MatMut::from_row_major_slice_mut(&mut y, t, m).subcols_mut(i0, rows),
                     Accum::Replace,
@@ -237,7 +230,7 @@ pub fn forward(
                     continue;
                 }
                 wat.resize(gr * n, 0.0);
-                adapter_cols(w, a, b, scale, d, i0, rows, &mut wat);
+                ad.cols(i0, rows, &mut wat);
                 y.par_chunks_mut(m).enumerate().for_each(|(ti, y)| {
                     let (y, x) = (&mut y[i0..i0 + rows], &x[ti * n..][..n]);
                     for &(j, v) in sp.row(ti) {
@@ -392,6 +385,7 @@ fn backward_groups(
         MatRef::from_row_major_slice(xd, t, n),
     );
     let sp = Sparse::new(mask, t, n);
+    let ad = Adapter { w, a, b, scale, d };
     let mut dx = vec![0f32; t * n];
     let gr = group_rows(d);
     let (mut wc, mut p, mut wat) = (vec![0f32; gr * n], vec![0f32; gr * n], Vec::new());
@@ -399,7 +393,7 @@ fn backward_groups(
     let mut db = vec![0f32; m];
     for i0 in (0..m).step_by(gr) {
         let rows = gr.min(m - i0);
-        merged_rows(w, a, b, scale * sp.c, d, i0, rows, &mut wc);
+        ad.merged_rows(sp.c, i0, rows, &mut wc);
         let gg = gm.subcols(i0, rows);
         gemm(
             MatMut::from_row_major_slice_mut(&mut dx, t, n),
@@ -409,7 +403,7 @@ fn backward_groups(
         );
         if !sp.is_empty() {
             wat.resize(gr * n, 0.0);
-            adapter_cols(w, a, b, scale, d, i0, rows, &mut wat);
+            ad.cols(i0, rows, &mut wat);
             dx.par_chunks_mut(n).enumerate().for_each(|(ti, dx)| {
                 let g = &g[ti * m + i0..][..rows];
                 for &(j, v) in sp.row(ti) {

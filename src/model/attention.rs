@@ -96,6 +96,18 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+impl Heads {
+    /// `(query heads, KV heads, head size, query heads per KV head)`.
+    fn split(&self) -> (usize, usize, usize, usize) {
+        (
+            self.n_heads,
+            self.n_kv,
+            self.head_dim,
+            self.n_heads / self.n_kv,
+        )
+    }
+}
+
 /// A pointer that tasks writing disjoint rows may share.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -211,11 +223,7 @@ impl CustomOp3 for FusedAttention {
 
 impl FusedAttention {
     fn check(&self, q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<(usize, usize)> {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
+        let (h, kvh, d, _) = self.heads.split();
         let (b, t, hd) = q.dims3()?;
         let rows_ok = match &self.visible {
             Visibility::Causal => true,
@@ -245,12 +253,7 @@ impl FusedAttention {
     }
 
     fn rotate(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Rotated {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        let rep = h / kvh;
+        let (h, kvh, d, rep) = self.heads.split();
         let scale = 1.0 / (d as f32).sqrt();
         let mut r = Rotated {
             q: vec![0f32; b * t * h * d],
@@ -297,12 +300,7 @@ impl FusedAttention {
     /// The task's probabilities into `p` (`[c·rep, w]`, zero where a key is hidden); returns
     /// the first visible key `lo` and the width `w`.
     fn probs(&self, r: &Rotated, task: Task, t: usize, p: &mut Vec<f32>) -> (usize, usize) {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        let rep = h / kvh;
+        let (_, kvh, d, rep) = self.heads.split();
         let Task { bi, g, c0 } = task;
         let c = QUERY_CHUNK.min(t - c0);
         let lo = (c0..c0 + c)
@@ -335,22 +333,12 @@ impl FusedAttention {
 
     /// Offset in `[B, T, H·D]` of the task's row `r` (query `c0 + r / rep`, head `g·rep + r % rep`).
     fn out_at(&self, task: Task, t: usize, r: usize) -> usize {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        let rep = h / kvh;
+        let (h, _, d, rep) = self.heads.split();
         (task.bi * t + task.c0 + r / rep) * h * d + (task.g * rep + r % rep) * d
     }
 
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        let rep = h / kvh;
+        let (h, kvh, d, rep) = self.heads.split();
         let mut out = vec![0f32; b * t * h * d];
         let out_ptr = SharedOut(out.as_mut_ptr());
         self.tasks(b, t).into_par_iter().for_each(|task| {
@@ -389,12 +377,7 @@ impl FusedAttention {
         b: usize,
         t: usize,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let Heads {
-            n_heads: h,
-            n_kv: kvh,
-            head_dim: d,
-        } = self.heads;
-        let rep = h / kvh;
+        let (h, kvh, d, rep) = self.heads.split();
         let scale = 1.0 / (d as f32).sqrt();
         let mut dq = vec![0f32; b * t * h * d];
         let dq_ptr = SharedOut(dq.as_mut_ptr());
