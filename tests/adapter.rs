@@ -167,6 +167,23 @@ fn naive_form_gradients_match_finite_differences() {
 }
 
 #[test]
+fn dropped_rows_are_the_zeros_of_the_dropout_mask() {
+    // Rows of 7 entries: the 4-entry draw groups straddle rows.
+    for (seed, rows, n, p) in [(3u64, 50, 7, 0.3f32), (9, 4, 1536, 0.05), (1, 3, 8, 0.0)] {
+        let mask = dropout_mask(seed, rows * n, p);
+        let want: Vec<Vec<u32>> = mask
+            .chunks(n)
+            .map(|r| (0..n as u32).filter(|&j| r[j as usize] == 0.0).collect())
+            .collect();
+        assert_eq!(
+            adapter::dropped_rows(seed, rows, n, p),
+            want,
+            "seed {seed}, n {n}"
+        );
+    }
+}
+
+#[test]
 fn dropout_mask_is_seeded_and_has_the_right_rate() {
     let a = dropout_mask(5, 100_000, 0.05);
     assert_eq!(a, dropout_mask(5, 100_000, 0.05));

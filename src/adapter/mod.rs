@@ -148,14 +148,12 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 /// Inverted-dropout mask of `len` entries: 0 with probability `p`, else `1/(1−p)`. Entry `i` comes
 /// from 16 bits of `splitmix64(seed + ⌊i/4⌋·φ)`, so the mask is a pure function of the seed.
 pub fn dropout_mask(seed: u64, len: usize, p: f32) -> Vec<f32> {
-    let threshold = (p as f64 * 65536.0).round() as u64;
+    let threshold = dropout_threshold(p);
     let keep = 1.0 / (1.0 - p);
     let mut out = vec![0f32; len];
     out.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
         for (g, four) in chunk.chunks_mut(4).enumerate() {
-            let mut s =
-                seed.wrapping_add(((c * 1024 + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let h = splitmix64(&mut s);
+            let h = dropout_bits(seed, c * 1024 + g);
             for (l, v) in four.iter_mut().enumerate() {
                 *v = if (h >> (16 * l)) & 0xFFFF >= threshold {
                     keep
@@ -166,6 +164,39 @@ pub fn dropout_mask(seed: u64, len: usize, p: f32) -> Vec<f32> {
         }
     });
     out
+}
+
+/// The 16-bit draws below this value drop their entry.
+fn dropout_threshold(p: f32) -> u64 {
+    (p as f64 * 65536.0).round() as u64
+}
+
+/// The draws of entries `4·group .. 4·group + 4`, 16 bits each.
+fn dropout_bits(seed: u64, group: usize) -> u64 {
+    splitmix64(&mut seed.wrapping_add((group as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// The entries that [`dropout_mask`]`(seed, rows·n, p)` drops, per row of `n`, without building
+/// the mask.
+pub fn dropped_rows(seed: u64, rows: usize, n: usize, p: f32) -> Vec<Vec<u32>> {
+    let threshold = dropout_threshold(p);
+    (0..rows)
+        .into_par_iter()
+        .map(|t| {
+            let mut out = Vec::new();
+            let mut h = (usize::MAX, 0u64);
+            for j in 0..n {
+                let i = t * n + j;
+                if h.0 != i / 4 {
+                    h = (i / 4, dropout_bits(seed, i / 4));
+                }
+                if (h.1 >> (16 * (i % 4))) & 0xFFFF < threshold {
+                    out.push(j as u32);
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// A uniform draw in `[-bound, bound)` per entry, from a seeded splitmix64 stream.

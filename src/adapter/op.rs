@@ -25,7 +25,7 @@
 //! Nothing but x (already alive as the layer input) is kept for the backward, and no buffer grows
 //! with m·n beyond the fixed scratch.
 
-use super::dropout_mask;
+use super::dropped_rows;
 use crate::model::ops::{axpy, dot, f32_slice, f32_tensor, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -109,7 +109,21 @@ impl Sparse {
                 e
             })
             .collect();
-        let mut offsets = Vec::with_capacity(t + 1);
+        Self::from_rows(c, rows)
+    }
+
+    /// The same for [`super::dropout_mask`]`(seed, t·n, p)`, drawn directly (no mask is built).
+    fn dropout(seed: u64, p: f32, t: usize, n: usize) -> Self {
+        let c = 1.0 / (1.0 - p);
+        let rows = dropped_rows(seed, t, n, p)
+            .into_iter()
+            .map(|r| r.into_iter().map(|j| (j, c)).collect())
+            .collect();
+        Self::from_rows(c, rows)
+    }
+
+    fn from_rows(c: f32, rows: Vec<Vec<(u32, f32)>>) -> Self {
+        let mut offsets = Vec::with_capacity(rows.len() + 1);
         offsets.push(0);
         for r in &rows {
             offsets.push(offsets[offsets.len() - 1] + r.len());
@@ -127,6 +141,17 @@ impl Sparse {
 
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// `x ⊙ mask` for `x` `[t, n]`.
+    fn apply(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut xd: Vec<f32> = x.par_iter().map(|v| v * self.c).collect();
+        xd.par_chunks_mut(n).enumerate().for_each(|(t, row)| {
+            for &(j, v) in self.row(t) {
+                row[j as usize] = x[t * n + j as usize] * (self.c - v);
+            }
+        });
+        xd
     }
 }
 
@@ -213,32 +238,39 @@ pub fn forward(
             });
         }
         Form::RowGroups => {
-            let sp = Sparse::new(mask, t, n);
-            let ad = Adapter { w, a, b, scale, d };
-            let gr = group_rows(d);
-            let (mut wc, mut wat) = (vec![0f32; gr * n], Vec::new());
-            for i0 in (0..m).step_by(gr) {
-                let rows = gr.min(m - i0);
-                ad.merged_rows(sp.c, i0, rows, &mut wc);
-                gemm(
-                    MatMut::from_row_major_slice_mut(&mut y, t, m).subcols_mut(i0, rows),
-                    Accum::Replace,
-                    xm,
-                    MatRef::from_row_major_slice(&wc[..rows * n], rows, n).transpose(),
-                );
-                if sp.is_empty() {
-                    continue;
-                }
-                wat.resize(gr * n, 0.0);
-                ad.cols(i0, rows, &mut wat);
-                y.par_chunks_mut(m).enumerate().for_each(|(ti, y)| {
-                    let (y, x) = (&mut y[i0..i0 + rows], &x[ti * n..][..n]);
-                    for &(j, v) in sp.row(ti) {
-                        axpy(y, -v * x[j as usize], &wat[j as usize * rows..][..rows]);
-                    }
-                });
-            }
+            return forward_groups(x, &Adapter { w, a, b, scale, d }, &Sparse::new(mask, t, n))
         }
+    }
+    y
+}
+
+/// The row-group forward: `y = x·(W + c·Wa)ᵀ − e·Waᵀ`.
+fn forward_groups(x: &[f32], ad: &Adapter, sp: &Sparse) -> Vec<f32> {
+    let Dims { t, n, m, .. } = ad.d;
+    let xm = MatRef::from_row_major_slice(x, t, n);
+    let mut y = vec![0f32; t * m];
+    let gr = group_rows(ad.d);
+    let (mut wc, mut wat) = (vec![0f32; gr * n], Vec::new());
+    for i0 in (0..m).step_by(gr) {
+        let rows = gr.min(m - i0);
+        ad.merged_rows(sp.c, i0, rows, &mut wc);
+        gemm(
+            MatMut::from_row_major_slice_mut(&mut y, t, m).subcols_mut(i0, rows),
+            Accum::Replace,
+            xm,
+            MatRef::from_row_major_slice(&wc[..rows * n], rows, n).transpose(),
+        );
+        if sp.is_empty() {
+            continue;
+        }
+        wat.resize(gr * n, 0.0);
+        ad.cols(i0, rows, &mut wat);
+        y.par_chunks_mut(m).enumerate().for_each(|(ti, y)| {
+            let (y, x) = (&mut y[i0..i0 + rows], &x[ti * n..][..n]);
+            for &(j, v) in sp.row(ti) {
+                axpy(y, -v * x[j as usize], &wat[j as usize * rows..][..rows]);
+            }
+        });
     }
     y
 }
@@ -283,10 +315,14 @@ pub fn backward(
     mask: Option<&[f32]>,
     form: Form,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let xd = dropped(x, mask);
     match form {
-        Form::Blocks => backward_blocks(&xd, w, a, b, g, d, scale, mask),
-        Form::RowGroups => backward_groups(&xd, w, a, b, g, d, scale, mask),
+        Form::Blocks => backward_blocks(&dropped(x, mask), w, a, b, g, d, scale, mask),
+        Form::RowGroups => backward_groups(
+            x,
+            &Adapter { w, a, b, scale, d },
+            g,
+            &Sparse::new(mask, d.t, d.n),
+        ),
     }
 }
 
@@ -367,25 +403,21 @@ fn backward_blocks(
     (dx, da, db.into_iter().map(|v| v * scale).collect())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The row-group backward: `dx = G·(W + c·Wa) − c·1_D ⊙ (G·Wa)`, `P = Gᵀ·xd`, dA and db from P.
 fn backward_groups(
-    xd: &[f32],
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
+    x: &[f32],
+    ad: &Adapter,
     g: &[f32],
-    d: Dims,
-    scale: f32,
-    mask: Option<&[f32]>,
+    sp: &Sparse,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (d, w, a, b, scale) = (ad.d, ad.w, ad.a, ad.b, ad.scale);
     let Dims { t, n, m, r } = d;
     let blk = m / r;
+    let xd = sp.apply(x, n);
     let (gm, xdm) = (
         MatRef::from_row_major_slice(g, t, m),
-        MatRef::from_row_major_slice(xd, t, n),
+        MatRef::from_row_major_slice(&xd, t, n),
     );
-    let sp = Sparse::new(mask, t, n);
-    let ad = Adapter { w, a, b, scale, d };
     let mut dx = vec![0f32; t * n];
     let gr = group_rows(d);
     let (mut wc, mut p, mut wat) = (vec![0f32; gr * n], vec![0f32; gr * n], Vec::new());
@@ -465,8 +497,11 @@ impl SppOp {
         Ok(Dims { t, n, m, r })
     }
 
-    fn mask(&self, len: usize) -> Option<Vec<f32>> {
-        self.dropout.map(|(seed, p)| dropout_mask(seed, len, p))
+    fn sparse(&self, d: Dims) -> Sparse {
+        match self.dropout {
+            Some((seed, p)) => Sparse::dropout(seed, p, d.t, d.n),
+            None => Sparse::new(None, d.t, d.n),
+        }
     }
 }
 
@@ -486,9 +521,10 @@ impl CustomOp3 for SppOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.dims(l1.shape(), l2.shape())?;
         let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let mask = self.mask(x.len());
+        let sp = self.sparse(d);
+        let scale = self.scale;
         let y = with_f32(&self.w, |w| {
-            forward(x, w, a, b, d, self.scale, mask.as_deref(), Form::RowGroups)
+            forward_groups(x, &Adapter { w, a, b, scale, d }, &sp)
         })?;
         Ok((CpuStorage::F32(y), Shape::from((d.t, d.m))))
     }
@@ -502,23 +538,13 @@ impl CustomOp3 for SppOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = self.dims(x.shape(), a.shape())?;
-        let mask = self.mask(d.t * d.n);
+        let (sp, scale) = (self.sparse(d), self.scale);
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(&self.w, |w| {
                 with_f32(a, |a| {
                     with_f32(b, |b| {
                         with_f32(grad, |g| {
-                            backward(
-                                x,
-                                w,
-                                a,
-                                b,
-                                g,
-                                d,
-                                self.scale,
-                                mask.as_deref(),
-                                Form::RowGroups,
-                            )
+                            backward_groups(x, &Adapter { w, a, b, scale, d }, g, &sp)
                         })
                     })
                 })
