@@ -7,6 +7,7 @@
 
 use crate::bail;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -67,16 +68,27 @@ impl Sparsity {
     }
 }
 
-/// Indices of `scores` in increasing order, ties by lowest index.
-pub fn stable_order(scores: &[f32]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    idx
+/// Marks (sets `true` in `prune`) the `k` lowest of `scores`, ties by lowest index: a selection
+/// (`select_nth_unstable_by`, linear time) under the total order (score, index), so the marked
+/// set is the one a stable sort would put first.
+pub fn mark_lowest(scores: &[f32], k: usize, prune: &mut [bool]) {
+    mark_lowest_in(scores, k, prune, &mut Vec::new());
 }
 
-/// Marks (sets `true` in `prune`) the `k` lowest of `scores`.
-pub fn mark_lowest(scores: &[f32], k: usize, prune: &mut [bool]) {
-    for &i in stable_order(scores).iter().take(k) {
+/// [`mark_lowest`] with a reusable index buffer.
+fn mark_lowest_in(scores: &[f32], k: usize, prune: &mut [bool], idx: &mut Vec<usize>) {
+    let k = k.min(scores.len());
+    if k == 0 {
+        return;
+    }
+    idx.clear();
+    idx.extend(0..scores.len());
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            scores[a].total_cmp(&scores[b]).then(a.cmp(&b))
+        });
+    }
+    for &i in &idx[..k] {
         prune[i] = true;
     }
 }
@@ -92,26 +104,41 @@ pub fn select(
     per_row: bool,
 ) -> Vec<bool> {
     let mut prune = vec![false; rows * cols];
+    // Rows are independent comparison groups (or hold whole N:M groups): one task per row.
+    let by_row = |prune: &mut [bool], f: &(dyn Fn(&[f32], &mut [bool], &mut Vec<usize>) + Sync)| {
+        prune
+            .par_chunks_mut(cols.max(1))
+            .zip(scores.par_chunks(cols.max(1)))
+            .for_each_init(Vec::new, |idx, (p, s)| f(s, p, idx));
+    };
     match *sparsity {
         Sparsity::Unstructured { ratio } if per_row => {
             let k = (cols as f64 * ratio).floor() as usize;
-            for r in 0..rows {
-                mark_lowest(
-                    &scores[r * cols..(r + 1) * cols],
-                    k,
-                    &mut prune[r * cols..(r + 1) * cols],
-                );
-            }
+            by_row(&mut prune, &|s, p, idx| mark_lowest_in(s, k, p, idx));
         }
         Sparsity::Unstructured { ratio } => {
             let k = (scores.len() as f64 * ratio).floor() as usize;
             mark_lowest(scores, k, &mut prune);
         }
-        Sparsity::NM { n, m } => {
-            for g in (0..rows * cols).step_by(m) {
-                mark_lowest(&scores[g..g + m], m - n, &mut prune[g..g + m]);
+        Sparsity::NM { n, m } => by_row(&mut prune, &|s, p, idx| {
+            for (sg, pg) in s.chunks(m).zip(p.chunks_mut(m)) {
+                mark_lowest_in(sg, m - n, pg, idx);
             }
-        }
+        }),
     }
     prune
+}
+
+/// Fraction of exactly-zero entries.
+pub fn zero_fraction(w: &[f32]) -> f64 {
+    w.par_iter().filter(|&&v| v == 0.0).count() as f64 / w.len().max(1) as f64
+}
+
+/// Whether every group of `m` consecutive inputs of every row of `w` (`[_, cols]`) has at most
+/// `n` non-zeros.
+pub fn satisfies_n_m(w: &[f32], cols: usize, n: usize, m: usize) -> bool {
+    m > 0
+        && cols % m == 0
+        && w.par_chunks(m)
+            .all(|g| g.iter().filter(|&&v| v != 0.0).count() <= n)
 }

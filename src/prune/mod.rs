@@ -195,8 +195,8 @@ fn prune_linear(
     opts: &PruneOptions,
 ) -> Result<LinearReport> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
-    let before = lin.sparsity()?;
     let w = to_f32_vec(&lin.weight)?;
+    let before = mask::zero_fraction(&w);
     let mut report = LinearReport {
         name: name.clone(),
         sparsity_before: before,
@@ -229,9 +229,11 @@ fn prune_linear(
     };
     let dev = lin.weight.device().clone();
     lin.weight = Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?;
-    report.sparsity = lin.sparsity()?;
+    // Counted on the stored weight: a narrower dtype may round more entries to zero.
+    let stored = to_f32_vec(&lin.weight)?;
+    report.sparsity = mask::zero_fraction(&stored);
     if let Sparsity::NM { n, m } = opts.sparsity {
-        report.n_m_valid = Some(lin.satisfies_n_m(n, m)?);
+        report.n_m_valid = Some(mask::satisfies_n_m(&stored, cols, n, m));
     }
     Ok(report)
 }
