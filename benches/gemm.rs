@@ -1,11 +1,20 @@
 //! `cargo bench --bench gemm`: f32 GEMM throughput for SmolLM2's linear shapes (2047 tokens),
-//! candle's matmul against faer's, both on all of rayon's threads.
+//! candle's matmul, faer's and spp's own (`spp::model::gemm`), all on rayon's threads. The three
+//! run interleaved, `REPS` rounds each, and the table gives each one's median: this machine's
+//! speed drifts from minute to minute, and interleaving exposes all three to the same drift.
 
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
+const REPS: usize = 15;
+
 fn gflops(m: usize, k: usize, n: usize, secs: f64) -> f64 {
     2.0 * (m * k * n) as f64 / secs / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -13,42 +22,46 @@ fn main() {
         (2047, 576, 576),
         (2047, 576, 1536),
         (2047, 1536, 576),
+        (2047, 576, 192),
+        (128, 576, 49152),
+        (256, 576, 49152),
         (512, 576, 49152),
     ];
-    println!("| m×k·(n×k)ᵀ | candle GFLOP/s | faer GFLOP/s |");
-    println!("|---|---|---|");
+    println!("| m×k·(n×k)ᵀ | candle GFLOP/s | faer GFLOP/s | spp GFLOP/s | spp / faer |");
+    println!("|---|---|---|---|---|");
     for (m, k, n) in shapes {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let reps = 8;
-        let _ = x.matmul(&w.t().unwrap()).unwrap();
-        let t = Instant::now();
-        for _ in 0..reps {
-            let _ = x.matmul(&w.t().unwrap()).unwrap();
-        }
-        let c = gflops(m, k, n, t.elapsed().as_secs_f64() / reps as f64);
         let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-        let xa = faer::MatRef::from_row_major_slice(&xv, m, k);
-        let wa = faer::MatRef::from_row_major_slice(&wv, n, k);
-        let mut out = faer::Mat::<f32>::zeros(m, n);
-        let par = faer::Par::rayon(0);
-        let run = |out: &mut faer::Mat<f32>| {
-            faer::linalg::matmul::matmul(
-                out.as_mut(),
-                faer::Accum::Replace,
-                xa,
-                wa.transpose(),
-                1.0f32,
-                par,
-            );
-        };
-        run(&mut out);
-        let t = Instant::now();
-        for _ in 0..reps {
-            run(&mut out);
+        let mut out = vec![0f32; m * n];
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..=REPS {
+            for (which, t) in times.iter_mut().enumerate() {
+                let s = Instant::now();
+                match which {
+                    0 => {
+                        x.matmul(&w.t().unwrap()).unwrap();
+                    }
+                    1 => faer::linalg::matmul::matmul(
+                        faer::MatMut::from_row_major_slice_mut(&mut out, m, n),
+                        faer::Accum::Replace,
+                        faer::MatRef::from_row_major_slice(&xv, m, k),
+                        faer::MatRef::from_row_major_slice(&wv, n, k).transpose(),
+                        1.0f32,
+                        faer::Par::rayon(0),
+                    ),
+                    _ => spp::model::gemm::gemm_abt(&xv, &wv, &mut out, m, k, n),
+                }
+                if round > 0 {
+                    t.push(gflops(m, k, n, s.elapsed().as_secs_f64()));
+                }
+            }
         }
-        let f = gflops(m, k, n, t.elapsed().as_secs_f64() / reps as f64);
-        println!("| {m}×{k}·({n}×{k})ᵀ | {c:.1} | {f:.1} |");
+        let [c, f, s] = times.map(median);
+        println!(
+            "| {m}×{k}·({n}×{k})ᵀ | {c:.1} | {f:.1} | {s:.1} | {:.2} |",
+            s / f
+        );
     }
 }

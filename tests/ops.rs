@@ -168,6 +168,38 @@ fn token_nll_gradient_matches_reference() {
 }
 
 #[test]
+fn gemm_matches_the_triple_loop() {
+    use spp::model::gemm::{gemm_abt, gemm_abt_reference};
+    // Partial tiles on both sides, one and two K slices, a thread's columns spanning two packed
+    // blocks of B (n > 2 × 1024), and a short A that goes to faer.
+    for (i, &(m, k, n)) in [
+        (24, 5, 1),
+        (37, 1000, 17),
+        (100, 64, 130),
+        (30, 700, 2100),
+        (3, 40, 50),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a: Vec<f32> = rand(&[m * k], 10 + i as u64).to_vec1().unwrap();
+        let b: Vec<f32> = rand(&[n * k], 20 + i as u64).to_vec1().unwrap();
+        let (mut fast, mut slow) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+        gemm_abt(&a, &b, &mut fast, m, k, n);
+        gemm_abt_reference(&a, &b, &mut slow, m, k, n);
+        // Entries are in [−5, 5]: f32 rounding over k products of at most 25 stays far below
+        // 1e-5 · 25 · k, a wrong index or a missed slice far above it.
+        let worst = fast
+            .iter()
+            .zip(&slow)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let tol = 1e-5 * 25.0 * k as f32;
+        assert!(worst < tol, "{m}×{k}·({n}×{k})ᵀ: error {worst} (tolerance {tol})");
+    }
+}
+
+#[test]
 fn fused_attention_and_lm_head_nll_match_the_reference() {
     // Two sequences of 100 tokens: several query chunks, the last one partial; GQA (4 heads over
     // 2 KV heads) and, with the untied head, a plain MHA-shaped projection check through logits.

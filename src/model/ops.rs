@@ -442,12 +442,13 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll_reference(logits, &targets)
 }
 
-/// Rows of the LM head computed at once by [`lm_head_nll`]: their logits (`ROWS × vocab`) live in
-/// one buffer reused for every chunk.
-const LM_HEAD_ROWS: usize = 128;
+/// Rows of the LM head computed at once by [`lm_head_nll`]: their logits live in one buffer reused
+/// for every chunk, at most `LM_HEAD_LOGITS` floats (64 MiB) and 64–512 rows (SmolLM2: 341).
+/// More rows per chunk let the GEMM reuse each streamed weight row more often.
+const LM_HEAD_LOGITS: usize = 1 << 24;
 
 /// `−log softmax(h·Wᵀ)[target]` per row for hidden states `[T, H]`, the output embedding W
-/// `[V, H]` and u32 targets `[T]`, without autograd: the logits of `LM_HEAD_ROWS` rows at a
+/// `[V, H]` and u32 targets `[T]`, without autograd: the logits of a chunk of rows at a
 /// time into one reused buffer (no fresh pages per chunk), then the log-sum-exp of each row.
 /// Same result as `token_nll(frozen_matmul(h, W), targets)`, which runs where this does not
 /// (other devices and dtypes, or when `h` needs a gradient).
@@ -471,19 +472,12 @@ pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     }
     let out = with_f32(h, |h| {
         with_f32(w, |w| {
-            let wm = faer::MatRef::from_row_major_slice(w, v, hd);
-            let mut logits = vec![0f32; LM_HEAD_ROWS.min(t) * v];
+            let rows = (LM_HEAD_LOGITS / v).clamp(64, 512);
+            let mut logits = vec![0f32; rows.min(t) * v];
             let mut out = Vec::with_capacity(t);
-            for (hc, tc) in h.chunks(LM_HEAD_ROWS * hd).zip(tgt.chunks(LM_HEAD_ROWS)) {
+            for (hc, tc) in h.chunks(rows * hd).zip(tgt.chunks(rows)) {
                 let (n, buf) = (tc.len(), &mut logits[..tc.len() * v]);
-                faer::linalg::matmul::matmul(
-                    faer::MatMut::from_row_major_slice_mut(buf, n, v),
-                    faer::Accum::Replace,
-                    faer::MatRef::from_row_major_slice(hc, n, hd),
-                    wm.transpose(),
-                    1.0f32,
-                    faer::Par::rayon(0),
-                );
+                super::gemm::gemm_abt(hc, w, buf, n, hd, v);
                 out.par_extend(buf.par_chunks(v).zip(tc.par_iter()).map_init(
                     || vec![0f32; v],
                     |scratch, (row, &t)| logsumexp(row, scratch) - row[t as usize],
