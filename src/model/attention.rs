@@ -19,7 +19,7 @@
 //! `dQ` rows belong to their task; each task's `dK`, `dV` over its visible keys are summed per
 //! (sequence, KV head) afterwards. RoPE is undone on `dQ` and `dK` (rotation by −θ).
 
-use super::ops::{f32_slice, f32_tensor, softmax_inplace, with_f32};
+use super::ops::{f32_slice, f32_tensor, softmax_inplace, with_f32, SharedOut};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -105,20 +105,6 @@ impl Heads {
             self.head_dim,
             self.n_heads / self.n_kv,
         )
-    }
-}
-
-/// A pointer that tasks writing disjoint rows may share.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of output rows (see `FusedAttention::tasks`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(&self, offset: usize) -> *mut f32 {
-        // SAFETY (of the callers): offsets stay inside the buffer the pointer came from.
-        self.0.wrapping_add(offset)
     }
 }
 

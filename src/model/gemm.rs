@@ -68,11 +68,6 @@ pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 #[cfg(target_arch = "x86_64")]
 fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
@@ -90,12 +85,11 @@ fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
         });
     let panels = n.div_ceil(NR);
     let threads = rayon::current_num_threads().clamp(1, panels);
-    let cp = SendPtr(c.as_mut_ptr());
+    let cp = super::ops::SharedOut(c.as_mut_ptr());
     let ap = &ap;
     (0..threads).into_par_iter().for_each(|t| {
         let (p0, p1) = (panels * t / threads, panels * (t + 1) / threads);
         let (n0, n1) = (p0 * NR, (p1 * NR).min(n));
-        let cp = cp;
         BUFFER.with(|buf| {
             let bp = &mut *buf.borrow_mut();
             bp.resize(NC * kc, 0.0);
@@ -122,7 +116,7 @@ fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
                                 // c (m × n) and inside this thread's columns [n0, n1); the packed
                                 // panels hold kcs · MR and kcs · NR floats.
                                 unsafe {
-                                    let cptr = cp.0.add(ir * n + jc + jr);
+                                    let cptr = cp.at(ir * n + jc + jr);
                                     tile(kcs, app, bpp, cptr, n, mr, nr, first);
                                 }
                             }

@@ -20,6 +20,20 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Resul
     }
 }
 
+/// A pointer that tasks writing disjoint rows may share.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: the users (attention tasks, GEMM threads) each write a disjoint set of elements.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY (of the callers): offsets stay inside the buffer the pointer came from.
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Runs `f` on the contiguous f32 data of a CPU tensor (copied first when strided).
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
