@@ -195,7 +195,10 @@ fn gemm_matches_the_triple_loop() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         let tol = 1e-5 * 25.0 * k as f32;
-        assert!(worst < tol, "{m}×{k}·({n}×{k})ᵀ: error {worst} (tolerance {tol})");
+        assert!(
+            worst < tol,
+            "{m}×{k}·({n}×{k})ᵀ: error {worst} (tolerance {tol})"
+        );
     }
 }
 

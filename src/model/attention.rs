@@ -6,7 +6,8 @@
 //! contiguously (queries as `[kv head, token, rep, d]`, so that a KV head's `rep` query heads
 //! form one matrix). Then every (sequence, KV head, chunk of queries) is an independent task:
 //! scores `S = Q·Kᵀ` over the keys the chunk can see (faer GEMM, one thread per task), masked
-//! softmax in place, `O = P·V`, rows written straight into the output `[B, T, H·D]`. No
+//! `exp(S − max)` in place, `O = P·V` divided by the row sums (a `d`-wide row, not a `T`-wide
+//! one), rows written straight into the output `[B, T, H·D]`. No
 //! `[B, H, T, D]` transposes, no score tensors outside one task's scratch.
 //!
 //! The backward recomputes each task's probabilities `P` (nothing but the output is kept) and
@@ -19,7 +20,7 @@
 //! `dQ` rows belong to their task; each task's `dK`, `dV` over its visible keys are summed per
 //! (sequence, KV head) afterwards. RoPE is undone on `dQ` and `dK` (rotation by −θ).
 
-use super::ops::{f32_slice, f32_tensor, softmax_inplace, with_f32, SharedOut};
+use super::ops::{exp_shifted, f32_slice, f32_tensor, softmax_inplace, with_f32, SharedOut};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -35,6 +36,8 @@ const QUERY_CHUNK: usize = 32;
 #[derive(Default)]
 struct Scratch {
     p: Vec<f32>,
+    /// Row sums of the undivided probabilities (forward).
+    sums: Vec<f32>,
     o: Vec<f32>,
     dp: Vec<f32>,
     go: Vec<f32>,
@@ -284,8 +287,17 @@ impl FusedAttention {
     }
 
     /// The task's probabilities into `p` (`[c·rep, w]`, zero where a key is hidden); returns
-    /// the first visible key `lo` and the width `w`.
-    fn probs(&self, r: &Rotated, task: Task, t: usize, p: &mut Vec<f32>) -> (usize, usize) {
+    /// the first visible key `lo` and the width `w`. With `sums`, the rows are left undivided
+    /// (`exp(s − max)`) and their sums go there: the forward divides the `d`-wide output rows
+    /// instead of the `w`-wide probability rows.
+    fn probs(
+        &self,
+        r: &Rotated,
+        task: Task,
+        t: usize,
+        p: &mut Vec<f32>,
+        mut sums: Option<&mut Vec<f32>>,
+    ) -> (usize, usize) {
         let (_, kvh, d, rep) = self.heads.split();
         let Task { bi, g, c0 } = task;
         let c = QUERY_CHUNK.min(t - c0);
@@ -295,6 +307,9 @@ impl FusedAttention {
             .unwrap_or(0);
         let (w, rows) = (c0 + c - lo, c * rep);
         p.resize(rows * w, 0.0);
+        if let Some(s) = sums.as_deref_mut() {
+            s.resize(rows, 0.0);
+        }
         let base = (bi * kvh + g) * t;
         gemm(
             MatMut::from_row_major_slice_mut(&mut p[..], rows, w),
@@ -311,7 +326,10 @@ impl FusedAttention {
             let s1 = vis.shared.1.clamp(lo, vis.own).max(s0 + lo) - lo;
             row[..s0].fill(f32::NEG_INFINITY);
             row[s1..own].fill(f32::NEG_INFINITY);
-            softmax_inplace(&mut row[..n]);
+            match sums.as_deref_mut() {
+                Some(s) => s[row_i] = exp_shifted(&mut row[..n]),
+                None => softmax_inplace(&mut row[..n]),
+            }
             row[n..].fill(0.0);
         }
         (lo, w)
@@ -329,7 +347,7 @@ impl FusedAttention {
         let out_ptr = SharedOut(out.as_mut_ptr());
         self.tasks(b, t).into_par_iter().for_each(|task| {
             SCRATCH.with_borrow_mut(|s| {
-                let (lo, w) = self.probs(r, task, t, &mut s.p);
+                let (lo, w) = self.probs(r, task, t, &mut s.p, Some(&mut s.sums));
                 let rows = QUERY_CHUNK.min(t - task.c0) * rep;
                 s.o.resize(rows * d, 0.0);
                 let base = (task.bi * kvh + task.g) * t;
@@ -338,7 +356,9 @@ impl FusedAttention {
                     MatRef::from_row_major_slice(&s.p[..], rows, w),
                     MatRef::from_row_major_slice(&r.v[(base + lo) * d..][..w * d], w, d),
                 );
-                for (row, src) in s.o.chunks_exact(d).enumerate() {
+                for (row, src) in s.o.chunks_exact_mut(d).enumerate() {
+                    let inv = 1.0 / s.sums[row];
+                    src.iter_mut().for_each(|v| *v *= inv);
                     // SAFETY: the row's (sequence, query, head) belongs to this task alone, and
                     // `out` outlives the parallel loop.
                     unsafe {
@@ -373,7 +393,7 @@ impl FusedAttention {
             .into_par_iter()
             .map(|task| {
                 SCRATCH.with_borrow_mut(|s| {
-                    let (lo, w) = self.probs(r, task, t, &mut s.p);
+                    let (lo, w) = self.probs(r, task, t, &mut s.p, None);
                     let rows = QUERY_CHUNK.min(t - task.c0) * rep;
                     let bg = task.bi * kvh + task.g;
                     let (qm, km, vm) = (

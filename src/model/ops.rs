@@ -121,11 +121,29 @@ fn softmax_row_body(x: &[f32], o: &mut [f32]) {
     o.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// `x ← exp(x − max x)` in one pass after the max, returning the sum of the new values.
+#[inline(always)]
+fn exp_shifted_body(x: &mut [f32]) -> f32 {
+    let max = max_of(x);
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp_fast(c[i] - max);
+            lanes[i] += c[i];
+        }
+    }
+    let mut rest = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_fast(*v - max);
+        rest += *v;
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 #[inline(always)]
 fn softmax_inplace_body(x: &mut [f32]) {
-    let max = max_of(x);
-    x.iter_mut().for_each(|v| *v = exp_fast(*v - max));
-    let inv = 1.0 / sum_of(x);
+    let inv = 1.0 / exp_shifted_body(x);
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -194,6 +212,7 @@ macro_rules! dispatch {
 
 dispatch!(softmax_row, softmax_row_avx2, softmax_row_body, (x: &[f32], o: &mut [f32]) -> ());
 dispatch!(softmax_inplace_fast, softmax_inplace_avx2, softmax_inplace_body, (x: &mut [f32]) -> ());
+dispatch!(exp_shifted_fast, exp_shifted_avx2, exp_shifted_body, (x: &mut [f32]) -> f32);
 dispatch!(silu_mul_chunk, silu_mul_chunk_avx2, silu_mul_body, (g: &[f32], u: &[f32], o: &mut [f32]) -> ());
 dispatch!(logsumexp, logsumexp_avx2, logsumexp_body, (row: &[f32], scratch: &mut [f32]) -> f32);
 dispatch!(dot_fast, dot_avx2, dot_body, (a: &[f32], b: &[f32]) -> f32);
@@ -212,6 +231,11 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// Softmax of a row in place (−∞ entries become 0).
 pub(crate) fn softmax_inplace(x: &mut [f32]) {
     softmax_inplace_fast(x)
+}
+
+/// The softmax of a row without its division: `x ← exp(x − max x)`; returns the sum to divide by.
+pub(crate) fn exp_shifted(x: &mut [f32]) -> f32 {
+    exp_shifted_fast(x)
 }
 
 // ---------------------------------------------------------------- frozen linear
