@@ -285,7 +285,7 @@ struct TasksArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Documents packed into one forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Compute a context once per choice, as the harness does (same scores, slower).
     #[arg(long)]
