@@ -183,6 +183,14 @@ fn tap_tensor<'a>(t: &'a crate::model::Taps, tap: Tap) -> &'a Tensor {
     }
 }
 
+/// Runs `f` on the values of `t` as f32: in place for an f32 CPU tensor, else on a converted copy.
+fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        return Ok(crate::model::ops::with_f32(t, f)?);
+    }
+    Ok(f(&to_f32_vec(t)?))
+}
+
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -326,12 +334,14 @@ pub fn prune_model(
                     for (tap, s) in stats.iter_mut() {
                         let t = tap_tensor(&taps, *tap);
                         let tokens = t.elem_count() / t.dims()[t.rank() - 1];
-                        let v = to_f32_vec(t)?;
-                        match s {
-                            Stats::Norms(n) => n.add(&v),
-                            Stats::Hessian(h) => h.add(&v, tokens)?,
-                            Stats::None => {}
-                        }
+                        with_host_f32(t, |v| match s {
+                            Stats::Norms(n) => {
+                                n.add(v);
+                                Ok(())
+                            }
+                            Stats::Hessian(h) => h.add(v, tokens),
+                            Stats::None => Ok(()),
+                        })??;
                     }
                 }
             }

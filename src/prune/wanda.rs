@@ -6,6 +6,7 @@
 //! ⌊n·ratio⌋ zeroed per row), each group of M inputs of a row for N:M. No weight update.
 
 use super::mask::{select, Sparsity};
+use rayon::prelude::*;
 
 /// Per-input sums of squares `Σ x_j²`, accumulated in f64 over calibration samples.
 #[derive(Debug, Clone)]
@@ -20,12 +21,30 @@ impl InputNorms {
         }
     }
 
-    /// Adds the squared column sums of `x` (`[tokens, n]`, row-major).
+    /// Adds the squared column sums of `x` (`[tokens, n]`, row-major): one partial sum per
+    /// thread over its share of the tokens, then added in order.
     pub fn add(&mut self, x: &[f32]) {
         let n = self.sumsq.len();
-        for row in x.chunks_exact(n) {
-            for (s, &v) in self.sumsq.iter_mut().zip(row) {
-                *s += (v as f64) * (v as f64);
+        if n == 0 {
+            return;
+        }
+        let rows = x.len() / n;
+        let per_thread = rows.div_ceil(rayon::current_num_threads()).max(1);
+        let parts: Vec<Vec<f64>> = x[..rows * n]
+            .par_chunks(per_thread * n)
+            .map(|part| {
+                let mut s = vec![0f64; n];
+                for row in part.chunks_exact(n) {
+                    for (s, &v) in s.iter_mut().zip(row) {
+                        *s += (v as f64) * (v as f64);
+                    }
+                }
+                s
+            })
+            .collect();
+        for part in parts {
+            for (s, p) in self.sumsq.iter_mut().zip(part) {
+                *s += p;
             }
         }
     }
