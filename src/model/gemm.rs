@@ -3,31 +3,16 @@
 //!
 //! The fast path is the classic five-loop blocking of BLIS (Goto & van de Geijn, "Anatomy of
 //! high-performance matrix multiplication"): B is packed `KC × NC` at a time into panels of 16
-//! columns, A `MC × KC` at a time into panels of 6 rows, and a 6 × 16 AVX2/FMA micro-kernel keeps
-//! the whole C tile in 12 registers for the length of a `KC` slice. Threads split the columns of C
-//! (the weight's rows), so each packs only its own part of B. `gemm_abt_reference` is the plain
-//! triple loop it is tested against; machines without AVX2/FMA and small `m` go through faer.
+//! columns, A once (all rows, in `KC`-deep slices) into panels of 6 rows shared by the threads, and
+//! a 6 × 16 AVX2/FMA micro-kernel keeps the whole C tile in 12 registers for the length of a slice.
+//! Threads split the columns of C (the weight's rows), so each packs only its own part of B.
+//! `gemm_abt_reference` is the plain triple loop it is tested against; machines without AVX2/FMA
+//! and small `m` go through faer.
 //!
 //! Where it is used: the language-model head, a few hundred rows times a very wide weight
 //! (SmolLM2: 49,152 × 576), where it runs 1.2–1.4× faer's speed (`cargo bench --bench gemm`:
 //! each thread streams its half of the weight once against one shared packed A). On the block
 //! linears' shapes faer is as fast or faster, so those stay on faer.
-
-use rayon::prelude::*;
-
-const MR: usize = 6;
-const NR: usize = 16;
-/// Longest depth of one packed slice (SmolLM2's 576 in one, 1536 in three of 512). Chosen by
-/// `cargo bench --bench gemm` on Zen 3 among 192–768.
-const KC: usize = 576;
-/// Rows of A run against one packed slice of B before moving on (`MC · KC` floats, ≤ 110 KiB:
-/// L2-resident); chosen among 36–288.
-const MC: usize = 48;
-/// Columns of B packed at once (`KC · NC` floats).
-const NC: usize = 1024;
-/// Below this many rows of A the product is weight-bound (a GEMV in generation): packing B would
-/// double its memory traffic, so faer's kernels take it.
-const MIN_ROWS: usize = 24;
 
 /// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
 pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
@@ -39,12 +24,12 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if m >= MIN_ROWS
+    if m >= x86::MIN_ROWS
         && k > 0
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
-        return blocked(a, b, c, m, k, n);
+        return x86::blocked(a, b, c, m, k, n);
     }
     faer::linalg::matmul::matmul(
         faer::MatMut::from_row_major_slice_mut(&mut c[..m * n], m, n),
@@ -68,176 +53,193 @@ pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
     }
 }
 
+/// The blocked implementation (x86-64 with AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
-fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
-    let slices = k.div_ceil(KC);
-    let kc = k.div_ceil(slices);
-    let kc_of = |s: usize| kc.min(k - s * kc);
-    // All of A packed once, shared by the threads: slice s, row panel q at (s·mp + q)·kc·MR.
-    let mp = m.div_ceil(MR);
-    let mut ap = vec![0f32; slices * mp * kc * MR];
-    ap.par_chunks_mut(kc * MR)
-        .enumerate()
-        .for_each(|(i, panel)| {
-            let (s, q) = (i / mp, i % mp);
-            pack::<MR>(a, k, q * MR, MR.min(m - q * MR), s * kc, kc_of(s), panel);
-        });
-    let panels = n.div_ceil(NR);
-    let threads = rayon::current_num_threads().clamp(1, panels);
-    let cp = super::ops::SharedOut(c.as_mut_ptr());
-    let ap = &ap;
-    (0..threads).into_par_iter().for_each(|t| {
-        let (p0, p1) = (panels * t / threads, panels * (t + 1) / threads);
-        let (n0, n1) = (p0 * NR, (p1 * NR).min(n));
-        BUFFER.with(|buf| {
-            let bp = &mut *buf.borrow_mut();
-            bp.resize(NC * kc, 0.0);
-            for jc in (n0..n1).step_by(NC) {
-                let nc = NC.min(n1 - jc);
-                for s in 0..slices {
-                    let kcs = kc_of(s);
-                    let first = s == 0;
-                    for (q, panel) in bp[..nc.div_ceil(NR) * kcs * NR]
-                        .chunks_exact_mut(kcs * NR)
-                        .enumerate()
-                    {
-                        pack::<NR>(b, k, jc + q * NR, NR.min(nc - q * NR), s * kc, kcs, panel);
-                    }
-                    for ic in (0..m).step_by(MC) {
-                        let mc = MC.min(m - ic);
-                        for jr in (0..nc).step_by(NR) {
-                            let nr = NR.min(nc - jr);
-                            let bpp = bp[jr * kcs..].as_ptr();
-                            for ir in (ic..ic + mc).step_by(MR) {
-                                let mr = MR.min(m - ir);
-                                let app = ap[(s * mp + ir / MR) * kc * MR..].as_ptr();
-                                // SAFETY: the tile [ir.., jc+jr..] of size mr × nr lies inside
-                                // c (m × n) and inside this thread's columns [n0, n1); the packed
-                                // panels hold kcs · MR and kcs · NR floats.
-                                unsafe {
-                                    let cptr = cp.at(ir * n + jc + jr);
-                                    tile(kcs, app, bpp, cptr, n, mr, nr, first);
+mod x86 {
+    use rayon::prelude::*;
+
+    const MR: usize = 6;
+    const NR: usize = 16;
+    /// Longest depth of one packed slice (SmolLM2's 576 in one, 1536 in three of 512). Chosen by
+    /// `cargo bench --bench gemm` on Zen 3 among 192–768.
+    const KC: usize = 576;
+    /// Rows of A run against one packed slice of B before moving on (`MC · KC` floats, ≤ 110 KiB:
+    /// L2-resident); chosen among 36–288.
+    const MC: usize = 48;
+    /// Columns of B packed at once (`KC · NC` floats).
+    const NC: usize = 1024;
+    /// Below this many rows of A the product is weight-bound (a GEMV in generation): packing B would
+    /// double its memory traffic, so faer's kernels take it.
+    pub(super) const MIN_ROWS: usize = 24;
+
+    pub(super) fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
+        let slices = k.div_ceil(KC);
+        let kc = k.div_ceil(slices);
+        let kc_of = |s: usize| kc.min(k - s * kc);
+        // All of A packed once, shared by the threads: slice s, row panel q at (s·mp + q)·kc·MR.
+        let mp = m.div_ceil(MR);
+        let mut ap = vec![0f32; slices * mp * kc * MR];
+        ap.par_chunks_mut(kc * MR)
+            .enumerate()
+            .for_each(|(i, panel)| {
+                let (s, q) = (i / mp, i % mp);
+                pack::<MR>(a, k, q * MR, MR.min(m - q * MR), s * kc, kc_of(s), panel);
+            });
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads().clamp(1, panels);
+        let cp = crate::model::ops::SharedOut(c.as_mut_ptr());
+        let ap = &ap;
+        (0..threads).into_par_iter().for_each(|t| {
+            let (p0, p1) = (panels * t / threads, panels * (t + 1) / threads);
+            let (n0, n1) = (p0 * NR, (p1 * NR).min(n));
+            BUFFER.with(|buf| {
+                let bp = &mut *buf.borrow_mut();
+                bp.resize(NC * kc, 0.0);
+                for jc in (n0..n1).step_by(NC) {
+                    let nc = NC.min(n1 - jc);
+                    for s in 0..slices {
+                        let kcs = kc_of(s);
+                        let first = s == 0;
+                        for (q, panel) in bp[..nc.div_ceil(NR) * kcs * NR]
+                            .chunks_exact_mut(kcs * NR)
+                            .enumerate()
+                        {
+                            pack::<NR>(b, k, jc + q * NR, NR.min(nc - q * NR), s * kc, kcs, panel);
+                        }
+                        for ic in (0..m).step_by(MC) {
+                            let mc = MC.min(m - ic);
+                            for jr in (0..nc).step_by(NR) {
+                                let nr = NR.min(nc - jr);
+                                let bpp = bp[jr * kcs..].as_ptr();
+                                for ir in (ic..ic + mc).step_by(MR) {
+                                    let mr = MR.min(m - ir);
+                                    let app = ap[(s * mp + ir / MR) * kc * MR..].as_ptr();
+                                    // SAFETY: the tile [ir.., jc+jr..] of size mr × nr lies inside
+                                    // c (m × n) and inside this thread's columns [n0, n1); the packed
+                                    // panels hold kcs · MR and kcs · NR floats.
+                                    unsafe {
+                                        let cptr = cp.at(ir * n + jc + jr);
+                                        tile(kcs, app, bpp, cptr, n, mr, nr, first);
+                                    }
                                 }
                             }
                         }
                     }
                 }
+            });
+        });
+    }
+
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of the row-major `[_, k]` matrix `x` as one
+    /// panel of `W` rows, transposed: element (row, p) at `p·W + row`; rows past `rows` are zero.
+    #[allow(clippy::too_many_arguments)]
+    fn pack<const W: usize>(
+        x: &[f32],
+        k: usize,
+        r0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        const ZEROS: [f32; KC] = [0.0; KC];
+        let src: [&[f32]; W] = std::array::from_fn(|i| {
+            if i < rows {
+                &x[(r0 + i) * k + p0..][..kc]
+            } else {
+                &ZEROS[..kc]
             }
         });
-    });
-}
-
-thread_local! {
-    static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of the row-major `[_, k]` matrix `x` as one
-/// panel of `W` rows, transposed: element (row, p) at `p·W + row`; rows past `rows` are zero.
-#[allow(clippy::too_many_arguments)]
-fn pack<const W: usize>(
-    x: &[f32],
-    k: usize,
-    r0: usize,
-    rows: usize,
-    p0: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
-    const ZEROS: [f32; KC] = [0.0; KC];
-    let src: [&[f32]; W] = std::array::from_fn(|i| {
-        if i < rows {
-            &x[(r0 + i) * k + p0..][..kc]
-        } else {
-            &ZEROS[..kc]
-        }
-    });
-    for (p, dst) in out[..kc * W].chunks_exact_mut(W).enumerate() {
-        for i in 0..W {
-            // SAFETY: every src[i] holds kc floats and p < kc.
-            dst[i] = unsafe { *src[i].get_unchecked(p) };
+        for (p, dst) in out[..kc * W].chunks_exact_mut(W).enumerate() {
+            for i in 0..W {
+                // SAFETY: every src[i] holds kc floats and p < kc.
+                dst[i] = unsafe { *src[i].get_unchecked(p) };
+            }
         }
     }
-}
 
-/// One mr × nr tile of C (mr ≤ 6, nr ≤ 16) from packed panels; partial tiles go through a
-/// 6 × 16 scratch so the kernel itself is always full-size.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    first: bool,
-) {
-    if mr == MR && nr == NR {
-        kernel_6x16(kc, a, b, c, ldc, first);
-        return;
-    }
-    let mut t = [0f32; MR * NR];
-    kernel_6x16(kc, a, b, t.as_mut_ptr(), NR, true);
-    for i in 0..mr {
-        for j in 0..nr {
-            let dst = c.add(i * ldc + j);
-            *dst = if first {
-                t[i * NR + j]
-            } else {
-                *dst + t[i * NR + j]
-            };
+    /// One mr × nr tile of C (mr ≤ 6, nr ≤ 16) from packed panels; partial tiles go through a
+    /// 6 × 16 scratch so the kernel itself is always full-size.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        first: bool,
+    ) {
+        if mr == MR && nr == NR {
+            kernel_6x16(kc, a, b, c, ldc, first);
+            return;
+        }
+        let mut t = [0f32; MR * NR];
+        kernel_6x16(kc, a, b, t.as_mut_ptr(), NR, true);
+        for i in 0..mr {
+            for j in 0..nr {
+                let dst = c.add(i * ldc + j);
+                *dst = if first {
+                    t[i * NR + j]
+                } else {
+                    *dst + t[i * NR + j]
+                };
+            }
         }
     }
-}
 
-/// `C[0..6, 0..16] (+)= Σ_p a[p·6 + i] · b[p·16 + j]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16(
-    kc: usize,
-    mut a: *const f32,
-    mut b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    first: bool,
-) {
-    use std::arch::x86_64::*;
-    // C's rows are far apart (and often out of cache): ask for them now, so that the
-    // read-modify-write at the end does not stall.
-    for i in 0..MR {
-        let row = c.add(i * ldc) as *const i8;
-        _mm_prefetch(row, _MM_HINT_T0);
-        _mm_prefetch(row.add(60), _MM_HINT_T0);
-    }
-    // C's rows are far apart (and often out of cache): ask for them now, so that the
-    // read-modify-write at the end does not stall.
-    for i in 0..MR {
-        let row = c.add(i * ldc) as *const i8;
-        _mm_prefetch(row, _MM_HINT_T0);
-        _mm_prefetch(row.add(60), _MM_HINT_T0);
-    }
-    let mut acc = [_mm256_setzero_ps(); 12];
-    for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(b);
-        let b1 = _mm256_loadu_ps(b.add(8));
+    /// `C[0..6, 0..16] (+)= Σ_p a[p·6 + i] · b[p·16 + j]`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel_6x16(
+        kc: usize,
+        mut a: *const f32,
+        mut b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        use std::arch::x86_64::*;
+        // C's rows are far apart (and often out of cache): ask for them now, so that the
+        // read-modify-write at the end does not stall.
         for i in 0..MR {
-            let x = _mm256_broadcast_ss(&*a.add(i));
-            acc[2 * i] = _mm256_fmadd_ps(x, b0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(x, b1, acc[2 * i + 1]);
+            let row = c.add(i * ldc) as *const i8;
+            _mm_prefetch(row, _MM_HINT_T0);
+            _mm_prefetch(row.add(60), _MM_HINT_T0);
         }
-        a = a.add(MR);
-        b = b.add(NR);
-    }
-    for i in 0..MR {
-        let row = c.add(i * ldc);
-        let (mut lo, mut hi) = (acc[2 * i], acc[2 * i + 1]);
-        if !first {
-            lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
-            hi = _mm256_add_ps(hi, _mm256_loadu_ps(row.add(8)));
+        // C's rows are far apart (and often out of cache): ask for them now, so that the
+        // read-modify-write at the end does not stall.
+        for i in 0..MR {
+            let row = c.add(i * ldc) as *const i8;
+            _mm_prefetch(row, _MM_HINT_T0);
+            _mm_prefetch(row.add(60), _MM_HINT_T0);
         }
-        _mm256_storeu_ps(row, lo);
-        _mm256_storeu_ps(row.add(8), hi);
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for i in 0..MR {
+                let x = _mm256_broadcast_ss(&*a.add(i));
+                acc[2 * i] = _mm256_fmadd_ps(x, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(x, b1, acc[2 * i + 1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for i in 0..MR {
+            let row = c.add(i * ldc);
+            let (mut lo, mut hi) = (acc[2 * i], acc[2 * i + 1]);
+            if !first {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(row.add(8)));
+            }
+            _mm256_storeu_ps(row, lo);
+            _mm256_storeu_ps(row.add(8), hi);
+        }
     }
 }
