@@ -13,11 +13,15 @@ Run from the repository root, with a venv that has torch + transformers (never n
     /work/venv/bin/python scripts/bench_prune.py --nsamples 32            # issue 3's setting
     /work/venv/bin/python scripts/bench_prune.py --nsamples 2 --configs wanda:0.5,sparsegpt:2:4   # quick
 
-Both sides use the same number of threads (RAYON_NUM_THREADS / torch.set_num_threads).
+Both sides use the same number of threads (RAYON_NUM_THREADS / torch.set_num_threads). This
+machine's speed drifts from minute to minute: with --rounds N (N > 1) each configuration is pruned
+N times on each side, alternating spp and the reference, and the table gives the median times and
+the median of the per-round time ratios (perplexity comes from the first round).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +49,8 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ref", action="store_true", help="only run spp")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternating spp/reference prunes per configuration; medians are reported")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -69,14 +75,29 @@ def main():
                "spp_sparsity": rec["result"]["linear_sparsity"]}
         if not args.no_ref:
             ref_out = out + "-ref"
-            cmd = [args.python, "scripts/ref/prune_ref.py", "--model", args.model, "--method", method,
-                   "--sparsity", sparsity, "--out", ref_out, "--threads", str(args.threads),
-                   "--eval-text", text, "--eval-windows", str(args.eval_windows), "--seqlen", str(args.seqlen)]
-            if method != "magnitude":
-                cmd += ["--calib", os.path.join(out, "calibration.safetensors")]
-            run(cmd)
-            ref = json.load(open(os.path.join(ref_out, "prune_ref.json")))
+
+            def ref_prune(eval_windows):
+                cmd = [args.python, "scripts/ref/prune_ref.py", "--model", args.model, "--method", method,
+                       "--sparsity", sparsity, "--out", ref_out, "--threads", str(args.threads),
+                       "--eval-text", text, "--eval-windows", str(eval_windows), "--seqlen", str(args.seqlen)]
+                if method != "magnitude":
+                    cmd += ["--calib", os.path.join(out, "calibration.safetensors")]
+                run(cmd)
+                return json.load(open(os.path.join(ref_out, "prune_ref.json")))
+
+            ref = ref_prune(args.eval_windows)
             row.update(ref_ppl=ref["ppl"]["ppl"], ref_seconds=ref["prune_seconds"])
+            spp_times, ref_times = [row["spp_seconds"]], [row["ref_seconds"]]
+            for _ in range(args.rounds - 1):
+                p, _ = run([args.spp, "prune", "--model", args.model, "--method", method, "--sparsity", sparsity,
+                            "--calib", calib, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+                            "--seed", str(args.seed), "--out", out + "-again", "--force", "--json"], env)
+                spp_times.append(json.loads(p.stdout)["report"]["total_seconds"])
+                ref_times.append(ref_prune(1)["prune_seconds"])
+            if args.rounds > 1:
+                row.update(spp_seconds=statistics.median(spp_times), ref_seconds=statistics.median(ref_times),
+                           ratio_median=statistics.median(a / b for a, b in zip(spp_times, ref_times)),
+                           spp_times=spp_times, ref_times=ref_times)
         rows.append(row)
         print(f"done {cfg}: {row}", file=sys.stderr, flush=True)
 
@@ -87,7 +108,7 @@ def main():
     for r in rows:
         if "ref_ppl" in r:
             rel = abs(r["spp_ppl"] - r["ref_ppl"]) / r["ref_ppl"]
-            ratio = r["spp_seconds"] / r["ref_seconds"] if r["ref_seconds"] else float("nan")
+            ratio = r.get("ratio_median") or (r["spp_seconds"] / r["ref_seconds"] if r["ref_seconds"] else float("nan"))
             print(f"| {r['method']} | {r['sparsity']} | {r['spp_ppl']:.3f} | {r['ref_ppl']:.3f} | {100 * rel:.2f}% "
                   f"{'ok' if rel <= 0.02 else 'NO'} | {r['spp_seconds']:.1f} | {r['ref_seconds']:.1f} | {ratio:.2f} | "
                   f"{r['spp_peak_gib']:.2f} |")
