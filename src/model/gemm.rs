@@ -212,13 +212,6 @@ mod x86 {
             _mm_prefetch(row, _MM_HINT_T0);
             _mm_prefetch(row.add(60), _MM_HINT_T0);
         }
-        // C's rows are far apart (and often out of cache): ask for them now, so that the
-        // read-modify-write at the end does not stall.
-        for i in 0..MR {
-            let row = c.add(i * ldc) as *const i8;
-            _mm_prefetch(row, _MM_HINT_T0);
-            _mm_prefetch(row.add(60), _MM_HINT_T0);
-        }
         let mut acc = [_mm256_setzero_ps(); 12];
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);

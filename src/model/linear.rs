@@ -2,7 +2,8 @@
 //! an optional bias and an optional adapter.
 
 use crate::error::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct SparseLinear {
@@ -53,24 +54,28 @@ impl SparseLinear {
 
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
-        let zeros = self
-            .weight
-            .eq(0.0)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-        Ok(zeros / self.weight.elem_count() as f64)
+        Ok(super::ops::with_f32(&self.weight, zero_fraction)?)
     }
 
     /// Whether every group of `m` consecutive inputs of every row has at most `n` non-zeros.
     pub fn satisfies_n_m(&self, n: usize, m: usize) -> Result<bool> {
-        let (out_f, in_f) = (self.out_features(), self.in_features());
-        if m == 0 || in_f % m != 0 {
-            return Ok(false);
-        }
-        let nonzero = self.weight.ne(0.0)?.to_dtype(DType::F32)?;
-        let per_group = nonzero.reshape((out_f, in_f / m, m))?.sum(D::Minus1)?;
-        let worst = per_group.max_all()?.to_scalar::<f32>()?;
-        Ok(worst as usize <= n)
+        let cols = self.in_features();
+        Ok(super::ops::with_f32(&self.weight, |w| {
+            satisfies_n_m(w, cols, n, m)
+        })?)
     }
+}
+
+/// Fraction of exactly-zero entries.
+pub fn zero_fraction(w: &[f32]) -> f64 {
+    w.par_iter().filter(|&&v| v == 0.0).count() as f64 / w.len().max(1) as f64
+}
+
+/// Whether every group of `m` consecutive inputs of every row of `w` (`[_, cols]`) has at most
+/// `n` non-zeros.
+pub fn satisfies_n_m(w: &[f32], cols: usize, n: usize, m: usize) -> bool {
+    m > 0
+        && cols % m == 0
+        && w.par_chunks(m)
+            .all(|g| g.iter().filter(|&&v| v != 0.0).count() <= n)
 }

@@ -34,9 +34,13 @@ impl SharedOut {
     }
 }
 
-/// Runs `f` on the contiguous f32 data of a CPU tensor (copied first when strided).
+/// Runs `f` on the contiguous f32 data of a tensor: in place for a contiguous f32 CPU tensor,
+/// else on a copy (strided, another dtype or another device).
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
+    let t = t
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
     let (s, l) = t.storage_and_layout();
     match &*s {
         Storage::Cpu(c) => Ok(f(f32_slice(c, l)?)),

@@ -128,17 +128,3 @@ pub fn select(
     }
     prune
 }
-
-/// Fraction of exactly-zero entries.
-pub fn zero_fraction(w: &[f32]) -> f64 {
-    w.par_iter().filter(|&&v| v == 0.0).count() as f64 / w.len().max(1) as f64
-}
-
-/// Whether every group of `m` consecutive inputs of every row of `w` (`[_, cols]`) has at most
-/// `n` non-zeros.
-pub fn satisfies_n_m(w: &[f32], cols: usize, n: usize, m: usize) -> bool {
-    m > 0
-        && cols % m == 0
-        && w.par_chunks(m)
-            .all(|g| g.iter().filter(|&&v| v != 0.0).count() <= n)
-}

@@ -183,14 +183,6 @@ fn tap_tensor<'a>(t: &'a crate::model::Taps, tap: Tap) -> &'a Tensor {
     }
 }
 
-/// Runs `f` on the values of `t` as f32: in place for an f32 CPU tensor, else on a converted copy.
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    if t.device().is_cpu() && t.dtype() == DType::F32 {
-        return Ok(crate::model::ops::with_f32(t, f)?);
-    }
-    Ok(f(&to_f32_vec(t)?))
-}
-
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -204,7 +196,7 @@ fn prune_linear(
 ) -> Result<LinearReport> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
     let w = to_f32_vec(&lin.weight)?;
-    let before = mask::zero_fraction(&w);
+    let before = crate::model::linear::zero_fraction(&w);
     let mut report = LinearReport {
         name: name.clone(),
         sparsity_before: before,
@@ -238,10 +230,9 @@ fn prune_linear(
     let dev = lin.weight.device().clone();
     lin.weight = Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?;
     // Counted on the stored weight: a narrower dtype may round more entries to zero.
-    let stored = to_f32_vec(&lin.weight)?;
-    report.sparsity = mask::zero_fraction(&stored);
+    report.sparsity = lin.sparsity()?;
     if let Sparsity::NM { n, m } = opts.sparsity {
-        report.n_m_valid = Some(mask::satisfies_n_m(&stored, cols, n, m));
+        report.n_m_valid = Some(lin.satisfies_n_m(n, m)?);
     }
     Ok(report)
 }
@@ -334,7 +325,7 @@ pub fn prune_model(
                     for (tap, s) in stats.iter_mut() {
                         let t = tap_tensor(&taps, *tap);
                         let tokens = t.elem_count() / t.dims()[t.rank() - 1];
-                        with_host_f32(t, |v| match s {
+                        crate::model::ops::with_f32(t, |v| match s {
                             Stats::Norms(n) => {
                                 n.add(v);
                                 Ok(())
