@@ -203,6 +203,64 @@ fn gemm_matches_the_triple_loop() {
 }
 
 #[test]
+fn gemm_over_several_weights_matches_one_product_each() {
+    use spp::model::gemm::{gemm_abt_many, gemm_abt_reference};
+    // Widths that leave partial panels inside each weight (17, 5) beside a whole one (32), one
+    // and two K slices, and a short A (7 rows) that goes to faer.
+    for (i, &(m, k)) in [(30, 64), (45, 700), (7, 40)].iter().enumerate() {
+        let a: Vec<f32> = rand(&[m * k], 30 + i as u64).to_vec1().unwrap();
+        let ns = [17, 32, 5];
+        let bs: Vec<Vec<f32>> = ns
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| rand(&[n * k], 40 + j as u64).to_vec1().unwrap())
+            .collect();
+        let parts: Vec<(&[f32], usize)> = bs.iter().map(|b| &b[..]).zip(ns).collect();
+        let outs = gemm_abt_many(&a, m, k, &parts);
+        assert_eq!(outs.len(), ns.len());
+        for ((c, b), n) in outs.iter().zip(&bs).zip(ns) {
+            let mut slow = vec![0f32; m * n];
+            gemm_abt_reference(&a, b, &mut slow, m, k, n);
+            assert_eq!(c.len(), m * n);
+            let worst = c
+                .iter()
+                .zip(&slow)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-5 * 25.0 * k as f32,
+                "{m}×{k}, weight of {n}: error {worst}"
+            );
+        }
+    }
+    // Through tensors: the fused path (no gradient) and the per-weight one (a tracked input) give
+    // the same outputs as x·Wᵀ, and the tracked one still carries the input's gradient.
+    let x = rand(&[40, 24], 7);
+    let ws = [rand(&[48, 24], 8), rand(&[16, 24], 9)];
+    let wr: Vec<&Tensor> = ws.iter().collect();
+    let var = Var::from_tensor(&x).unwrap();
+    for (ys, tracked) in [
+        (ops::frozen_matmul_many(&x, &wr).unwrap(), false),
+        (ops::frozen_matmul_many(var.as_tensor(), &wr).unwrap(), true),
+    ] {
+        for (y, w) in ys.iter().zip(&ws) {
+            let d = common::max_diff(y, &ops::frozen_matmul_reference(&x, w).unwrap());
+            assert!(d < 1e-4, "tracked {tracked}: differs by {d}");
+        }
+        if tracked {
+            let g = (&ys[0].sum_all().unwrap() + &ys[1].sum_all().unwrap())
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                g.get(var.as_tensor()).is_some(),
+                "the tracked input lost its gradient"
+            );
+        }
+    }
+}
+
+#[test]
 fn fused_attention_and_lm_head_nll_match_the_reference() {
     // Two sequences of 100 tokens: several query chunks, the last one partial; GQA (4 heads over
     // 2 KV heads) and, with the untied head, a plain MHA-shaped projection check through logits.

@@ -9,10 +9,14 @@
 //! `gemm_abt_reference` is the plain triple loop it is tested against; machines without AVX2/FMA
 //! and small `m` go through faer.
 //!
-//! Where it is used: the language-model head, a few hundred rows times a very wide weight
-//! (SmolLM2: 49,152 × 576), where it runs 1.2–1.4× faer's speed (`cargo bench --bench gemm`:
-//! each thread streams its half of the weight once against one shared packed A). On the block
-//! linears' shapes faer is as fast or faster, so those stay on faer.
+//! Where it is used: every frozen linear (`ops::frozen_matmul`) and the language-model head. The
+//! head — a few hundred rows times a very wide weight (SmolLM2: 49,152 × 576) — runs at 1.2–1.4×
+//! faer's speed (`cargo bench --bench gemm`: each thread streams its half of the weight once
+//! against one shared packed A). On the block linears' shapes the two are within the machine's
+//! noise of each other; there [`gemm_abt_many`] wins by what faer cannot do: the linears that
+//! read one input (q, k, v; gate, up) run as one product with A packed once, and the outputs are
+//! written once instead of zero-filled first (session 7: `spp eval tasks` 4–5 % faster, `spp
+//! eval ppl` about 3 %, in alternating runs).
 
 /// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
 pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
@@ -24,13 +28,47 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if m >= x86::MIN_ROWS
-        && k > 0
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        return x86::blocked(a, b, c, m, k, n);
+    if x86::usable(m, k) {
+        return x86::blocked(a, m, k, &[(b, n, x86::Out(c.as_mut_ptr()))]);
     }
+    faer_abt(a, b, c, m, k, n);
+}
+
+/// `a·bᵢᵀ` for several weights `bᵢ` `[nᵢ, k]` (given as `(bᵢ, nᵢ)`) that share the input a
+/// `[m, k]`: one product whose columns are the weights' rows one after another (A is packed once,
+/// the threads split all the weights' columns), returned as one `[m, nᵢ]` matrix per weight. The
+/// outputs are never zero-filled first: every element is written exactly once by the kernel.
+pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+    assert!(
+        a.len() >= m * k && bs.iter().all(|(b, n)| b.len() >= n * k),
+        "gemm: slice too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && x86::usable(m, k) {
+        let mut outs: Vec<Vec<f32>> = bs.iter().map(|(_, n)| Vec::with_capacity(m * n)).collect();
+        let parts: Vec<_> = bs
+            .iter()
+            .zip(&mut outs)
+            .map(|(&(b, n), c)| (b, n, x86::Out(c.as_mut_ptr())))
+            .collect();
+        x86::blocked(a, m, k, &parts);
+        for (c, (_, n)) in outs.iter_mut().zip(bs) {
+            // SAFETY: `blocked` wrote all m·n elements of every output (the first K slice
+            // stores, later ones accumulate).
+            unsafe { c.set_len(m * n) };
+        }
+        return outs;
+    }
+    bs.iter()
+        .map(|&(b, n)| {
+            let mut c = vec![0f32; m * n];
+            faer_abt(a, b, &mut c, m, k, n);
+            c
+        })
+        .collect()
+}
+
+fn faer_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     faer::linalg::matmul::matmul(
         faer::MatMut::from_row_major_slice_mut(&mut c[..m * n], m, n),
         faer::Accum::Replace,
@@ -72,7 +110,20 @@ mod x86 {
     /// double its memory traffic, so faer's kernels take it.
     pub(super) const MIN_ROWS: usize = 24;
 
-    pub(super) fn blocked(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    /// Whether the blocked kernel takes an `m`-row product (else faer does).
+    pub(super) fn usable(m: usize, k: usize) -> bool {
+        m >= MIN_ROWS
+            && k > 0
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// Where one output matrix starts (row-major, its weight's `n` columns); the threads write
+    /// disjoint column ranges of it.
+    pub(super) use crate::model::ops::SharedOut as Out;
+
+    /// `c = a·bᵀ` for each part `(b, n, c)`; every element of every `c` is written.
+    pub(super) fn blocked(a: &[f32], m: usize, k: usize, parts: &[(&[f32], usize, Out)]) {
         // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
         let slices = k.div_ceil(KC);
         let kc = k.div_ceil(slices);
@@ -86,42 +137,43 @@ mod x86 {
                 let (s, q) = (i / mp, i % mp);
                 pack::<MR>(a, k, q * MR, MR.min(m - q * MR), s * kc, kc_of(s), panel);
             });
-        let panels = n.div_ceil(NR);
-        let threads = rayon::current_num_threads().clamp(1, panels);
-        let cp = crate::model::ops::SharedOut(c.as_mut_ptr());
+        // The columns of all parts in panels of up to NR, each inside one part: (part, column).
+        let panels: Vec<(usize, usize)> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(_, n, _))| (0..n).step_by(NR).map(move |j| (i, j)))
+            .collect();
+        let threads = rayon::current_num_threads().clamp(1, panels.len().max(1));
         let ap = &ap;
+        let panels = &panels;
         (0..threads).into_par_iter().for_each(|t| {
-            let (p0, p1) = (panels * t / threads, panels * (t + 1) / threads);
-            let (n0, n1) = (p0 * NR, (p1 * NR).min(n));
+            let mine = &panels[panels.len() * t / threads..panels.len() * (t + 1) / threads];
             BUFFER.with(|buf| {
                 let bp = &mut *buf.borrow_mut();
                 bp.resize(NC * kc, 0.0);
-                for jc in (n0..n1).step_by(NC) {
-                    let nc = NC.min(n1 - jc);
+                for group in mine.chunks(NC / NR) {
                     for s in 0..slices {
                         let kcs = kc_of(s);
                         let first = s == 0;
-                        for (q, panel) in bp[..nc.div_ceil(NR) * kcs * NR]
-                            .chunks_exact_mut(kcs * NR)
-                            .enumerate()
-                        {
-                            pack::<NR>(b, k, jc + q * NR, NR.min(nc - q * NR), s * kc, kcs, panel);
+                        for (&(i, j), panel) in group.iter().zip(bp.chunks_exact_mut(kcs * NR)) {
+                            let (b, n, _) = parts[i];
+                            pack::<NR>(b, k, j, NR.min(n - j), s * kc, kcs, panel);
                         }
                         for ic in (0..m).step_by(MC) {
                             let mc = MC.min(m - ic);
-                            for jr in (0..nc).step_by(NR) {
-                                let nr = NR.min(nc - jr);
-                                let bpp = bp[jr * kcs..].as_ptr();
+                            for (q, &(i, j)) in group.iter().enumerate() {
+                                let (_, n, c) = parts[i];
+                                let nr = NR.min(n - j);
+                                let bpp = bp[q * kcs * NR..].as_ptr();
                                 for ir in (ic..ic + mc).step_by(MR) {
                                     let mr = MR.min(m - ir);
                                     let app = ap[(s * mp + ir / MR) * kc * MR..].as_ptr();
-                                    // SAFETY: the tile [ir.., jc+jr..] of size mr × nr lies inside
-                                    // c (m × n) and inside this thread's columns [n0, n1); the packed
-                                    // panels hold kcs · MR and kcs · NR floats.
+                                    // SAFETY: the tile [ir.., j..] of size mr × nr lies inside
+                                    // this part's c (m × n) and in this thread's panels; the
+                                    // packed panels hold kcs · MR and kcs · NR floats.
                                     unsafe {
-                                        let cptr = cp.at(ir * n + jc + jr);
-                                        tile(kcs, app, bpp, cptr, n, mr, nr, first);
-                                    }
+                                        tile(kcs, app, bpp, c.at(ir * n + j), n, mr, nr, first)
+                                    };
                                 }
                             }
                         }

@@ -52,6 +52,31 @@ impl SparseLinear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// The outputs of several linears that read the same input (q, k, v; gate, up): without
+    /// adapters, one GEMM over all their weights ([`super::ops::frozen_matmul_many`]).
+    pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if lins.iter().any(|l| l.adapter.is_some()) {
+            return lins.iter().map(|l| l.forward(x)).collect();
+        }
+        let dims = x.dims().to_vec();
+        let in_f = *dims.last().unwrap_or(&0);
+        let x2 = x.reshape((x.elem_count() / in_f.max(1), in_f))?;
+        let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
+        super::ops::frozen_matmul_many(&x2, &ws)?
+            .into_iter()
+            .zip(lins)
+            .map(|(y, l)| {
+                let y = match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                let mut out_dims = dims.clone();
+                *out_dims.last_mut().unwrap_or(&mut 0) = l.out_features();
+                Ok(y.reshape(out_dims)?)
+            })
+            .collect()
+    }
+
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
         Ok(super::ops::with_f32(&self.weight, zero_fraction)?)

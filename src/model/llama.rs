@@ -368,15 +368,12 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
         let rep = h / kvh;
-        let (q, k, v) = (
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        );
+        let qkv = SparseLinear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
         let fused = !self.reference
             && cache.is_none()
             && offset == 0
-            && [&q, &k, &v]
+            && qkv
                 .iter()
                 .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
         if fused {
@@ -390,7 +387,7 @@ impl Attention {
                 n_kv: kvh,
                 head_dim: d,
             };
-            return super::attention::attention(&q, &k, &v, &cos, &sin, heads, visible);
+            return super::attention::attention(q, k, v, &cos, &sin, heads, visible);
         }
         let q = q.reshape((b, t, h, d))?.transpose(1, 2)?;
         let k = k.reshape((b, t, kvh, d))?.transpose(1, 2)?;
@@ -450,7 +447,8 @@ impl Attention {
 impl Mlp {
     /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
     fn hidden(&self, x: &Tensor) -> Result<Tensor> {
-        super::ops::silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)
+        let gu = SparseLinear::forward_many(&[&self.gate_proj, &self.up_proj], x)?;
+        super::ops::silu_mul(&gu[0], &gu[1])
     }
 }
 

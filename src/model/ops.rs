@@ -249,8 +249,8 @@ pub(crate) fn exp_shifted(x: &mut [f32]) -> f32 {
 
 // ---------------------------------------------------------------- frozen linear
 
-/// `y = x·Wᵀ` for x `[rows, in]` and a frozen weight W `[out, in]`, through faer's GEMM
-/// (measured faster than candle's on these shapes: `cargo bench --bench gemm`). The backward
+/// `y = x·Wᵀ` for x `[rows, in]` and a frozen weight W `[out, in]`, through spp's GEMM
+/// (`gemm.rs`; faster than candle's on these shapes: `cargo bench --bench gemm`). The backward
 /// returns the input gradient only: a frozen weight never gets an `[out, in]` gradient.
 struct FrozenMatmul;
 
@@ -271,18 +271,7 @@ impl CustomOp2 for FrozenMatmul {
         if k != k2 {
             candle_core::bail!("frozen-matmul: input has {k} features, weight expects {k2}");
         }
-        let mut y = vec![0f32; rows * out];
-        let xa = faer::MatRef::from_row_major_slice(x, rows, k);
-        let wa = faer::MatRef::from_row_major_slice(w, out, k);
-        let ya = faer::MatMut::from_row_major_slice_mut(&mut y, rows, out);
-        faer::linalg::matmul::matmul(
-            ya,
-            faer::Accum::Replace,
-            xa,
-            wa.transpose(),
-            1.0f32,
-            faer::Par::rayon(0),
-        );
+        let y = super::gemm::gemm_abt_many(x, rows, k, &[(w, out)]).remove(0);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
     fn bwd(
@@ -302,6 +291,43 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, FrozenMatmul)?);
     }
     frozen_matmul_reference(x, w)
+}
+
+/// `[x·W₁ᵀ, x·W₂ᵀ, …]` for weights that share their input (q, k, v; gate, up): one GEMM over all
+/// their columns when no gradient is needed, else one [`frozen_matmul`] each.
+pub fn frozen_matmul_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let fused = fast_path(x)
+        && !x.track_op()
+        && x.rank() == 2
+        && ws
+            .iter()
+            .all(|w| fast_path(w) && w.rank() == 2 && w.dim(1).ok() == x.dim(1).ok());
+    if !fused {
+        return ws.iter().map(|w| frozen_matmul(x, w)).collect();
+    }
+    let (rows, k) = x.dims2()?;
+    let ts = std::iter::once(x)
+        .chain(ws.iter().copied())
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(c) => f32_slice(c, l),
+            _ => candle_core::bail!("frozen-matmul: expected CPU tensors"),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let bs: Vec<(&[f32], usize)> = slices[1..]
+        .iter()
+        .zip(&ts[1..])
+        .map(|(b, w)| (*b, w.dims()[0]))
+        .collect();
+    let outs = super::gemm::gemm_abt_many(slices[0], rows, k, &bs);
+    outs.into_iter()
+        .zip(bs)
+        .map(|(y, (_, n))| Ok(f32_tensor(y, (rows, n))?))
+        .collect()
 }
 
 pub fn frozen_matmul_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
