@@ -260,6 +260,128 @@ fn gemm_over_several_weights_matches_one_product_each() {
     }
 }
 
+/// Attention the obvious way, in f64: per (sequence, head, query), RoPE, scores over the keys
+/// `visible` allows, softmax, weighted sum of values.
+fn attention_by_definition(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    (b, t, h, kvh, d): (usize, usize, usize, usize, usize),
+    visible: impl Fn(usize, usize) -> bool,
+) -> Vec<f32> {
+    let half = d / 2;
+    let rope = |x: &[f32], pos: usize| -> Vec<f64> {
+        let mut o = vec![0f64; d];
+        for i in 0..half {
+            let (c, s) = (cos[pos * half + i] as f64, sin[pos * half + i] as f64);
+            let (a, z) = (x[i] as f64, x[i + half] as f64);
+            o[i] = a * c - z * s;
+            o[i + half] = z * c + a * s;
+        }
+        o
+    };
+    let mut out = vec![0f32; b * t * h * d];
+    for bi in 0..b {
+        for hh in 0..h {
+            let g = hh / (h / kvh);
+            for i in 0..t {
+                let qi = rope(&q[(bi * t + i) * h * d + hh * d..][..d], i);
+                let keys: Vec<usize> = (0..t).filter(|&j| visible(i, j)).collect();
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
+                        let kj = rope(&k[(bi * t + j) * kvh * d + g * d..][..d], j);
+                        qi.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let ps: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let z: f64 = ps.iter().sum();
+                for e in 0..d {
+                    let o: f64 = keys
+                        .iter()
+                        .zip(&ps)
+                        .map(|(&j, p)| p * v[(bi * t + j) * kvh * d + g * d + e] as f64)
+                        .sum();
+                    out[(bi * t + i) * h * d + hh * d + e] = (o / z) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fused_attention_matches_the_definition_with_wide_heads() {
+    // Head size 64 (the micro-kernel path where the CPU has AVX2/FMA), 6 heads over 2 KV heads,
+    // 600 tokens: several blocks of keys, a last query chunk of 24; causal over two sequences,
+    // then packed: a 250-token document, a 300-token one, and a 50-token continuation sharing the
+    // second one's first 100 tokens.
+    use spp::model::attention::{attention, Heads, Visibility, Visible};
+    let (t, h, kvh, d) = (600, 6, 2, 64);
+    let heads = Heads {
+        n_heads: h,
+        n_kv: kvh,
+        head_dim: d,
+    };
+    let angles = rand(&[t * d / 2], 50);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let (cv, sv): (Vec<f32>, Vec<f32>) = (cos.to_vec1().unwrap(), sin.to_vec1().unwrap());
+    let (cos, sin) = (
+        cos.reshape((t, d / 2)).unwrap(),
+        sin.reshape((t, d / 2)).unwrap(),
+    );
+    let segs: Vec<Visible> = (0..t)
+        .map(|i| match i {
+            0..250 => Visible {
+                shared: (0, 0),
+                own: 0,
+            },
+            250..550 => Visible {
+                shared: (0, 0),
+                own: 250,
+            },
+            _ => Visible {
+                shared: (250, 350),
+                own: 550,
+            },
+        })
+        .collect();
+    for (b, packed) in [(2, false), (1, true)] {
+        let q = rand(&[b, t, h * d], 51);
+        let k = rand(&[b, t, kvh * d], 52);
+        let v = rand(&[b, t, kvh * d], 53);
+        let visibility = if packed {
+            Visibility::Rows(segs.clone().into())
+        } else {
+            Visibility::Causal
+        };
+        let fused = attention(&q, &k, &v, &cos, &sin, heads, visibility).unwrap();
+        let flat = |x: &Tensor| -> Vec<f32> { x.flatten_all().unwrap().to_vec1().unwrap() };
+        let expected = attention_by_definition(
+            &flat(&q),
+            &flat(&k),
+            &flat(&v),
+            (&cv, &sv),
+            (b, t, h, kvh, d),
+            |i, j| {
+                let s = segs[i];
+                j <= i && (!packed || (j >= s.own || (s.shared.0..s.shared.1).contains(&j)))
+            },
+        );
+        let worst = flat(&fused)
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "packed {packed}: differs from the definition by {worst}"
+        );
+    }
+}
+
 #[test]
 fn fused_attention_and_lm_head_nll_match_the_reference() {
     // Two sequences of 100 tokens: several query chunks, the last one partial; GQA (4 heads over

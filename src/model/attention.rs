@@ -42,6 +42,11 @@ struct Scratch {
     dp: Vec<f32>,
     go: Vec<f32>,
     dq: Vec<f32>,
+    /// Q panels, running column maxima and rescaling factors of
+    /// [`FusedAttention::forward_micro`].
+    qp: Vec<f32>,
+    max: Vec<f32>,
+    scale: Vec<f32>,
 }
 
 thread_local! {
@@ -342,6 +347,10 @@ impl FusedAttention {
     }
 
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::has_micro_kernel() && self.heads.head_dim % 16 == 0 {
+            return self.forward_micro(r, b, t);
+        }
         let (h, kvh, d, rep) = self.heads.split();
         let mut out = vec![0f32; b * t * h * d];
         let out_ptr = SharedOut(out.as_mut_ptr());
@@ -365,6 +374,155 @@ impl FusedAttention {
                         std::ptr::copy_nonoverlapping(
                             src.as_ptr(),
                             out_ptr.at(self.out_at(task, t, row)),
+                            d,
+                        )
+                    };
+                }
+            })
+        });
+        out
+    }
+
+    /// The forward on spp's 6 × 16 GEMM micro-kernel, with the scores transposed: `Sᵀ = K·Qᵀ`
+    /// (keys × the task's rows), so the softmax runs down the columns (eight rows of the task per
+    /// vector, no horizontal reductions), and `O = P·V` reads six-row groups of `Pᵀ` and 16-wide
+    /// column groups of V where they lie. K is packed once per (sequence, KV head) into panels of
+    /// six keys, Q once per task into panels of 16 rows. Same arithmetic as [`Self::forward`]'s
+    /// (scores, `exp(s − max)`, undivided `P·V`, rows divided by their sums), in another order.
+    #[cfg(target_arch = "x86_64")]
+    fn forward_micro(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
+        use super::gemm::micro_6x16;
+        const KP: usize = 6; // keys per K panel (the kernel's rows)
+        const QP: usize = 16; // task rows per Q panel (the kernel's columns)
+        const KEY_STEP: usize = 240; // keys per block (a multiple of 6): its Sᵀ and V stay in L2
+        let (h, kvh, d, rep) = self.heads.split();
+        // Element (key j, dim e) of K panel q at q·6d + e·6 + j (keys past t are zero).
+        let kpanels = t.div_ceil(KP);
+        let mut kp = vec![0f32; b * kvh * kpanels * KP * d];
+        kp.par_chunks_mut(kpanels * KP * d)
+            .enumerate()
+            .for_each(|(bg, dst)| {
+                for (j, row) in r.k[bg * t * d..][..t * d].chunks_exact(d).enumerate() {
+                    let panel = &mut dst[(j / KP) * KP * d..][..KP * d];
+                    for (e, &v) in row.iter().enumerate() {
+                        panel[e * KP + j % KP] = v;
+                    }
+                }
+            });
+        let mut out = vec![0f32; b * t * h * d];
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        self.tasks(b, t).into_par_iter().for_each(|task| {
+            SCRATCH.with_borrow_mut(|s| {
+                let Task { bi, g, c0 } = task;
+                let bg = bi * kvh + g;
+                let c = QUERY_CHUNK.min(t - c0);
+                let rows = c * rep;
+                // Columns of Sᵀ: whole Q panels (16) and whole P groups (6).
+                let width = rows.next_multiple_of(48);
+                let lo = (c0..c0 + c)
+                    .map(|i| self.visible.at(i).first())
+                    .min()
+                    .unwrap_or(0);
+                let lo = lo - lo % KP;
+                let w = c0 + c - lo;
+                // Element (row i, dim e) of Q panel q at q·16d + e·16 + i (rows past `rows` zero).
+                s.qp.clear();
+                s.qp.resize(width * d, 0.0);
+                let qrows = &r.q[(bg * t + c0) * rep * d..][..rows * d];
+                for (i, row) in qrows.chunks_exact(d).enumerate() {
+                    let panel = &mut s.qp[(i / QP) * QP * d..][..QP * d];
+                    for (e, &v) in row.iter().enumerate() {
+                        panel[e * QP + i % QP] = v;
+                    }
+                }
+                let kbase = (bg * kpanels + lo / KP) * KP * d;
+                let vbase = (bg * t + lo) * d;
+                s.p.resize(KEY_STEP * width, 0.0);
+                s.o.resize(width * d, 0.0);
+                for buf in [&mut s.max, &mut s.sums, &mut s.scale] {
+                    buf.resize(width, 0.0);
+                }
+                s.max.fill(f32::NEG_INFINITY);
+                s.sums.fill(0.0);
+                for k0 in (0..w).step_by(KEY_STEP) {
+                    let kc = KEY_STEP.min(w - k0);
+                    let kcp = kc.next_multiple_of(KP);
+                    for q in 0..width / QP {
+                        for j in 0..kcp / KP {
+                            // SAFETY: the K panel (6 keys × d) lies inside kp (lo + wp ≤
+                            // kpanels · 6), the Q panel (d × 16) inside qp, the 6 × 16 tile
+                            // inside p (KEY_STEP × width).
+                            unsafe {
+                                micro_6x16(
+                                    d,
+                                    kp[kbase + (k0 + j * KP) * d..].as_ptr(),
+                                    KP,
+                                    s.qp[q * QP * d..].as_ptr(),
+                                    QP,
+                                    s.p[j * KP * width + q * QP..].as_mut_ptr(),
+                                    width,
+                                    true,
+                                )
+                            };
+                        }
+                    }
+                    // Hidden keys of each row in this block: before the shared range, between
+                    // it and the row's own segment, after the query itself (the causal diagonal).
+                    let (b0, b1) = (lo + k0, lo + k0 + kc);
+                    for ri in 0..rows {
+                        let i = c0 + ri / rep;
+                        let vis = self.visible.at(i);
+                        let (s0, s1) = if vis.shared.0 < vis.shared.1 {
+                            (vis.shared.0.min(vis.own), vis.shared.1.min(vis.own))
+                        } else {
+                            (vis.own, vis.own)
+                        };
+                        for (from, to) in [(b0, s0), (s1, vis.own), (i + 1, b1)] {
+                            for key in from.max(b0)..to.min(b1) {
+                                s.p[(key - b0) * width + ri] = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    let rescale = super::ops::exp_shifted_cols(
+                        &mut s.p[..kc * width],
+                        &mut s.max,
+                        &mut s.sums,
+                        &mut s.scale,
+                    );
+                    if k0 > 0 && rescale {
+                        for (row, &f) in s.o.chunks_exact_mut(d).zip(&s.scale) {
+                            row.iter_mut().for_each(|v| *v *= f);
+                        }
+                    }
+                    for e in (0..d).step_by(QP) {
+                        for i in (0..rows).step_by(KP) {
+                            // SAFETY: Pᵀ rows 0..kc (width apart) hold the six columns
+                            // i..i + 6 ≤ width; V rows lo + k0 .. lo + k0 + kc ≤ c0 + c ≤ t of
+                            // this head hold the 16 columns e..e + 16 ≤ d; the O tile is inside o.
+                            unsafe {
+                                micro_6x16(
+                                    kc,
+                                    s.p[i..].as_ptr(),
+                                    width,
+                                    r.v[vbase + k0 * d + e..].as_ptr(),
+                                    d,
+                                    s.o[i * d + e..].as_mut_ptr(),
+                                    d,
+                                    k0 == 0,
+                                )
+                            };
+                        }
+                    }
+                }
+                for (ri, src) in s.o.chunks_exact_mut(d).take(rows).enumerate() {
+                    let inv = 1.0 / s.sums[ri];
+                    src.iter_mut().for_each(|v| *v *= inv);
+                    // SAFETY: the row's (sequence, query, head) belongs to this task alone, and
+                    // `out` outlives the parallel loop.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out_ptr.at(self.out_at(task, t, ri)),
                             d,
                         )
                     };

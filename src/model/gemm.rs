@@ -79,6 +79,19 @@ fn faer_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     );
 }
 
+/// Whether [`micro_6x16`] can run here (x86-64 with AVX2 and FMA).
+pub(crate) fn has_micro_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::usable(x86::MIN_ROWS, 1);
+    #[allow(unreachable_code)]
+    false
+}
+
+/// The 6 × 16 micro-kernel for callers that lay out their own operands (attention):
+/// `C[0..6, 0..16] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]`, overwriting C when `first`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::kernel_6x16 as micro_6x16;
+
 /// The obvious triple loop (f64 accumulation), the check for [`gemm_abt`].
 pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     for i in 0..m {
@@ -229,11 +242,11 @@ mod x86 {
         first: bool,
     ) {
         if mr == MR && nr == NR {
-            kernel_6x16(kc, a, b, c, ldc, first);
+            kernel_6x16(kc, a, MR, b, NR, c, ldc, first);
             return;
         }
         let mut t = [0f32; MR * NR];
-        kernel_6x16(kc, a, b, t.as_mut_ptr(), NR, true);
+        kernel_6x16(kc, a, MR, b, NR, t.as_mut_ptr(), NR, true);
         for i in 0..mr {
             for j in 0..nr {
                 let dst = c.add(i * ldc + j);
@@ -246,12 +259,19 @@ mod x86 {
         }
     }
 
-    /// `C[0..6, 0..16] (+)= Σ_p a[p·6 + i] · b[p·16 + j]`.
+    /// `C[0..6, 0..16] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]` (packed panels: lda = 6, ldb = 16).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available; a and b hold kc steps of their strides; c holds 6 rows of
+    /// ldc floats, 16 of them writable (and initialised unless `first`).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel_6x16(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn kernel_6x16(
         kc: usize,
         mut a: *const f32,
+        lda: usize,
         mut b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         first: bool,
@@ -273,8 +293,8 @@ mod x86 {
                 acc[2 * i] = _mm256_fmadd_ps(x, b0, acc[2 * i]);
                 acc[2 * i + 1] = _mm256_fmadd_ps(x, b1, acc[2 * i + 1]);
             }
-            a = a.add(MR);
-            b = b.add(NR);
+            a = a.add(lda);
+            b = b.add(ldb);
         }
         for i in 0..MR {
             let row = c.add(i * ldc);

@@ -199,6 +199,69 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `max[c] ← max(max[c], m[r, c])` over the rows of `m` (`[_, max.len()]`, a multiple of 8
+/// columns), in strips of eight columns so that a strip's maxima stay in one register.
+#[inline(always)]
+fn col_max_body(m: &[f32], max: &mut [f32]) {
+    let w = max.len();
+    for (s, mx) in max.chunks_exact_mut(8).enumerate() {
+        let mut acc: [f32; 8] = (&*mx).try_into().unwrap_or([f32::NEG_INFINITY; 8]);
+        for row in m.chunks_exact(w) {
+            let r: &[f32; 8] = row[s * 8..s * 8 + 8].try_into().unwrap_or(&[0.0; 8]);
+            for i in 0..8 {
+                acc[i] = if r[i] > acc[i] { r[i] } else { acc[i] };
+            }
+        }
+        mx.copy_from_slice(&acc);
+    }
+}
+
+/// `m[r, c] ← exp(m[r, c] − max[c])` and `sum[c] += m[r, c]` over the rows of `m` (a multiple of
+/// 8 columns), 32 columns at a time (four vectors of shifts and sums held in registers down the
+/// rows), the last columns 8 at a time; a column whose maximum is −∞ (all hidden so far) is
+/// shifted by 0 instead, leaving ≈ 0 rather than NaN.
+#[inline(always)]
+fn col_exp_body(m: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    let w = max.len();
+    let wide = w - w % 32;
+    col_exp_strips::<32>(m, w, 0, &max[..wide], &mut sum[..wide]);
+    col_exp_strips::<8>(m, w, wide, &max[wide..], &mut sum[wide..]);
+}
+
+/// [`col_exp_body`] on the columns `c0 ..` of `m` (`[_, w]`) in strips of `S`.
+#[inline(always)]
+fn col_exp_strips<const S: usize>(
+    m: &mut [f32],
+    w: usize,
+    c0: usize,
+    max: &[f32],
+    sum: &mut [f32],
+) {
+    for (s, (mx, sm)) in max.chunks_exact(S).zip(sum.chunks_exact_mut(S)).enumerate() {
+        let mut shift = [0f32; S];
+        for i in 0..S {
+            shift[i] = if mx[i] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                mx[i]
+            };
+        }
+        let mut acc = [0f32; S];
+        acc.copy_from_slice(sm);
+        let at = c0 + s * S;
+        for row in m.chunks_exact_mut(w) {
+            let r: &mut [f32; S] = (&mut row[at..at + S])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            for i in 0..S {
+                r[i] = exp_fast(r[i] - shift[i]);
+                acc[i] += r[i];
+            }
+        }
+        sm.copy_from_slice(&acc);
+    }
+}
+
 /// Each kernel is compiled twice: for the baseline target and with AVX2 + FMA, picked at run
 /// time, so one portable binary still uses 8-wide vectors where the CPU has them.
 macro_rules! dispatch {
@@ -225,6 +288,8 @@ dispatch!(exp_shifted_fast, exp_shifted_avx2, exp_shifted_body, (x: &mut [f32]) 
 dispatch!(silu_mul_chunk, silu_mul_chunk_avx2, silu_mul_body, (g: &[f32], u: &[f32], o: &mut [f32]) -> ());
 dispatch!(logsumexp, logsumexp_avx2, logsumexp_body, (row: &[f32]) -> f32);
 dispatch!(dot_fast, dot_avx2, dot_body, (a: &[f32], b: &[f32]) -> f32);
+dispatch!(col_max_fast, col_max_avx2, col_max_body, (m: &[f32], max: &mut [f32]) -> ());
+dispatch!(col_exp_fast, col_exp_avx2, col_exp_body, (m: &mut [f32], max: &[f32], sum: &mut [f32]) -> ());
 dispatch!(axpy_fast, axpy_avx2, axpy_body, (y: &mut [f32], a: f32, x: &[f32]) -> ());
 
 /// `Σ a_i·b_i` over the shorter of the two slices.
@@ -240,6 +305,34 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// Softmax of a row in place (−∞ entries become 0).
 pub(crate) fn softmax_inplace(x: &mut [f32]) {
     softmax_inplace_fast(x)
+}
+
+/// One block of rows of an online column softmax (the scores of one block of keys, one column
+/// per query): with the running column maxima `max` and sums `sum` of the blocks before,
+/// `m ← exp(m − new max)`, `sum ← sum·scale + column sums`, `max ← new max`, and `scale` gets
+/// `exp(old max − new max)`, the factor by which anything accumulated with the old maxima must be
+/// multiplied. Returns whether any scale differs from 1.
+pub(crate) fn exp_shifted_cols(
+    m: &mut [f32],
+    max: &mut [f32],
+    sum: &mut [f32],
+    scale: &mut [f32],
+) -> bool {
+    assert!(
+        max.len() % 8 == 0,
+        "column softmax: {} columns, not a multiple of 8",
+        max.len()
+    );
+    scale.copy_from_slice(max);
+    col_max_fast(m, max);
+    let mut rescale = false;
+    for ((sc, &new), s) in scale.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
+        *sc = if *sc == new { 1.0 } else { exp_fast(*sc - new) };
+        rescale |= *sc != 1.0;
+        *s *= *sc;
+    }
+    col_exp_fast(m, max, sum);
+    rescale
 }
 
 /// The softmax of a row without its division: `x ← exp(x − max x)`; returns the sum to divide by.
