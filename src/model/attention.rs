@@ -348,7 +348,7 @@ impl FusedAttention {
 
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
-        if super::gemm::has_micro_kernel() && self.heads.head_dim % 16 == 0 {
+        if super::gemm::has_micro_kernel() && self.heads.head_dim.is_multiple_of(16) {
             return self.forward_micro(r, b, t);
         }
         let (h, kvh, d, rep) = self.heads.split();

@@ -319,7 +319,7 @@ pub(crate) fn exp_shifted_cols(
     scale: &mut [f32],
 ) -> bool {
     assert!(
-        max.len() % 8 == 0,
+        max.len().is_multiple_of(8),
         "column softmax: {} columns, not a multiple of 8",
         max.len()
     );
