@@ -346,6 +346,21 @@ impl FusedAttention {
         (task.bi * t + task.c0 + r / rep) * h * d + (task.g * rep + r % rep) * d
     }
 
+    /// The task's first `rows` output rows `o` (`[_, D]`, undivided) divided by their softmax sums
+    /// and written to their places in `out` (`[B, T, H·D]`).
+    fn emit(&self, task: Task, t: usize, o: &mut [f32], sums: &[f32], rows: usize, out: SharedOut) {
+        let d = self.heads.head_dim;
+        for (ri, src) in o.chunks_exact_mut(d).take(rows).enumerate() {
+            let inv = 1.0 / sums[ri];
+            src.iter_mut().for_each(|v| *v *= inv);
+            // SAFETY: the row's (sequence, query, head) belongs to this task alone, and `out`
+            // outlives the parallel loop that calls this.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), out.at(self.out_at(task, t, ri)), d)
+            };
+        }
+    }
+
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if super::gemm::has_micro_kernel() && self.heads.head_dim.is_multiple_of(16) {
@@ -365,19 +380,7 @@ impl FusedAttention {
                     MatRef::from_row_major_slice(&s.p[..], rows, w),
                     MatRef::from_row_major_slice(&r.v[(base + lo) * d..][..w * d], w, d),
                 );
-                for (row, src) in s.o.chunks_exact_mut(d).enumerate() {
-                    let inv = 1.0 / s.sums[row];
-                    src.iter_mut().for_each(|v| *v *= inv);
-                    // SAFETY: the row's (sequence, query, head) belongs to this task alone, and
-                    // `out` outlives the parallel loop.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            out_ptr.at(self.out_at(task, t, row)),
-                            d,
-                        )
-                    };
-                }
+                self.emit(task, t, &mut s.o, &s.sums, rows, out_ptr);
             })
         });
         out
@@ -514,19 +517,7 @@ impl FusedAttention {
                         }
                     }
                 }
-                for (ri, src) in s.o.chunks_exact_mut(d).take(rows).enumerate() {
-                    let inv = 1.0 / s.sums[ri];
-                    src.iter_mut().for_each(|v| *v *= inv);
-                    // SAFETY: the row's (sequence, query, head) belongs to this task alone, and
-                    // `out` outlives the parallel loop.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            out_ptr.at(self.out_at(task, t, ri)),
-                            d,
-                        )
-                    };
-                }
+                self.emit(task, t, &mut s.o, &s.sums, rows, out_ptr);
             })
         });
         out

@@ -82,7 +82,7 @@ fn faer_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
 /// Whether [`micro_6x16`] can run here (x86-64 with AVX2 and FMA).
 pub(crate) fn has_micro_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return x86::usable(x86::MIN_ROWS, 1);
+    return x86::has_avx2_fma();
     #[allow(unreachable_code)]
     false
 }
@@ -123,12 +123,13 @@ mod x86 {
     /// double its memory traffic, so faer's kernels take it.
     pub(super) const MIN_ROWS: usize = 24;
 
+    pub(super) fn has_avx2_fma() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
     /// Whether the blocked kernel takes an `m`-row product (else faer does).
     pub(super) fn usable(m: usize, k: usize) -> bool {
-        m >= MIN_ROWS
-            && k > 0
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
+        m >= MIN_ROWS && k > 0 && has_avx2_fma()
     }
 
     /// Where one output matrix starts (row-major, its weight's `n` columns); the threads write

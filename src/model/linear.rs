@@ -35,19 +35,21 @@ impl SparseLinear {
     /// product is one 2-D GEMM against the transposed (strided, not copied) weight; the weight
     /// is frozen (no gradient flows to it).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_f = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / in_f.max(1);
-        let x = x.reshape((rows, in_f))?;
+        let (dims, x) = flatten(x)?;
         let y = match &self.adapter {
             Some(ad) => ad.forward(&x, &self.weight)?,
             None => super::ops::frozen_matmul(&x, &self.weight)?,
         };
+        self.finish(y, &dims)
+    }
+
+    /// `y` (`[rows, out]`) plus the bias, shaped like the input `dims` with `out` last.
+    fn finish(&self, y: Tensor, dims: &[usize]) -> Result<Tensor> {
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims;
+        let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap_or(&mut 0) = self.out_features();
         Ok(y.reshape(out_dims)?)
     }
@@ -58,22 +60,12 @@ impl SparseLinear {
         if lins.iter().any(|l| l.adapter.is_some()) {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
-        let dims = x.dims().to_vec();
-        let in_f = *dims.last().unwrap_or(&0);
-        let x2 = x.reshape((x.elem_count() / in_f.max(1), in_f))?;
+        let (dims, x) = flatten(x)?;
         let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
-        super::ops::frozen_matmul_many(&x2, &ws)?
+        super::ops::frozen_matmul_many(&x, &ws)?
             .into_iter()
             .zip(lins)
-            .map(|(y, l)| {
-                let y = match &l.bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
-                let mut out_dims = dims.clone();
-                *out_dims.last_mut().unwrap_or(&mut 0) = l.out_features();
-                Ok(y.reshape(out_dims)?)
-            })
+            .map(|(y, l)| l.finish(y, &dims))
             .collect()
     }
 
@@ -89,6 +81,14 @@ impl SparseLinear {
             satisfies_n_m(w, cols, n, m)
         })?)
     }
+}
+
+/// `x` `[..., in]` as one `[rows, in]` matrix, with its original dims.
+fn flatten(x: &Tensor) -> Result<(Vec<usize>, Tensor)> {
+    let dims = x.dims().to_vec();
+    let in_f = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / in_f.max(1);
+    Ok((dims, x.reshape((rows, in_f))?))
 }
 
 /// Fraction of exactly-zero entries.
