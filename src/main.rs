@@ -284,9 +284,13 @@ struct TasksArgs {
     /// Only the first N documents of each task (as the harness's --limit).
     #[arg(long)]
     limit: Option<usize>,
-    /// Documents packed into one forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// At most this many documents packed into one forward pass.
+    #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// At most this many tokens in one forward pass (bounds the activations' memory; a longer
+    /// document runs alone).
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
     /// Compute a context once per choice, as the harness does (same scores, slower).
     #[arg(long)]
     no_prefix_sharing: bool,
@@ -498,6 +502,7 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let opts = zeroshot::ScoreOptions {
         batch_docs: a.batch_size,
+        batch_tokens: a.batch_tokens,
         share: !a.no_prefix_sharing,
     };
     let start = std::time::Instant::now();
@@ -525,6 +530,7 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
             "data_dir": data_dir.display().to_string(),
             "limit": a.limit,
             "batch_size": a.batch_size,
+            "batch_tokens": a.batch_tokens,
             "prefix_sharing": opts.share,
             "num_fewshot": 0,
             "max_length": model.cfg.max_position_embeddings,

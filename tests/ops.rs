@@ -467,3 +467,44 @@ fn fused_attention_gradients_match_the_reference() {
         );
     }
 }
+
+#[test]
+fn hidden_states_at_some_rows_equal_the_full_packed_forward() {
+    // The last block computes o_proj and the MLP for the selected rows only; the result must be
+    // the full forward's rows, in the order asked (repeats allowed).
+    use spp::model::{PackedRow, Packing};
+    let model = common::tiny_model(false, true, &Device::Cpu);
+    let vocab = model.cfg.vocab_size;
+    let rows: Vec<PackedRow> = (0..60)
+        .map(|i| PackedRow {
+            position: i,
+            shared: (0, 0),
+            own: 0,
+        })
+        .chain((0..10).map(|i| PackedRow {
+            position: 30 + i,
+            shared: (0, 30),
+            own: 60,
+        }))
+        .collect();
+    let packing = Packing::new(rows, &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec(common::ids(70, vocab, 9), (1, 70), &Device::Cpu).unwrap();
+    let full = model
+        .hidden_states_packed(&ids, &packing)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let want: Vec<u32> = vec![69, 0, 29, 64, 64, 59];
+    let sel = Tensor::from_vec(want.clone(), want.len(), &Device::Cpu).unwrap();
+    let some = model.hidden_states_packed_at(&ids, &packing, &sel).unwrap();
+    let expected = full.index_select(&sel, 0).unwrap();
+    assert_eq!(some.dims(), expected.dims());
+    let d = common::max_diff(&some, &expected);
+    assert!(d < 1e-5, "selected rows differ from the full forward by {d}");
+    // Rows differ from one another, so a wrong selection would show.
+    let shifted: Vec<u32> = want.iter().map(|r| (r + 1) % 70).collect();
+    let other = full
+        .index_select(&Tensor::from_vec(shifted, 6, &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    assert!(common::max_diff(&some, &other) > 1e-2);
+}

@@ -89,18 +89,40 @@ fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
         })
         .collect();
     let mut tokens = Vec::new();
-    for (batch_docs, share, fused) in [
-        (1, false, true),
-        (1, true, true),
-        (2, true, true),
-        (5, false, true),
-        (12, true, true),
-        (2, true, false),
-        (5, false, false),
+    // (documents, tokens per pass): a token budget of 1 runs every document alone, 250 a few.
+    for ((batch_docs, batch_tokens), share, fused) in [
+        ((1, 10_000), false, true),
+        ((1, 10_000), true, true),
+        ((2, 10_000), true, true),
+        ((5, 10_000), false, true),
+        ((12, 10_000), true, true),
+        ((12, 1), true, true),
+        ((12, 250), false, true),
+        ((2, 10_000), true, false),
+        ((5, 10_000), false, false),
     ] {
-        let opts = ScoreOptions { batch_docs, share };
+        let opts = ScoreOptions {
+            batch_docs,
+            batch_tokens,
+            share,
+        };
         let m = if fused { model } else { &slow };
-        let (lls, n) = zeroshot::loglikelihoods(m, encoded, opts, &mut |_, _| {}).unwrap();
+        let mut passes = Vec::new();
+        let (lls, n) =
+            zeroshot::loglikelihoods(m, encoded, opts, &mut |done, _| passes.push(done)).unwrap();
+        // Every document once, in order, and no pass over its limits (one document may exceed
+        // the token budget alone).
+        assert_eq!(passes.last(), Some(&encoded.len()));
+        let sizes: Vec<usize> = std::iter::once(0)
+            .chain(passes.iter().copied())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect();
+        assert!(sizes.iter().all(|&k| k >= 1 && k <= batch_docs), "{sizes:?}");
+        if batch_tokens == 1 {
+            assert_eq!(passes.len(), encoded.len());
+        }
         for (d, (got, want)) in lls.iter().zip(&reference).enumerate() {
             for (g, w) in got.iter().zip(want) {
                 assert!(
@@ -178,6 +200,7 @@ fn long_requests_are_cut_from_the_left_like_the_harness() {
     };
     let opts = ScoreOptions {
         batch_docs: 4,
+        batch_tokens: 4096,
         share: true,
     };
     let r = zeroshot::evaluate(&small, &tok, &task, opts, &mut |_, _| {}).unwrap();

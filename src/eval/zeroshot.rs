@@ -195,12 +195,22 @@ fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> 
     let dev = model.device();
     let n = ids.len();
     let packing = Packing::new(rows, dev)?;
-    let hidden = model
-        .hidden_states_packed(&Tensor::from_vec(ids, (1, n), dev)?, &packing)?
-        .squeeze(0)?;
-    let sel: Vec<u32> = scored.iter().map(|s| s.0).collect();
+    // The final hidden states of the scored rows only (a row may score several requests: the
+    // one-token answers of BoolQ and RTE).
+    let mut rows: Vec<u32> = scored.iter().map(|s| s.0).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let kept = model.hidden_states_packed_at(
+        &Tensor::from_vec(ids, (1, n), dev)?,
+        &packing,
+        &Tensor::from_vec(rows.clone(), rows.len(), dev)?,
+    )?;
+    let sel: Vec<u32> = scored
+        .iter()
+        .map(|s| rows.partition_point(|&r| r < s.0) as u32)
+        .collect();
     let tgt: Vec<u32> = scored.iter().map(|s| s.1).collect();
-    let h = hidden.index_select(&Tensor::from_vec(sel, scored.len(), dev)?, 0)?;
+    let h = kept.index_select(&Tensor::from_vec(sel, scored.len(), dev)?, 0)?;
     let nll = model
         .token_nll(&h, &Tensor::from_vec(tgt, scored.len(), dev)?)?
         .to_dtype(DType::F32)?
@@ -214,8 +224,12 @@ fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> 
 /// How requests are batched.
 #[derive(Debug, Clone, Copy)]
 pub struct ScoreOptions {
-    /// Documents packed into one forward pass.
+    /// At most this many documents in one forward pass.
     pub batch_docs: usize,
+    /// At most this many tokens in one forward pass (a longer document goes alone). Bounds the
+    /// activations' memory; large passes keep the per-pass costs (packing the weights, starting
+    /// the threads) small against the arithmetic.
+    pub batch_tokens: usize,
     /// Compute the common prefix of a document's requests once.
     pub share: bool,
 }
@@ -314,27 +328,34 @@ pub fn loglikelihoods(
 ) -> Result<(Vec<Vec<f64>>, usize)> {
     let mut out: Vec<Vec<f64>> = docs.iter().map(|d| vec![0.0; d.len()]).collect();
     let mut tokens = 0;
-    let mut done = 0;
-    let per_batch = opts.batch_docs.max(1);
-    for (batch, slots) in docs.chunks(per_batch).zip(out.chunks_mut(per_batch)) {
-        // Requests are numbered across the batch: document d's start at offsets[d].
-        let mut packed = Vec::new();
-        let mut offsets = Vec::with_capacity(batch.len());
-        let mut n = 0;
-        for d in batch {
+    let mut first = 0;
+    while first < docs.len() {
+        // Documents first.. go into one pass while they fit both limits; requests are numbered
+        // across the pass: document first + d's start at offsets[d].
+        let mut packed: Vec<Group> = Vec::new();
+        let (mut offsets, mut n, mut len) = (Vec::new(), 0, 0);
+        for d in &docs[first..] {
+            let gs = groups(d, n, opts.share);
+            let more = gs.iter().map(Group::len).sum::<usize>();
+            if !offsets.is_empty()
+                && (offsets.len() == opts.batch_docs.max(1) || len + more > opts.batch_tokens)
+            {
+                break;
+            }
             offsets.push(n);
-            packed.extend(groups(d, n, opts.share));
+            packed.extend(gs);
             n += d.len();
+            len += more;
         }
-        tokens += packed.iter().map(Group::len).sum::<usize>();
+        tokens += len;
         let mut sums = vec![0.0; n];
         score_packed(model, &packed, &mut sums)?;
-        for (slot, o) in slots.iter_mut().zip(offsets) {
-            let len = slot.len();
-            slot.copy_from_slice(&sums[o..o + len]);
+        for (slot, o) in out[first..].iter_mut().zip(&offsets) {
+            let k = slot.len();
+            slot.copy_from_slice(&sums[*o..*o + k]);
         }
-        done += batch.len();
-        progress(done, docs.len());
+        first += offsets.len();
+        progress(first, docs.len());
     }
     Ok((out, tokens))
 }

@@ -249,30 +249,36 @@ impl FusedAttention {
     fn rotate(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Rotated {
         let (h, kvh, d, rep) = self.heads.split();
         let scale = 1.0 / (d as f32).sqrt();
-        let mut r = Rotated {
-            q: vec![0f32; b * t * h * d],
-            k: vec![0f32; b * t * kvh * d],
-            v: vec![0f32; b * t * kvh * d],
-        };
-        // One parallel pass per sequence and KV head over its tokens.
-        r.q.par_chunks_mut(t * rep * d)
-            .zip(r.k.par_chunks_mut(t * d))
-            .zip(r.v.par_chunks_mut(t * d))
-            .enumerate()
-            .for_each(|(bg, ((qd, kd), vd))| {
+        // One parallel pass per sequence and KV head over its tokens (bg = bi·kvh + g) for each
+        // of q, k, v; every row of the destination is written.
+        // SAFETY (all three): each closure writes every d-wide row of its chunk.
+        let q = unsafe {
+            super::ops::par_fill(b * t * h * d, t * rep * d, |bg, qd| {
                 let (bi, g) = (bg / kvh, bg % kvh);
-                for i in 0..t {
-                    let row = bi * t + i;
-                    for j in 0..rep {
-                        let src = &qs[row * h * d + (g * rep + j) * d..][..d];
-                        self.rope(src, &mut qd[(i * rep + j) * d..][..d], i, scale, 1.0);
-                    }
-                    let src = &ks[row * kvh * d + g * d..][..d];
-                    self.rope(src, &mut kd[i * d..][..d], i, 1.0, 1.0);
-                    vd[i * d..][..d].copy_from_slice(&vs[row * kvh * d + g * d..][..d]);
+                for (r, dst) in qd.chunks_exact_mut(d).enumerate() {
+                    let (i, j) = (r / rep, r % rep);
+                    let src = &qs[(bi * t + i) * h * d + (g * rep + j) * d..][..d];
+                    self.rope(src, dst, i, scale, 1.0);
                 }
-            });
-        r
+            })
+        };
+        let k = unsafe {
+            super::ops::par_fill(b * t * kvh * d, t * d, |bg, kd| {
+                let (bi, g) = (bg / kvh, bg % kvh);
+                for (i, dst) in kd.chunks_exact_mut(d).enumerate() {
+                    self.rope(&ks[(bi * t + i) * kvh * d + g * d..][..d], dst, i, 1.0, 1.0);
+                }
+            })
+        };
+        let v = unsafe {
+            super::ops::par_fill(b * t * kvh * d, t * d, |bg, vd| {
+                let (bi, g) = (bg / kvh, bg % kvh);
+                for (i, dst) in vd.chunks_exact_mut(d).enumerate() {
+                    dst.copy_from_slice(&vs[(bi * t + i) * kvh * d + g * d..][..d]);
+                }
+            })
+        };
+        Rotated { q, k, v }
     }
 
     /// Every (sequence, KV head, query chunk), later chunks first: they see more keys, so
@@ -289,6 +295,21 @@ impl FusedAttention {
                 })
             })
             .collect()
+    }
+
+    /// The output `[B, T, H·D]` of `task` run on every task in parallel; each task writes its
+    /// rows through [`Self::emit`], and together they write every row (no zero-fill first).
+    fn run_tasks(&self, b: usize, t: usize, task: impl Fn(Task, SharedOut) + Sync) -> Vec<f32> {
+        let n = b * t * self.heads.n_heads * self.heads.head_dim;
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        self.tasks(b, t)
+            .into_par_iter()
+            .for_each(|one| task(one, out_ptr));
+        // SAFETY: the tasks cover every (sequence, query chunk, KV head) and each emits all the
+        // rows (query, head) of its chunk and head group.
+        unsafe { out.set_len(n) };
+        out
     }
 
     /// The task's probabilities into `p` (`[c·rep, w]`, zero where a key is hidden); returns
@@ -366,10 +387,8 @@ impl FusedAttention {
         if super::gemm::has_micro_kernel() && self.heads.head_dim.is_multiple_of(16) {
             return self.forward_micro(r, b, t);
         }
-        let (h, kvh, d, rep) = self.heads.split();
-        let mut out = vec![0f32; b * t * h * d];
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        self.tasks(b, t).into_par_iter().for_each(|task| {
+        let (_, kvh, d, rep) = self.heads.split();
+        self.run_tasks(b, t, |task, out_ptr| {
             SCRATCH.with_borrow_mut(|s| {
                 let (lo, w) = self.probs(r, task, t, &mut s.p, Some(&mut s.sums));
                 let rows = QUERY_CHUNK.min(t - task.c0) * rep;
@@ -382,8 +401,7 @@ impl FusedAttention {
                 );
                 self.emit(task, t, &mut s.o, &s.sums, rows, out_ptr);
             })
-        });
-        out
+        })
     }
 
     /// The forward on spp's 6 × 16 GEMM micro-kernel, with the scores transposed: `Sᵀ = K·Qᵀ`
@@ -398,23 +416,22 @@ impl FusedAttention {
         const KP: usize = 6; // keys per K panel (the kernel's rows)
         const QP: usize = 16; // task rows per Q panel (the kernel's columns)
         const KEY_STEP: usize = 240; // keys per block (a multiple of 6): its Sᵀ and V stay in L2
-        let (h, kvh, d, rep) = self.heads.split();
+        let (_, kvh, d, rep) = self.heads.split();
         // Element (key j, dim e) of K panel q at q·6d + e·6 + j (keys past t are zero).
         let kpanels = t.div_ceil(KP);
-        let mut kp = vec![0f32; b * kvh * kpanels * KP * d];
-        kp.par_chunks_mut(kpanels * KP * d)
-            .enumerate()
-            .for_each(|(bg, dst)| {
+        // SAFETY: the last panel is zeroed, then every key's column written.
+        let kp = unsafe {
+            super::ops::par_fill(b * kvh * kpanels * KP * d, kpanels * KP * d, |bg, dst| {
+                dst[(kpanels - 1) * KP * d..].fill(0.0);
                 for (j, row) in r.k[bg * t * d..][..t * d].chunks_exact(d).enumerate() {
                     let panel = &mut dst[(j / KP) * KP * d..][..KP * d];
                     for (e, &v) in row.iter().enumerate() {
                         panel[e * KP + j % KP] = v;
                     }
                 }
-            });
-        let mut out = vec![0f32; b * t * h * d];
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        self.tasks(b, t).into_par_iter().for_each(|task| {
+            })
+        };
+        self.run_tasks(b, t, |task, out_ptr| {
             SCRATCH.with_borrow_mut(|s| {
                 let Task { bi, g, c0 } = task;
                 let bg = bi * kvh + g;
@@ -519,8 +536,7 @@ impl FusedAttention {
                 }
                 self.emit(task, t, &mut s.o, &s.sums, rows, out_ptr);
             })
-        });
-        out
+        })
     }
 
     /// `(dq, dk, dv)` in the layouts of `q`, `k`, `v`, for the output `os` and its gradient `gs`.

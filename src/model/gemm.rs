@@ -144,13 +144,14 @@ mod x86 {
         let kc_of = |s: usize| kc.min(k - s * kc);
         // All of A packed once, shared by the threads: slice s, row panel q at (s·mp + q)·kc·MR.
         let mp = m.div_ceil(MR);
-        let mut ap = vec![0f32; slices * mp * kc * MR];
-        ap.par_chunks_mut(kc * MR)
-            .enumerate()
-            .for_each(|(i, panel)| {
+        // SAFETY: pack writes the first kc_of(s)·MR floats of each panel, the rest is zeroed.
+        let ap = unsafe {
+            crate::model::ops::par_fill(slices * mp * kc * MR, kc * MR, |i, panel| {
                 let (s, q) = (i / mp, i % mp);
                 pack::<MR>(a, k, q * MR, MR.min(m - q * MR), s * kc, kc_of(s), panel);
-            });
+                panel[kc_of(s) * MR..].fill(0.0);
+            })
+        };
         // The columns of all parts in panels of up to NR, each inside one part: (part, column).
         let panels: Vec<(usize, usize)> = parts
             .iter()

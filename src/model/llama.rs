@@ -491,6 +491,22 @@ impl Block {
         Ok((&x + self.mlp.down_proj.forward(&taps.down_in)?)?)
     }
 
+    /// [`Self::run`] on a packed row `[1, N, hidden]` where only the rows `rows` of the output
+    /// are wanted (`[1, rows, hidden]`): attention runs for every row (they are the keys), its
+    /// output projection, the residual and the MLP for `rows` alone.
+    fn run_at(&self, x: &Tensor, rope: &Rope, packing: &Packing, rows: &Tensor) -> Result<Tensor> {
+        let attn_in = self.input_layernorm.forward(x)?;
+        let o_in = self
+            .self_attn
+            .heads(&attn_in, rope, None, 0, Some(packing))?;
+        let (x, o_in) = (x.index_select(rows, 1)?, o_in.index_select(rows, 1)?);
+        let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
+        let down_in = self
+            .mlp
+            .hidden(&self.post_attention_layernorm.forward(&x)?)?;
+        Ok((&x + self.mlp.down_proj.forward(&down_in)?)?)
+    }
+
     /// The seven linears with their names, in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
         [
@@ -703,6 +719,22 @@ impl Llama {
 
     /// Final hidden states `[1, N, hidden]` of a packed row of tokens `ids` (`[1, N]`).
     pub fn hidden_states_packed(&self, ids: &Tensor, packing: &Packing) -> Result<Tensor> {
+        self.packed(ids, packing, None)
+    }
+
+    /// Final hidden states `[rows, hidden]` of a packed row at the positions `rows` (u32) only,
+    /// for scoring a few positions: the last block's output projection and MLP run for those
+    /// rows alone. Equals `hidden_states_packed` followed by selecting `rows`.
+    pub fn hidden_states_packed_at(
+        &self,
+        ids: &Tensor,
+        packing: &Packing,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        Ok(self.packed(ids, packing, Some(rows))?.squeeze(0)?)
+    }
+
+    fn packed(&self, ids: &Tensor, packing: &Packing, rows: Option<&Tensor>) -> Result<Tensor> {
         if ids.dims() != [1, packing.len()] {
             bail!(
                 "internal: packed ids {:?} do not match {} packed rows",
@@ -711,8 +743,15 @@ impl Llama {
             );
         }
         let mut x = self.embed(ids)?;
-        for i in 0..self.layers.len() {
-            x = self.block_forward_packed(i, &x, packing)?;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match rows {
+                Some(rows) if i + 1 == n => layer.run_at(&x, &self.rope, packing, rows)?,
+                _ => layer.run(&x, &self.rope, None, 0, Some(packing))?,
+            };
+        }
+        if let (0, Some(rows)) = (n, rows) {
+            x = x.index_select(rows, 1)?;
         }
         self.norm.forward(&x)
     }

@@ -34,6 +34,32 @@ impl SharedOut {
     }
 }
 
+/// `n` floats computed chunk by chunk in parallel, without zero-filling the buffer first:
+/// `vec![0.0; n]` is a pass over memory on the calling thread alone, while the workers wait (about
+/// 3% of a packed forward, `perf record` of `spp eval tasks`). `fill(i, dst)` gets chunk `i`
+/// (`chunk` floats, the last one shorter).
+///
+/// # Safety
+/// `fill` writes every element of `dst` before reading it.
+pub(crate) unsafe fn par_fill(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| {
+            // SAFETY: f32 has no invalid bit patterns and `fill` only writes before it reads.
+            let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, dst)
+        });
+    // SAFETY: every chunk was written by `fill` (the caller's promise).
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Runs `f` on the contiguous f32 data of a tensor: in place for a contiguous f32 CPU tensor,
 /// else on a copy (strided, another dtype or another device).
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -443,11 +469,14 @@ impl CustomOp2 for SiluMul {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(4096)
-            .zip(g.par_chunks(4096))
-            .zip(u.par_chunks(4096))
-            .for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
+        const CHUNK: usize = 4096;
+        // SAFETY: silu_mul_chunk writes all of `o`.
+        let out = unsafe {
+            par_fill(g.len(), CHUNK, |i, o| {
+                let at = i * CHUNK..i * CHUNK + o.len();
+                silu_mul_chunk(&g[at.clone()], &u[at], o)
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(
@@ -710,10 +739,10 @@ impl CustomOp2 for RmsNormOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let d = w.len();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .for_each(|(o, x)| rms_row(x, w, o, self.eps));
+        // SAFETY: rms_row writes all of its row `o`.
+        let out = unsafe {
+            par_fill(x.len(), d, |i, o| rms_row(&x[i * d..][..d], w, o, self.eps))
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(
