@@ -29,9 +29,26 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
     }
     #[cfg(target_arch = "x86_64")]
     if x86::usable(m, k) {
-        return x86::blocked(a, m, k, &[(b, n, x86::Out(c.as_mut_ptr()))]);
+        return x86::blocked(Lhs::Rows(a), m, k, &[(b, n, x86::Out(c.as_mut_ptr()))]);
     }
     faer_abt(a, b, c, m, k, n);
+}
+
+/// The left operand of a product: a row-major `[m, k]` matrix, or `silu(g) ⊙ u` of two such
+/// matrices (the MLP's down_proj input), computed while A is packed instead of stored first.
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    Rows(&'a [f32]),
+    SiluMul(&'a [f32], &'a [f32]),
+}
+
+impl Lhs<'_> {
+    fn len_at_least(&self, n: usize) -> bool {
+        match self {
+            Lhs::Rows(a) => a.len() >= n,
+            Lhs::SiluMul(g, u) => g.len() >= n && u.len() >= n,
+        }
+    }
 }
 
 /// `a·bᵢᵀ` for several weights `bᵢ` `[nᵢ, k]` (given as `(bᵢ, nᵢ)`) that share the input a
@@ -39,8 +56,18 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
 /// the threads split all the weights' columns), returned as one `[m, nᵢ]` matrix per weight. The
 /// outputs are never zero-filled first: every element is written exactly once by the kernel.
 pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+    gemm_lhs_abt_many(Lhs::Rows(a), m, k, bs)
+}
+
+/// [`gemm_abt_many`] for any [`Lhs`].
+pub fn gemm_lhs_abt_many(
+    a: Lhs,
+    m: usize,
+    k: usize,
+    bs: &[(&[f32], usize)],
+) -> Vec<Vec<f32>> {
     assert!(
-        a.len() >= m * k && bs.iter().all(|(b, n)| b.len() >= n * k),
+        a.len_at_least(m * k) && bs.iter().all(|(b, n)| b.len() >= n * k),
         "gemm: slice too short"
     );
     #[cfg(target_arch = "x86_64")]
@@ -59,6 +86,16 @@ pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> V
         }
         return outs;
     }
+    let silu;
+    let a = match a {
+        Lhs::Rows(a) => a,
+        Lhs::SiluMul(g, u) => {
+            let mut h = vec![0f32; m * k];
+            crate::model::ops::silu_mul_chunk(&g[..m * k], &u[..m * k], &mut h);
+            silu = h;
+            &silu
+        }
+    };
     bs.iter()
         .map(|&(b, n)| {
             let mut c = vec![0f32; m * n];
@@ -137,7 +174,7 @@ mod x86 {
     pub(super) use crate::model::ops::SharedOut as Out;
 
     /// `c = a·bᵀ` for each part `(b, n, c)`; every element of every `c` is written.
-    pub(super) fn blocked(a: &[f32], m: usize, k: usize, parts: &[(&[f32], usize, Out)]) {
+    pub(super) fn blocked(a: super::Lhs, m: usize, k: usize, parts: &[(&[f32], usize, Out)]) {
         // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
         let slices = k.div_ceil(KC);
         let kc = k.div_ceil(slices);
@@ -148,8 +185,20 @@ mod x86 {
         let ap = unsafe {
             crate::model::ops::par_fill(slices * mp * kc * MR, kc * MR, |i, panel| {
                 let (s, q) = (i / mp, i % mp);
-                pack::<MR>(a, k, q * MR, MR.min(m - q * MR), s * kc, kc_of(s), panel);
-                panel[kc_of(s) * MR..].fill(0.0);
+                let (r0, rows, p0, kcs) = (q * MR, MR.min(m - q * MR), s * kc, kc_of(s));
+                match a {
+                    super::Lhs::Rows(a) => pack::<MR>(a, k, r0, rows, p0, kcs, panel),
+                    super::Lhs::SiluMul(g, u) => SILU.with_borrow_mut(|h| {
+                        // The panel's rows of silu(g)·u, KC apart, then packed as usual.
+                        h.resize(MR * KC, 0.0);
+                        for (i, row) in h.chunks_exact_mut(KC).take(rows).enumerate() {
+                            let at = (r0 + i) * k + p0..(r0 + i) * k + p0 + kcs;
+                            silu_mul_chunk(&g[at.clone()], &u[at], &mut row[..kcs]);
+                        }
+                        pack::<MR>(h, KC, 0, rows, 0, kcs, panel)
+                    }),
+                }
+                panel[kcs * MR..].fill(0.0);
             })
         };
         // The columns of all parts in panels of up to NR, each inside one part: (part, column).
@@ -198,8 +247,12 @@ mod x86 {
         });
     }
 
+    use crate::model::ops::silu_mul_chunk;
+
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// Rows of `silu(g)·u` for one A panel ([`super::Lhs::SiluMul`]).
+        static SILU: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of the row-major `[_, k]` matrix `x` as one

@@ -69,6 +69,17 @@ impl SparseLinear {
             .collect()
     }
 
+    /// `forward(silu(g) ⊙ u)` (down_proj of the SwiGLU MLP); without an adapter through
+    /// [`super::ops::frozen_matmul_silu`], which never stores the product.
+    pub fn forward_silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        if self.adapter.is_some() {
+            return self.forward(&super::ops::silu_mul(g, u)?);
+        }
+        let ((dims, g), (_, u)) = (flatten(g)?, flatten(u)?);
+        let y = super::ops::frozen_matmul_silu(&g, &u, &self.weight)?;
+        self.finish(y, &dims)
+    }
+
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
         Ok(super::ops::with_f32(&self.weight, zero_fraction)?)

@@ -445,14 +445,41 @@ impl Attention {
 }
 
 impl Mlp {
+    fn gate_up(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        SparseLinear::forward_many(&[&self.gate_proj, &self.up_proj], x)
+    }
+
     /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
     fn hidden(&self, x: &Tensor) -> Result<Tensor> {
-        let gu = SparseLinear::forward_many(&[&self.gate_proj, &self.up_proj], x)?;
+        let gu = self.gate_up(x)?;
         super::ops::silu_mul(&gu[0], &gu[1])
+    }
+
+    /// `down(silu(gate(x)) * up(x))`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = self.gate_up(x)?;
+        self.down_proj.forward_silu_mul(&gu[0], &gu[1])
     }
 }
 
 impl Block {
+    /// The attention half: `(x + o_proj(attention(norm(x))), norm(x), attention output)`.
+    fn attend(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        offset: usize,
+        packing: Option<&Packing>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let attn_in = self.input_layernorm.forward(x)?;
+        let o_in = self
+            .self_attn
+            .heads(&attn_in, rope, cache, offset, packing)?;
+        let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
+        Ok((x, attn_in, o_in))
+    }
+
     /// The block up to down_proj's input: the residual stream after attention and the four
     /// linear inputs.
     fn run_to_down(
@@ -463,11 +490,7 @@ impl Block {
         offset: usize,
         packing: Option<&Packing>,
     ) -> Result<(Tensor, Taps)> {
-        let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self
-            .self_attn
-            .heads(&attn_in, rope, cache, offset, packing)?;
-        let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
+        let (x, attn_in, o_in) = self.attend(x, rope, cache, offset, packing)?;
         let mlp_in = self.post_attention_layernorm.forward(&x)?;
         let down_in = self.mlp.hidden(&mlp_in)?;
         let taps = Taps {
@@ -487,8 +510,14 @@ impl Block {
         offset: usize,
         packing: Option<&Packing>,
     ) -> Result<Tensor> {
-        let (x, taps) = self.run_to_down(x, rope, cache, offset, packing)?;
-        Ok((&x + self.mlp.down_proj.forward(&taps.down_in)?)?)
+        let (x, _, _) = self.attend(x, rope, cache, offset, packing)?;
+        self.add_mlp(&x)
+    }
+
+    /// `x + mlp(norm(x))`.
+    fn add_mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let mlp_in = self.post_attention_layernorm.forward(x)?;
+        Ok((x + self.mlp.forward(&mlp_in)?)?)
     }
 
     /// [`Self::run`] on a packed row `[1, N, hidden]` where only the rows `rows` of the output
@@ -500,11 +529,7 @@ impl Block {
             .self_attn
             .heads(&attn_in, rope, None, 0, Some(packing))?;
         let (x, o_in) = (x.index_select(rows, 1)?, o_in.index_select(rows, 1)?);
-        let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
-        let down_in = self
-            .mlp
-            .hidden(&self.post_attention_layernorm.forward(&x)?)?;
-        Ok((&x + self.mlp.down_proj.forward(&down_in)?)?)
+        self.add_mlp(&(x + self.self_attn.o_proj.forward(&o_in)?)?)
     }
 
     /// The seven linears with their names, in checkpoint order.

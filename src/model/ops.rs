@@ -297,7 +297,7 @@ macro_rules! dispatch {
         unsafe fn $avx($($arg: $ty),*) -> $ret {
             $body($($arg),*)
         }
-        fn $name($($arg: $ty),*) -> $ret {
+        pub(crate) fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features the function was compiled for.
@@ -447,6 +447,35 @@ pub fn frozen_matmul_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         .zip(bs)
         .map(|(y, (_, n))| Ok(f32_tensor(y, (rows, n))?))
         .collect()
+}
+
+/// `(silu(g) ⊙ u)·Wᵀ` for g, u `[rows, in]`: the SwiGLU MLP's down projection. Without a
+/// gradient to track, the product computes `silu(g) ⊙ u` while packing its left operand (the
+/// `[rows, in]` hidden state is never stored); else [`silu_mul`] then [`frozen_matmul`].
+pub fn frozen_matmul_silu(g: &Tensor, u: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let fused = fast_path(g)
+        && fast_path(u)
+        && fast_path(w)
+        && !g.track_op()
+        && !u.track_op()
+        && g.rank() == 2
+        && g.dims() == u.dims()
+        && w.rank() == 2
+        && w.dim(1)? == g.dim(1)?;
+    if !fused {
+        return frozen_matmul(&silu_mul(g, u)?, w);
+    }
+    let ((rows, k), n) = (g.dims2()?, w.dim(0)?);
+    let (g, u, w) = (g.contiguous()?, u.contiguous()?, w.contiguous()?);
+    let y = with_f32(&g, |g| {
+        with_f32(&u, |u| {
+            with_f32(&w, |w| {
+                let lhs = super::gemm::Lhs::SiluMul(g, u);
+                super::gemm::gemm_lhs_abt_many(lhs, rows, k, &[(w, n)]).remove(0)
+            })
+        })
+    })???;
+    Ok(f32_tensor(y, (rows, n))?)
 }
 
 pub fn frozen_matmul_reference(x: &Tensor, w: &Tensor) -> Result<Tensor> {
