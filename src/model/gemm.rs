@@ -144,6 +144,7 @@ pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
 /// The blocked implementation (x86-64 with AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::model::ops::silu_mul_chunk;
     use rayon::prelude::*;
 
     const MR: usize = 6;
@@ -246,8 +247,6 @@ mod x86 {
             });
         });
     }
-
-    use crate::model::ops::silu_mul_chunk;
 
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
