@@ -76,7 +76,7 @@ const TRAIN: &[&str] = &[
     "grad_checkpoint",
 ];
 /// Perplexity (`ppl_text`, `seqlen`, `max_windows`) and task (`tasks`, `limit`, `data_dir`,
-/// `batch_size`) settings.
+/// `batch_size`, `batch_tokens`) settings.
 const EVAL: &[&str] = &[
     "ppl_text",
     "seqlen",
@@ -85,6 +85,7 @@ const EVAL: &[&str] = &[
     "limit",
     "data_dir",
     "batch_size",
+    "batch_tokens",
 ];
 /// Keys holding paths (resolved against the recipe's directory, checked to exist).
 const PATHS: &[&str] = &["calib", "data", "ppl_text", "data_dir"];
@@ -320,7 +321,7 @@ impl Recipe {
                 eval.ppl = Some((PathBuf::from(text), pick(&["seqlen", "max_windows"])));
             }
             if t.contains_key("tasks") {
-                let tasks = pick(&["tasks", "limit", "data_dir", "batch_size"]);
+                let tasks = pick(&["tasks", "limit", "data_dir", "batch_size", "batch_tokens"]);
                 if let Some((_, Some(names))) = tasks.iter().find(|(k, _)| k == "tasks") {
                     if let Err(e) = crate::eval::tasks::parse_names(names) {
                         errors.push(format!("eval.tasks: {e}"));
