@@ -353,18 +353,38 @@ impl Packing {
 /// and the score temporaries stay small (`[H, CHUNK, S]`).
 const ATTN_CHUNK: usize = 256;
 
+/// Where a block's tokens stand: the rotary tables, the KV-cache slot of the block (generation),
+/// the position of the first token, and the packing of several sequences into one row.
+struct At<'a> {
+    rope: &'a Rope,
+    cache: Option<&'a mut Option<(Tensor, Tensor)>>,
+    offset: usize,
+    packing: Option<&'a Packing>,
+}
+
+impl<'a> At<'a> {
+    /// Positions `0 ..` without a cache, packed or not.
+    fn fresh(rope: &'a Rope, packing: Option<&'a Packing>) -> Self {
+        Self {
+            rope,
+            cache: None,
+            offset: 0,
+            packing,
+        }
+    }
+}
+
 impl Attention {
     /// Causal grouped-query attention; returns the input of o_proj `[B, T, H·D]`.
     /// Queries are processed in chunks so that each chunk scores only the keys it can see, and
     /// each KV head serves its `rep` query heads without copying keys or values.
-    fn heads(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        offset: usize,
-        packing: Option<&Packing>,
-    ) -> Result<Tensor> {
+    fn heads(&self, x: &Tensor, at: At) -> Result<Tensor> {
+        let At {
+            rope,
+            cache,
+            offset,
+            packing,
+        } = at;
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
         let rep = h / kvh;
@@ -464,33 +484,17 @@ impl Mlp {
 
 impl Block {
     /// The attention half: `(x + o_proj(attention(norm(x))), norm(x), attention output)`.
-    fn attend(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        offset: usize,
-        packing: Option<&Packing>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attend(&self, x: &Tensor, at: At) -> Result<(Tensor, Tensor, Tensor)> {
         let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self
-            .self_attn
-            .heads(&attn_in, rope, cache, offset, packing)?;
+        let o_in = self.self_attn.heads(&attn_in, at)?;
         let x = (x + self.self_attn.o_proj.forward(&o_in)?)?;
         Ok((x, attn_in, o_in))
     }
 
     /// The block up to down_proj's input: the residual stream after attention and the four
     /// linear inputs.
-    fn run_to_down(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        offset: usize,
-        packing: Option<&Packing>,
-    ) -> Result<(Tensor, Taps)> {
-        let (x, attn_in, o_in) = self.attend(x, rope, cache, offset, packing)?;
+    fn run_to_down(&self, x: &Tensor, at: At) -> Result<(Tensor, Taps)> {
+        let (x, attn_in, o_in) = self.attend(x, at)?;
         let mlp_in = self.post_attention_layernorm.forward(&x)?;
         let down_in = self.mlp.hidden(&mlp_in)?;
         let taps = Taps {
@@ -502,15 +506,8 @@ impl Block {
         Ok((x, taps))
     }
 
-    fn run(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        offset: usize,
-        packing: Option<&Packing>,
-    ) -> Result<Tensor> {
-        let (x, _, _) = self.attend(x, rope, cache, offset, packing)?;
+    fn run(&self, x: &Tensor, at: At) -> Result<Tensor> {
+        let (x, _, _) = self.attend(x, at)?;
         self.add_mlp(&x)
     }
 
@@ -525,9 +522,7 @@ impl Block {
     /// output projection, the residual and the MLP for `rows` alone.
     fn run_at(&self, x: &Tensor, rope: &Rope, packing: &Packing, rows: &Tensor) -> Result<Tensor> {
         let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self
-            .self_attn
-            .heads(&attn_in, rope, None, 0, Some(packing))?;
+        let o_in = self.self_attn.heads(&attn_in, At::fresh(rope, Some(packing)))?;
         let (x, o_in) = (x.index_select(rows, 1)?, o_in.index_select(rows, 1)?);
         self.add_mlp(&(x + self.self_attn.o_proj.forward(&o_in)?)?)
     }
@@ -717,18 +712,18 @@ impl Llama {
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
     pub fn block_forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[i].run(x, &self.rope, None, 0, None)
+        self.layers[i].run(x, At::fresh(&self.rope, None))
     }
 
     /// Runs block `i` on a packed row of hidden states `x` `[1, N, hidden]`.
     pub fn block_forward_packed(&self, i: usize, x: &Tensor, packing: &Packing) -> Result<Tensor> {
-        self.layers[i].run(x, &self.rope, None, 0, Some(packing))
+        self.layers[i].run(x, At::fresh(&self.rope, Some(packing)))
     }
 
     /// The inputs of block `i`'s linears for hidden states `x` (positions `0 .. T`, no cache).
     /// The block's output is not computed: down_proj's input is the last thing calibration needs.
     pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
-        Ok(self.layers[i].run_to_down(x, &self.rope, None, 0, None)?.1)
+        Ok(self.layers[i].run_to_down(x, At::fresh(&self.rope, None))?.1)
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).
@@ -737,7 +732,13 @@ impl Llama {
         let mut x = self.embed(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[i]);
-            x = layer.run(&x, &self.rope, slot, past, None)?;
+            let at = At {
+                rope: &self.rope,
+                cache: slot,
+                offset: past,
+                packing: None,
+            };
+            x = layer.run(&x, at)?;
         }
         self.norm.forward(&x)
     }
@@ -772,7 +773,7 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             x = match rows {
                 Some(rows) if i + 1 == n => layer.run_at(&x, &self.rope, packing, rows)?,
-                _ => layer.run(&x, &self.rope, None, 0, Some(packing))?,
+                _ => layer.run(&x, At::fresh(&self.rope, Some(packing)))?,
             };
         }
         if let (0, Some(rows)) = (n, rows) {

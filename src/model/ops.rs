@@ -466,10 +466,9 @@ pub fn frozen_matmul_silu(g: &Tensor, u: &Tensor, w: &Tensor) -> Result<Tensor> 
         return frozen_matmul(&silu_mul(g, u)?, w);
     }
     let ((rows, k), n) = (g.dims2()?, w.dim(0)?);
-    let (g, u, w) = (g.contiguous()?, u.contiguous()?, w.contiguous()?);
-    let y = with_f32(&g, |g| {
-        with_f32(&u, |u| {
-            with_f32(&w, |w| {
+    let y = with_f32(g, |g| {
+        with_f32(u, |u| {
+            with_f32(w, |w| {
                 let lhs = super::gemm::Lhs::SiluMul(g, u);
                 super::gemm::gemm_lhs_abt_many(lhs, rows, k, &[(w, n)]).remove(0)
             })
