@@ -207,11 +207,18 @@ fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
     // `(silu(g) ⊙ u)·Wᵀ` with the product formed while packing: three K slices (1200 > 576) and
     // partial panels (m = 40, n = 37), one slice, a short input that goes to faer (7 rows), and
     // a tracked input (the unfused path, which keeps the gradient).
-    for (i, &(m, k, n)) in [(40, 1200, 37), (30, 64, 48), (7, 40, 16)].iter().enumerate() {
+    for (i, &(m, k, n)) in [(40, 1200, 37), (30, 64, 48), (7, 40, 16)]
+        .iter()
+        .enumerate()
+    {
         let seed = 60 + 3 * i as u64;
-        let (g, u, w) = (rand(&[m, k], seed), rand(&[m, k], seed + 1), rand(&[n, k], seed + 2));
-        let want = ops::frozen_matmul_reference(&ops::silu_mul_reference(&g, &u).unwrap(), &w)
-            .unwrap();
+        let (g, u, w) = (
+            rand(&[m, k], seed),
+            rand(&[m, k], seed + 1),
+            rand(&[n, k], seed + 2),
+        );
+        let want =
+            ops::frozen_matmul_reference(&ops::silu_mul_reference(&g, &u).unwrap(), &w).unwrap();
         let got = ops::frozen_matmul_silu(&g, &u, &w).unwrap();
         assert_eq!(got.dims(), [m, n]);
         // f32 sums of k products: rounding grows with k and the outputs' size.
@@ -224,13 +231,20 @@ fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
         let wrong = ops::frozen_matmul_reference(&(&g * &u).unwrap(), &w).unwrap();
         assert!(common::max_diff(&got, &wrong) > 1e-2);
     }
-    let (g, u, w) = (rand(&[30, 24], 70), rand(&[30, 24], 71), rand(&[20, 24], 72));
+    let (g, u, w) = (
+        rand(&[30, 24], 70),
+        rand(&[30, 24], 71),
+        rand(&[20, 24], 72),
+    );
     let var = Var::from_tensor(&g).unwrap();
     let y = ops::frozen_matmul_silu(var.as_tensor(), &u, &w).unwrap();
     let want = ops::frozen_matmul_reference(&ops::silu_mul_reference(&g, &u).unwrap(), &w).unwrap();
     assert!(common::max_diff(&y, &want) < 1e-4);
     let grads = y.sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(var.as_tensor()).is_some(), "the tracked input lost its gradient");
+    assert!(
+        grads.get(var.as_tensor()).is_some(),
+        "the tracked input lost its gradient"
+    );
 }
 
 #[test]
@@ -531,7 +545,10 @@ fn hidden_states_at_some_rows_equal_the_full_packed_forward() {
     let expected = full.index_select(&sel, 0).unwrap();
     assert_eq!(some.dims(), expected.dims());
     let d = common::max_diff(&some, &expected);
-    assert!(d < 1e-5, "selected rows differ from the full forward by {d}");
+    assert!(
+        d < 1e-5,
+        "selected rows differ from the full forward by {d}"
+    );
     // Rows differ from one another, so a wrong selection would show.
     let shifted: Vec<u32> = want.iter().map(|r| (r + 1) % 70).collect();
     let other = full

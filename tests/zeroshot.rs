@@ -119,7 +119,10 @@ fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
             .windows(2)
             .map(|w| w[1] - w[0])
             .collect();
-        assert!(sizes.iter().all(|&k| k >= 1 && k <= batch_docs), "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&k| k >= 1 && k <= batch_docs),
+            "{sizes:?}"
+        );
         if batch_tokens == 1 {
             assert_eq!(passes.len(), encoded.len());
         }

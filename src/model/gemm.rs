@@ -60,12 +60,7 @@ pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> V
 }
 
 /// [`gemm_abt_many`] for any [`Lhs`].
-pub fn gemm_lhs_abt_many(
-    a: Lhs,
-    m: usize,
-    k: usize,
-    bs: &[(&[f32], usize)],
-) -> Vec<Vec<f32>> {
+pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
     assert!(
         a.len_at_least(m * k) && bs.iter().all(|(b, n)| b.len() >= n * k),
         "gemm: slice too short"

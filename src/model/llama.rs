@@ -522,7 +522,9 @@ impl Block {
     /// output projection, the residual and the MLP for `rows` alone.
     fn run_at(&self, x: &Tensor, rope: &Rope, packing: &Packing, rows: &Tensor) -> Result<Tensor> {
         let attn_in = self.input_layernorm.forward(x)?;
-        let o_in = self.self_attn.heads(&attn_in, At::fresh(rope, Some(packing)))?;
+        let o_in = self
+            .self_attn
+            .heads(&attn_in, At::fresh(rope, Some(packing)))?;
         let (x, o_in) = (x.index_select(rows, 1)?, o_in.index_select(rows, 1)?);
         self.add_mlp(&(x + self.self_attn.o_proj.forward(&o_in)?)?)
     }
@@ -723,7 +725,9 @@ impl Llama {
     /// The inputs of block `i`'s linears for hidden states `x` (positions `0 .. T`, no cache).
     /// The block's output is not computed: down_proj's input is the last thing calibration needs.
     pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
-        Ok(self.layers[i].run_to_down(x, At::fresh(&self.rope, None))?.1)
+        Ok(self.layers[i]
+            .run_to_down(x, At::fresh(&self.rope, None))?
+            .1)
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).
