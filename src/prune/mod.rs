@@ -139,7 +139,7 @@ pub struct BlockTiming {
     pub statistics: f64,
     /// Choosing and applying the masks (and SparseGPT's updates).
     pub pruning: f64,
-    /// Running the pruned block to produce the next block's inputs.
+    /// Running the pruned block to produce the next block's inputs (0 for the last block).
     pub propagation: f64,
     pub total: f64,
 }
@@ -360,10 +360,12 @@ pub fn prune_model(
             }
             timing.pruning += tp.elapsed().as_secs_f64();
         }
-        // The pruned block's outputs are the next block's inputs.
+        // The pruned block's outputs are the next block's inputs (the last block has none).
         let tf = Instant::now();
-        for x in xs.iter_mut() {
-            *x = model.block_forward(i, x)?;
+        if i + 1 < n_blocks {
+            for x in xs.iter_mut() {
+                *x = model.block_forward(i, x)?;
+            }
         }
         timing.propagation = tf.elapsed().as_secs_f64();
         timing.total = t0.elapsed().as_secs_f64();
