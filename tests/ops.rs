@@ -171,13 +171,15 @@ fn token_nll_gradient_matches_reference() {
 fn gemm_matches_the_triple_loop() {
     use spp::model::gemm::{gemm_abt, gemm_abt_reference};
     // Partial tiles on both sides, one and two K slices, a thread's columns spanning two packed
-    // blocks of B (n > 2 × 1024), and a short A that goes to faer.
+    // blocks of B (n > 2 × 1024), a short A that goes to faer, and two K slices over so many rows
+    // that the product runs in row blocks (the second one shorter, ending in a partial panel).
     for (i, &(m, k, n)) in [
         (24, 5, 1),
         (37, 1000, 17),
         (100, 64, 130),
         (30, 700, 2100),
         (3, 40, 50),
+        (7001, 600, 24),
     ]
     .iter()
     .enumerate()
@@ -205,9 +207,10 @@ fn gemm_matches_the_triple_loop() {
 #[test]
 fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
     // `(silu(g) ⊙ u)·Wᵀ` with the product formed while packing: three K slices (1200 > 576) and
-    // partial panels (m = 40, n = 37), one slice, a short input that goes to faer (7 rows), and
-    // a tracked input (the unfused path, which keeps the gradient).
-    for (i, &(m, k, n)) in [(40, 1200, 37), (30, 64, 48), (7, 40, 16)]
+    // partial panels (m = 40, n = 37), the same over 7001 rows (three row blocks), one slice, a
+    // short input that goes to faer (7 rows), and a tracked input (the unfused path, which keeps
+    // the gradient).
+    for (i, &(m, k, n)) in [(40, 1200, 37), (7001, 1200, 9), (30, 64, 48), (7, 40, 16)]
         .iter()
         .enumerate()
     {
@@ -251,8 +254,12 @@ fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
 fn gemm_over_several_weights_matches_one_product_each() {
     use spp::model::gemm::{gemm_abt_many, gemm_abt_reference};
     // Widths that leave partial panels inside each weight (17, 5) beside a whole one (32), one
-    // and two K slices, and a short A (7 rows) that goes to faer.
-    for (i, &(m, k)) in [(30, 64), (45, 700), (7, 40)].iter().enumerate() {
+    // and two K slices, two slices over enough rows for row blocks, and a short A (7 rows) that
+    // goes to faer.
+    for (i, &(m, k)) in [(30, 64), (45, 700), (7001, 600), (7, 40)]
+        .iter()
+        .enumerate()
+    {
         let a: Vec<f32> = rand(&[m * k], 30 + i as u64).to_vec1().unwrap();
         let ns = [17, 32, 5];
         let bs: Vec<Vec<f32>> = ns
