@@ -1,4 +1,5 @@
-//! `cargo bench --bench gemm`: f32 GEMM throughput for SmolLM2's linear shapes (2047 tokens),
+//! `cargo bench --bench gemm`: f32 GEMM throughput for SmolLM2's linear shapes (2047 tokens; the
+//! down projection also over 8192, an `eval tasks` pass),
 //! candle's matmul, faer's and spp's own (`spp::model::gemm`), all on rayon's threads. The three
 //! run interleaved, `REPS` rounds each, and the table gives each one's median: this machine's
 //! speed drifts from minute to minute, and interleaving exposes all three to the same drift.
