@@ -116,7 +116,7 @@ impl SafetensorsSource {
     /// copies are the model's own, not a second set in another dtype). Copying a model out of its
     /// memory map is mostly first-touch page faults on the fresh destination memory; taken by two
     /// threads instead of one they cost less (`spp eval tasks --limit 1`, memory not recently
-    /// used: 3.7–3.8 s → 2.2–2.4 s wall; no difference when it was).
+    /// used: 3.7–5.0 s → 2.2–2.7 s wall in alternating runs; no difference when it was).
     pub fn preload(&self, dtype: DType) -> Result<()> {
         use rayon::prelude::*;
         for name in &self.names {

@@ -321,6 +321,7 @@ dispatch!(dot_fast, dot_avx2, dot_body, (a: &[f32], b: &[f32]) -> f32);
 dispatch!(col_max_fast, col_max_avx2, col_max_body, (m: &[f32], max: &mut [f32]) -> ());
 dispatch!(hand-written col_exp_fast, simd::col_exp, col_exp_body, (m: &mut [f32], max: &[f32], sum: &mut [f32]) -> ());
 dispatch!(axpy_fast, axpy_avx2, axpy_body, (y: &mut [f32], a: f32, x: &[f32]) -> ());
+
 /// AVX2 + FMA versions of the kernels whose exponentials dominate them. Written with intrinsics:
 /// the compiler does not contract `exp_fast`'s multiply-adds into FMAs, and with four vectors of
 /// shifts and sums in flight it spills the polynomial's constants (`perf` of the attention core at
