@@ -34,7 +34,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(opts: &SamplingOptions) -> Result<Self> {
-        if !(opts.temperature >= 0.0) {
+        if opts.temperature.is_nan() || opts.temperature < 0.0 {
             bail!("--temperature must be ≥ 0 (got {})", opts.temperature);
         }
         if let Some(p) = opts.top_p {

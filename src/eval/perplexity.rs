@@ -51,7 +51,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// JSONL (`.jsonl`). CRLF is normalised to LF.
 pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     let raw = std::fs::read_to_string(path).at(path)?;
-    if !path.extension().is_some_and(|e| e == "jsonl") {
+    if path.extension().is_none_or(|e| e != "jsonl") {
         return Ok(vec![raw.replace("\r\n", "\n")]);
     }
     let mut docs = Vec::new();

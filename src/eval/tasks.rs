@@ -96,7 +96,7 @@ pub fn load(name: &str, data_dir: &Path, limit: Option<usize>) -> Result<Task> {
         }
         let at = |msg: String| Error::Msg(format!("{}:{}: {msg}", path.display(), line_no + 1));
         let v: Value = serde_json::from_str(line).map_err(|e| at(format!("invalid JSON ({e})")))?;
-        let doc = build(name, &v, docs.len()).map_err(|m| at(m))?;
+        let doc = build(name, &v, docs.len()).map_err(at)?;
         docs.push(doc);
     }
     if docs.is_empty() {
@@ -275,7 +275,7 @@ pub fn hellaswag_preprocess(text: &str) -> String {
     let mut rest = text.as_str();
     while let Some(open) = rest.find('[') {
         let after = &rest[open + 1..];
-        match after.find(|c| c == ']' || c == '\n') {
+        match after.find([']', '\n']) {
             Some(close) if after.as_bytes()[close] == b']' => {
                 out.push_str(&rest[..open]);
                 rest = &after[close + 1..];

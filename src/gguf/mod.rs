@@ -190,7 +190,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 pub fn unpermute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let out = dims[0];
-    if n_heads == 0 || out % (2 * n_heads) != 0 {
+    if n_heads == 0 || !out.is_multiple_of(2 * n_heads) {
         bail!("cannot un-permute a tensor of {out} rows into {n_heads} heads");
     }
     let rest: usize = dims[1..].iter().product();

@@ -45,7 +45,7 @@ pub enum Lhs<'a> {
 impl<'a> Lhs<'a> {
     /// The rows from `r0` on (`k` columns each).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn from_row(self, r0: usize, k: usize) -> Lhs<'a> {
+    fn rows_from(self, r0: usize, k: usize) -> Lhs<'a> {
         match self {
             Lhs::Rows(a) => Lhs::Rows(&a[r0 * k..]),
             Lhs::SiluMul(g, u) => Lhs::SiluMul(&g[r0 * k..], &u[r0 * k..]),
@@ -199,7 +199,7 @@ mod x86 {
                     .iter()
                     .map(|&(b, n, c)| (b, n, Out(c.at(r0 * n))))
                     .collect();
-                blocked(a.from_row(r0, k), rows.min(m - r0), k, &block);
+                blocked(a.rows_from(r0, k), rows.min(m - r0), k, &block);
             }
             return;
         }

@@ -111,7 +111,7 @@ pub fn zero_fraction(w: &[f32]) -> f64 {
 /// `n` non-zeros.
 pub fn satisfies_n_m(w: &[f32], cols: usize, n: usize, m: usize) -> bool {
     m > 0
-        && cols % m == 0
+        && cols.is_multiple_of(m)
         && w.par_chunks(m)
             .all(|g| g.iter().filter(|&&v| v != 0.0).count() <= n)
 }

@@ -60,7 +60,7 @@ impl Sparsity {
     /// Checks that a linear of `in_features` inputs can carry this pattern.
     pub fn check_layer(&self, name: &str, in_features: usize) -> Result<()> {
         if let Sparsity::NM { n, m } = *self {
-            if in_features % m != 0 {
+            if !in_features.is_multiple_of(m) {
                 bail!("{name}: in_features {in_features} is not divisible by M = {m}, so {n}:{m} cannot be applied");
             }
         }

@@ -174,7 +174,7 @@ enum Stats {
     Hessian(sparsegpt::Hessian),
 }
 
-fn tap_tensor<'a>(t: &'a crate::model::Taps, tap: Tap) -> &'a Tensor {
+fn tap_tensor(t: &crate::model::Taps, tap: Tap) -> &Tensor {
     match tap {
         Tap::Attn => &t.attn_in,
         Tap::O => &t.o_in,
@@ -261,7 +261,7 @@ pub fn prune_model(
             bail!("--blocksize must be positive");
         }
         if let Sparsity::NM { m, .. } = opts.sparsity {
-            if opts.blocksize % m != 0 {
+            if !opts.blocksize.is_multiple_of(m) {
                 bail!(
                     "--blocksize {} must be a multiple of M = {m} for N:M SparseGPT",
                     opts.blocksize

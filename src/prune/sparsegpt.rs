@@ -138,11 +138,11 @@ pub fn prune(
             bail!("SparseGPT: sparsity ratio {ratio} is outside (0, 1)")
         }
         Sparsity::NM { n, m } if n == 0 || n >= m => bail!("SparseGPT: {n}:{m} needs 0 < N < M"),
-        Sparsity::NM { n, m } if cols % m != 0 => {
+        Sparsity::NM { n, m } if !cols.is_multiple_of(m) => {
             bail!("SparseGPT: {cols} input columns are not divisible by M = {m}, so {n}:{m} cannot be applied")
         }
         // Groups restart at each block start, so a block must hold whole groups.
-        Sparsity::NM { n, m } if blocksize % m != 0 => {
+        Sparsity::NM { n, m } if !blocksize.is_multiple_of(m) => {
             bail!("SparseGPT: blocksize {blocksize} is not a multiple of M = {m} (needed for {n}:{m}); use e.g. 128")
         }
         _ => {}
