@@ -393,6 +393,9 @@ def main():
     ap.add_argument("--percdamp", type=float, default=0.01)
     ap.add_argument("--hinv-dtype", choices=["float32", "float64"], default="float32",
                     help="dtype of SparseGPT's Cholesky/inverse (the reference uses float32)")
+    ap.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"],
+                    help="transformers' attention (the same arithmetic up to rounding: comparing the two shows "
+                         "how far rounding alone moves a result)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto", help="model dtype: auto|float32|bfloat16|float16")
     ap.add_argument("--eval-text", help="WikiText-2 test file (wiki.test.raw)")
@@ -409,7 +412,7 @@ def main():
 
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     t_load = time.time()
-    model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype)
+    model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn_implementation)
     model.eval()
     model.config.use_cache = False
     tok = AutoTokenizer.from_pretrained(args.model)
