@@ -205,6 +205,38 @@ fn gemm_matches_the_triple_loop() {
 }
 
 #[test]
+fn lower_triangle_gemm_equals_the_full_product_there() {
+    use spp::model::gemm::{gemm_abt, gemm_abt_lower};
+    // Blocks of rows `r0..r0 + m` of b·bᵀ (b `[n, k]`): partial tiles, a block off the top,
+    // several K slices over so many rows that the product runs in row blocks (the diagonal
+    // offset carried into each), and a block short enough for faer.
+    for (i, &(r0, m, k, n)) in [
+        (0, 37, 50, 37),
+        (40, 60, 1000, 100),
+        (0, 2600, 1300, 2600),
+        (10, 7, 40, 17),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let b: Vec<f32> = rand(&[n * k], 30 + i as u64).to_vec1().unwrap();
+        let a = &b[r0 * k..(r0 + m) * k];
+        let (mut lower, mut full) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+        gemm_abt_lower(a, &b, &mut lower, (m, k, n), r0);
+        gemm_abt(a, &b, &mut full, m, k, n);
+        for r in 0..m {
+            for j in 0..=(r0 + r).min(n - 1) {
+                assert_eq!(
+                    lower[r * n + j].to_bits(),
+                    full[r * n + j].to_bits(),
+                    "rows {r0}+{m}, k {k}: ({r}, {j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
     // `(silu(g) ⊙ u)·Wᵀ` with the product formed while packing: three K slices (1200 > 576) and
     // partial panels (m = 40, n = 37), the same over 7001 rows (three row blocks), one slice, a

@@ -3,7 +3,7 @@
 //! singular Hessians and the Hessian accumulator.
 
 use spp::prune::mask::{self, Sparsity};
-use spp::prune::sparsegpt::{gram, prune, Hessian};
+use spp::prune::sparsegpt::{prune, Hessian};
 
 const ROWS: usize = 24;
 const COLS: usize = 64;
@@ -460,22 +460,23 @@ fn hessian_matches_direct_sum() {
     assert!((0..COLS).all(|j| h.h[DEAD * COLS + j] == 0.0));
 }
 
-/// `gram` (lower triangle in row blocks on spp's GEMM, then mirrored) against a plain f64 sum,
-/// on widths with a partial last block, a last block narrow enough for faer, and one block only.
+/// `Hessian::add` (the lower triangle of xᵀx in row blocks on spp's GEMM, then mirrored) against
+/// a plain f64 sum, over two samples: one block with partial tiles, two blocks (1100 > 1024
+/// rows), and a width narrow enough for faer.
 #[test]
-fn gram_equals_the_direct_product() {
+fn hessian_blocks_equal_the_direct_sum() {
     let mut rng = Rng(9);
-    for (tokens, n) in [(130, 437), (40, 400), (57, 20)] {
-        let x: Vec<f32> = (0..tokens * n).map(|_| rng.normal() as f32).collect();
-        let g = gram(&x, tokens, n);
+    for (tokens, n) in [(130, 437), (30, 1100), (57, 20)] {
+        let x: Vec<f32> = (0..2 * tokens * n).map(|_| rng.normal() as f32).collect();
+        let h = hessian_of(&x, n, 2);
         let mut worst = 0f64;
         for i in 0..n {
             for j in 0..n {
-                let d: f64 = (0..tokens)
+                let d: f64 = (0..2 * tokens)
                     .map(|t| x[t * n + i] as f64 * x[t * n + j] as f64)
                     .sum();
-                worst = worst.max((g[i * n + j] as f64 - d).abs());
-                assert_eq!(g[i * n + j], g[j * n + i], "({i}, {j}) not symmetric");
+                worst = worst.max((h.h[i * n + j] as f64 - d).abs());
+                assert_eq!(h.h[i * n + j], h.h[j * n + i], "({i}, {j}) not symmetric");
             }
         }
         assert!(worst < 1e-4 * tokens as f64, "tokens {tokens} n {n}: max |diff| {worst:e}");

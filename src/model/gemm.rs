@@ -29,8 +29,36 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
     }
     #[cfg(target_arch = "x86_64")]
     if x86::usable(m, k) {
-        return x86::blocked(Lhs::Rows(a), m, k, &[(b, n, x86::Out(c.as_mut_ptr()))]);
+        return x86::blocked(Lhs::Rows(a), m, k, &[(b, n, x86::Out(c.as_mut_ptr()))], None);
     }
+    faer_abt(a, b, c, m, k, n);
+}
+
+/// `c = a·bᵀ` as [`gemm_abt`], but only the 6 × 16 tiles that reach the diagonal or below it,
+/// taking row `i` of a and c as row `first_row + i` of the whole product (so with a = rows
+/// `first_row..` of b this is a block of rows of the lower triangle of b·bᵀ, for half the
+/// arithmetic). Those tiles come out bit for bit as `gemm_abt` computes them; the entries above
+/// the diagonal are unspecified.
+pub fn gemm_abt_lower(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    first_row: usize,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
+        "gemm: slice too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable(m, k) {
+        let part = [(b, n, x86::Out(c.as_mut_ptr()))];
+        return x86::blocked(Lhs::Rows(a), m, k, &part, Some(first_row));
+    }
+    let _ = first_row;
     faer_abt(a, b, c, m, k, n);
 }
 
@@ -82,7 +110,7 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
             .zip(&mut outs)
             .map(|(&(b, n), c)| (b, n, x86::Out(c.as_mut_ptr())))
             .collect();
-        x86::blocked(a, m, k, &parts);
+        x86::blocked(a, m, k, &parts, None);
         for (c, (_, n)) in outs.iter_mut().zip(bs) {
             // SAFETY: `blocked` wrote all m·n elements of every output (the first K slice
             // stores, later ones accumulate).
@@ -181,8 +209,16 @@ mod x86 {
     /// disjoint column ranges of it.
     pub(super) use crate::model::ops::SharedOut as Out;
 
-    /// `c = a·bᵀ` for each part `(b, n, c)`; every element of every `c` is written.
-    pub(super) fn blocked(a: super::Lhs, m: usize, k: usize, parts: &[(&[f32], usize, Out)]) {
+    /// `c = a·bᵀ` for each part `(b, n, c)`; every element of every `c` is written. With
+    /// `lower = Some(r)` only the tiles that reach column `r + i` in some row `i` of theirs
+    /// ([`super::gemm_abt_lower`]).
+    pub(super) fn blocked(
+        a: super::Lhs,
+        m: usize,
+        k: usize,
+        parts: &[(&[f32], usize, Out)],
+        lower: Option<usize>,
+    ) {
         // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
         let slices = k.div_ceil(KC);
         // Several slices add into C: with many rows, A and C outgrow the L3 cache and every slice
@@ -199,7 +235,7 @@ mod x86 {
                     .iter()
                     .map(|&(b, n, c)| (b, n, Out(c.at(r0 * n))))
                     .collect();
-                blocked(a.rows_from(r0, k), rows.min(m - r0), k, &block);
+                blocked(a.rows_from(r0, k), rows.min(m - r0), k, &block, lower.map(|d| d + r0));
             }
             return;
         }
@@ -234,10 +270,25 @@ mod x86 {
             .flat_map(|(i, &(_, n, _))| (0..n).step_by(NR).map(move |j| (i, j)))
             .collect();
         let threads = rayon::current_num_threads().clamp(1, panels.len().max(1));
+        // Contiguous runs of panels with equal work: with `lower`, panel j has the rows from
+        // about j on.
+        let work = |&(_, j): &(usize, usize)| lower.map_or(1, |d| (d + m).saturating_sub(j).max(1));
+        let total: usize = panels.iter().map(work).sum();
+        let mut cuts = vec![0];
+        let mut done = 0;
+        for (i, p) in panels.iter().enumerate() {
+            done += work(p);
+            if done * threads >= total * cuts.len() && cuts.len() < threads {
+                cuts.push(i + 1);
+            }
+        }
+        cuts.resize(threads, panels.len());
+        cuts.push(panels.len());
         let ap = &ap;
         let panels = &panels;
+        let cuts = &cuts;
         (0..threads).into_par_iter().for_each(|t| {
-            let mine = &panels[panels.len() * t / threads..panels.len() * (t + 1) / threads];
+            let mine = &panels[cuts[t]..cuts[t + 1]];
             BUFFER.with(|buf| {
                 let bp = &mut *buf.borrow_mut();
                 bp.resize(NC * kc, 0.0);
@@ -257,6 +308,9 @@ mod x86 {
                                 let bpp = bp[q * kcs * NR..].as_ptr();
                                 for ir in (ic..ic + mc).step_by(MR) {
                                     let mr = MR.min(m - ir);
+                                    if lower.is_some_and(|d| j >= d + ir + mr) {
+                                        continue; // wholly above the diagonal
+                                    }
                                     let app = ap[(s * mp + ir / MR) * kc * MR..].as_ptr();
                                     // SAFETY: the tile [ir.., j..] of size mr × nr lies inside
                                     // this part's c (m × n) and in this thread's panels; the

@@ -22,6 +22,7 @@
 
 use crate::bail;
 use crate::error::Result;
+use crate::model::gemm::gemm_abt_lower;
 use crate::prune::mask::{self, Sparsity};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -71,58 +72,50 @@ impl Hessian {
         }
         let k = self.samples as f64;
         let (keep, scale) = ((k / (k + 1.0)) as f32, (2.0 / (k + 1.0)) as f32);
-        let g = gram(x, tokens, n);
-        self.h
-            .par_iter_mut()
-            .zip(g.par_iter())
-            .for_each(|(h, &g)| *h = *h * keep + scale * g);
+        // H ← keep·H + scale·xᵀx on the lower triangle, with half the arithmetic of a full
+        // product (faer's took 36% of a SparseGPT prune of SmolLM2 at 32 × 2048 windows): xᵀ
+        // laid out once, then blocks of GRAM_ROWS rows of xᵀx's lower triangle on spp's GEMM;
+        // the upper triangle mirrored.
+        let xt = transpose(x, tokens, n);
+        let mut c = Vec::new();
+        for r0 in (0..n).step_by(GRAM_ROWS) {
+            let r1 = (r0 + GRAM_ROWS).min(n);
+            c.resize((r1 - r0) * r1, 0.0);
+            let rows = &xt[r0 * tokens..r1 * tokens];
+            gemm_abt_lower(rows, &xt[..r1 * tokens], &mut c, (r1 - r0, tokens, r1), r0);
+            for (i, row) in c.chunks_exact(r1).enumerate() {
+                let lower = &mut self.h[(r0 + i) * n..][..=r0 + i];
+                for (h, &g) in lower.iter_mut().zip(row) {
+                    *h = *h * keep + scale * g;
+                }
+            }
+        }
+        mirror_lower(&mut self.h, n);
         self.samples += 1;
         Ok(())
     }
 }
 
-/// Rows of `xᵀx` per GEMM call in [`gram`].
-const GRAM_ROWS: usize = 192;
+/// Rows of xᵀx per GEMM call in [`Hessian::add`] (bounds its scratch to `GRAM_ROWS · n` floats).
+const GRAM_ROWS: usize = 1024;
 
-/// `xᵀx` (`[n, n]`, row-major) for `x` `[tokens, n]` row-major, with half the arithmetic of a
-/// full product: xᵀ is laid out once, each block of `GRAM_ROWS` rows of the lower triangle is
-/// one GEMM against the rows up to the block's end (`gemm_abt`, spp's blocked kernel), and the
-/// upper triangle is mirrored. (faer's full product took 36% of a SparseGPT prune of SmolLM2 at
-/// 32 × 2048 windows, ≈ 90 GFLOP/s for twice the needed work.)
-pub fn gram(x: &[f32], tokens: usize, n: usize) -> Vec<f32> {
-    let xt = transpose(&x[..tokens * n], tokens, n);
-    let mut g = vec![0f32; n * n];
-    let mut c = Vec::new();
-    for r0 in (0..n).step_by(GRAM_ROWS) {
-        let r1 = (r0 + GRAM_ROWS).min(n);
-        c.resize((r1 - r0) * r1, 0.0);
-        crate::model::gemm::gemm_abt(
-            &xt[r0 * tokens..r1 * tokens],
-            &xt[..r1 * tokens],
-            &mut c,
-            r1 - r0,
-            tokens,
-            r1,
-        );
-        for (i, row) in c.chunks_exact(r1).enumerate() {
-            g[(r0 + i) * n..][..r1].copy_from_slice(row);
-        }
-    }
-    // Upper triangle (columns past each block's end) from the lower, in tiles that stay in L1.
+/// Copies the lower triangle of the row-major `[n, n]` matrix `h` onto its upper triangle, in
+/// tiles that stay in L1.
+fn mirror_lower(h: &mut [f32], n: usize) {
     const TILE: usize = 32;
     for i0 in (0..n).step_by(TILE) {
         for j0 in (i0..n).step_by(TILE) {
             for i in i0..(i0 + TILE).min(n) {
                 for j in j0.max(i + 1)..(j0 + TILE).min(n) {
-                    g[i * n + j] = g[j * n + i];
+                    h[i * n + j] = h[j * n + i];
                 }
             }
         }
     }
-    g
 }
 
-/// `[cols, rows]` row-major transpose of the row-major `[rows, cols]` matrix `x`, in tiles.
+/// `[cols, rows]` row-major transpose of the row-major `[rows, cols]` matrix `x`, 32 columns of
+/// `x` (32 rows of the result) per task.
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut t = vec![0f32; rows * cols];
@@ -131,11 +124,9 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .for_each(|(b, dst)| {
             let c0 = b * TILE;
             let width = TILE.min(cols - c0);
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    for c in 0..width {
-                        dst[c * rows + r] = x[r * cols + c0 + c];
-                    }
+            for (r, src) in x.chunks_exact(cols).enumerate() {
+                for c in 0..width {
+                    dst[c * rows + r] = src[c0 + c];
                 }
             }
         });
