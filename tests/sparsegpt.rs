@@ -479,7 +479,10 @@ fn hessian_blocks_equal_the_direct_sum() {
                 assert_eq!(h.h[i * n + j], h.h[j * n + i], "({i}, {j}) not symmetric");
             }
         }
-        assert!(worst < 1e-4 * tokens as f64, "tokens {tokens} n {n}: max |diff| {worst:e}");
+        assert!(
+            worst < 1e-4 * tokens as f64,
+            "tokens {tokens} n {n}: max |diff| {worst:e}"
+        );
     }
 }
 

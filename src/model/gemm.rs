@@ -20,18 +20,7 @@
 
 /// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
 pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(
-        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
-        "gemm: slice too short"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if x86::usable(m, k) {
-        return x86::blocked(Lhs::Rows(a), m, k, &[(b, n, x86::Out(c.as_mut_ptr()))], None);
-    }
-    faer_abt(a, b, c, m, k, n);
+    abt(a, b, c, (m, k, n), None)
 }
 
 /// `c = a·bᵀ` as [`gemm_abt`], but only the 6 × 16 tiles that reach the diagonal or below it,
@@ -46,6 +35,16 @@ pub fn gemm_abt_lower(
     (m, k, n): (usize, usize, usize),
     first_row: usize,
 ) {
+    abt(a, b, c, (m, k, n), Some(first_row))
+}
+
+fn abt(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    lower: Option<usize>,
+) {
     assert!(
         a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
         "gemm: slice too short"
@@ -56,9 +55,9 @@ pub fn gemm_abt_lower(
     #[cfg(target_arch = "x86_64")]
     if x86::usable(m, k) {
         let part = [(b, n, x86::Out(c.as_mut_ptr()))];
-        return x86::blocked(Lhs::Rows(a), m, k, &part, Some(first_row));
+        return x86::blocked(Lhs::Rows(a), m, k, &part, lower);
     }
-    let _ = first_row;
+    let _ = lower; // faer computes every tile
     faer_abt(a, b, c, m, k, n);
 }
 
@@ -235,7 +234,13 @@ mod x86 {
                     .iter()
                     .map(|&(b, n, c)| (b, n, Out(c.at(r0 * n))))
                     .collect();
-                blocked(a.rows_from(r0, k), rows.min(m - r0), k, &block, lower.map(|d| d + r0));
+                blocked(
+                    a.rows_from(r0, k),
+                    rows.min(m - r0),
+                    k,
+                    &block,
+                    lower.map(|d| d + r0),
+                );
             }
             return;
         }
