@@ -118,19 +118,17 @@ fn mirror_lower(h: &mut [f32], n: usize) {
 /// `x` (32 rows of the result) per task.
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
-    let mut t = vec![0f32; rows * cols];
-    t.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(b, dst)| {
-            let c0 = b * TILE;
-            let width = TILE.min(cols - c0);
+    // SAFETY: task b writes all of its rows b·32 .. b·32 + width of the result.
+    unsafe {
+        crate::model::ops::par_fill(rows * cols, TILE * rows, |b, dst| {
+            let (c0, width) = (b * TILE, dst.len() / rows);
             for (r, src) in x.chunks_exact(cols).enumerate() {
                 for c in 0..width {
                     dst[c * rows + r] = src[c0 + c];
                 }
             }
-        });
-    t
+        })
+    }
 }
 
 pub struct SparseGptOutcome {
