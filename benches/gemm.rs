@@ -3,6 +3,8 @@
 //! candle's matmul, faer's and spp's own (`spp::model::gemm`), all on rayon's threads. The three
 //! run interleaved, `REPS` rounds each, and the table gives each one's median: this machine's
 //! speed drifts from minute to minute, and interleaving exposes all three to the same drift.
+//! A second table: SparseGPT's Hessian update xᵀx over one 2048-token window, faer's full
+//! product against spp's `syrk_lower` (the lower triangle read straight from x).
 
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -65,5 +67,42 @@ fn main() {
             "| {m}×{k}·({n}×{k})ᵀ | {c:.1} | {f:.1} | {s:.1} | {:.2} |",
             s / f
         );
+    }
+    println!();
+    println!("| xᵀx, x 2048×n | faer full ms | spp syrk_lower ms | faer / spp |");
+    println!("|---|---|---|---|");
+    for n in [576, 1536] {
+        let t = 2048;
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (t, n), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut c = vec![0f32; n * n];
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..=REPS {
+            for (which, times) in times.iter_mut().enumerate() {
+                let s = Instant::now();
+                if which == 0 {
+                    let x = faer::MatRef::from_row_major_slice(&x, t, n);
+                    faer::linalg::matmul::matmul(
+                        faer::MatMut::from_row_major_slice_mut(&mut c, n, n),
+                        faer::Accum::Replace,
+                        x.transpose(),
+                        x,
+                        1.0f32,
+                        faer::Par::rayon(0),
+                    );
+                } else {
+                    spp::model::gemm::syrk_lower(&x, (t, n), &mut c, 1.0);
+                }
+                if round > 0 {
+                    times.push(s.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let [f, s] = times.map(median);
+        println!("| {n} | {f:.2} | {s:.2} | {:.2} |", f / s);
     }
 }

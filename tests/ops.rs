@@ -205,31 +205,25 @@ fn gemm_matches_the_triple_loop() {
 }
 
 #[test]
-fn lower_triangle_gemm_equals_the_full_product_there() {
-    use spp::model::gemm::{gemm_abt, gemm_abt_lower};
-    // Blocks of rows `r0..r0 + m` of b·bᵀ (b `[n, k]`): partial tiles, a block off the top,
-    // several K slices over so many rows that the product runs in row blocks (the diagonal
-    // offset carried into each), and a block short enough for faer.
-    for (i, &(r0, m, k, n)) in [
-        (0, 37, 50, 37),
-        (40, 60, 1000, 100),
-        (0, 2600, 1300, 2600),
-        (10, 7, 40, 17),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let b: Vec<f32> = rand(&[n * k], 30 + i as u64).to_vec1().unwrap();
-        let a = &b[r0 * k..(r0 + m) * k];
-        let (mut lower, mut full) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
-        gemm_abt_lower(a, &b, &mut lower, (m, k, n), r0);
-        gemm_abt(a, &b, &mut full, m, k, n);
-        for r in 0..m {
-            for j in 0..=(r0 + r).min(n - 1) {
-                assert_eq!(
-                    lower[r * n + j].to_bits(),
-                    full[r * n + j].to_bits(),
-                    "rows {r0}+{m}, k {k}: ({r}, {j})"
+fn syrk_adds_the_lower_triangle_of_the_gram_matrix() {
+    use spp::model::gemm::{gemm_abt_reference, syrk_lower};
+    // x `[t, n]`: partial tiles, several K slices over so many columns that the product runs in
+    // row blocks (the diagonal offset carried into each), and a width short enough for faer.
+    for (i, &(t, n)) in [(50, 37), (1000, 100), (1300, 2600), (40, 17)].iter().enumerate() {
+        let x: Vec<f32> = rand(&[t * n], 30 + i as u64).to_vec1().unwrap();
+        let xt: Vec<f32> = (0..n * t).map(|e| x[(e % t) * n + e / t]).collect();
+        let mut gram = vec![0f32; n * n];
+        gemm_abt_reference(&xt, &xt, &mut gram, n, t, n);
+        let before: Vec<f32> = rand(&[n * n], 60 + i as u64).to_vec1().unwrap();
+        let mut c = before.clone();
+        syrk_lower(&x, (t, n), &mut c, 0.5);
+        for r in 0..n {
+            for j in 0..=r {
+                let (got, want) = (c[r * n + j], before[r * n + j] + 0.5 * gram[r * n + j]);
+                // Terms up to 25 in magnitude cancel in sums of t of them.
+                assert!(
+                    (got - want).abs() <= 1e-5 * t as f32,
+                    "t {t}, n {n}: ({r}, {j}) {got} vs {want}"
                 );
             }
         }

@@ -19,32 +19,35 @@
 //! eval ppl` about 3 %, in alternating runs).
 
 /// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
+
+/// `c += alpha · xᵀx` on the tiles of the `[n, n]` row-major `c` that reach the diagonal or below
+/// it, for `x` a row-major `[t, n]` matrix (rows are samples, columns features): the lower
+/// triangle of a Gram matrix for half the arithmetic of a full product, read straight from `x`
+/// (its columns are packed as the product's rows; nothing is transposed or allocated beyond the
+/// packed panels). The entries above the diagonal are unspecified.
+pub fn syrk_lower(x: &[f32], (t, n): (usize, usize), c: &mut [f32], alpha: f32) {
+    assert!(x.len() >= t * n && c.len() >= n * n, "syrk: slice too short");
+    if t == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::usable(n, t) {
+        let part = [(Rhs::Cols(x, n), n, x86::Out(c.as_mut_ptr()))];
+        let a = Lhs::Cols { x, ld: n, alpha };
+        return x86::blocked(a, n, t, &part, Some(0), true);
+    }
+    let x = faer::MatRef::from_row_major_slice(&x[..t * n], t, n);
+    faer::linalg::matmul::matmul(
+        faer::MatMut::from_row_major_slice_mut(&mut c[..n * n], n, n),
+        faer::Accum::Add,
+        x.transpose(),
+        x,
+        alpha,
+        faer::Par::rayon(0),
+    );
+}
+
 pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    abt(a, b, c, (m, k, n), None)
-}
-
-/// `c = a·bᵀ` as [`gemm_abt`], but only the 6 × 16 tiles that reach the diagonal or below it,
-/// taking row `i` of a and c as row `first_row + i` of the whole product (so with a = rows
-/// `first_row..` of b this is a block of rows of the lower triangle of b·bᵀ, for half the
-/// arithmetic). Those tiles come out bit for bit as `gemm_abt` computes them; the entries above
-/// the diagonal are unspecified.
-pub fn gemm_abt_lower(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    (m, k, n): (usize, usize, usize),
-    first_row: usize,
-) {
-    abt(a, b, c, (m, k, n), Some(first_row))
-}
-
-fn abt(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    (m, k, n): (usize, usize, usize),
-    lower: Option<usize>,
-) {
     assert!(
         a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
         "gemm: slice too short"
@@ -54,10 +57,9 @@ fn abt(
     }
     #[cfg(target_arch = "x86_64")]
     if x86::usable(m, k) {
-        let part = [(b, n, x86::Out(c.as_mut_ptr()))];
-        return x86::blocked(Lhs::Rows(a), m, k, &part, lower);
+        let part = [(Rhs::Rows(b), n, x86::Out(c.as_mut_ptr()))];
+        return x86::blocked(Lhs::Rows(a), m, k, &part, None, false);
     }
-    let _ = lower; // faer computes every tile
     faer_abt(a, b, c, m, k, n);
 }
 
@@ -67,6 +69,17 @@ fn abt(
 pub enum Lhs<'a> {
     Rows(&'a [f32]),
     SiluMul(&'a [f32], &'a [f32]),
+    /// `alpha` times the transpose of a row-major `[k, ld]` matrix: row i of A is column i of x
+    /// ([`syrk_lower`]).
+    Cols { x: &'a [f32], ld: usize, alpha: f32 },
+}
+
+/// The right operand B `[n, k]` (A·Bᵀ): its rows, or the columns of a row-major `[k, ld]` matrix.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Rows(&'a [f32]),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Cols(&'a [f32], usize),
 }
 
 impl<'a> Lhs<'a> {
@@ -76,13 +89,16 @@ impl<'a> Lhs<'a> {
         match self {
             Lhs::Rows(a) => Lhs::Rows(&a[r0 * k..]),
             Lhs::SiluMul(g, u) => Lhs::SiluMul(&g[r0 * k..], &u[r0 * k..]),
+            Lhs::Cols { x, ld, alpha } => Lhs::Cols { x: &x[r0..], ld, alpha },
         }
     }
 
-    fn len_at_least(&self, n: usize) -> bool {
-        match self {
-            Lhs::Rows(a) => a.len() >= n,
-            Lhs::SiluMul(g, u) => g.len() >= n && u.len() >= n,
+    /// Whether the slices hold an `[m, k]` operand.
+    fn holds(&self, m: usize, k: usize) -> bool {
+        match *self {
+            Lhs::Rows(a) => a.len() >= m * k,
+            Lhs::SiluMul(g, u) => g.len() >= m * k && u.len() >= m * k,
+            Lhs::Cols { x, ld, .. } => m <= ld && (k == 0 || x.len() >= (k - 1) * ld + m),
         }
     }
 }
@@ -98,7 +114,7 @@ pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> V
 /// [`gemm_abt_many`] for any [`Lhs`].
 pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
     assert!(
-        a.len_at_least(m * k) && bs.iter().all(|(b, n)| b.len() >= n * k),
+        a.holds(m, k) && bs.iter().all(|(b, n)| b.len() >= n * k),
         "gemm: slice too short"
     );
     #[cfg(target_arch = "x86_64")]
@@ -107,9 +123,9 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
         let parts: Vec<_> = bs
             .iter()
             .zip(&mut outs)
-            .map(|(&(b, n), c)| (b, n, x86::Out(c.as_mut_ptr())))
+            .map(|(&(b, n), c)| (Rhs::Rows(b), n, x86::Out(c.as_mut_ptr())))
             .collect();
-        x86::blocked(a, m, k, &parts, None);
+        x86::blocked(a, m, k, &parts, None, false);
         for (c, (_, n)) in outs.iter_mut().zip(bs) {
             // SAFETY: `blocked` wrote all m·n elements of every output (the first K slice
             // stores, later ones accumulate).
@@ -117,14 +133,18 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
         }
         return outs;
     }
-    let silu;
+    let materialised: Vec<f32>;
     let a = match a {
         Lhs::Rows(a) => a,
         Lhs::SiluMul(g, u) => {
             let mut h = vec![0f32; m * k];
             crate::model::ops::silu_mul_chunk(&g[..m * k], &u[..m * k], &mut h);
-            silu = h;
-            &silu
+            materialised = h;
+            &materialised
+        }
+        Lhs::Cols { x, ld, alpha } => {
+            materialised = (0..m * k).map(|e| alpha * x[(e % k) * ld + e / k]).collect();
+            &materialised
         }
     };
     bs.iter()
@@ -208,15 +228,16 @@ mod x86 {
     /// disjoint column ranges of it.
     pub(super) use crate::model::ops::SharedOut as Out;
 
-    /// `c = a·bᵀ` for each part `(b, n, c)`; every element of every `c` is written. With
-    /// `lower = Some(r)` only the tiles that reach column `r + i` in some row `i` of theirs
-    /// ([`super::gemm_abt_lower`]).
+    /// `c = a·bᵀ` (`c += a·bᵀ` when `accumulate`) for each part `(b, n, c)`; every element of
+    /// every `c` is written. With `lower = Some(r)` only the tiles that reach column `r + i` in
+    /// some row `i` of theirs ([`super::syrk_lower`]).
     pub(super) fn blocked(
         a: super::Lhs,
         m: usize,
         k: usize,
-        parts: &[(&[f32], usize, Out)],
+        parts: &[(super::Rhs, usize, Out)],
         lower: Option<usize>,
+        accumulate: bool,
     ) {
         // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
         let slices = k.div_ceil(KC);
@@ -240,6 +261,7 @@ mod x86 {
                     k,
                     &block,
                     lower.map(|d| d + r0),
+                    accumulate,
                 );
             }
             return;
@@ -264,6 +286,9 @@ mod x86 {
                         }
                         pack::<MR>(h, KC, 0, rows, 0, kcs, panel)
                     }),
+                    super::Lhs::Cols { x, ld, alpha } => {
+                        pack_cols::<MR>(x, ld, r0, rows, p0, kcs, alpha, panel)
+                    }
                 }
                 panel[kcs * MR..].fill(0.0);
             })
@@ -273,6 +298,7 @@ mod x86 {
             .iter()
             .enumerate()
             .flat_map(|(i, &(_, n, _))| (0..n).step_by(NR).map(move |j| (i, j)))
+            .filter(|&(_, j)| lower.is_none_or(|d| j < d + m)) // else no tile of it is wanted
             .collect();
         let threads = rayon::current_num_threads().clamp(1, panels.len().max(1));
         // Contiguous runs of panels with equal work: with `lower`, panel j has the rows from
@@ -300,10 +326,18 @@ mod x86 {
                 for group in mine.chunks(NC / NR) {
                     for s in 0..slices {
                         let kcs = kc_of(s);
-                        let first = s == 0;
+                        let first = s == 0 && !accumulate;
                         for (&(i, j), panel) in group.iter().zip(bp.chunks_exact_mut(kcs * NR)) {
                             let (b, n, _) = parts[i];
-                            pack::<NR>(b, k, j, NR.min(n - j), s * kc, kcs, panel);
+                            let (cols, p0) = (NR.min(n - j), s * kc);
+                            match b {
+                                super::Rhs::Rows(b) => pack::<NR>(b, k, j, cols, p0, kcs, panel),
+                                // Packed below, a row of x at a time for the whole group.
+                                super::Rhs::Cols(..) => {}
+                            }
+                        }
+                        if let super::Rhs::Cols(x, ld) = parts[group[0].0].0 {
+                            pack_cols_group(x, ld, group, s * kc, kcs, bp);
                         }
                         for ic in (0..m).step_by(MC) {
                             let mc = MC.min(m - ic);
@@ -362,6 +396,53 @@ mod x86 {
             for i in 0..W {
                 // SAFETY: every src[i] holds kc floats and p < kc.
                 dst[i] = unsafe { *src[i].get_unchecked(p) };
+            }
+        }
+    }
+
+    /// Columns `[r0, r0 + rows)`, rows `[p0, p0 + kc)` of the row-major `[_, ld]` matrix `x`,
+    /// times `alpha`, as one panel of `W` rows of its transpose: element (r, p) at `p·W + r`, the
+    /// layout [`pack`] gives (each step is a contiguous run of one row of x); rows past `rows`
+    /// are zero.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_cols<const W: usize>(
+        x: &[f32],
+        ld: usize,
+        r0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        alpha: f32,
+        out: &mut [f32],
+    ) {
+        for (p, dst) in out[..kc * W].chunks_exact_mut(W).enumerate() {
+            let src = &x[(p0 + p) * ld + r0..][..rows];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = alpha * v;
+            }
+            dst[rows..].fill(0.0);
+        }
+    }
+
+    /// The B panels `group` (columns `j..j + NR` of the row-major `[_, ld]` matrix `x`, one
+    /// `(part, j)` each), rows `[p0, p0 + kc)`, into `out` as [`pack_cols`] lays them out one
+    /// after another: a row of x at a time across all of them, so that x is read in contiguous
+    /// runs (panel by panel, each step reads one cache line from a different row).
+    fn pack_cols_group(
+        x: &[f32],
+        ld: usize,
+        group: &[(usize, usize)],
+        p0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        for p in 0..kc {
+            let row = &x[(p0 + p) * ld..][..ld];
+            for (q, &(_, j)) in group.iter().enumerate() {
+                let dst = &mut out[(q * kc + p) * NR..][..NR];
+                let cols = NR.min(ld - j);
+                dst[..cols].copy_from_slice(&row[j..j + cols]);
+                dst[cols..].fill(0.0);
             }
         }
     }

@@ -22,7 +22,7 @@
 
 use crate::bail;
 use crate::error::Result;
-use crate::model::gemm::gemm_abt_lower;
+use crate::model::gemm::syrk_lower;
 use crate::prune::mask::{self, Sparsity};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -73,31 +73,17 @@ impl Hessian {
         let k = self.samples as f64;
         let (keep, scale) = ((k / (k + 1.0)) as f32, (2.0 / (k + 1.0)) as f32);
         // H ← keep·H + scale·xᵀx on the lower triangle, with half the arithmetic of a full
-        // product (faer's took 36% of a SparseGPT prune of SmolLM2 at 32 × 2048 windows): xᵀ
-        // laid out once, then blocks of GRAM_ROWS rows of xᵀx's lower triangle on spp's GEMM;
-        // the upper triangle mirrored.
-        let xt = transpose(x, tokens, n);
-        let mut c = Vec::new();
-        for r0 in (0..n).step_by(GRAM_ROWS) {
-            let r1 = (r0 + GRAM_ROWS).min(n);
-            c.resize((r1 - r0) * r1, 0.0);
-            let rows = &xt[r0 * tokens..r1 * tokens];
-            gemm_abt_lower(rows, &xt[..r1 * tokens], &mut c, (r1 - r0, tokens, r1), r0);
-            for (i, row) in c.chunks_exact(r1).enumerate() {
-                let lower = &mut self.h[(r0 + i) * n..][..=r0 + i];
-                for (h, &g) in lower.iter_mut().zip(row) {
-                    *h = *h * keep + scale * g;
-                }
-            }
+        // product (faer's took 36% of a SparseGPT prune of SmolLM2 at 32 × 2048 windows), read
+        // straight from x by spp's GEMM; the upper triangle mirrored.
+        for (i, row) in self.h.chunks_exact_mut(n).enumerate() {
+            row[..=i].iter_mut().for_each(|h| *h *= keep);
         }
+        syrk_lower(x, (tokens, n), &mut self.h, scale);
         mirror_lower(&mut self.h, n);
         self.samples += 1;
         Ok(())
     }
 }
-
-/// Rows of xᵀx per GEMM call in [`Hessian::add`] (bounds its scratch to `GRAM_ROWS · n` floats).
-const GRAM_ROWS: usize = 1024;
 
 /// Copies the lower triangle of the row-major `[n, n]` matrix `h` onto its upper triangle, in
 /// tiles that stay in L1.
@@ -111,23 +97,6 @@ fn mirror_lower(h: &mut [f32], n: usize) {
                 }
             }
         }
-    }
-}
-
-/// `[cols, rows]` row-major transpose of the row-major `[rows, cols]` matrix `x`, 32 columns of
-/// `x` (32 rows of the result) per task.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    // SAFETY: task b writes all of its rows b·32 .. b·32 + width of the result.
-    unsafe {
-        crate::model::ops::par_fill(rows * cols, TILE * rows, |b, dst| {
-            let (c0, width) = (b * TILE, dst.len() / rows);
-            for (r, src) in x.chunks_exact(cols).enumerate() {
-                for c in 0..width {
-                    dst[c * rows + r] = src[c0 + c];
-                }
-            }
-        })
     }
 }
 
