@@ -205,6 +205,25 @@ fn gemm_matches_the_triple_loop() {
 }
 
 #[test]
+fn transposed_left_operands_equal_explicit_transposes() {
+    use spp::model::gemm::{gemm_abt_reference, gemm_lhs_abt_many, Lhs};
+    // A = 0.5·xᵀ read from x `[k, ld]` (its first m columns): the blocked path (m ≥ 24) and the
+    // faer one (m < 24).
+    for (i, &(m, k, ld, n)) in [(40, 30, 50, 20), (7, 12, 9, 5)].iter().enumerate() {
+        let x: Vec<f32> = rand(&[k * ld], 70 + i as u64).to_vec1().unwrap();
+        let b: Vec<f32> = rand(&[n * k], 80 + i as u64).to_vec1().unwrap();
+        let a: Vec<f32> = (0..m * k).map(|e| 0.5 * x[(e % k) * ld + e / k]).collect();
+        let mut want = vec![0f32; m * n];
+        gemm_abt_reference(&a, &b, &mut want, m, k, n);
+        let cols = Lhs::Cols { x: &x, ld, alpha: 0.5 };
+        let got = gemm_lhs_abt_many(cols, m, k, &[(&b, n)]).remove(0);
+        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-3, "m {m}: ({}, {}) {g} vs {w}", e / n, e % n);
+        }
+    }
+}
+
+#[test]
 fn syrk_adds_the_lower_triangle_of_the_gram_matrix() {
     use spp::model::gemm::{gemm_abt_reference, syrk_lower};
     // x `[t, n]`: partial tiles, several K slices over so many columns that the product runs in

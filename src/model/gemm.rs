@@ -18,8 +18,6 @@
 //! written once instead of zero-filled first (session 7: `spp eval tasks` 4–5 % faster, `spp
 //! eval ppl` about 3 %, in alternating runs).
 
-/// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
-
 /// `c += alpha · xᵀx` on the tiles of the `[n, n]` row-major `c` that reach the diagonal or below
 /// it, for `x` a row-major `[t, n]` matrix (rows are samples, columns features): the lower
 /// triangle of a Gram matrix for half the arithmetic of a full product, read straight from `x`
@@ -47,6 +45,7 @@ pub fn syrk_lower(x: &[f32], (t, n): (usize, usize), c: &mut [f32], alpha: f32) 
     );
 }
 
+/// `c = a·bᵀ` with a `[m, k]`, b `[n, k]`, c `[m, n]`.
 pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     assert!(
         a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
@@ -328,14 +327,12 @@ mod x86 {
                         let kcs = kc_of(s);
                         let first = s == 0 && !accumulate;
                         for (&(i, j), panel) in group.iter().zip(bp.chunks_exact_mut(kcs * NR)) {
-                            let (b, n, _) = parts[i];
-                            let (cols, p0) = (NR.min(n - j), s * kc);
-                            match b {
-                                super::Rhs::Rows(b) => pack::<NR>(b, k, j, cols, p0, kcs, panel),
-                                // Packed below, a row of x at a time for the whole group.
-                                super::Rhs::Cols(..) => {}
+                            if let (super::Rhs::Rows(b), n, _) = parts[i] {
+                                pack::<NR>(b, k, j, NR.min(n - j), s * kc, kcs, panel);
                             }
                         }
+                        // Columns of x (syrk_lower's one part): a row of x at a time for all
+                        // the group's panels.
                         if let super::Rhs::Cols(x, ld) = parts[group[0].0].0 {
                             pack_cols_group(x, ld, group, s * kc, kcs, bp);
                         }
@@ -426,8 +423,8 @@ mod x86 {
 
     /// The B panels `group` (columns `j..j + NR` of the row-major `[_, ld]` matrix `x`, one
     /// `(part, j)` each), rows `[p0, p0 + kc)`, into `out` as [`pack_cols`] lays them out one
-    /// after another: a row of x at a time across all of them, so that x is read in contiguous
-    /// runs (panel by panel, each step reads one cache line from a different row).
+    /// after another, filled a row of x at a time across all of them: x is read in contiguous
+    /// runs (panel by panel, every step would read 64 bytes from a different row of x).
     fn pack_cols_group(
         x: &[f32],
         ld: usize,
