@@ -4,7 +4,7 @@ Usage (from the repository root):
 
     /work/venv/bin/python scripts/bench_foundation.py [--model models/smollm2-135m]
         [--spp target/release/spp] [--windows 2] [--threads 2] [--full]
-        [--gguf /work/dl/SmolLM2-135M-Instruct.Q4_1.gguf] [--json-out FILE]
+        [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf] [--json-out FILE]
 
 Checks (both sides run in this one process, one after the other, never concurrently):
 
@@ -91,7 +91,7 @@ def main():
     ap.add_argument("--text", default="/work/shared/data/wikitext2/wiki.test.raw")
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gguf", default="/work/dl/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--gguf", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--full", action="store_true", help="also compare ppl on 8 windows")
     ap.add_argument("--golden", default="tests/data/smollm2/ppl.json")
     ap.add_argument("--no-warmup", action="store_true", help="time transformers' first window too")
