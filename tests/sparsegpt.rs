@@ -460,9 +460,9 @@ fn hessian_matches_direct_sum() {
     assert!((0..COLS).all(|j| h.h[DEAD * COLS + j] == 0.0));
 }
 
-/// `Hessian::add` (the lower triangle of xᵀx in row blocks on spp's GEMM, then mirrored) against
-/// a plain f64 sum, over two samples: one block with partial tiles, two blocks (1100 > 1024
-/// rows), and a width narrow enough for faer.
+/// `Hessian::add` (the lower triangle of xᵀx by `syrk_lower`, then mirrored) against a plain f64
+/// sum, over two samples: partial tiles (437 wide), a wide one (1100), and a width narrow enough
+/// for faer.
 #[test]
 fn hessian_blocks_equal_the_direct_sum() {
     let mut rng = Rng(9);
