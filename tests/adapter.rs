@@ -214,7 +214,7 @@ fn prune_tiny(model: &mut Llama, nm: bool) {
                 })
                 .collect();
             lin.weight =
-                (&lin.weight * Tensor::from_vec(keep, (m, n), &Device::Cpu).unwrap()).unwrap();
+                (&lin.weight * Tensor::from_vec(keep, (m, n), lin.weight.device()).unwrap()).unwrap();
         }
     }
 }
@@ -235,13 +235,14 @@ fn spec(method: Method, r: usize, scale: f64) -> AdapterSpec {
 fn randomise(model: &Llama) {
     for (i, (name, v)) in adapter::trainable(model).into_iter().enumerate() {
         if name.ends_with("spp_b.weight") || name.ends_with("lora_B.weight") {
-            v.set(&rand(v.dims(), 100 + i as u64, 0.3)).unwrap();
+            let r = rand(v.dims(), 100 + i as u64, 0.3);
+            v.set(&r.to_device(v.device()).unwrap()).unwrap();
         }
     }
 }
 
 fn logits(model: &Llama) -> Tensor {
-    let ids = Tensor::from_vec(common::ids(24, 96, 9), (2, 12), &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec(common::ids(24, 96, 9), (2, 12), model.device()).unwrap();
     model.forward(&ids).unwrap()
 }
 
@@ -275,8 +276,14 @@ fn zero_init_adapter_keeps_the_pruned_model() {
 
 #[test]
 fn spp_merge_equals_adapted_model_and_keeps_every_zero() {
+    for dev in common::devices() {
+        merge_body(&dev);
+    }
+}
+
+fn merge_body(dev: &Device) {
     for nm in [true, false] {
-        let mut model = common::tiny_model(true, false, &Device::Cpu);
+        let mut model = common::tiny_model(true, false, dev);
         prune_tiny(&mut model, nm);
         let (base, mask) = (logits(&model), zero_masks(&model));
         adapter::attach(&mut model, &spec(Method::Spp, 4, 1.7), 3).unwrap();

@@ -28,14 +28,18 @@ fn model_dir() -> Option<PathBuf> {
 #[test]
 fn logits_match_transformers() {
     let Some(dir) = model_dir() else { return };
+    for dev in common::devices() {
+        logits_body(&dir, &dev);
+    }
+}
+
+fn logits_body(dir: &std::path::Path, dev: &Device) {
     let g = candle_core::safetensors::load(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2/golden.safetensors"),
-        &Device::Cpu,
+        dev,
     )
     .unwrap();
-    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
-        .unwrap()
-        .model;
+    let m = load_model(dir, DTypeChoice::F32, dev).unwrap().model;
     let logits = m.forward(&g["input_ids"]).unwrap();
     let v = logits.dims()[2];
     let head = logits.narrow(2, 0, 1024).unwrap();
@@ -44,7 +48,7 @@ fn logits_match_transformers() {
     let dt = common::max_diff(&tail, &g["logits_tail"]);
     assert!(
         dh <= 1e-3 && dt <= 1e-3,
-        "max |Δlogits| head {dh} tail {dt}"
+        "{dev:?}: max |Δlogits| head {dh} tail {dt}"
     );
     // Summaries of the whole vocabulary: log-partition and argmax per position.
     let max = logits.max_keepdim(2).unwrap();
@@ -70,10 +74,14 @@ fn logits_match_transformers() {
 #[test]
 fn greedy_completion_names_paris() {
     let Some(dir) = model_dir() else { return };
-    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
-        .unwrap()
-        .model;
-    let tok = spp::tokenizer::Tokenizer::load(&dir, &m.cfg).unwrap();
+    for dev in common::devices() {
+        paris_body(&dir, &dev);
+    }
+}
+
+fn paris_body(dir: &std::path::Path, dev: &Device) {
+    let m = load_model(dir, DTypeChoice::F32, dev).unwrap().model;
+    let tok = spp::tokenizer::Tokenizer::load(dir, &m.cfg).unwrap();
     let ids = tok.encode("The capital of France is", true).unwrap();
     let mut out = vec![];
     let opts = spp::generate::SamplingOptions {
@@ -86,7 +94,7 @@ fn greedy_completion_names_paris() {
     })
     .unwrap();
     let text = tok.decode(&out).unwrap();
-    assert!(text.contains("Paris"), "greedy continuation: {text:?}");
+    assert!(text.contains("Paris"), "{dev:?}: greedy continuation {text:?}");
 }
 
 #[test]

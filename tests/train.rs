@@ -74,7 +74,13 @@ fn batches_pack_examples_into_one_row_and_targets_stay_in_their_example() {
 fn a_packed_batch_scores_each_example_as_if_alone() {
     // The mean loss over a packed batch equals the target-weighted mean of each example's loss
     // computed on its own: no token sees another example (fused and reference attention).
-    let mut model = common::tiny_model(false, true, &Device::Cpu);
+    for dev in common::devices() {
+        packed_batch_body(&dev);
+    }
+}
+
+fn packed_batch_body(dev: &Device) {
+    let mut model = common::tiny_model(false, true, dev);
     let examples: Vec<Example> = [(37, 0), (20, 5), (52, 9)]
         .iter()
         .enumerate()
@@ -86,7 +92,7 @@ fn a_packed_batch_scores_each_example_as_if_alone() {
     for reference in [false, true] {
         model.set_reference_attention(reference);
         let loss = |exs: &[&Example]| {
-            let b = data::batch(exs, &Device::Cpu).unwrap();
+            let b = data::batch(exs, dev).unwrap();
             let l = spp::train::micro_loss(&model, &b).unwrap();
             (l.to_scalar::<f32>().unwrap() as f64, b.n_targets as f64)
         };
@@ -193,9 +199,15 @@ fn losses(out: &Path) -> Vec<f64> {
 
 #[test]
 fn a_tiny_model_overfits_one_batch_and_base_weights_stay_frozen() {
+    for dev in common::devices() {
+        overfit_body(&dev);
+    }
+}
+
+fn overfit_body(dev: &Device) {
     for method in [Method::Spp, Method::Lora] {
         let tmp = tempfile::tempdir().unwrap();
-        let mut model = common::tiny_model(false, false, &Device::Cpu);
+        let mut model = common::tiny_model(false, false, dev);
         let before: Vec<(String, Tensor)> = model.named_tensors();
         let ds = dataset(4, 16);
         let report = run(

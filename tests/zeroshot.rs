@@ -20,7 +20,7 @@ fn eval_dir() -> PathBuf {
 }
 
 /// The 1-layer LLaMA-2 GGUF of ../shared/data converted to a model directory (f32).
-fn tiny(tmp: &Path) -> (Llama, Tokenizer) {
+fn tiny(tmp: &Path, dev: &candle_core::Device) -> (Llama, Tokenizer) {
     let dir = tmp.join("tiny");
     spp::gguf::convert(
         &root().join("../shared/data/models/llama-2-tiny-random.gguf"),
@@ -29,9 +29,7 @@ fn tiny(tmp: &Path) -> (Llama, Tokenizer) {
         false,
     )
     .unwrap();
-    let model = load_model(&dir, DTypeChoice::F32, &candle_core::Device::Cpu)
-        .unwrap()
-        .model;
+    let model = load_model(&dir, DTypeChoice::F32, dev).unwrap().model;
     let tok = Tokenizer::load(&dir, &model.cfg).unwrap();
     (model, tok)
 }
@@ -143,9 +141,15 @@ fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
 
 #[test]
 fn packed_and_shared_scores_equal_the_reference() {
+    for dev in common::devices() {
+        packed_scores_body(&dev);
+    }
+}
+
+fn packed_scores_body(dev: &candle_core::Device) {
     // Real task requests through the real tokenizer (1-layer random model).
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok) = tiny(tmp.path());
+    let (model, tok) = tiny(tmp.path(), dev);
     let encoded =
         zeroshot::encode_docs(&tok, &some_docs(), model.cfg.max_position_embeddings).unwrap();
     let one_token = encoded
@@ -162,7 +166,7 @@ fn packed_and_shared_scores_equal_the_reference() {
 
     // A 2-layer model whose attention matters, with contexts longer than an attention chunk
     // (256 queries in the reference, 32 in the fused kernel), so that packed rows straddle chunks.
-    let model = common::tiny_model(false, true, &candle_core::Device::Cpu);
+    let model = common::tiny_model(false, true, dev);
     let vocab = model.cfg.vocab_size;
     let encoded: Vec<Vec<Encoded>> = [(7, 3, 1), (300, 4, 9), (40, 2, 20), (1, 4, 2), (130, 1, 5)]
         .iter()
@@ -184,7 +188,7 @@ fn packed_and_shared_scores_equal_the_reference() {
 #[test]
 fn long_requests_are_cut_from_the_left_like_the_harness() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok) = tiny(tmp.path());
+    let (model, tok) = tiny(tmp.path(), &candle_core::Device::Cpu);
     let doc = &tasks::load("boolq", &eval_dir(), Some(1)).unwrap().docs[0];
     let (ctx, cont) = &doc.requests[1];
     let full = zeroshot::encode_request(&tok, ctx, cont, 100_000).unwrap();
@@ -238,7 +242,7 @@ fn acc_norm_divides_by_characters_and_ties_go_to_the_first() {
 #[test]
 fn encoded_requests_keep_context_and_continuation_apart() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, tok) = tiny(tmp.path());
+    let (_, tok) = tiny(tmp.path(), &candle_core::Device::Cpu);
     // Trailing spaces of the context move into the continuation before encoding.
     let a = zeroshot::encode_request(&tok, "Answer: ", "yes", 1000).unwrap();
     let b = zeroshot::encode_request(&tok, "Answer:", " yes", 1000).unwrap();
