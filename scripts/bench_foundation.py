@@ -5,6 +5,10 @@ Usage (from the repository root):
     /work/venv/bin/python scripts/bench_foundation.py [--model models/smollm2-135m]
         [--spp target/release/spp] [--windows 2] [--threads 2] [--full]
         [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf] [--json-out FILE]
+        [--device cpu|cuda] [--dtype f32|bf16]
+
+With --device cuda both sides run on the GPU (spp built with --features cuda; torch's CUDA build):
+the same checks, the throughput target being issue 2's CPU one only for reference.
 
 Checks (both sides run in this one process, one after the other, never concurrently):
 
@@ -65,9 +69,10 @@ def sha256(path):
     return h.hexdigest()
 
 
-def run_spp_ppl(spp, model, text, windows, threads):
+def run_spp_ppl(spp, model, text, windows, threads, device="cpu", dtype="f32"):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    cmd = [spp, "eval", "ppl", "--model", model, "--text", text, "--max-windows", str(windows), "--json"]
+    cmd = [spp, "eval", "ppl", "--model", model, "--text", text, "--max-windows", str(windows), "--json",
+           "--device", device, "--dtype", dtype]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -98,6 +103,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating spp / transformers-sdpa throughput rounds for the ratio")
     ap.add_argument("--json-out")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="both sides' weights")
     args = ap.parse_args()
 
     os.chdir(ROOT)
@@ -118,7 +125,12 @@ def main():
         versions["spp"] = subprocess.run([args.spp, "--version"], capture_output=True, text=True).stdout.strip()
     except OSError as e:
         sys.exit(f"cannot run {args.spp}: {e}")
-    print("versions:", versions, f"threads {args.threads}", flush=True)
+    dev = torch.device(args.device)
+    tdtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if dev.type == "cuda":
+        versions["gpu"] = torch.cuda.get_device_name(dev)
+    spp_ppl = lambda n: run_spp_ppl(args.spp, args.model, args.text, n, args.threads, args.device, args.dtype)
+    print("versions:", versions, f"threads {args.threads}, device {args.device}, dtype {args.dtype}", flush=True)
     report = {"versions": versions, "args": vars(args), "checks": []}
     rows = []
 
@@ -136,7 +148,7 @@ def main():
             while f.read(1 << 24):
                 pass
     print(f"spp eval ppl, {args.windows} windows ...", flush=True)
-    spp_res = run_spp_ppl(args.spp, args.model, args.text, args.windows, args.threads)
+    spp_res = spp_ppl(args.windows)
     print(f"  spp ppl {spp_res['ppl']:.6f}, {spp_res['tokens_per_second']:.1f} tok/s, "
           f"{spp_res['seconds']:.1f} s (wall {spp_res['wall_s']:.1f} s), load {spp_res['load_s']} s", flush=True)
     report["spp_ppl"] = spp_res
@@ -148,7 +160,8 @@ def main():
     tokens = tok(text).input_ids
     n_avail = len(tokens) // SEQLEN
     assert args.windows <= n_avail
-    windows = [torch.tensor([tokens[w * SEQLEN:(w + 1) * SEQLEN]], dtype=torch.int64) for w in range(max(args.windows, 8))]
+    windows = [torch.tensor([tokens[w * SEQLEN:(w + 1) * SEQLEN]], dtype=torch.int64, device=dev)
+               for w in range(max(args.windows, 8))]
 
     def window_nll(model, win):
         logits = model(win[:, :-1]).logits[0]
@@ -157,8 +170,8 @@ def main():
     tf = {}
     for impl in ("sdpa", "eager"):
         t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=impl)
-        model.eval()
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=tdtype, attn_implementation=impl)
+        model.to(dev).eval()
         load_s = time.perf_counter() - t0
         with torch.inference_mode():
             warm_s = None
@@ -195,7 +208,7 @@ def main():
     # compares them under the same conditions, and report the median round.
     rounds = []
     for r in range(args.rounds):
-        s_run = run_spp_ppl(args.spp, args.model, args.text, args.windows, args.threads)
+        s_run = spp_ppl(args.windows)
         s_tps = s_run["tokens_per_second"]
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -231,11 +244,11 @@ def main():
 
     if args.full:
         print("spp eval ppl, 8 windows ...", flush=True)
-        spp8 = run_spp_ppl(args.spp, args.model, args.text, 8, args.threads)
+        spp8 = spp_ppl(8)
         tf8, src = None, None
         if os.path.exists(args.golden):
             g = json.load(open(args.golden))
-            if g.get("windows") == 8 and g.get("model_sha256") == sha256(os.path.join(args.model, "model.safetensors")):
+            if args.dtype == "f32" and g.get("windows") == 8 and g.get("model_sha256") == sha256(os.path.join(args.model, "model.safetensors")):
                 tf8, src = g["ppl"], args.golden
         if tf8 is None:
             with torch.inference_mode():
@@ -277,11 +290,12 @@ def main():
 
     # ---------------- generation ----------------
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    cmd = [args.spp, "generate", "--model", args.model, "--prompt", PROMPT, "-n", str(N_GEN)]
+    cmd = [args.spp, "generate", "--model", args.model, "--prompt", PROMPT, "-n", str(N_GEN),
+           "--device", args.device, "--dtype", args.dtype]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     spp_gen = p.stdout
     with torch.inference_mode():
-        ids = tok(PROMPT, return_tensors="pt").input_ids
+        ids = tok(PROMPT, return_tensors="pt").input_ids.to(dev)
         g = eager_model.generate(ids, max_new_tokens=N_GEN, do_sample=False, num_beams=1,
                                  pad_token_id=tok.pad_token_id)
     tf_gen = tok.decode(g[0, ids.shape[1]:])
@@ -294,7 +308,7 @@ def main():
     # ---------------- table ----------------
     print()
     print(f"spp {versions['spp']}; torch {versions['torch']}, transformers {versions['transformers']}; "
-          f"{args.threads} threads; {args.windows} windows of {SEQLEN} (wiki.test.raw); "
+          f"{args.threads} threads; {args.device} {args.dtype}; {args.windows} windows of {SEQLEN} (wiki.test.raw); "
           f"transformers warm-up: {'none' if args.no_warmup else '1 window, excluded'}; "
           f"tok/s = windows x {SEQLEN} / (forward + loss seconds)")
     print("| check | spp | transformers | ratio/diff | target | ok |")
