@@ -213,8 +213,9 @@ fn prune_tiny(model: &mut Llama, nm: bool) {
                     }
                 })
                 .collect();
-            lin.weight =
-                (&lin.weight * Tensor::from_vec(keep, (m, n), lin.weight.device()).unwrap()).unwrap();
+            lin.weight = (&lin.weight
+                * Tensor::from_vec(keep, (m, n), lin.weight.device()).unwrap())
+            .unwrap();
         }
     }
 }

@@ -215,10 +215,19 @@ fn transposed_left_operands_equal_explicit_transposes() {
         let a: Vec<f32> = (0..m * k).map(|e| 0.5 * x[(e % k) * ld + e / k]).collect();
         let mut want = vec![0f32; m * n];
         gemm_abt_reference(&a, &b, &mut want, m, k, n);
-        let cols = Lhs::Cols { x: &x, ld, alpha: 0.5 };
+        let cols = Lhs::Cols {
+            x: &x,
+            ld,
+            alpha: 0.5,
+        };
         let got = gemm_lhs_abt_many(cols, m, k, &[(&b, n)]).remove(0);
         for (e, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-3, "m {m}: ({}, {}) {g} vs {w}", e / n, e % n);
+            assert!(
+                (g - w).abs() <= 1e-3,
+                "m {m}: ({}, {}) {g} vs {w}",
+                e / n,
+                e % n
+            );
         }
     }
 }
@@ -228,7 +237,10 @@ fn syrk_adds_the_lower_triangle_of_the_gram_matrix() {
     use spp::model::gemm::{gemm_abt_reference, syrk_lower};
     // x `[t, n]`: partial tiles, several K slices over so many columns that the product runs in
     // row blocks (the diagonal offset carried into each), and a width short enough for faer.
-    for (i, &(t, n)) in [(50, 37), (1000, 100), (1300, 2600), (40, 17)].iter().enumerate() {
+    for (i, &(t, n)) in [(50, 37), (1000, 100), (1300, 2600), (40, 17)]
+        .iter()
+        .enumerate()
+    {
         let x: Vec<f32> = rand(&[t * n], 30 + i as u64).to_vec1().unwrap();
         let xt: Vec<f32> = (0..n * t).map(|e| x[(e % t) * n + e / t]).collect();
         let mut gram = vec![0f32; n * n];

@@ -94,7 +94,10 @@ fn paris_body(dir: &std::path::Path, dev: &Device) {
     })
     .unwrap();
     let text = tok.decode(&out).unwrap();
-    assert!(text.contains("Paris"), "{dev:?}: greedy continuation {text:?}");
+    assert!(
+        text.contains("Paris"),
+        "{dev:?}: greedy continuation {text:?}"
+    );
 }
 
 #[test]

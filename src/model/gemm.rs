@@ -24,7 +24,10 @@
 /// (its columns are packed as the product's rows; nothing is transposed or allocated beyond the
 /// packed panels). The entries above the diagonal are unspecified.
 pub fn syrk_lower(x: &[f32], (t, n): (usize, usize), c: &mut [f32], alpha: f32) {
-    assert!(x.len() >= t * n && c.len() >= n * n, "syrk: slice too short");
+    assert!(
+        x.len() >= t * n && c.len() >= n * n,
+        "syrk: slice too short"
+    );
     if t == 0 || n == 0 {
         return;
     }
@@ -70,7 +73,11 @@ pub enum Lhs<'a> {
     SiluMul(&'a [f32], &'a [f32]),
     /// `alpha` times the transpose of a row-major `[k, ld]` matrix: row i of A is column i of x
     /// ([`syrk_lower`]).
-    Cols { x: &'a [f32], ld: usize, alpha: f32 },
+    Cols {
+        x: &'a [f32],
+        ld: usize,
+        alpha: f32,
+    },
 }
 
 /// The right operand B `[n, k]` (A·Bᵀ): its rows, or the columns of a row-major `[k, ld]` matrix.
@@ -88,7 +95,11 @@ impl<'a> Lhs<'a> {
         match self {
             Lhs::Rows(a) => Lhs::Rows(&a[r0 * k..]),
             Lhs::SiluMul(g, u) => Lhs::SiluMul(&g[r0 * k..], &u[r0 * k..]),
-            Lhs::Cols { x, ld, alpha } => Lhs::Cols { x: &x[r0..], ld, alpha },
+            Lhs::Cols { x, ld, alpha } => Lhs::Cols {
+                x: &x[r0..],
+                ld,
+                alpha,
+            },
         }
     }
 
@@ -142,7 +153,9 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
             &materialised
         }
         Lhs::Cols { x, ld, alpha } => {
-            materialised = (0..m * k).map(|e| alpha * x[(e % k) * ld + e / k]).collect();
+            materialised = (0..m * k)
+                .map(|e| alpha * x[(e % k) * ld + e / k])
+                .collect();
             &materialised
         }
     };
