@@ -370,3 +370,47 @@ fn bad_options_are_rejected_before_pruning() {
     assert!(err.contains("calibration"), "{err}");
     assert!(spp::prune::parse_targets("q,attn").is_err());
 }
+
+#[test]
+fn statistics_reduced_on_the_device_equal_the_host_ones() {
+    // Wanda's column norms and SparseGPT's running Hessian as a GPU accumulates them (candle ops
+    // on the tensors' device), against the CPU accumulators, over three samples of a [2, T, n]
+    // tap (a 1e-3 offset keeps the running average's weights visible).
+    let n = 24;
+    let samples: Vec<Vec<f32>> = (0..3u64)
+        .map(|s| {
+            common::ids(2 * 19 * n, 1000, 40 + s)
+                .iter()
+                .map(|&v| v as f32 / 250.0 - 2.0 + 1e-3 * s as f32)
+                .collect()
+        })
+        .collect();
+    let mut norms = spp::prune::wanda::InputNorms::new(n);
+    let mut hess = spp::prune::sparsegpt::Hessian::new(n);
+    for x in &samples {
+        norms.add(x);
+        hess.add(x, 2 * 19).unwrap();
+    }
+    for dev in common::devices() {
+        let mut dn = spp::prune::wanda::InputNorms::new(n);
+        let mut dh = spp::prune::sparsegpt::DeviceHessian::new(n);
+        for x in &samples {
+            let t = Tensor::from_vec(x.clone(), (2, 19, n), &dev).unwrap();
+            dn.add_on_device(&t).unwrap();
+            dh.add(&t).unwrap();
+        }
+        for (a, b) in dn.sumsq.iter().zip(&norms.sumsq) {
+            assert!((a - b).abs() <= 1e-9 * b.abs(), "{dev:?}: norms {a} vs {b}");
+        }
+        let dh = dh.finish().unwrap();
+        assert_eq!((dh.n, dh.samples), (n, 3));
+        for (i, (a, b)) in dh.h.iter().zip(&hess.h).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{dev:?}: H[{}, {}] {a} vs {b}",
+                i / n,
+                i % n
+            );
+        }
+    }
+}

@@ -172,6 +172,9 @@ enum Stats {
     None,
     Norms(wanda::InputNorms),
     Hessian(sparsegpt::Hessian),
+    /// SparseGPT's Hessian while it accumulates on a GPU; a `Hessian` once the statistics pass
+    /// is over.
+    DeviceHessian(sparsegpt::DeviceHessian),
 }
 
 fn tap_tensor(t: &crate::model::Taps, tap: Tap) -> &Tensor {
@@ -314,7 +317,10 @@ pub fn prune_model(
                 let s = match opts.method {
                     Method::Magnitude => Stats::None,
                     Method::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
-                    Method::SparseGpt => Stats::Hessian(sparsegpt::Hessian::new(width)),
+                    Method::SparseGpt if model.device().is_cpu() => {
+                        Stats::Hessian(sparsegpt::Hessian::new(width))
+                    }
+                    Method::SparseGpt => Stats::DeviceHessian(sparsegpt::DeviceHessian::new(width)),
                 };
                 stats.push((l.2, s));
             }
@@ -324,18 +330,22 @@ pub fn prune_model(
                     let taps = model.block_taps(i, x)?;
                     for (tap, s) in stats.iter_mut() {
                         let t = tap_tensor(&taps, *tap);
-                        let tokens = t.elem_count() / t.dims()[t.rank() - 1];
-                        crate::model::ops::with_f32(t, |v| match s {
-                            Stats::Norms(n) => {
-                                n.add(v);
-                                Ok(())
-                            }
-                            Stats::Hessian(h) => h.add(v, tokens),
-                            Stats::None => Ok(()),
-                        })??;
+                        match s {
+                            Stats::Norms(n) => n.add_tensor(t)?,
+                            Stats::Hessian(h) => h.add_tensor(t)?,
+                            Stats::DeviceHessian(h) => h.add(t)?,
+                            Stats::None => {}
+                        }
                     }
                 }
             }
+            let stats = stats
+                .into_iter()
+                .map(|(tap, s)| match s {
+                    Stats::DeviceHessian(h) => Ok((tap, Stats::Hessian(h.finish()?))),
+                    s => Ok((tap, s)),
+                })
+                .collect::<Result<Vec<_>>>()?;
             timing.statistics += ts.elapsed().as_secs_f64();
             let tp = Instant::now();
             for l in &wanted {

@@ -24,6 +24,7 @@ use crate::bail;
 use crate::error::Result;
 use crate::model::gemm::syrk_lower;
 use crate::prune::mask::{self, Sparsity};
+use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
@@ -82,6 +83,64 @@ impl Hessian {
         mirror_lower(&mut self.h, n);
         self.samples += 1;
         Ok(())
+    }
+
+    /// Adds a linear's input `x` (`[..., n]`, any dtype; a GPU's go through [`DeviceHessian`]) as
+    /// one sample.
+    pub fn add_tensor(&mut self, x: &Tensor) -> Result<()> {
+        let tokens = x.elem_count() / self.n.max(1);
+        crate::model::ops::with_f32(x, |v| self.add(v, tokens))?
+    }
+}
+
+/// [`Hessian`]'s running average kept on the activations' device (a GPU): each sample's `XᵀX` is
+/// the device's matrix product, so neither the activations nor the products cross to the host;
+/// [`Self::finish`] copies the n × n result once. Runs on the CPU too (the tests compare it with
+/// [`Hessian::add`]).
+pub struct DeviceHessian {
+    n: usize,
+    samples: usize,
+    h: Option<Tensor>,
+}
+
+impl DeviceHessian {
+    pub fn new(n: usize) -> Self {
+        Self {
+            n,
+            samples: 0,
+            h: None,
+        }
+    }
+
+    /// Adds one sample: `x` `[..., n]`, in f32 whatever its dtype.
+    pub fn add(&mut self, x: &Tensor) -> Result<()> {
+        let x = x.to_dtype(DType::F32)?.reshape(((), self.n))?;
+        if x.dim(0)? == 0 {
+            bail!("SparseGPT Hessian: a calibration sample has no tokens");
+        }
+        let xtx = x.t()?.matmul(&x)?;
+        let k = self.samples as f64;
+        let scale = 2.0 / (k + 1.0);
+        self.h = Some(match self.h.take() {
+            None => (xtx * scale)?,
+            Some(h) => ((h * (k / (k + 1.0)))? + (xtx * scale)?)?,
+        });
+        self.samples += 1;
+        Ok(())
+    }
+
+    /// The accumulated [`Hessian`] on the host (non-finite entries, from activations that
+    /// overflowed, are reported by [`prune`]).
+    pub fn finish(self) -> Result<Hessian> {
+        let h = match self.h {
+            Some(h) => h.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; self.n * self.n],
+        };
+        Ok(Hessian {
+            n: self.n,
+            samples: self.samples,
+            h,
+        })
     }
 }
 

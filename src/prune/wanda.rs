@@ -6,6 +6,8 @@
 //! ⌊n·ratio⌋ zeroed per row), each group of M inputs of a row for N:M. No weight update.
 
 use super::mask::{select, Sparsity};
+use crate::error::Result;
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 /// Per-input sums of squares `Σ x_j²`, accumulated in f64 over calibration samples.
@@ -43,10 +45,37 @@ impl InputNorms {
             })
             .collect();
         for part in parts {
-            for (s, p) in self.sumsq.iter_mut().zip(part) {
-                *s += p;
-            }
+            self.add_sums(&part);
         }
+    }
+
+    fn add_sums(&mut self, part: &[f64]) {
+        for (s, p) in self.sumsq.iter_mut().zip(part) {
+            *s += p;
+        }
+    }
+
+    /// Adds a linear's input `x` (`[..., n]`) wherever it lives: [`Self::add`] on the CPU's f32
+    /// data, [`Self::add_on_device`] elsewhere.
+    pub fn add_tensor(&mut self, x: &Tensor) -> Result<()> {
+        if x.device().is_cpu() {
+            return Ok(crate::model::ops::with_f32(x, |v| self.add(v))?);
+        }
+        self.add_on_device(x)
+    }
+
+    /// The same sums reduced on `x`'s own device (in f64), so that only `n` numbers cross to the
+    /// host rather than every activation (a GPU's path; it runs on the CPU too).
+    pub fn add_on_device(&mut self, x: &Tensor) -> Result<()> {
+        let n = self.sumsq.len();
+        let sums = x
+            .to_dtype(DType::F64)?
+            .reshape(((), n))?
+            .sqr()?
+            .sum(0)?
+            .to_vec1::<f64>()?;
+        self.add_sums(&sums);
+        Ok(())
     }
 }
 
