@@ -49,6 +49,20 @@ struct Scratch {
     scale: Vec<f32>,
 }
 
+/// `rows` rows of `d` floats, row `r` written by `fill(r, row)`, in parallel chunks of rows
+/// (a chunk per sequence and KV head left a thread idle a third of the time with SmolLM2's three).
+fn par_rows(rows: usize, d: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    const CHUNK: usize = 128;
+    // SAFETY: every row of every chunk is written.
+    unsafe {
+        super::ops::par_fill(rows * d, CHUNK * d, |c, dst| {
+            for (r, row) in dst.chunks_exact_mut(d).enumerate() {
+                fill(c * CHUNK + r, row);
+            }
+        })
+    }
+}
+
 thread_local! {
     /// Per thread, kept between tasks and calls (rayon's `for_each_init` would make new ones for
     /// every split of the work, each on fresh pages).
@@ -249,35 +263,24 @@ impl FusedAttention {
     fn rotate(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Rotated {
         let (h, kvh, d, rep) = self.heads.split();
         let scale = 1.0 / (d as f32).sqrt();
-        // One parallel pass per sequence and KV head over its tokens (bg = bi·kvh + g) for each
-        // of q, k, v; every row of the destination is written.
-        // SAFETY (all three): each closure writes every d-wide row of its chunk.
-        let q = unsafe {
-            super::ops::par_fill(b * t * h * d, t * rep * d, |bg, qd| {
-                let (bi, g) = (bg / kvh, bg % kvh);
-                for (r, dst) in qd.chunks_exact_mut(d).enumerate() {
-                    let (i, j) = (r / rep, r % rep);
-                    let src = &qs[(bi * t + i) * h * d + (g * rep + j) * d..][..d];
-                    self.rope(src, dst, i, scale, 1.0);
-                }
-            })
+        // Row r of q is (bg, token i, head j of the group) with bg = bi·kvh + g; of k and v,
+        // (bg, token i).
+        let q = par_rows(b * kvh * t * rep, d, |r, dst| {
+            let (bg, i, j) = (r / (t * rep), r / rep % t, r % rep);
+            let (bi, g) = (bg / kvh, bg % kvh);
+            let src = &qs[(bi * t + i) * h * d + (g * rep + j) * d..][..d];
+            self.rope(src, dst, i, scale, 1.0);
+        });
+        let kv_row = |r: usize| {
+            let (bg, i) = (r / t, r % t);
+            (bg / kvh * t + i) * kvh * d + bg % kvh * d
         };
-        let k = unsafe {
-            super::ops::par_fill(b * t * kvh * d, t * d, |bg, kd| {
-                let (bi, g) = (bg / kvh, bg % kvh);
-                for (i, dst) in kd.chunks_exact_mut(d).enumerate() {
-                    self.rope(&ks[(bi * t + i) * kvh * d + g * d..][..d], dst, i, 1.0, 1.0);
-                }
-            })
-        };
-        let v = unsafe {
-            super::ops::par_fill(b * t * kvh * d, t * d, |bg, vd| {
-                let (bi, g) = (bg / kvh, bg % kvh);
-                for (i, dst) in vd.chunks_exact_mut(d).enumerate() {
-                    dst.copy_from_slice(&vs[(bi * t + i) * kvh * d + g * d..][..d]);
-                }
-            })
-        };
+        let k = par_rows(b * kvh * t, d, |r, dst| {
+            self.rope(&ks[kv_row(r)..][..d], dst, r % t, 1.0, 1.0)
+        });
+        let v = par_rows(b * kvh * t, d, |r, dst| {
+            dst.copy_from_slice(&vs[kv_row(r)..][..d])
+        });
         Rotated { q, k, v }
     }
 
@@ -412,25 +415,27 @@ impl FusedAttention {
     /// (scores, `exp(s − max)`, undivided `P·V`, rows divided by their sums), in another order.
     #[cfg(target_arch = "x86_64")]
     fn forward_micro(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
-        use super::gemm::micro_6x16;
+        use super::gemm::{micro_6x16, pack_panel};
         const KP: usize = 6; // keys per K panel (the kernel's rows)
         const QP: usize = 16; // task rows per Q panel (the kernel's columns)
         const KEY_STEP: usize = 240; // keys per block (a multiple of 6): its Sᵀ and V stay in L2
         let (_, kvh, d, rep) = self.heads.split();
         // Element (key j, dim e) of K panel q at q·6d + e·6 + j (keys past t are zero).
         let kpanels = t.div_ceil(KP);
-        // SAFETY: the last panel is zeroed, then every key's column written.
-        let kp = unsafe {
-            super::ops::par_fill(b * kvh * kpanels * KP * d, kpanels * KP * d, |bg, dst| {
-                dst[(kpanels - 1) * KP * d..].fill(0.0);
-                for (j, row) in r.k[bg * t * d..][..t * d].chunks_exact(d).enumerate() {
-                    let panel = &mut dst[(j / KP) * KP * d..][..KP * d];
-                    for (e, &v) in row.iter().enumerate() {
-                        panel[e * KP + j % KP] = v;
-                    }
-                }
-            })
-        };
+        // Panel n of kp is (bg, keys 6·(n % kpanels) ..); keys past t are zero.
+        let kp = par_rows(b * kvh * kpanels, KP * d, |n, panel| {
+            let (bg, j0) = (n / kpanels, n % kpanels * KP);
+            pack_panel::<KP>(&r.k[bg * t * d..], d, j0, KP.min(t - j0), 0, d, panel);
+        });
+        // V in column groups of 16, each group's rows contiguous: element (key j, dim e) at
+        // ((bg·(d/16) + e/16)·t + j)·16 + e % 16. P·V reads 16 floats per key from one 64-byte
+        // line; read in place from V's d-wide rows, a 240-key block's lines fell into a quarter of
+        // the L1 sets and missed (session 13: the attention core 5–10% faster).
+        let groups = d / QP;
+        let vp = par_rows(b * kvh * groups * t, QP, |n, dst| {
+            let (bg, e, j) = (n / (groups * t), n / t % groups, n % t);
+            dst.copy_from_slice(&r.v[(bg * t + j) * d + e * QP..][..QP])
+        });
         self.run_tasks(b, t, |task, out_ptr| {
             SCRATCH.with_borrow_mut(|s| {
                 let Task { bi, g, c0 } = task;
@@ -446,17 +451,13 @@ impl FusedAttention {
                 let lo = lo - lo % KP;
                 let w = c0 + c - lo;
                 // Element (row i, dim e) of Q panel q at q·16d + e·16 + i (rows past `rows` zero).
-                s.qp.clear();
                 s.qp.resize(width * d, 0.0);
                 let qrows = &r.q[(bg * t + c0) * rep * d..][..rows * d];
-                for (i, row) in qrows.chunks_exact(d).enumerate() {
-                    let panel = &mut s.qp[(i / QP) * QP * d..][..QP * d];
-                    for (e, &v) in row.iter().enumerate() {
-                        panel[e * QP + i % QP] = v;
-                    }
+                for (i, panel) in s.qp.chunks_exact_mut(QP * d).enumerate() {
+                    let live = QP.min(rows.saturating_sub(i * QP));
+                    pack_panel::<QP>(qrows, d, i * QP, live, 0, d, panel);
                 }
                 let kbase = (bg * kpanels + lo / KP) * KP * d;
-                let vbase = (bg * t + lo) * d;
                 s.p.resize(KEY_STEP * width, 0.0);
                 s.o.resize(width * d, 0.0);
                 for buf in [&mut s.max, &mut s.sums, &mut s.scale] {
@@ -467,8 +468,9 @@ impl FusedAttention {
                 for k0 in (0..w).step_by(KEY_STEP) {
                     let kc = KEY_STEP.min(w - k0);
                     let kcp = kc.next_multiple_of(KP);
-                    for q in 0..width / QP {
-                        for j in 0..kcp / KP {
+                    // Each K panel against every Q panel: both stay in L1.
+                    for j in 0..kcp / KP {
+                        for q in 0..width / QP {
                             // SAFETY: the K panel (6 keys × d) lies inside kp (lo + wp ≤
                             // kpanels · 6), the Q panel (d × 16) inside qp, the 6 × 16 tile
                             // inside p (KEY_STEP × width).
@@ -517,15 +519,15 @@ impl FusedAttention {
                     for e in (0..d).step_by(QP) {
                         for i in (0..rows).step_by(KP) {
                             // SAFETY: Pᵀ rows 0..kc (width apart) hold the six columns
-                            // i..i + 6 ≤ width; V rows lo + k0 .. lo + k0 + kc ≤ c0 + c ≤ t of
-                            // this head hold the 16 columns e..e + 16 ≤ d; the O tile is inside o.
+                            // i..i + 6 ≤ width; the group of V columns e..e + 16 ≤ d holds the
+                            // keys lo + k0 .. lo + k0 + kc ≤ c0 + c ≤ t; the O tile is inside o.
                             unsafe {
                                 micro_6x16(
                                     kc,
                                     s.p[i..].as_ptr(),
                                     width,
-                                    r.v[vbase + k0 * d + e..].as_ptr(),
-                                    d,
+                                    vp[((bg * groups + e / QP) * t + lo + k0) * QP..].as_ptr(),
+                                    QP,
                                     s.o[i * d + e..].as_mut_ptr(),
                                     d,
                                     k0 == 0,

@@ -192,6 +192,11 @@ pub(crate) fn has_micro_kernel() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::kernel_6x16 as micro_6x16;
 
+/// The blocked GEMM's panel packing, for callers that lay out their own operands (attention's
+/// Q and K panels).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::pack as pack_panel;
+
 /// The obvious triple loop (f64 accumulation), the check for [`gemm_abt`].
 pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     for i in 0..m {
@@ -385,7 +390,7 @@ mod x86 {
     /// Rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of the row-major `[_, k]` matrix `x` as one
     /// panel of `W` rows, transposed: element (row, p) at `p·W + row`; rows past `rows` are zero.
     #[allow(clippy::too_many_arguments)]
-    fn pack<const W: usize>(
+    pub(crate) fn pack<const W: usize>(
         x: &[f32],
         k: usize,
         r0: usize,
