@@ -426,9 +426,17 @@ fn fused_attention_matches_the_definition_with_wide_heads() {
     // Head size 64 (the micro-kernel path where the CPU has AVX2/FMA), 6 heads over 2 KV heads,
     // 600 tokens: several blocks of keys, a last query chunk of 24; causal over two sequences,
     // then packed: a 250-token document, a 300-token one, and a 50-token continuation sharing the
-    // second one's first 100 tokens.
+    // second one's first 100 tokens. Then head size 640 (deeper than one of the GEMM's 576-deep
+    // slices) over 40 tokens, where every row falls in the first segment.
+    for (t, h, kvh, d) in [(600, 6, 2, 64), (40, 2, 1, 640)] {
+        wide_heads_case(t, h, kvh, d);
+    }
+}
+
+/// One shape of [`fused_attention_matches_the_definition_with_wide_heads`] (head sizes above
+/// the GEMM's 576-deep slices included).
+fn wide_heads_case(t: usize, h: usize, kvh: usize, d: usize) {
     use spp::model::attention::{attention, Heads, Visibility, Visible};
-    let (t, h, kvh, d) = (600, 6, 2, 64);
     let heads = Heads {
         n_heads: h,
         n_kv: kvh,

@@ -399,19 +399,23 @@ mod x86 {
         kc: usize,
         out: &mut [f32],
     ) {
-        const ZEROS: [f32; KC] = [0.0; KC];
-        let src: [&[f32]; W] = std::array::from_fn(|i| {
-            if i < rows {
-                &x[(r0 + i) * k + p0..][..kc]
-            } else {
-                &ZEROS[..kc]
-            }
-        });
-        for (p, dst) in out[..kc * W].chunks_exact_mut(W).enumerate() {
+        let out = &mut out[..kc * W];
+        if rows == 0 {
+            out.fill(0.0);
+            return;
+        }
+        // Lanes past `rows` read the last row (any depth kc works, as the attention's head size
+        // needs) and are zeroed afterwards.
+        let src: [&[f32]; W] = std::array::from_fn(|i| &x[(r0 + i.min(rows - 1)) * k + p0..][..kc]);
+        for (p, dst) in out.chunks_exact_mut(W).enumerate() {
             for i in 0..W {
                 // SAFETY: every src[i] holds kc floats and p < kc.
                 dst[i] = unsafe { *src[i].get_unchecked(p) };
             }
+        }
+        if rows < W {
+            out.chunks_exact_mut(W)
+                .for_each(|dst| dst[rows..].fill(0.0));
         }
     }
 
