@@ -29,6 +29,9 @@ pub struct PplResult {
     pub bos: bool,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// Seconds of each window, in order (the first also pays for first-touch memory and cold
+    /// caches: a benchmark can leave it out as a warm-up).
+    pub window_seconds: Vec<f64>,
 }
 
 impl PplResult {
@@ -98,7 +101,9 @@ pub fn perplexity(
     let windows = max_windows.map_or(available, |m| m.min(available)).max(1);
     let start = std::time::Instant::now();
     let mut total = 0f64;
+    let mut window_seconds = Vec::with_capacity(windows);
     for w in 0..windows {
+        let t = std::time::Instant::now();
         let win = &ids[w * seqlen..(w + 1) * seqlen];
         let input = Tensor::new(&win[..seqlen - 1], model.device())?.unsqueeze(0)?;
         let targets = Tensor::new(&win[1..], model.device())?;
@@ -108,6 +113,7 @@ pub fn perplexity(
             .to_dtype(DType::F64)?
             .sum_all()?
             .to_scalar::<f64>()?;
+        window_seconds.push(t.elapsed().as_secs_f64());
         progress(w + 1, windows);
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -130,5 +136,6 @@ pub fn perplexity(
         bos: bos_id.is_some() && ids.first() == bos_id.as_ref(),
         seconds,
         tokens_per_second: (windows * seqlen) as f64 / seconds.max(1e-9),
+        window_seconds,
     })
 }
