@@ -24,7 +24,12 @@ fn uniform_body(dev: &Device) {
     // One time per window, adding up to the total.
     assert_eq!(r.window_seconds.len(), 7);
     let sum: f64 = r.window_seconds.iter().sum();
-    assert!(sum <= r.seconds && sum > 0.5 * r.seconds, "{:?} vs {}", r.window_seconds, r.seconds);
+    assert!(
+        sum <= r.seconds && sum > 0.5 * r.seconds,
+        "{:?} vs {}",
+        r.window_seconds,
+        r.seconds
+    );
 }
 
 #[test]

@@ -105,7 +105,9 @@ pub fn select(
 ) -> Vec<bool> {
     let mut prune = vec![false; rows * cols];
     // Rows are independent comparison groups (or hold whole N:M groups): one task per row.
-    let by_row = |prune: &mut [bool], f: &(dyn Fn(&[f32], &mut [bool], &mut Vec<usize>) + Sync)| {
+    // `f(scores of a row, its prune flags, scratch)`.
+    type RowFn<'a> = dyn Fn(&[f32], &mut [bool], &mut Vec<usize>) + Sync + 'a;
+    let by_row = |prune: &mut [bool], f: &RowFn| {
         prune
             .par_chunks_mut(cols.max(1))
             .zip(scores.par_chunks(cols.max(1)))

@@ -106,19 +106,21 @@ pub struct Recipe {
     pub eval: Eval,
 }
 
+/// `--flag value` pairs as given (a switch has no value).
+pub type Flags = Vec<(String, Option<String>)>;
+
 /// One section: the methods (× sparsities for pruning) to run, and the other flags as given.
 #[derive(Debug, Clone)]
 pub struct Variants {
     pub methods: Vec<String>,
     pub sparsities: Vec<String>,
-    /// `--flag value` pairs (a switch has no value).
-    pub flags: Vec<(String, Option<String>)>,
+    pub flags: Flags,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Eval {
-    pub ppl: Option<(PathBuf, Vec<(String, Option<String>)>)>,
-    pub tasks: Option<Vec<(String, Option<String>)>>,
+    pub ppl: Option<(PathBuf, Flags)>,
+    pub tasks: Option<Flags>,
 }
 
 /// Edit distance, for "did you mean".
@@ -311,7 +313,7 @@ impl Recipe {
         let mut eval = Eval::default();
         if let Some(t) = eval_t {
             let all = section_flags(t, &[], "eval", base, &mut errors)?;
-            let pick = |keys: &[&str]| -> Vec<(String, Option<String>)> {
+            let pick = |keys: &[&str]| -> Flags {
                 all.iter()
                     .filter(|(k, _)| keys.contains(&k.as_str()))
                     .cloned()
@@ -363,7 +365,7 @@ fn section_flags(
     section: &str,
     base: &Path,
     errors: &mut Vec<String>,
-) -> Result<Vec<(String, Option<String>)>> {
+) -> Result<Flags> {
     let mut out = Vec::new();
     for (k, v) in t.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
         let key = format!("{section}.{k}");
