@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod error;
 pub mod gguf;
 pub mod model;
+pub mod par;
 
 pub use error::{Error, Result};
 pub mod eval;
