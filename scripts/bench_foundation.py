@@ -21,13 +21,12 @@ Checks (both sides run in this one process, one after the other, never concurren
     untimed warm-up window (the first window) before the timed ones; tokens/s is computed the
     same way as spp's (windows x 2048 / seconds).
   ratio = spp / the faster transformers implementation; then --rounds (default 3) alternating
-  rounds of spp and transformers-sdpa, whose median ratio is the one checked against the target
-  (the machine's speed drifts by minutes). Each round warms both sides up alike: transformers'
-  model is already warm (its warm-up window ran after loading), and spp, a fresh process per
-  round, runs N + 1 windows and is timed on the last N from its per-window `window_seconds`
-  (its first window pays for first-touch memory faults and cold caches, 0-15% of a window on
-  this machine; the same shapes as transformers' N windows). With --no-warmup neither side
-  leaves out a window: transformers' first window is timed and spp is timed on all N.
+  rounds of spp and transformers-sdpa over the same windows, whose median ratio is the one checked
+  against the target
+  (the machine's speed drifts by minutes). spp, a fresh process per round, is timed on all N
+  windows, its first included (session 14 found it no slower on average than the others); on
+  the CPU spp runs its windows concurrently, one per core, so N should be a multiple of the
+  thread count.
 * perplexity on the same N windows (spp's protocol, src/eval/perplexity.rs): both sides, relative
   difference. With --full, also on 8 windows (transformers' 8-window number comes from
   tests/data/smollm2/ppl.json when its model sha256 matches, else it is computed here).
@@ -104,8 +103,7 @@ def main():
     ap.add_argument("--gguf", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--full", action="store_true", help="also compare ppl on 8 windows")
     ap.add_argument("--golden", default="tests/data/smollm2/ppl.json")
-    ap.add_argument("--no-warmup", action="store_true",
-                    help="time each side's first window too (transformers' after loading, spp's per round)")
+    ap.add_argument("--no-warmup", action="store_true", help="time transformers' first window too")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating spp / transformers-sdpa throughput rounds for the ratio")
     ap.add_argument("--json-out")
@@ -214,12 +212,8 @@ def main():
     # compares them under the same conditions, and report the median round.
     rounds = []
     for r in range(args.rounds):
-        if args.no_warmup:
-            s_run = spp_ppl(args.windows)
-            s_tps = s_run["tokens_per_second"]
-        else:
-            s_run = spp_ppl(args.windows + 1)
-            s_tps = args.windows * SEQLEN / sum(s_run["window_seconds"][1:])
+        s_run = spp_ppl(args.windows)
+        s_tps = s_run["tokens_per_second"]
         with torch.inference_mode():
             t0 = time.perf_counter()
             for w in range(args.windows):
@@ -227,8 +221,7 @@ def main():
             t_tps = args.windows * SEQLEN / (time.perf_counter() - t0)
         rounds.append({"spp": s_tps, "sdpa": t_tps, "ratio": s_tps / t_tps, "spp_load_s": s_run["load_s"],
                        "spp_window_s": s_run["window_seconds"]})
-        cold = "" if args.no_warmup else f" (with its warm-up window {s_run['tokens_per_second']:.1f})"
-        print(f"  round {r + 1}/{args.rounds}: spp {s_tps:.1f} tok/s{cold}, sdpa {t_tps:.1f} tok/s, "
+        print(f"  round {r + 1}/{args.rounds}: spp {s_tps:.1f} tok/s, sdpa {t_tps:.1f} tok/s, "
               f"ratio {s_tps / t_tps:.2f}x", flush=True)
     report["rounds"] = rounds
 

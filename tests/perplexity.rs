@@ -21,11 +21,10 @@ fn uniform_body(dev: &Device) {
         (r.windows, r.tokens, r.scored_tokens, r.stride),
         (7, 7 * 128, 7 * 127, 128)
     );
-    // One time per window, each positive, together within the total.
+    // One time per window, each positive and within the whole (windows may run concurrently).
     assert_eq!(r.window_seconds.len(), 7);
-    let sum: f64 = r.window_seconds.iter().sum();
     assert!(
-        sum <= r.seconds && r.window_seconds.iter().all(|&s| s > 0.0),
+        r.window_seconds.iter().all(|&s| s > 0.0 && s <= r.seconds),
         "{:?} vs {}",
         r.window_seconds,
         r.seconds

@@ -29,8 +29,8 @@ pub struct PplResult {
     pub bos: bool,
     pub seconds: f64,
     pub tokens_per_second: f64,
-    /// Seconds of each window, in order (the first also pays for first-touch memory and cold
-    /// caches: a benchmark can leave it out as a warm-up).
+    /// Seconds of each window, in order. On the CPU windows run concurrently (one per core), so
+    /// these add up to more than `seconds`.
     pub window_seconds: Vec<f64>,
 }
 
