@@ -22,8 +22,8 @@ Checks (both sides run in this one process, one after the other, never concurren
     same way as spp's (windows x 2048 / seconds).
   ratio = spp / the faster transformers implementation; then --rounds (default 3) alternating
   rounds of spp and transformers-sdpa over the same windows, whose median ratio is the one checked
-  against the target
-  (the machine's speed drifts by minutes). spp, a fresh process per round, is timed on all N
+  against the target (the machine's speed drifts by minutes). spp, a fresh process per round, is
+  timed on all N
   windows, its first included (session 14 found it no slower on average than the others); on
   the CPU spp runs its windows concurrently, one per core, so N should be a multiple of the
   thread count.

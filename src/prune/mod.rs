@@ -326,8 +326,7 @@ pub fn prune_model(
             }
             let ts = Instant::now();
             if opts.method.needs_calibration() {
-                for x in &xs {
-                    let taps = model.block_taps(i, x)?;
+                let mut add = |taps: crate::model::Taps| -> Result<()> {
                     for (tap, s) in stats.iter_mut() {
                         let t = tap_tensor(&taps, *tap);
                         match s {
@@ -336,6 +335,21 @@ pub fn prune_model(
                             Stats::DeviceHessian(h) => h.add(t)?,
                             Stats::None => {}
                         }
+                    }
+                    Ok(())
+                };
+                let layer = &*model;
+                if opts.method == Method::Wanda && layer.device().is_cpu() {
+                    // Windows at once, one per core (crate::par); the norms still add up in
+                    // window order. (SparseGPT's Hessian products are parallel themselves.)
+                    crate::par::items_in_order(
+                        xs.len(),
+                        |w| layer.block_taps(i, &xs[w]),
+                        |_, taps| add(taps),
+                    )?;
+                } else {
+                    for x in &xs {
+                        add(layer.block_taps(i, x)?)?;
                     }
                 }
             }
@@ -373,8 +387,33 @@ pub fn prune_model(
         // The pruned block's outputs are the next block's inputs (the last block has none).
         let tf = Instant::now();
         if i + 1 < n_blocks {
-            for x in xs.iter_mut() {
-                *x = model.block_forward(i, x)?;
+            if model.device().is_cpu() {
+                // Windows at once, one per core (crate::par); each input is dropped as soon as
+                // its output exists, so at most one window per core is held twice.
+                let inputs: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
+                    .into_iter()
+                    .map(|x| std::sync::Mutex::new(Some(x)))
+                    .collect();
+                let layer = &*model;
+                crate::par::items_in_order(
+                    inputs.len(),
+                    |w| {
+                        let x = inputs[w]
+                            .lock()
+                            .ok()
+                            .and_then(|mut x| x.take())
+                            .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
+                        layer.block_forward(i, &x)
+                    },
+                    |_, y| {
+                        xs.push(y);
+                        Ok(())
+                    },
+                )?;
+            } else {
+                for x in xs.iter_mut() {
+                    *x = model.block_forward(i, x)?;
+                }
             }
         }
         timing.propagation = tf.elapsed().as_secs_f64();
