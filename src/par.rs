@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Runs `f(i)` for `i` in `0..n` and hands each result to `sink(i, result)` on the calling thread,
 /// in increasing `i`. With a rayon pool of more than one thread (and more than one item), as many
 /// worker threads as the pool has take items in turn, each inside its own one-thread rayon pool,
-/// so the parallel kernels inside `f` run serially on that worker. An error of `f` or of `sink`
+/// so the parallel kernels inside `f` run serially on that worker; the last `n % threads` items
+/// then run one at a time on the whole pool. An error of `f` or of `sink`
 /// stops the work (no later result reaches `sink`) and is returned.
 pub fn items_in_order<T: Send>(
     n: usize,
@@ -22,12 +23,19 @@ pub fn items_in_order<T: Send>(
     mut sink: impl FnMut(usize, T) -> Result<()>,
 ) -> Result<()> {
     let workers = rayon::current_num_threads().min(n);
-    if workers <= 1 {
-        for i in 0..n {
+    // Items past the last whole round of workers would leave cores idle: they run one at a time
+    // on the whole pool after the others.
+    let whole = if workers > 1 { n - n % workers } else { 0 };
+    let serial = |sink: &mut dyn FnMut(usize, T) -> Result<()>| -> Result<()> {
+        for i in whole..n {
             sink(i, f(i)?)?;
         }
-        return Ok(());
+        Ok(())
+    };
+    if whole == 0 {
+        return serial(&mut sink);
     }
+    let n = whole; // `serial` keeps the full count
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<T>)>();
@@ -81,7 +89,8 @@ pub fn items_in_order<T: Send>(
             }
         }
         outcome
-    })
+    })?;
+    serial(&mut sink)
 }
 
 #[cfg(test)]

@@ -326,18 +326,12 @@ pub fn loglikelihoods(
     opts: ScoreOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Vec<f64>>, usize)> {
-    // The passes: documents first.. go into one pass while they fit both limits; requests are
-    // numbered across the pass: document first + d's start at offsets[d].
-    struct Pass<'a> {
-        first: usize,
-        offsets: Vec<usize>,
-        packed: Vec<Group<'a>>,
-        requests: usize,
-    }
-    let mut passes = Vec::new();
+    let mut out: Vec<Vec<f64>> = docs.iter().map(|d| vec![0.0; d.len()]).collect();
     let mut tokens = 0;
     let mut first = 0;
     while first < docs.len() {
+        // Documents first.. go into one pass while they fit both limits; requests are numbered
+        // across the pass: document first + d's start at offsets[d].
         let mut packed: Vec<Group> = Vec::new();
         let (mut offsets, mut n, mut len) = (Vec::new(), 0, 0);
         for d in &docs[first..] {
@@ -354,37 +348,14 @@ pub fn loglikelihoods(
             len += more;
         }
         tokens += len;
-        let next = first + offsets.len();
-        passes.push(Pass {
-            first,
-            offsets,
-            packed,
-            requests: n,
-        });
-        first = next;
-    }
-    let mut out: Vec<Vec<f64>> = docs.iter().map(|d| vec![0.0; d.len()]).collect();
-    let score = |p: usize| -> Result<Vec<f64>> {
-        let mut sums = vec![0.0; passes[p].requests];
-        score_packed(model, &passes[p].packed, &mut sums)?;
-        Ok(sums)
-    };
-    let mut sink = |p: usize, sums: Vec<f64>| {
-        let pass = &passes[p];
-        for (slot, o) in out[pass.first..].iter_mut().zip(&pass.offsets) {
+        let mut sums = vec![0.0; n];
+        score_packed(model, &packed, &mut sums)?;
+        for (slot, o) in out[first..].iter_mut().zip(&offsets) {
             let k = slot.len();
             slot.copy_from_slice(&sums[*o..*o + k]);
         }
-        progress(pass.first + pass.offsets.len(), docs.len());
-        Ok(())
-    };
-    // Passes are independent: on the CPU several run at once, one per core (crate::par).
-    if model.device().is_cpu() {
-        crate::par::items_in_order(passes.len(), score, &mut sink)?;
-    } else {
-        for p in 0..passes.len() {
-            sink(p, score(p)?)?;
-        }
+        first += offsets.len();
+        progress(first, docs.len());
     }
     Ok((out, tokens))
 }
