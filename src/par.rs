@@ -35,7 +35,6 @@ pub fn items_in_order<T: Send>(
     if whole == 0 {
         return serial(&mut sink);
     }
-    let n = whole; // `serial` keeps the full count
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<T>)>();
@@ -52,7 +51,7 @@ pub fn items_in_order<T: Send>(
                 };
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    if i >= whole {
                         break;
                     }
                     let r = pool.install(|| f(i));
@@ -64,7 +63,7 @@ pub fn items_in_order<T: Send>(
         }
         drop(tx);
         // Results that arrived before their turn.
-        let mut waiting: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        let mut waiting: Vec<Option<T>> = (0..whole).map(|_| None).collect();
         let mut due = 0;
         let mut outcome = Ok(());
         for (i, r) in rx.iter() {
