@@ -288,8 +288,8 @@ struct TasksArgs {
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// At most this many tokens in one forward pass (bounds the activations' memory; a longer
-    /// document runs alone).
-    #[arg(long, default_value_t = 8192)]
+    /// document runs alone). On the CPU one pass runs per core.
+    #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
     /// Compute a context once per choice, as the harness does (same scores, slower).
     #[arg(long)]
@@ -506,17 +506,18 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
         share: !a.no_prefix_sharing,
     };
     let start = std::time::Instant::now();
-    let mut results = Vec::new();
-    for task in &loaded {
-        let mut bar = progress(task.name);
-        let r = zeroshot::evaluate(&model, &tok, task, opts, &mut bar)?;
+    // One bar per task; the passes of all tasks run together, in task order.
+    let mut bars: Vec<_> = loaded.iter().map(|t| progress(t.name)).collect();
+    let results = zeroshot::evaluate(&model, &tok, &loaded, opts, &mut |t, done, total| {
+        bars[t](done, total)
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    for r in &results {
         eprintln!(
             "{}: {} docs, acc {:.4}, acc_norm {:.4}, {} requests, {} tokens, {} truncated, {:.1} s",
             r.task, r.n, r.acc, r.acc_norm, r.requests, r.tokens, r.truncated, r.seconds
         );
-        results.push(r);
     }
-    let seconds = start.elapsed().as_secs_f64();
     let mean = |f: fn(&zeroshot::TaskResult) -> f64| {
         results.iter().map(f).sum::<f64>() / results.len() as f64
     };

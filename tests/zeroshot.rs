@@ -139,6 +139,57 @@ fn packings_match_reference(model: &Llama, encoded: &[Vec<Encoded>]) {
     assert!(shared < unshared, "shared {shared} tokens vs {unshared}");
 }
 
+/// The passes of several tasks run together (concurrently on a 2-thread CPU pool) give each
+/// task the scores it gets alone, and progress comes per task, in order.
+#[test]
+fn tasks_scored_together_equal_each_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok) = tiny(tmp.path(), &candle_core::Device::Cpu);
+    let max = model.cfg.max_position_embeddings;
+    let tasks: Vec<Vec<Vec<Encoded>>> = ["boolq", "hellaswag", "winogrande"]
+        .iter()
+        .map(|t| {
+            let docs = tasks::load(t, &eval_dir(), Some(7)).unwrap().docs;
+            zeroshot::encode_docs(&tok, &docs, max).unwrap()
+        })
+        .collect();
+    let slices: Vec<&[Vec<Encoded>]> = tasks.iter().map(Vec::as_slice).collect();
+    let opts = ScoreOptions {
+        batch_docs: 3,
+        batch_tokens: 4096,
+        share: true,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut events = Vec::new();
+    let together = pool
+        .install(|| {
+            zeroshot::score_tasks(&model, &slices, opts, &mut |t, done, total| {
+                events.push((t, done, total))
+            })
+        })
+        .unwrap();
+    // Per task, in task order: three passes (the fewest for 7 documents, 3 at most per pass).
+    assert_eq!(events.len(), 9, "{events:?}");
+    for (t, passes) in events.chunks(3).enumerate() {
+        let mut last = 0;
+        for &(task, done, total) in passes {
+            assert_eq!((task, total), (t, 7), "{events:?}");
+            assert!((1..=3).contains(&(done - last)), "{events:?}");
+            last = done;
+        }
+        assert_eq!(last, 7, "{events:?}");
+    }
+    for (docs, got) in tasks.iter().zip(&together) {
+        let (alone, tokens) = zeroshot::loglikelihoods(&model, docs, opts, &mut |_, _| {}).unwrap();
+        assert_eq!(got.loglikelihoods, alone);
+        assert_eq!(got.tokens, tokens);
+        assert!(got.seconds > 0.0);
+    }
+}
+
 #[test]
 fn packed_and_shared_scores_equal_the_reference() {
     for dev in common::devices() {
@@ -210,7 +261,7 @@ fn long_requests_are_cut_from_the_left_like_the_harness() {
         batch_tokens: 4096,
         share: true,
     };
-    let r = zeroshot::evaluate(&small, &tok, &task, opts, &mut |_, _| {}).unwrap();
+    let r = &zeroshot::evaluate(&small, &tok, &[task], opts, &mut |_, _, _| {}).unwrap()[0];
     assert_eq!((r.truncated, r.requests), (2, 2));
     let want = zeroshot::loglikelihood_reference(&model, &cut).unwrap();
     assert!((r.docs[0].loglikelihoods[1] - want).abs() < 1e-4);

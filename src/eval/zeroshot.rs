@@ -243,6 +243,7 @@ pub struct TaskResult {
     pub acc_stderr: f64,
     pub acc_norm: f64,
     pub acc_norm_stderr: f64,
+    /// Compute time of the task's passes ([`Scores::seconds`]).
     pub seconds: f64,
     /// Requests whose context was cut from the left to fit the model.
     pub truncated: usize,
@@ -306,9 +307,10 @@ pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
-/// Encodes every request of every document.
+/// Encodes every request of every document (documents in parallel).
 pub fn encode_docs(tok: &Tokenizer, docs: &[Doc], max_len: usize) -> Result<Vec<Vec<Encoded>>> {
-    docs.iter()
+    use rayon::prelude::*;
+    docs.par_iter()
         .map(|d| {
             d.requests
                 .iter()
@@ -318,65 +320,168 @@ pub fn encode_docs(tok: &Tokenizer, docs: &[Doc], max_len: usize) -> Result<Vec<
         .collect()
 }
 
-/// Scores `docs` (already encoded): the log-likelihood of every request, per document.
-/// `progress(done, total)` is called after each batch.
+/// Tokens a document puts into a pass.
+fn doc_len(d: &[Encoded], share: bool) -> usize {
+    groups(d, 0, share).iter().map(Group::len).sum()
+}
+
+/// Documents in order, each pass as many as fit in `cap` tokens and `batch_docs` documents (a
+/// document longer than `cap` alone).
+fn greedy(lens: &[usize], cap: usize, batch_docs: usize) -> Vec<std::ops::Range<usize>> {
+    let mut passes = Vec::new();
+    let (mut first, mut len) = (0, 0);
+    for (d, &l) in lens.iter().enumerate() {
+        if d > first && (d - first == batch_docs || len + l > cap) {
+            passes.push(first..d);
+            (first, len) = (d, 0);
+        }
+        len += l;
+    }
+    if first < lens.len() {
+        passes.push(first..lens.len());
+    }
+    passes
+}
+
+/// One task's passes: as few as `opts`' limits allow, and among those the largest as small as
+/// possible (the smallest token cap that needs no more passes than `batch_tokens` does), so the
+/// token counts come out about even. Even passes keep the cores busy to the end when they run
+/// concurrently.
+fn passes(docs: &[Vec<Encoded>], opts: ScoreOptions) -> Vec<std::ops::Range<usize>> {
+    let lens: Vec<usize> = docs.iter().map(|d| doc_len(d, opts.share)).collect();
+    let batch_docs = opts.batch_docs.max(1);
+    let fewest = greedy(&lens, opts.batch_tokens, batch_docs).len();
+    let (mut lo, mut hi) = (1, opts.batch_tokens.max(1));
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if greedy(&lens, mid, batch_docs).len() <= fewest {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    greedy(&lens, lo, batch_docs)
+}
+
+/// The log-likelihoods of one task's requests, per document.
+#[derive(Debug, Clone)]
+pub struct Scores {
+    pub loglikelihoods: Vec<Vec<f64>>,
+    /// Tokens run through the model (after prefix sharing).
+    pub tokens: usize,
+    /// Compute time of this task's passes. On the CPU passes run concurrently (one per core), so
+    /// the tasks' times add up to more than the wall time.
+    pub seconds: f64,
+}
+
+/// Scores the documents of several tasks (already encoded): each task is cut into passes
+/// ([`ScoreOptions`]); on the CPU the passes of all tasks run concurrently, one per core
+/// ([`crate::par`]), so no core idles at a task's end. `progress(task, done, total)` is called
+/// after each pass, in order.
+pub fn score_tasks(
+    model: &Llama,
+    tasks: &[&[Vec<Encoded>]],
+    opts: ScoreOptions,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<Vec<Scores>> {
+    let plan: Vec<(usize, std::ops::Range<usize>)> = tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(t, docs)| passes(docs, opts).into_iter().map(move |r| (t, r)))
+        .collect();
+    // Requests are numbered across the pass, documents in order.
+    let run = |i: usize| -> Result<(Vec<f64>, usize, f64)> {
+        let start = std::time::Instant::now();
+        let (t, range) = &plan[i];
+        let mut packed = Vec::new();
+        let mut n = 0;
+        for d in &tasks[*t][range.clone()] {
+            packed.extend(groups(d, n, opts.share));
+            n += d.len();
+        }
+        let mut sums = vec![0.0; n];
+        score_packed(model, &packed, &mut sums)?;
+        let len = packed.iter().map(Group::len).sum();
+        Ok((sums, len, start.elapsed().as_secs_f64()))
+    };
+    let mut out: Vec<Scores> = tasks
+        .iter()
+        .map(|docs| Scores {
+            loglikelihoods: docs.iter().map(|d| vec![0.0; d.len()]).collect(),
+            tokens: 0,
+            seconds: 0.0,
+        })
+        .collect();
+    let mut sink = |i: usize, (sums, len, seconds): (Vec<f64>, usize, f64)| {
+        let (t, range) = &plan[i];
+        let o = &mut out[*t];
+        let mut k = 0;
+        for slot in &mut o.loglikelihoods[range.clone()] {
+            let n = slot.len();
+            slot.copy_from_slice(&sums[k..k + n]);
+            k += n;
+        }
+        o.tokens += len;
+        o.seconds += seconds;
+        progress(*t, range.end, tasks[*t].len());
+        Ok(())
+    };
+    if model.device().is_cpu() {
+        crate::par::items_in_order(plan.len(), run, sink)?;
+    } else {
+        for i in 0..plan.len() {
+            sink(i, run(i)?)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Scores one task's documents (already encoded): the log-likelihood of every request, per
+/// document, and the tokens run. `progress(done, total)` is called after each pass.
 pub fn loglikelihoods(
     model: &Llama,
     docs: &[Vec<Encoded>],
     opts: ScoreOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<Vec<f64>>, usize)> {
-    let mut out: Vec<Vec<f64>> = docs.iter().map(|d| vec![0.0; d.len()]).collect();
-    let mut tokens = 0;
-    let mut first = 0;
-    while first < docs.len() {
-        // Documents first.. go into one pass while they fit both limits; requests are numbered
-        // across the pass: document first + d's start at offsets[d].
-        let mut packed: Vec<Group> = Vec::new();
-        let (mut offsets, mut n, mut len) = (Vec::new(), 0, 0);
-        for d in &docs[first..] {
-            let gs = groups(d, n, opts.share);
-            let more = gs.iter().map(Group::len).sum::<usize>();
-            if !offsets.is_empty()
-                && (offsets.len() == opts.batch_docs.max(1) || len + more > opts.batch_tokens)
-            {
-                break;
-            }
-            offsets.push(n);
-            packed.extend(gs);
-            n += d.len();
-            len += more;
-        }
-        tokens += len;
-        let mut sums = vec![0.0; n];
-        score_packed(model, &packed, &mut sums)?;
-        for (slot, o) in out[first..].iter_mut().zip(&offsets) {
-            let k = slot.len();
-            slot.copy_from_slice(&sums[*o..*o + k]);
-        }
-        first += offsets.len();
-        progress(first, docs.len());
-    }
-    Ok((out, tokens))
+    let mut scores = score_tasks(model, &[docs], opts, &mut |_, done, total| {
+        progress(done, total)
+    })?;
+    let s = scores.remove(0);
+    Ok((s.loglikelihoods, s.tokens))
 }
 
-/// Scores one task and computes `acc` and `acc_norm` with their standard errors.
+/// Scores tasks and computes `acc` and `acc_norm` with their standard errors, per task. The
+/// passes of all tasks run together ([`score_tasks`]); `progress(task, done, total)` is called
+/// after each pass.
 pub fn evaluate(
     model: &Llama,
     tok: &Tokenizer,
-    task: &Task,
+    tasks: &[Task],
     opts: ScoreOptions,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<TaskResult> {
-    let start = std::time::Instant::now();
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<Vec<TaskResult>> {
     let max_len = model.cfg.max_position_embeddings;
-    let encoded = encode_docs(tok, &task.docs, max_len)?;
-    let truncated = encoded.iter().flatten().filter(|e| e.truncated).count();
-    let (lls, tokens) = loglikelihoods(model, &encoded, opts, progress)?;
+    let encoded = tasks
+        .iter()
+        .map(|t| encode_docs(tok, &t.docs, max_len))
+        .collect::<Result<Vec<_>>>()?;
+    let slices: Vec<&[Vec<Encoded>]> = encoded.iter().map(Vec::as_slice).collect();
+    let scores = score_tasks(model, &slices, opts, progress)?;
+    Ok(tasks
+        .iter()
+        .zip(&encoded)
+        .zip(scores)
+        .map(|((task, encoded), s)| task_result(task, encoded, s))
+        .collect())
+}
+
+/// A task's metrics from its scores.
+fn task_result(task: &Task, encoded: &[Vec<Encoded>], s: Scores) -> TaskResult {
     let docs: Vec<DocResult> = task
         .docs
         .iter()
-        .zip(lls)
+        .zip(s.loglikelihoods)
         .map(|(d, ll)| score_doc(d, ll))
         .collect();
     let hits = |f: fn(&DocResult) -> usize| -> Vec<f64> {
@@ -384,17 +489,76 @@ pub fn evaluate(
     };
     let (acc, acc_stderr) = mean_stderr(&hits(|d| d.pred));
     let (acc_norm, acc_norm_stderr) = mean_stderr(&hits(|d| d.pred_norm));
-    Ok(TaskResult {
+    TaskResult {
         task: task.name.to_string(),
         n: docs.len(),
         acc,
         acc_stderr,
         acc_norm,
         acc_norm_stderr,
-        seconds: start.elapsed().as_secs_f64(),
-        truncated,
+        seconds: s.seconds,
+        truncated: encoded.iter().flatten().filter(|e| e.truncated).count(),
         requests: encoded.iter().map(Vec::len).sum(),
-        tokens,
+        tokens: s.tokens,
         docs,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Documents of one request each, `len` input tokens apiece.
+    fn docs(lens: &[usize]) -> Vec<Vec<Encoded>> {
+        lens.iter()
+            .map(|&l| {
+                vec![Encoded {
+                    context: vec![1; l],
+                    continuation: vec![2],
+                    truncated: false,
+                }]
+            })
+            .collect()
+    }
+
+    fn opts(batch_docs: usize, batch_tokens: usize) -> ScoreOptions {
+        ScoreOptions {
+            batch_docs,
+            batch_tokens,
+            share: true,
+        }
+    }
+
+    #[test]
+    fn passes_are_as_few_as_greedy_and_even() {
+        // Greedy at 30 tokens: 30 + 20; even: 25 + 25.
+        assert_eq!(passes(&docs(&[5; 10]), opts(100, 30)), vec![0..5, 5..10]);
+        // The document limit sets the count: 4 passes for 10 documents, 3 each at most.
+        assert_eq!(
+            passes(&docs(&[5; 10]), opts(3, 1000)),
+            vec![0..3, 3..6, 6..9, 9..10]
+        );
+        // A document longer than the budget goes alone; the rest are split evenly.
+        assert_eq!(
+            passes(&docs(&[4, 4, 50, 4, 4, 4, 4]), opts(100, 12)),
+            vec![0..2, 2..3, 3..5, 5..7]
+        );
+        // Every document once, in order, each pass within both limits.
+        let lens: Vec<usize> = (0..57).map(|i| 1 + (i * 37) % 23).collect();
+        for (batch_docs, batch_tokens) in [(1, 1000), (4, 60), (100, 45), (100, 1)] {
+            let p = passes(&docs(&lens), opts(batch_docs, batch_tokens));
+            let greedy_count = greedy(&lens, batch_tokens, batch_docs).len();
+            assert_eq!(p.len(), greedy_count);
+            assert_eq!(p.first().map(|r| r.start), Some(0));
+            assert_eq!(p.last().map(|r| r.end), Some(lens.len()));
+            for w in p.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            for r in &p {
+                let tokens: usize = lens[r.clone()].iter().sum();
+                assert!(r.len() <= batch_docs);
+                assert!(r.len() == 1 || tokens <= batch_tokens, "{r:?}: {tokens}");
+            }
+        }
+    }
 }
