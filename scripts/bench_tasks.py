@@ -222,6 +222,8 @@ def main():
                   f"{dll:.2e} | {fmt(s.get('seconds'), '.1f')} | {t['seconds']:.1f} |")
             if gold_mismatch:
                 print(f"warning: {n}: gold differs on {gold_mismatch} docs", file=sys.stderr)
+        print("(spp s: compute time of the task's passes; on the CPU spp runs the passes of all tasks "
+              "concurrently, one per core, so this column adds up to more than spp's wall time)")
         overall = all_agree / max(1, all_n)
         tm = h["timing"]
         print(f"\nprediction agreement over all {all_n} docs: {100 * overall:.2f}% (target >= 99%)")
