@@ -11,7 +11,8 @@
 //! blank), which is computed once; each request's remaining tokens follow it in the same packed
 //! row, attending to the prefix and to themselves; several documents are packed side by side
 //! into one forward pass ([`crate::model::Packing`]). `share: false` packs every request whole,
-//! which is what the harness computes; both give the same scores.
+//! which is what the harness computes; both give the same scores. On the CPU the passes of all
+//! tasks run concurrently, one per core ([`score_tasks`]).
 
 use super::tasks::{Doc, Task};
 use crate::bail;
@@ -227,8 +228,8 @@ pub struct ScoreOptions {
     /// At most this many documents in one forward pass.
     pub batch_docs: usize,
     /// At most this many tokens in one forward pass (a longer document goes alone). Bounds the
-    /// activations' memory; large passes keep the per-pass costs (packing the weights, starting
-    /// the threads) small against the arithmetic.
+    /// activations' memory (on the CPU one pass runs per core); large passes keep the per-pass
+    /// costs (packing the weights) small against the arithmetic.
     pub batch_tokens: usize,
     /// Compute the common prefix of a document's requests once.
     pub share: bool,
