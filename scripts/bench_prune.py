@@ -19,8 +19,10 @@ N times on each side, alternating spp and the reference, and the table gives the
 the median of the per-round time ratios (perplexity comes from the first round).
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,12 +54,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternating spp/reference prunes per configuration; medians are reported")
     ap.add_argument("--json-out")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the pruned models (0.5 GB per side and configuration) instead of deleting them at exit")
     args = ap.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     calib = os.path.join(args.data, "c4/c4_sample.jsonl")
     text = os.path.join(args.data, "wikitext2/wiki.test.raw")
     work = tempfile.mkdtemp(prefix="spp-bench-prune-")
+    if args.keep:
+        print(f"pruned models go to {work} (kept)", file=sys.stderr)
+    else:
+        atexit.register(shutil.rmtree, work, True)
     rows = []
     dense = json.loads(run([args.spp, "eval", "ppl", "--model", args.model, "--text", text,
                             "--max-windows", str(args.eval_windows), "--json"], env)[0].stdout)["ppl"]
