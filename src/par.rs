@@ -12,17 +12,24 @@ use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Runs `f(i)` for `i` in `0..n` and hands each result to `sink(i, result)` on the calling thread,
-/// in increasing `i`. With a rayon pool of more than one thread (and more than one item), as many
+/// in increasing `i`. Without `concurrent` (a GPU device, or kernels that are parallel
+/// themselves) it is a plain loop. With it and a rayon pool of more than one thread (and more
+/// than one item), as many
 /// worker threads as the pool has take items in turn, each inside its own one-thread rayon pool,
 /// so the parallel kernels inside `f` run serially on that worker; the last `n % threads` items
 /// then run one at a time on the whole pool. An error of `f` or of `sink`
 /// stops the work (no later result reaches `sink`) and is returned.
 pub fn items_in_order<T: Send>(
+    concurrent: bool,
     n: usize,
     f: impl Fn(usize) -> Result<T> + Sync,
     mut sink: impl FnMut(usize, T) -> Result<()>,
 ) -> Result<()> {
-    let workers = rayon::current_num_threads().min(n);
+    let workers = if concurrent {
+        rayon::current_num_threads().min(n)
+    } else {
+        1
+    };
     // Items past the last whole round of workers would leave cores idle: they run one at a time
     // on the whole pool after the others.
     let whole = if workers > 1 { n - n % workers } else { 0 };
@@ -110,6 +117,7 @@ mod tests {
             pool(threads)
                 .install(|| {
                     items_in_order(
+                        true,
                         25,
                         |i| {
                             // Later items finish first, so results arrive out of order.
@@ -136,6 +144,7 @@ mod tests {
         pool(2)
             .install(|| {
                 items_in_order(
+                    true,
                     4,
                     |_| Ok(rayon::current_num_threads()),
                     |_, s| {
@@ -154,6 +163,7 @@ mod tests {
             let mut sunk = Vec::new();
             let r = pool(threads).install(|| {
                 items_in_order(
+                    true,
                     50,
                     |i| {
                         if i == 3 {

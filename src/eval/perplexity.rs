@@ -117,19 +117,13 @@ pub fn perplexity(
             .to_scalar::<f64>()?;
         Ok((nll, t.elapsed().as_secs_f64()))
     };
-    let mut sink = |w: usize, (nll, secs): (f64, f64)| {
+    let sink = |w: usize, (nll, secs): (f64, f64)| {
         total += nll;
         window_seconds.push(secs);
         progress(w + 1, windows);
         Ok(())
     };
-    if model.device().is_cpu() {
-        crate::par::items_in_order(windows, window, sink)?;
-    } else {
-        for w in 0..windows {
-            sink(w, window(w)?)?;
-        }
-    }
+    crate::par::items_in_order(model.device().is_cpu(), windows, window, sink)?;
     let seconds = start.elapsed().as_secs_f64();
     let scored = windows * (seqlen - 1);
     let mean_nll = total / scored as f64;

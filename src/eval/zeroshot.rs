@@ -413,7 +413,7 @@ pub fn score_tasks(
             seconds: 0.0,
         })
         .collect();
-    let mut sink = |i: usize, (sums, len, seconds): (Vec<f64>, usize, f64)| {
+    let sink = |i: usize, (sums, len, seconds): (Vec<f64>, usize, f64)| {
         let (t, range) = &plan[i];
         let o = &mut out[*t];
         let mut k = 0;
@@ -427,13 +427,7 @@ pub fn score_tasks(
         progress(*t, range.end, tasks[*t].len());
         Ok(())
     };
-    if model.device().is_cpu() {
-        crate::par::items_in_order(plan.len(), run, sink)?;
-    } else {
-        for i in 0..plan.len() {
-            sink(i, run(i)?)?;
-        }
-    }
+    crate::par::items_in_order(model.device().is_cpu(), plan.len(), run, sink)?;
     Ok(out)
 }
 

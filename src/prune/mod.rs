@@ -339,19 +339,14 @@ pub fn prune_model(
                     Ok(())
                 };
                 let layer = &*model;
-                if opts.method == Method::Wanda && layer.device().is_cpu() {
-                    // Windows at once, one per core (crate::par); the norms still add up in
-                    // window order. (SparseGPT's Hessian products are parallel themselves.)
-                    crate::par::items_in_order(
-                        xs.len(),
-                        |w| layer.block_taps(i, &xs[w]),
-                        |_, taps| add(taps),
-                    )?;
-                } else {
-                    for x in &xs {
-                        add(layer.block_taps(i, x)?)?;
-                    }
-                }
+                // Windows at once, one per core (crate::par); the norms still add up in window
+                // order. (SparseGPT's Hessian products are parallel themselves.)
+                crate::par::items_in_order(
+                    opts.method == Method::Wanda && layer.device().is_cpu(),
+                    xs.len(),
+                    |w| layer.block_taps(i, &xs[w]),
+                    |_, taps| add(taps),
+                )?;
             }
             let stats = stats
                 .into_iter()
@@ -387,34 +382,29 @@ pub fn prune_model(
         // The pruned block's outputs are the next block's inputs (the last block has none).
         let tf = Instant::now();
         if i + 1 < n_blocks {
-            if model.device().is_cpu() {
-                // Windows at once, one per core (crate::par); each input is dropped as soon as
-                // its output exists, so at most one window per core is held twice.
-                let inputs: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
-                    .into_iter()
-                    .map(|x| std::sync::Mutex::new(Some(x)))
-                    .collect();
-                let layer = &*model;
-                crate::par::items_in_order(
-                    inputs.len(),
-                    |w| {
-                        let x = inputs[w]
-                            .lock()
-                            .ok()
-                            .and_then(|mut x| x.take())
-                            .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
-                        layer.block_forward(i, &x)
-                    },
-                    |_, y| {
-                        xs.push(y);
-                        Ok(())
-                    },
-                )?;
-            } else {
-                for x in xs.iter_mut() {
-                    *x = model.block_forward(i, x)?;
-                }
-            }
+            // Windows at once, one per core (crate::par); each input is dropped as soon as its
+            // output exists, so at most one window per core is held twice.
+            let inputs: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
+                .into_iter()
+                .map(|x| std::sync::Mutex::new(Some(x)))
+                .collect();
+            let layer = &*model;
+            crate::par::items_in_order(
+                layer.device().is_cpu(),
+                inputs.len(),
+                |w| {
+                    let x = inputs[w]
+                        .lock()
+                        .ok()
+                        .and_then(|mut x| x.take())
+                        .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
+                    layer.block_forward(i, &x)
+                },
+                |_, y| {
+                    xs.push(y);
+                    Ok(())
+                },
+            )?;
         }
         timing.propagation = tf.elapsed().as_secs_f64();
         timing.total = t0.elapsed().as_secs_f64();
