@@ -93,7 +93,7 @@ fn convert_inspect_ppl_generate() {
         "{line}"
     );
 
-    let o = spp(&[
+    let args = [
         "generate",
         "--model",
         &m,
@@ -107,23 +107,10 @@ fn convert_inspect_ppl_generate() {
         "0.9",
         "--seed",
         "3",
-    ]);
+    ];
+    let o = spp(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let again = spp(&[
-        "generate",
-        "--model",
-        &m,
-        "--prompt",
-        "Hello",
-        "-n",
-        "5",
-        "--temperature",
-        "0.8",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "3",
-    ]);
+    let again = spp(&args);
     assert_eq!(o.stdout, again.stdout, "same seed, same text");
     let o = spp(&[
         "generate", "--model", &m, "--prompt", "Hi", "--chat", "-n", "3",
