@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Runs `f(i)` for `i` in `0..n` and hands each result to `sink(i, result)` on the calling thread,
 /// in increasing `i`. Without `concurrent` (a GPU device, or kernels that are parallel
 /// themselves) it is a plain loop. With it and a rayon pool of more than one thread (and more
-/// than one item), as many
-/// worker threads as the pool has take items in turn, each inside its own one-thread rayon pool,
-/// so the parallel kernels inside `f` run serially on that worker; the last `n % threads` items
-/// then run one at a time on the whole pool. An error of `f` or of `sink`
+/// than one item), as many worker threads as the pool has take items in turn, each inside its own
+/// one-thread rayon pool, so the parallel kernels inside `f` run serially on that worker; the last
+/// `n % threads` items then run one at a time on the whole pool. An error of `f` or of `sink`
 /// stops the work (no later result reaches `sink`) and is returned.
 pub fn items_in_order<T: Send>(
     concurrent: bool,
