@@ -387,9 +387,15 @@ impl FusedAttention {
 
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
-        if super::gemm::has_micro_kernel() && self.heads.head_dim.is_multiple_of(16) {
-            return self.forward_micro(r, b, t);
+        if let Some(out) = self.forward_on(super::gemm::Kernel::best(), r, b, t) {
+            return out;
         }
+        self.forward_faer(r, b, t)
+    }
+
+    /// The forward on faer's GEMM, scores row by row: where no micro-kernel runs, and the check
+    /// for [`Self::forward_micro`].
+    fn forward_faer(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
         let (_, kvh, d, rep) = self.heads.split();
         self.run_tasks(b, t, |task, out_ptr| {
             SCRATCH.with_borrow_mut(|s| {
@@ -407,30 +413,59 @@ impl FusedAttention {
         })
     }
 
-    /// The forward on spp's 6 × 16 GEMM micro-kernel, with the scores transposed: `Sᵀ = K·Qᵀ`
-    /// (keys × the task's rows), so the softmax runs down the columns (eight rows of the task per
-    /// vector, no horizontal reductions), and `O = P·V` reads six-row groups of `Pᵀ` and 16-wide
-    /// column groups of V where they lie. K is packed once per (sequence, KV head) into panels of
-    /// six keys, Q once per task into panels of 16 rows. Same arithmetic as [`Self::forward`]'s
-    /// (scores, `exp(s − max)`, undivided `P·V`, rows divided by their sums), in another order.
+    /// [`Self::forward_micro`] on `kernel` (or the narrower one where the head size is not a
+    /// multiple of its width); `None` without one.
     #[cfg(target_arch = "x86_64")]
-    fn forward_micro(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
-        use super::gemm::{micro_6x16, pack_panel};
-        const KP: usize = 6; // keys per K panel (the kernel's rows)
-        const QP: usize = 16; // task rows per Q panel (the kernel's columns)
-        const KEY_STEP: usize = 240; // keys per block (a multiple of 6): its Sᵀ and V stay in L2
+    fn forward_on(
+        &self,
+        kernel: Option<super::gemm::Kernel>,
+        r: &Rotated,
+        b: usize,
+        t: usize,
+    ) -> Option<Vec<f32>> {
+        use super::gemm::{kernel_6x16, kernel_8x32, Kernel};
+        let d = self.heads.head_dim;
+        match kernel? {
+            Kernel::Avx512 if d.is_multiple_of(32) => {
+                Some(self.forward_micro::<8, 32>(kernel_8x32, r, b, t))
+            }
+            _ if d.is_multiple_of(16) => Some(self.forward_micro::<6, 16>(kernel_6x16, r, b, t)),
+            _ => None,
+        }
+    }
+
+    /// The forward on one of spp's GEMM micro-kernels (`KP × QP` tiles), with the scores
+    /// transposed: `Sᵀ = K·Qᵀ` (keys × the task's rows), so the softmax runs down the columns
+    /// (eight rows of the task per vector, no horizontal reductions), and `O = P·V` reads
+    /// `KP`-row groups of `Pᵀ` and `QP`-wide column groups of V where they lie. K is packed once
+    /// per (sequence, KV head) into panels of `KP` keys, Q once per task into panels of `QP` rows.
+    /// Same arithmetic as [`Self::forward`]'s (scores, `exp(s − max)`, undivided `P·V`, rows
+    /// divided by their sums), in another order.
+    #[cfg(target_arch = "x86_64")]
+    fn forward_micro<const KP: usize, const QP: usize>(
+        &self,
+        kern: super::gemm::MicroKernel,
+        r: &Rotated,
+        b: usize,
+        t: usize,
+    ) -> Vec<f32> {
+        use super::gemm::pack_panel;
+        // Keys per block (a multiple of 6 and of 8): its Sᵀ and V stay in L2.
+        const KEY_STEP: usize = 240;
         let (_, kvh, d, rep) = self.heads.split();
-        // Element (key j, dim e) of K panel q at q·6d + e·6 + j (keys past t are zero).
+        // Columns of Sᵀ come in whole Q panels and whole P groups.
+        let unit = (QP..).step_by(QP).find(|u| u % KP == 0).unwrap_or(QP * KP);
+        // Element (key j, dim e) of K panel q at q·KP·d + e·KP + j (keys past t are zero).
         let kpanels = t.div_ceil(KP);
-        // Panel n of kp is (bg, keys 6·(n % kpanels) ..); keys past t are zero.
+        // Panel n of kp is (bg, keys KP·(n % kpanels) ..); keys past t are zero.
         let kp = par_rows(b * kvh * kpanels, KP * d, |n, panel| {
             let (bg, j0) = (n / kpanels, n % kpanels * KP);
             pack_panel::<KP>(&r.k[bg * t * d..], d, j0, KP.min(t - j0), 0, d, panel);
         });
-        // V in column groups of 16, each group's rows contiguous: element (key j, dim e) at
-        // ((bg·(d/16) + e/16)·t + j)·16 + e % 16. P·V reads 16 floats per key from one 64-byte
-        // line; read in place from V's d-wide rows, a 240-key block's lines fell into a quarter of
-        // the L1 sets and missed (session 13: the attention core 5–10% faster).
+        // V in column groups of QP, each group's rows contiguous: element (key j, dim e) at
+        // ((bg·(d/QP) + e/QP)·t + j)·QP + e % QP. P·V reads QP floats per key from whole 64-byte
+        // lines; read in place from V's d-wide rows, a 240-key block's lines fell into a quarter
+        // of the L1 sets and missed (session 13, 16 wide: the attention core 5–10% faster).
         let groups = d / QP;
         let vp = par_rows(b * kvh * groups * t, QP, |n, dst| {
             let (bg, e, j) = (n / (groups * t), n / t % groups, n % t);
@@ -442,15 +477,14 @@ impl FusedAttention {
                 let bg = bi * kvh + g;
                 let c = QUERY_CHUNK.min(t - c0);
                 let rows = c * rep;
-                // Columns of Sᵀ: whole Q panels (16) and whole P groups (6).
-                let width = rows.next_multiple_of(48);
+                let width = rows.next_multiple_of(unit);
                 let lo = (c0..c0 + c)
                     .map(|i| self.visible.at(i).first())
                     .min()
                     .unwrap_or(0);
                 let lo = lo - lo % KP;
                 let w = c0 + c - lo;
-                // Element (row i, dim e) of Q panel q at q·16d + e·16 + i (rows past `rows` zero).
+                // Element (row i, dim e) of Q panel q at q·QP·d + e·QP + i (rows past `rows` zero).
                 s.qp.resize(width * d, 0.0);
                 let qrows = &r.q[(bg * t + c0) * rep * d..][..rows * d];
                 for (i, panel) in s.qp.chunks_exact_mut(QP * d).enumerate() {
@@ -471,11 +505,11 @@ impl FusedAttention {
                     // Each K panel against every Q panel: both stay in L1.
                     for j in 0..kcp / KP {
                         for q in 0..width / QP {
-                            // SAFETY: the K panel (6 keys × d) lies inside kp (lo + wp ≤
-                            // kpanels · 6), the Q panel (d × 16) inside qp, the 6 × 16 tile
-                            // inside p (KEY_STEP × width).
+                            // SAFETY: the K panel (KP keys × d) lies inside kp (lo + wp ≤
+                            // kpanels · KP), the Q panel (d × QP) inside qp, the KP × QP tile
+                            // inside p (KEY_STEP × width); `kern` runs on this CPU.
                             unsafe {
-                                micro_6x16(
+                                kern(
                                     d,
                                     kp[kbase + (k0 + j * KP) * d..].as_ptr(),
                                     KP,
@@ -518,11 +552,11 @@ impl FusedAttention {
                     }
                     for e in (0..d).step_by(QP) {
                         for i in (0..rows).step_by(KP) {
-                            // SAFETY: Pᵀ rows 0..kc (width apart) hold the six columns
-                            // i..i + 6 ≤ width; the group of V columns e..e + 16 ≤ d holds the
+                            // SAFETY: Pᵀ rows 0..kc (width apart) hold the KP columns
+                            // i..i + KP ≤ width; the group of V columns e..e + QP ≤ d holds the
                             // keys lo + k0 .. lo + k0 + kc ≤ c0 + c ≤ t; the O tile is inside o.
                             unsafe {
-                                micro_6x16(
+                                kern(
                                     kc,
                                     s.p[i..].as_ptr(),
                                     width,
@@ -658,5 +692,79 @@ impl FusedAttention {
             }
         });
         (dq, dk, dv)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Every micro-kernel's forward equals the faer one, causal and with packed sequences (two
+    /// segments, the second seeing a shared prefix of the first), over lengths that end in partial
+    /// query chunks and partial key panels.
+    #[test]
+    fn micro_kernel_forwards_match_the_faer_one() {
+        let heads = Heads {
+            n_heads: 6,
+            n_kv: 2,
+            head_dim: 64,
+        };
+        let (h, kvh, d) = (heads.n_heads, heads.n_kv, heads.head_dim);
+        for (b, t) in [(2, 75), (1, 301)] {
+            let mut seed = 3u32 + t as u32;
+            let mut values = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (seed >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+                    })
+                    .collect()
+            };
+            let (q, k, v) = (
+                values(b * t * h * d),
+                values(b * t * kvh * d),
+                values(b * t * kvh * d),
+            );
+            let angles: Vec<f32> = (0..t * d / 2)
+                .map(|e| (e / (d / 2)) as f32 * 0.01 * (1 + e % (d / 2)) as f32)
+                .collect();
+            let split = t / 3;
+            let packed: Arc<[Visible]> = (0..t)
+                .map(|i| {
+                    if i < split {
+                        Visible::CAUSAL
+                    } else {
+                        Visible {
+                            shared: (0, split / 2),
+                            own: split,
+                        }
+                    }
+                })
+                .collect();
+            for visible in [Visibility::Causal, Visibility::Rows(packed)] {
+                let op = FusedAttention {
+                    cos: angles.iter().map(|a| a.cos()).collect(),
+                    sin: angles.iter().map(|a| a.sin()).collect(),
+                    heads,
+                    visible: visible.clone(),
+                };
+                let r = op.rotate(&q, &k, &v, b, t);
+                let want = op.forward_faer(&r, b, t);
+                for kernel in crate::model::gemm::Kernel::available() {
+                    let Some(got) = op.forward_on(Some(kernel), &r, b, t) else {
+                        panic!("{kernel:?} did not run on head size {d}");
+                    };
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < 1e-5,
+                        "{kernel:?} b {b} t {t} {visible:?}: error {worst}"
+                    );
+                }
+            }
+        }
     }
 }

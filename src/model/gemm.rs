@@ -4,7 +4,9 @@
 //! The fast path is the classic five-loop blocking of BLIS (Goto & van de Geijn, "Anatomy of
 //! high-performance matrix multiplication"): B is packed `KC × NC` at a time into panels of 16
 //! columns, A once (all rows, in `KC`-deep slices) into panels of 6 rows shared by the threads, and
-//! a 6 × 16 AVX2/FMA micro-kernel keeps the whole C tile in 12 registers for the length of a slice.
+//! a 6 × 16 AVX2/FMA micro-kernel keeps the whole C tile in 12 registers for the length of a slice
+//! (on AVX-512 machines panels of 32 columns and 8 rows, an 8 × 32 tile in 16 registers:
+//! [`Kernel`]).
 //! Threads split the columns of C (the weight's rows), so each packs only its own part of B.
 //! `gemm_abt_reference` is the plain triple loop it is tested against; machines without AVX2/FMA
 //! and small `m` go through faer.
@@ -32,10 +34,10 @@ pub fn syrk_lower(x: &[f32], (t, n): (usize, usize), c: &mut [f32], alpha: f32) 
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if x86::usable(n, t) {
+    if let Some(kernel) = x86::usable(n, t) {
         let part = [(Rhs::Cols(x, n), n, x86::Out(c.as_mut_ptr()))];
         let a = Lhs::Cols { x, ld: n, alpha };
-        return x86::blocked(a, n, t, &part, Some(0), true);
+        return x86::blocked(kernel, a, n, t, &part, Some(0), true);
     }
     let x = faer::MatRef::from_row_major_slice(&x[..t * n], t, n);
     faer::linalg::matmul::matmul(
@@ -58,9 +60,9 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if x86::usable(m, k) {
+    if let Some(kernel) = x86::usable(m, k) {
         let part = [(Rhs::Rows(b), n, x86::Out(c.as_mut_ptr()))];
-        return x86::blocked(Lhs::Rows(a), m, k, &part, None, false);
+        return x86::blocked(kernel, Lhs::Rows(a), m, k, &part, None, false);
     }
     faer_abt(a, b, c, m, k, n);
 }
@@ -128,14 +130,14 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
         "gemm: slice too short"
     );
     #[cfg(target_arch = "x86_64")]
-    if m > 0 && x86::usable(m, k) {
+    if let Some(kernel) = x86::usable(m, k).filter(|_| m > 0) {
         let mut outs: Vec<Vec<f32>> = bs.iter().map(|(_, n)| Vec::with_capacity(m * n)).collect();
         let parts: Vec<_> = bs
             .iter()
             .zip(&mut outs)
             .map(|(&(b, n), c)| (Rhs::Rows(b), n, x86::Out(c.as_mut_ptr())))
             .collect();
-        x86::blocked(a, m, k, &parts, None, false);
+        x86::blocked(kernel, a, m, k, &parts, None, false);
         for (c, (_, n)) in outs.iter_mut().zip(bs) {
             // SAFETY: `blocked` wrote all m·n elements of every output (the first K slice
             // stores, later ones accumulate).
@@ -179,18 +181,74 @@ fn faer_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     );
 }
 
-/// Whether [`micro_6x16`] can run here (x86-64 with AVX2 and FMA).
-pub(crate) fn has_micro_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return x86::has_avx2_fma();
-    #[allow(unreachable_code)]
-    false
+/// spp's register-tile micro-kernels, by instruction set. Both accumulate every element of C in
+/// the same order (one FMA per step of the depth, slices added the same way), so they give the
+/// same bits; the wider one issues half the instructions per FMA and reads B once per eight rows
+/// instead of six.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// 6 × 16 tiles in twelve 256-bit registers (AVX2 and FMA).
+    Avx2,
+    /// 8 × 32 tiles in sixteen 512-bit registers (AVX-512F).
+    Avx512,
 }
 
-/// The 6 × 16 micro-kernel for callers that lay out their own operands (attention):
-/// `C[0..6, 0..16] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]`, overwriting C when `first`.
+impl Kernel {
+    /// The kernels this CPU runs, narrowest first.
+    pub(crate) fn available() -> Vec<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let mut all = Vec::new();
+            if has!("avx2") && has!("fma") {
+                all.push(Kernel::Avx2);
+                if has!("avx512f") {
+                    all.push(Kernel::Avx512);
+                }
+            }
+            all
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Vec::new()
+    }
+
+    /// The widest kernel this CPU runs, or the one `SPP_KERNEL` (`avx2`, `avx512`) names, for
+    /// comparing them; `None` where there is none (faer takes every product).
+    pub(crate) fn best() -> Option<Kernel> {
+        static BEST: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let all = Kernel::available();
+            let Ok(name) = std::env::var("SPP_KERNEL") else {
+                return all.last().copied();
+            };
+            let wanted = all.iter().find(|k| k.name() == name).copied();
+            if wanted.is_none() {
+                eprintln!(
+                    "spp: SPP_KERNEL={name:?} is not a kernel this CPU runs ({}); using the default",
+                    all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            wanted.or(all.last().copied())
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+}
+
+/// A micro-kernel's signature: `C[0..MR, 0..NR] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]` for `kc`
+/// steps `p`, overwriting C when the flag (`first`) is set; `ldc` is C's row stride.
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::kernel_6x16 as micro_6x16;
+pub(crate) type MicroKernel =
+    unsafe fn(usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool);
+
+/// The micro-kernels, for callers that lay out their own operands (attention).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{kernel_6x16, kernel_8x32};
 
 /// The blocked GEMM's panel packing, for callers that lay out their own operands (attention's
 /// Q and K panels).
@@ -209,19 +267,18 @@ pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
     }
 }
 
-/// The blocked implementation (x86-64 with AVX2 and FMA).
+/// The blocked implementation (x86-64 with AVX2 and FMA, or AVX-512F).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Kernel, MicroKernel};
     use crate::model::ops::silu_mul_chunk;
     use rayon::prelude::*;
 
-    const MR: usize = 6;
-    const NR: usize = 16;
     /// Longest depth of one packed slice (SmolLM2's 576 in one, 1536 in three of 512). Chosen by
     /// `cargo bench --bench gemm` on Zen 3 among 192–768.
     const KC: usize = 576;
     /// Rows of A run against one packed slice of B before moving on (`MC · KC` floats, ≤ 110 KiB:
-    /// L2-resident); chosen among 36–288.
+    /// L2-resident); chosen among 36–288. A multiple of both kernels' rows.
     const MC: usize = 48;
     /// Columns of B packed at once (`KC · NC` floats).
     const NC: usize = 1024;
@@ -232,13 +289,9 @@ mod x86 {
     /// double its memory traffic, so faer's kernels take it.
     pub(super) const MIN_ROWS: usize = 24;
 
-    pub(super) fn has_avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-
-    /// Whether the blocked kernel takes an `m`-row product (else faer does).
-    pub(super) fn usable(m: usize, k: usize) -> bool {
-        m >= MIN_ROWS && k > 0 && has_avx2_fma()
+    /// The kernel that takes an `m`-row product, if the blocked path does (else faer).
+    pub(super) fn usable(m: usize, k: usize) -> Option<Kernel> {
+        Kernel::best().filter(|_| m >= MIN_ROWS && k > 0)
     }
 
     /// Where one output matrix starts (row-major, its weight's `n` columns); the threads write
@@ -249,6 +302,23 @@ mod x86 {
     /// every `c` is written. With `lower = Some(r)` only the tiles that reach column `r + i` in
     /// some row `i` of theirs ([`super::syrk_lower`]).
     pub(super) fn blocked(
+        kernel: Kernel,
+        a: super::Lhs,
+        m: usize,
+        k: usize,
+        parts: &[(super::Rhs, usize, Out)],
+        lower: Option<usize>,
+        accumulate: bool,
+    ) {
+        match kernel {
+            Kernel::Avx2 => tiles::<6, 16>(kernel_6x16, a, m, k, parts, lower, accumulate),
+            Kernel::Avx512 => tiles::<8, 32>(kernel_8x32, a, m, k, parts, lower, accumulate),
+        }
+    }
+
+    /// [`blocked`] on the `MR × NR` kernel `kern`.
+    fn tiles<const MR: usize, const NR: usize>(
+        kern: MicroKernel,
         a: super::Lhs,
         m: usize,
         k: usize,
@@ -272,7 +342,8 @@ mod x86 {
                     .iter()
                     .map(|&(b, n, c)| (b, n, Out(c.at(r0 * n))))
                     .collect();
-                blocked(
+                tiles::<MR, NR>(
+                    kern,
                     a.rows_from(r0, k),
                     rows.min(m - r0),
                     k,
@@ -352,7 +423,7 @@ mod x86 {
                         // Columns of x (syrk_lower's one part): a row of x at a time for all
                         // the group's panels.
                         if let super::Rhs::Cols(x, ld) = parts[group[0].0].0 {
-                            pack_cols_group(x, ld, group, s * kc, kcs, bp);
+                            pack_cols_group::<NR>(x, ld, group, s * kc, kcs, bp);
                         }
                         for ic in (0..m).step_by(MC) {
                             let mc = MC.min(m - ic);
@@ -370,7 +441,16 @@ mod x86 {
                                     // this part's c (m × n) and in this thread's panels; the
                                     // packed panels hold kcs · MR and kcs · NR floats.
                                     unsafe {
-                                        tile(kcs, app, bpp, c.at(ir * n + j), n, mr, nr, first)
+                                        tile::<MR, NR>(
+                                            kern,
+                                            kcs,
+                                            app,
+                                            bpp,
+                                            c.at(ir * n + j),
+                                            n,
+                                            (mr, nr),
+                                            first,
+                                        )
                                     };
                                 }
                             }
@@ -447,7 +527,7 @@ mod x86 {
     /// `(part, j)` each), rows `[p0, p0 + kc)`, into `out` as [`pack_cols`] lays them out one
     /// after another, filled a row of x at a time across all of them: x is read in contiguous
     /// runs (panel by panel, every step would read 64 bytes from a different row of x).
-    fn pack_cols_group(
+    fn pack_cols_group<const NR: usize>(
         x: &[f32],
         ld: usize,
         group: &[(usize, usize)],
@@ -466,25 +546,26 @@ mod x86 {
         }
     }
 
-    /// One mr × nr tile of C (mr ≤ 6, nr ≤ 16) from packed panels; partial tiles go through a
-    /// 6 × 16 scratch so the kernel itself is always full-size.
+    /// One mr × nr tile of C (mr ≤ MR, nr ≤ NR) from packed panels; partial tiles go through a
+    /// scratch tile so the kernel itself is always full-size.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        kern: MicroKernel,
         kc: usize,
         a: *const f32,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        mr: usize,
-        nr: usize,
+        (mr, nr): (usize, usize),
         first: bool,
     ) {
         if mr == MR && nr == NR {
-            kernel_6x16(kc, a, MR, b, NR, c, ldc, first);
+            kern(kc, a, MR, b, NR, c, ldc, first);
             return;
         }
-        let mut t = [0f32; MR * NR];
-        kernel_6x16(kc, a, MR, b, NR, t.as_mut_ptr(), NR, true);
+        let mut t = [0f32; 8 * 32];
+        debug_assert!(MR * NR <= t.len());
+        kern(kc, a, MR, b, NR, t.as_mut_ptr(), NR, true);
         for i in 0..mr {
             for j in 0..nr {
                 let dst = c.add(i * ldc + j);
@@ -515,6 +596,7 @@ mod x86 {
         first: bool,
     ) {
         use std::arch::x86_64::*;
+        const MR: usize = 6;
         // C's rows are far apart (and often out of cache): ask for them now, so that the
         // read-modify-write at the end does not stall.
         for i in 0..MR {
@@ -544,5 +626,147 @@ mod x86 {
             _mm256_storeu_ps(row, lo);
             _mm256_storeu_ps(row.add(8), hi);
         }
+    }
+
+    /// `C[0..8, 0..32] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]` (packed panels: lda = 8, ldb = 32):
+    /// [`kernel_6x16`] in 512-bit registers, eight rows of two registers each.
+    ///
+    /// # Safety
+    /// AVX-512F is available; a and b hold kc steps of their strides; c holds 8 rows of ldc
+    /// floats, 32 of them writable (and initialised unless `first`).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn kernel_8x32(
+        kc: usize,
+        mut a: *const f32,
+        lda: usize,
+        mut b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        first: bool,
+    ) {
+        use std::arch::x86_64::*;
+        const MR: usize = 8;
+        for i in 0..MR {
+            let row = c.add(i * ldc) as *const i8;
+            _mm_prefetch(row, _MM_HINT_T0);
+            _mm_prefetch(row.add(64), _MM_HINT_T0);
+            _mm_prefetch(row.add(124), _MM_HINT_T0);
+        }
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for _ in 0..kc {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(i));
+                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+            }
+            a = a.add(lda);
+            b = b.add(ldb);
+        }
+        for (i, &[mut lo, mut hi]) in acc.iter().enumerate() {
+            let row = c.add(i * ldc);
+            if !first {
+                lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
+                hi = _mm512_add_ps(hi, _mm512_loadu_ps(row.add(16)));
+            }
+            _mm512_storeu_ps(row, lo);
+            _mm512_storeu_ps(row.add(16), hi);
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Entries in [−5, 5) from a fixed linear congruential sequence.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1 << 24) as f32 * 10.0 - 5.0
+            })
+            .collect()
+    }
+
+    /// Every kernel this CPU runs, through the whole blocked driver (partial tiles on both sides,
+    /// several K slices, two weights in one product, the lower-triangle mode), gives the triple
+    /// loop's result, and all kernels give the same bits.
+    #[test]
+    fn every_kernel_matches_the_triple_loop_and_the_others() {
+        let kernels = Kernel::available();
+        for (i, &(m, k, n)) in [(37, 1000, 17), (100, 64, 130), (50, 1300, 70)]
+            .iter()
+            .enumerate()
+        {
+            let a = values(m * k, 1 + i as u32);
+            let b = values(n * k, 11 + i as u32);
+            let (b0, b1) = b.split_at(n / 2 * k);
+            let mut want = vec![0f32; m * n];
+            gemm_abt_reference(&a, &b, &mut want, m, k, n);
+            let mut first: Option<Vec<f32>> = None;
+            for &kernel in &kernels {
+                let (n0, n1) = (n / 2, n - n / 2);
+                let (mut c0, mut c1) = (vec![f32::NAN; m * n0], vec![f32::NAN; m * n1]);
+                let parts = [
+                    (Rhs::Rows(b0), n0, x86::Out(c0.as_mut_ptr())),
+                    (Rhs::Rows(b1), n1, x86::Out(c1.as_mut_ptr())),
+                ];
+                x86::blocked(kernel, Lhs::Rows(&a), m, k, &parts, None, false);
+                let got: Vec<f32> = (0..m)
+                    .flat_map(|r| c0[r * n0..][..n0].iter().chain(&c1[r * n1..][..n1]))
+                    .copied()
+                    .collect();
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 1e-5 * 25.0 * k as f32,
+                    "{kernel:?} {m}×{k}·({n}×{k})ᵀ: error {worst}"
+                );
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert!(f == &got, "{kernel:?} differs from {:?}", kernels[0]),
+                }
+            }
+        }
+        // The lower triangle of xᵀx, x `[t, n]`.
+        let (t, n) = (300, 90);
+        let x = values(t * n, 7);
+        let mut results = Vec::new();
+        for &kernel in &kernels {
+            let mut c = vec![0f32; n * n];
+            let part = [(Rhs::Cols(&x, n), n, x86::Out(c.as_mut_ptr()))];
+            let a = Lhs::Cols {
+                x: &x,
+                ld: n,
+                alpha: 1.0,
+            };
+            x86::blocked(kernel, a, n, t, &part, Some(0), true);
+            for r in 0..n {
+                for col in 0..=r {
+                    let want: f64 = (0..t)
+                        .map(|p| x[p * n + r] as f64 * x[p * n + col] as f64)
+                        .sum();
+                    let got = c[r * n + col] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-2,
+                        "{kernel:?} ({r}, {col}): {got} vs {want}"
+                    );
+                }
+            }
+            results.push(
+                (0..n)
+                    .flat_map(|r| c[r * n..][..=r].to_vec())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
     }
 }
