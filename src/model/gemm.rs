@@ -679,11 +679,11 @@ mod x86 {
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Entries in [−5, 5) from a fixed linear congruential sequence.
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -691,6 +691,14 @@ mod tests {
                 (s >> 8) as f32 / (1 << 24) as f32 * 10.0 - 5.0
             })
             .collect()
+    }
+
+    /// The largest `|a_i − b_i|`.
+    pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
     }
 
     /// Every kernel this CPU runs, through the whole blocked driver (partial tiles on both sides,
@@ -721,11 +729,7 @@ mod tests {
                     .flat_map(|r| c0[r * n0..][..n0].iter().chain(&c1[r * n1..][..n1]))
                     .copied()
                     .collect();
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
+                let worst = max_abs_diff(&got, &want);
                 assert!(
                     worst < 1e-5 * 25.0 * k as f32,
                     "{kernel:?} {m}×{k}·({n}×{k})ᵀ: error {worst}"
