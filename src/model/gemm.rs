@@ -578,6 +578,24 @@ mod x86 {
         }
     }
 
+    /// Asks for every cache line of a kernel's C tile (`ROWS` rows of `COLS` floats, `ldc`
+    /// apart): C's rows are far apart (and often out of cache), so the read-modify-write at the
+    /// end of the kernel does not stall on them.
+    #[inline(always)]
+    unsafe fn prefetch_rows<const ROWS: usize, const COLS: usize>(c: *const f32, ldc: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for i in 0..ROWS {
+            let row = c.add(i * ldc) as *const i8;
+            // Each 64-byte step, and the last float (the tile need not start on a line).
+            let mut off = 0;
+            while off < COLS * 4 {
+                _mm_prefetch(row.add(off), _MM_HINT_T0);
+                off += 64;
+            }
+            _mm_prefetch(row.add(COLS * 4 - 4), _MM_HINT_T0);
+        }
+    }
+
     /// `C[0..6, 0..16] (+)= Σ_p a[p·lda + i] · b[p·ldb + j]` (packed panels: lda = 6, ldb = 16).
     ///
     /// # Safety
@@ -597,13 +615,7 @@ mod x86 {
     ) {
         use std::arch::x86_64::*;
         const MR: usize = 6;
-        // C's rows are far apart (and often out of cache): ask for them now, so that the
-        // read-modify-write at the end does not stall.
-        for i in 0..MR {
-            let row = c.add(i * ldc) as *const i8;
-            _mm_prefetch(row, _MM_HINT_T0);
-            _mm_prefetch(row.add(60), _MM_HINT_T0);
-        }
+        prefetch_rows::<MR, 16>(c, ldc);
         let mut acc = [_mm256_setzero_ps(); 12];
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
@@ -648,12 +660,7 @@ mod x86 {
     ) {
         use std::arch::x86_64::*;
         const MR: usize = 8;
-        for i in 0..MR {
-            let row = c.add(i * ldc) as *const i8;
-            _mm_prefetch(row, _MM_HINT_T0);
-            _mm_prefetch(row.add(64), _MM_HINT_T0);
-            _mm_prefetch(row.add(124), _MM_HINT_T0);
-        }
+        prefetch_rows::<MR, 32>(c, ldc);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for _ in 0..kc {
             let b0 = _mm512_loadu_ps(b);
