@@ -2,7 +2,8 @@
 //! and whether each linear satisfies the 2:4 and 4:8 patterns.
 
 use crate::error::Result;
-use crate::model::Llama;
+use crate::model::{Block, Llama, LlamaConfig, StreamedModel};
+use candle_core::DType;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinearReport {
@@ -38,31 +39,54 @@ pub struct Report {
 }
 
 pub fn inspect(model: &Llama) -> Result<Report> {
-    let cfg = &model.cfg;
-    let parameters = model
-        .named_tensors()
-        .iter()
-        .map(|(_, t)| t.elem_count())
-        .sum();
     let mut linears = Vec::new();
-    let (mut lin_params, mut zeros) = (0usize, 0f64);
     for (i, block) in model.layers.iter().enumerate() {
-        for (name, lin) in block.linears() {
-            let sparsity = lin.sparsity()?;
-            let n = lin.weight.elem_count();
-            lin_params += n;
-            zeros += sparsity * n as f64;
-            linears.push(LinearReport {
+        linears.extend(block_linears(i, block)?);
+    }
+    Ok(summarize(&model.cfg, model.dtype(), linears))
+}
+
+/// [`inspect`] of a model on disk, one block in memory at a time.
+pub fn inspect_streamed(model: &StreamedModel) -> Result<Report> {
+    let mut linears = Vec::new();
+    let mut blocks = model.blocks();
+    for i in 0..model.n_layers() {
+        linears.extend(block_linears(i, &blocks.next_block()?)?);
+    }
+    Ok(summarize(model.cfg(), model.dtype(), linears))
+}
+
+/// The sparsity report of the seven linears of block `i`.
+pub fn block_linears(i: usize, block: &Block) -> Result<Vec<LinearReport>> {
+    block
+        .linears()
+        .into_iter()
+        .map(|(name, lin)| {
+            Ok(LinearReport {
                 name: format!("model.layers.{i}.{name}"),
                 shape: [lin.out_features(), lin.in_features()],
-                sparsity,
+                sparsity: lin.sparsity()?,
                 n2m4: lin.satisfies_n_m(2, 4)?,
                 n4m8: lin.satisfies_n_m(4, 8)?,
-            });
-        }
+            })
+        })
+        .collect()
+}
+
+/// The whole report of a model with `cfg` stored in `dtype` from its linears' reports.
+pub fn summarize(cfg: &LlamaConfig, dtype: DType, linears: Vec<LinearReport>) -> Report {
+    let parameters = crate::model::stream::layout(cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    let (mut lin_params, mut zeros) = (0usize, 0f64);
+    for l in &linears {
+        let n = l.shape[0] * l.shape[1];
+        lin_params += n;
+        zeros += l.sparsity * n as f64;
     }
     let linear_zeros = zeros.round() as usize;
-    Ok(Report {
+    Report {
         layers: cfg.num_hidden_layers,
         hidden_size: cfg.hidden_size,
         intermediate_size: cfg.intermediate_size,
@@ -72,8 +96,8 @@ pub fn inspect(model: &Llama) -> Result<Report> {
         vocab_size: cfg.vocab_size,
         max_position_embeddings: cfg.max_position_embeddings,
         rope_theta: cfg.rope_theta,
-        tied_embeddings: model.lm_head.is_none(),
-        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        tied_embeddings: cfg.tie_word_embeddings,
+        dtype: format!("{dtype:?}").to_lowercase(),
         parameters,
         linear_parameters: lin_params,
         linear_zeros,
@@ -81,5 +105,5 @@ pub fn inspect(model: &Llama) -> Result<Report> {
         all_linears_2_4: linears.iter().all(|l| l.n2m4),
         all_linears_4_8: linears.iter().all(|l| l.n4m8),
         linears,
-    })
+    }
 }

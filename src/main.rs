@@ -203,6 +203,9 @@ struct PruneArgs {
     out: PathBuf,
     #[arg(long)]
     force: bool,
+    /// Largest safetensors shard of the output (e.g. 5GB, 500MB); more shards get an index.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: spp::model::checkpoint::ByteSize,
     #[arg(long)]
     json: bool,
 }
@@ -448,8 +451,23 @@ fn convert_gguf(a: GgufArgs) -> Result<()> {
 }
 
 fn eval_ppl(a: PplArgs) -> Result<()> {
-    let (model, _) = load(&a.m)?;
-    let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    use spp::eval::perplexity::{perplexity, perplexity_streamed, window_bytes, ACTIVATION_BUDGET};
+    // Without an adapter the blocks stay on disk and are read one at a time.
+    let streamed = if a.m.adapter.is_none() {
+        Some(open_streamed(&a.m)?)
+    } else {
+        None
+    };
+    let in_memory = match &streamed {
+        Some(_) => None,
+        None => Some(load(&a.m)?.0),
+    };
+    let cfg = match (&streamed, &in_memory) {
+        (Some(s), _) => s.cfg().clone(),
+        (_, Some(m)) => m.cfg.clone(),
+        _ => bail!("internal: no model"),
+    };
+    let tok = Tokenizer::load(&a.m.model, &cfg)?;
     let text = spp::eval::perplexity::read_text(&a.text)?;
     let t = std::time::Instant::now();
     let ids = tok.encode(&text, true)?;
@@ -460,14 +478,31 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let mut bar = progress("ppl");
-    let r = spp::eval::perplexity::perplexity(
-        &model,
-        &ids,
-        a.seqlen,
-        a.max_windows,
-        tok.bos_id,
-        &mut bar,
-    )?;
+    let r = match (&streamed, &in_memory) {
+        (Some(m), _) => {
+            let windows = (ids.len() / a.seqlen.max(1)).min(a.max_windows.unwrap_or(usize::MAX));
+            let acts =
+                (windows as u64 * window_bytes(&cfg, m.dtype(), a.seqlen)).min(ACTIVATION_BUDGET);
+            let peak = acts + 2 * m.block_bytes() + 2 * m.embedding_bytes();
+            eprintln!(
+                "ppl: predicted peak memory {:.2} GiB (hidden states {:.2} GiB, two blocks, embeddings and head)",
+                spp::model::stream::gib(peak),
+                spp::model::stream::gib(acts)
+            );
+            spp::model::stream::check_fits(peak, "this evaluation", "use a smaller --seqlen")?;
+            perplexity_streamed(
+                m,
+                &ids,
+                a.seqlen,
+                a.max_windows,
+                tok.bos_id,
+                ACTIVATION_BUDGET,
+                &mut bar,
+            )?
+        }
+        (_, Some(m)) => perplexity(m, &ids, a.seqlen, a.max_windows, tok.bos_id, &mut bar)?,
+        _ => bail!("internal: no model"),
+    };
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.m.model.display().to_string().into();
@@ -674,8 +709,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    let (model, _) = load(&a.m)?;
-    let r = spp::inspect::inspect(&model)?;
+    let r = if a.m.adapter.is_some() {
+        spp::inspect::inspect(&load(&a.m)?.0)?
+    } else {
+        spp::inspect::inspect_streamed(&open_streamed(&a.m)?)?
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -732,7 +770,8 @@ fn data_dir() -> PathBuf {
 }
 
 fn prune(a: PruneArgs) -> Result<()> {
-    use spp::prune::{calib, memory_estimate, peak_rss_bytes, prune_model, PruneOptions};
+    use spp::model::stream::{check_fits, gib};
+    use spp::prune::{calib, peak_rss_bytes, prune_blocks, streamed_peak_estimate, PruneOptions};
     let opts = PruneOptions {
         method: a.method,
         sparsity: a.sparsity,
@@ -750,7 +789,9 @@ fn prune(a: PruneArgs) -> Result<()> {
     if a.m.adapter.is_some() {
         bail!("spp prune works on plain weights: merge the adapter first (spp merge), then prune the merged model");
     }
-    let (mut model, _) = load(&a.m)?;
+    let watch = spp::model::stream::AnonPeak::start();
+    let model = open_streamed(&a.m)?;
+    let cfg = model.cfg().clone();
     let calibration = if a.method.needs_calibration() {
         let path = a
             .calib
@@ -759,14 +800,23 @@ fn prune(a: PruneArgs) -> Result<()> {
         if !path.exists() {
             bail!("calibration corpus {} not found: pass --calib FILE (JSONL with a \"text\" field, or plain text)", path.display());
         }
-        if a.seqlen > model.cfg.max_position_embeddings {
+        if a.seqlen > cfg.max_position_embeddings {
             bail!(
                 "--seqlen {} exceeds the model's max_position_embeddings {}",
                 a.seqlen,
-                model.cfg.max_position_embeddings
+                cfg.max_position_embeddings
             );
         }
-        let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+        let peak = streamed_peak_estimate(&cfg, model.dtype(), &opts, a.nsamples, a.seqlen);
+        check_fits(
+            peak,
+            &format!(
+                "pruning with --nsamples {} --seqlen {}",
+                a.nsamples, a.seqlen
+            ),
+            "reduce --nsamples or --seqlen (the calibration activations grow with their product)",
+        )?;
+        let tok = Tokenizer::load(&a.m.model, &cfg)?;
         let docs = spp::eval::perplexity::read_documents(&path)?;
         let c = calib::sample_windows(
             &docs,
@@ -784,74 +834,105 @@ fn prune(a: PruneArgs) -> Result<()> {
     } else {
         None
     };
-    let windows: &[Vec<u32>] = calibration
-        .as_ref()
-        .map(|c| c.windows.as_slice())
-        .unwrap_or(&[]);
-    let est = memory_estimate(
-        &model,
+    let windows: Vec<&[u32]> = calibration
+        .iter()
+        .flat_map(|c| c.windows.iter().map(|w| w.as_slice()))
+        .collect();
+    let peak = streamed_peak_estimate(
+        &cfg,
+        model.dtype(),
         &opts,
         windows.len(),
         windows.first().map_or(0, |w| w.len()),
     );
     eprintln!(
-        "prune: {:?} {} on {}; needs about {:.2} GiB beyond the model's weights",
+        "prune: {:?} {} on {}; predicted peak memory {:.2} GiB (blocks read one at a time)",
         opts.method,
         opts.sparsity,
         opts.targets.join(","),
-        est as f64 / (1u64 << 30) as f64
+        gib(peak)
     );
-    let report = prune_model(&mut model, windows, &opts, &mut |b| {
-        let t = b.timing;
-        eprintln!(
-            "prune block {}/{} {:.1} s (statistics {:.1} s, pruning {:.1} s, propagation {:.1} s)",
-            b.index + 1,
-            b.total,
-            t.total,
-            t.statistics,
-            t.pruning,
-            t.propagation
-        );
-    })?;
-    for w in &report.warnings {
-        eprintln!("warning: {w}");
-    }
-    let summary = spp::inspect::inspect(&model)?;
-    let record = serde_json::json!({
-        "spp_version": env!("CARGO_PKG_VERSION"),
-        "model": a.m.model.display().to_string(),
-        "dtype": format!("{:?}", model.dtype()).to_lowercase(),
-        "options": &opts,
-        "comparison_group": opts.method.group(),
-        "calibration": &calibration,
-        "result": {
-            "linear_sparsity": summary.linear_sparsity,
-            "all_linears_2_4": summary.all_linears_2_4,
-            "all_linears_4_8": summary.all_linears_4_8,
-        },
-        "report": &report,
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    let mut extra = vec![(
-        "prune.json".to_string(),
-        serde_json::to_vec_pretty(&record)?,
-    )];
-    if let Some(c) = &calibration {
-        let ids: Vec<i64> = c.windows.iter().flatten().map(|&t| t as i64).collect();
-        let t = candle_core::Tensor::from_vec(ids, (c.nsamples, c.seqlen), &Device::Cpu)?;
-        let bytes = safetensors::serialize(
-            [("input_ids", &t)],
-            Some([("format".to_string(), "pt".to_string())].into()),
+    let xs = model.embed_windows(&windows)?;
+    let mut record = serde_json::Value::Null;
+    let mut summary = None;
+    spp::model::checkpoint::write_dir_atomically(&a.out, a.force, |tmp| {
+        let mut w =
+            spp::model::ShardWriter::for_model(tmp, &cfg, model.dtype(), a.max_shard_size.0)?;
+        model.write_head_tensors(&mut w)?;
+        let mut blocks = model.blocks();
+        let mut linears = Vec::new();
+        let report = prune_blocks(
+            model.shell(),
+            xs,
+            &mut |_| blocks.next_block(),
+            &mut |i, b| {
+                linears.extend(spp::inspect::block_linears(i, &b)?);
+                w.write_block(i, &b)
+            },
+            &opts,
+            &mut |b| {
+                let t = b.timing;
+                eprintln!(
+                    "prune block {}/{} {:.1} s (statistics {:.1} s, pruning {:.1} s, propagation {:.1} s)",
+                    b.index + 1,
+                    b.total,
+                    t.total,
+                    t.statistics,
+                    t.pruning,
+                    t.propagation
+                );
+            },
         )?;
-        extra.push(("calibration.safetensors".to_string(), bytes));
-    }
-    let save = spp::model::SaveOptions {
-        force: a.force,
-        copy_from: Some(a.m.model.clone()),
-        extra_files: extra,
-        ..Default::default()
+        model.write_tail_tensors(&mut w)?;
+        w.finish()?;
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        let s = spp::inspect::summarize(&cfg, model.dtype(), linears);
+        record = serde_json::json!({
+            "spp_version": env!("CARGO_PKG_VERSION"),
+            "model": a.m.model.display().to_string(),
+            "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+            "options": &opts,
+            "comparison_group": opts.method.group(),
+            "calibration": &calibration,
+            "result": {
+                "linear_sparsity": s.linear_sparsity,
+                "all_linears_2_4": s.all_linears_2_4,
+                "all_linears_4_8": s.all_linears_4_8,
+            },
+            "report": &report,
+            "predicted_peak_bytes": peak,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_anon_bytes": watch.peak(),
+        });
+        let mut extra = vec![(
+            "prune.json".to_string(),
+            serde_json::to_vec_pretty(&record).map_err(|e| spp::Error::Msg(e.to_string()))?,
+        )];
+        if let Some(c) = &calibration {
+            let ids: Vec<i64> = c.windows.iter().flatten().map(|&t| t as i64).collect();
+            let t = candle_core::Tensor::from_vec(ids, (c.nsamples, c.seqlen), &Device::Cpu)?;
+            let bytes = safetensors::serialize(
+                [("input_ids", &t)],
+                Some([("format".to_string(), "pt".to_string())].into()),
+            )
+            .map_err(|e| spp::Error::Msg(e.to_string()))?;
+            extra.push(("calibration.safetensors".to_string(), bytes));
+        }
+        let save = spp::model::SaveOptions {
+            copy_from: Some(a.m.model.clone()),
+            extra_files: extra,
+            ..Default::default()
+        };
+        spp::model::checkpoint::write_config(tmp, &cfg, model.dtype())?;
+        spp::model::checkpoint::write_side_files(tmp, &save)?;
+        summary = Some((s, report.total_seconds));
+        Ok(())
+    })?;
+    let Some((summary, seconds)) = summary else {
+        bail!("internal: the pruned model was written without a summary");
     };
-    spp::model::save_model(&model, &a.out, &save)?;
     if a.json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
@@ -864,11 +945,24 @@ fn prune(a: PruneArgs) -> Result<()> {
             summary.linear_sparsity,
             summary.all_linears_2_4,
             summary.all_linears_4_8,
-            report.total_seconds,
-            peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
+            seconds,
+            gib(watch.peak())
         );
     }
     Ok(())
+}
+
+/// Opens `m.model` with its blocks left on disk (jobs that walk the blocks once).
+fn open_streamed(m: &ModelOpts) -> Result<spp::model::StreamedModel> {
+    let dev = parse_device(&m.device)?;
+    let model = spp::model::StreamedModel::open(&m.model, m.dtype, &dev)?;
+    eprintln!(
+        "opened {} ({} layers, {:?}; blocks read as they are used)",
+        m.model.display(),
+        model.n_layers(),
+        model.dtype(),
+    );
+    Ok(model)
 }
 
 struct TrainProgress;

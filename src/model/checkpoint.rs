@@ -11,7 +11,7 @@ use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Files copied verbatim from a source model directory when saving a derived model.
@@ -26,6 +26,44 @@ pub const SIDE_FILES: &[&str] = &[
 
 /// transformers' default `max_shard_size` ("5GB").
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// A size in bytes as a flag takes it: `5GB`, `500MB`, `2GiB`, `1000000` (decimal units as
+/// transformers' `max_shard_size`, binary ones with `i`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            _ => {
+                return Err(format!(
+                    "unknown size unit in {s:?}: use B, KB, MB, GB, KiB, MiB or GiB"
+                ))
+            }
+        };
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size: write e.g. 5GB or 500MB"))?;
+        let bytes = v * mult as f64;
+        if !(bytes >= 1.0 && bytes < 1e18) {
+            return Err(format!("size {s:?} is out of range: give at least 1 byte"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
 
 /// The dtype a model is loaded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -247,8 +285,12 @@ pub struct LoadedModel {
     pub dir: PathBuf,
 }
 
-/// Loads `dir` (config.json + safetensors) in `dtype` on `device`.
-pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<LoadedModel> {
+/// Opens the weights and `config.json` of `dir`; the dtype `dtype` resolves to (the embeddings'
+/// dtype on disk for `auto`).
+pub fn open_source(
+    dir: &Path,
+    dtype: DTypeChoice,
+) -> Result<(SafetensorsSource, LlamaConfig, DType)> {
     let src = SafetensorsSource::open(dir)?;
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
@@ -261,7 +303,12 @@ pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Loa
     let on_disk = src
         .dtype_of("model.embed_tokens.weight")?
         .unwrap_or(DType::F32);
-    let dtype = dtype.resolve(on_disk);
+    Ok((src, cfg, dtype.resolve(on_disk)))
+}
+
+/// Loads `dir` (config.json + safetensors) in `dtype` on `device`, every block in memory.
+pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<LoadedModel> {
+    let (src, cfg, dtype) = open_source(dir, dtype)?;
     if device.is_cpu() {
         src.preload(dtype)?;
     }
@@ -337,53 +384,15 @@ pub fn write_safetensors(
     tensors: &[(String, Tensor)],
     max_shard_bytes: u64,
 ) -> Result<()> {
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
-    let mut size = 0u64;
-    let mut total = 0u64;
+    let plan = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dtype(), t.dims().to_vec()))
+        .collect();
+    let mut w = super::stream::ShardWriter::new(dir, plan, max_shard_bytes)?;
     for (name, t) in tensors {
-        let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-        if size > 0 && size + bytes > max_shard_bytes {
-            shards.push(vec![]);
-            size = 0;
-        }
-        size += bytes;
-        total += bytes;
-        let t = t.to_device(&Device::Cpu)?.contiguous()?;
-        if let Some(last) = shards.last_mut() {
-            last.push((name.clone(), t));
-        }
+        w.write(name, t)?;
     }
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let n = shards.len();
-    let mut weight_map = BTreeMap::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let file = if n == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
-        };
-        let path = dir.join(&file);
-        safetensors::serialize_to_file(
-            shard.iter().map(|(k, t)| (k.as_str(), t)),
-            Some(meta.clone()),
-            &path,
-        )
-        .map_err(|e| {
-            Error::Msg(format!(
-                "{}: cannot write safetensors ({e})",
-                path.display()
-            ))
-        })?;
-        for (k, _) in shard {
-            weight_map.insert(k.clone(), file.clone());
-        }
-    }
-    if n > 1 {
-        let index =
-            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
-        write_json(&dir.join("model.safetensors.index.json"), &index)?;
-    }
-    Ok(())
+    w.finish()
 }
 
 fn json_text(path: &Path, v: &impl serde::Serialize) -> Result<String> {
@@ -440,23 +449,34 @@ impl Default for SaveOptions {
 
 /// Saves `model` as a Hugging Face directory at `out` (atomically).
 pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
-    let mut cfg = model.cfg.clone();
-    set_dtype(&mut cfg, model.dtype());
+    write_dir_atomically(out, opts.force, |tmp| {
+        write_config(tmp, &model.cfg, model.dtype())?;
+        write_safetensors(tmp, &model.named_tensors(), opts.max_shard_bytes)?;
+        write_side_files(tmp, opts)
+    })
+}
+
+/// Writes `config.json` of a model with `cfg` stored in `dtype` into `dir`.
+pub fn write_config(dir: &Path, cfg: &LlamaConfig, dtype: DType) -> Result<()> {
+    let mut cfg = cfg.clone();
+    set_dtype(&mut cfg, dtype);
     if cfg.architectures.is_empty() {
         cfg.architectures = vec!["LlamaForCausalLM".into()];
     }
     cfg.model_type.get_or_insert_with(|| "llama".into());
-    write_dir_atomically(out, opts.force, |tmp| {
-        write_json(&tmp.join("config.json"), &cfg)?;
-        write_safetensors(tmp, &model.named_tensors(), opts.max_shard_bytes)?;
-        if let Some(src) = &opts.copy_from {
-            copy_side_files(src, tmp)?;
-        }
-        for (name, bytes) in &opts.extra_files {
-            std::fs::write(tmp.join(name), bytes).at(tmp.join(name))?;
-        }
-        Ok(())
-    })
+    write_json(&dir.join("config.json"), &cfg)
+}
+
+/// Writes what `opts` adds beside the weights: the source's tokenizer and generation files and
+/// the extra files.
+pub fn write_side_files(dir: &Path, opts: &SaveOptions) -> Result<()> {
+    if let Some(src) = &opts.copy_from {
+        copy_side_files(src, dir)?;
+    }
+    for (name, bytes) in &opts.extra_files {
+        std::fs::write(dir.join(name), bytes).at(dir.join(name))?;
+    }
+    Ok(())
 }
 
 /// Copies the tokenizer and generation files of `src` that exist into `dst`.

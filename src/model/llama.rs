@@ -29,6 +29,17 @@ impl TensorSource for std::collections::HashMap<String, Tensor> {
     }
 }
 
+/// Block `i` of a model with `cfg` read from `src` in `dtype` on `device`, shapes checked.
+pub fn read_block(
+    cfg: &LlamaConfig,
+    src: &dyn TensorSource,
+    dtype: DType,
+    device: &Device,
+    i: usize,
+) -> Result<Block> {
+    Loader { src, dtype, device }.block(cfg, i)
+}
+
 /// Loads tensors with shape checks and the requested dtype/device.
 struct Loader<'a> {
     src: &'a dyn TensorSource,
@@ -71,6 +82,43 @@ impl Loader<'_> {
             None
         };
         Ok(SparseLinear::new(w, b))
+    }
+
+    fn block(&self, cfg: &LlamaConfig, i: usize) -> Result<Block> {
+        let (hd, d, kvh, h) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_kv_heads(),
+            cfg.num_attention_heads,
+        );
+        let im = cfg.intermediate_size;
+        let p = format!("model.layers.{i}");
+        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: self.req(&format!("{p}.{name}.weight"), &[hd])?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        Ok(Block {
+            self_attn: Attention {
+                q_proj: self.linear(&format!("{p}.self_attn.q_proj"), h * d, hd, ab)?,
+                k_proj: self.linear(&format!("{p}.self_attn.k_proj"), kvh * d, hd, ab)?,
+                v_proj: self.linear(&format!("{p}.self_attn.v_proj"), kvh * d, hd, ab)?,
+                o_proj: self.linear(&format!("{p}.self_attn.o_proj"), hd, h * d, ab)?,
+                n_heads: h,
+                n_kv: kvh,
+                head_dim: d,
+                reference: false,
+            },
+            mlp: Mlp {
+                gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), im, hd, mb)?,
+                up_proj: self.linear(&format!("{p}.mlp.up_proj"), im, hd, mb)?,
+                down_proj: self.linear(&format!("{p}.mlp.down_proj"), hd, im, mb)?,
+            },
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+        })
     }
 }
 
@@ -529,6 +577,26 @@ impl Block {
         self.add_mlp(&(x + self.self_attn.o_proj.forward(&o_in)?)?)
     }
 
+    /// The block's tensors under their checkpoint names as block `i`, in checkpoint order.
+    pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
+        let p = format!("model.layers.{i}");
+        let mut out = vec![(
+            format!("{p}.input_layernorm.weight"),
+            self.input_layernorm.weight.clone(),
+        )];
+        for (name, lin) in self.linears() {
+            out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+            if let Some(bias) = &lin.bias {
+                out.push((format!("{p}.{name}.bias"), bias.clone()));
+            }
+        }
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            self.post_attention_layernorm.weight.clone(),
+        ));
+        out
+    }
+
     /// The seven linears with their names, in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
         [
@@ -592,63 +660,76 @@ impl Llama {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let mut model = Self::load_shell(cfg, src, dtype, device, true)?;
+        let layers = (0..model.cfg.num_hidden_layers)
+            .map(|i| model.load_block(src, i))
+            .collect::<Result<Vec<_>>>()?;
+        model.layers = layers;
+        Ok(model)
+    }
+
+    /// Everything but the blocks (`layers` is empty): final norm, rotary tables and, with
+    /// `embeddings`, the embeddings and head, for jobs that bring the blocks in one at a time
+    /// ([`Self::load_block`]). Without `embeddings` the tables are empty placeholders until
+    /// [`Self::load_embeddings`].
+    pub fn load_shell(
+        cfg: LlamaConfig,
+        src: &dyn TensorSource,
+        dtype: DType,
+        device: &Device,
+        embeddings: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         let l = Loader { src, dtype, device };
-        let (hd, d, kvh, h) = (
-            cfg.hidden_size,
-            cfg.head_dim(),
-            cfg.num_kv_heads(),
-            cfg.num_attention_heads,
-        );
-        let (im, v) = (cfg.intermediate_size, cfg.vocab_size);
-        let norm = |name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: l.req(name, &[hd])?,
-                eps: cfg.rms_norm_eps,
-            })
+        let hd = cfg.hidden_size;
+        let norm = RmsNorm {
+            weight: l.req("model.norm.weight", &[hd])?,
+            eps: cfg.rms_norm_eps,
         };
-        let embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
-            layers.push(Block {
-                self_attn: Attention {
-                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), h * d, hd, ab)?,
-                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), kvh * d, hd, ab)?,
-                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), kvh * d, hd, ab)?,
-                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), hd, h * d, ab)?,
-                    n_heads: h,
-                    n_kv: kvh,
-                    head_dim: d,
-                    reference: false,
-                },
-                mlp: Mlp {
-                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), im, hd, mb)?,
-                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), im, hd, mb)?,
-                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), hd, im, mb)?,
-                },
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-            });
+        let rope = Rope::new(&cfg, dtype, device)?;
+        let mut shell = Self {
+            embed_tokens: Tensor::zeros((0, hd), dtype, device)?,
+            cfg,
+            layers: Vec::new(),
+            norm,
+            lm_head: None,
+            rope,
+            device: device.clone(),
+            dtype,
+        };
+        if embeddings {
+            shell.load_embeddings(src)?;
         }
-        let norm = norm("model.norm.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
+        Ok(shell)
+    }
+
+    /// Reads the input embeddings and the output head (untied) from `src`.
+    pub fn load_embeddings(&mut self, src: &dyn TensorSource) -> Result<()> {
+        let l = Loader {
+            src,
+            dtype: self.dtype,
+            device: &self.device,
+        };
+        let (hd, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        self.embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
+        self.lm_head = if self.cfg.tie_word_embeddings {
             None
         } else {
             Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None))
         };
-        let rope = Rope::new(&cfg, dtype, device)?;
-        Ok(Self {
-            cfg,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rope,
-            device: device.clone(),
-            dtype,
-        })
+        Ok(())
+    }
+
+    /// Drops the embeddings and head read by [`Self::load_embeddings`].
+    pub fn release_embeddings(&mut self) -> Result<()> {
+        self.embed_tokens = Tensor::zeros((0, self.cfg.hidden_size), self.dtype, &self.device)?;
+        self.lm_head = None;
+        Ok(())
+    }
+
+    /// Block `i` read from `src` in this model's dtype and on its device, shapes checked.
+    pub fn load_block(&self, src: &dyn TensorSource, i: usize) -> Result<Block> {
+        read_block(&self.cfg, src, self.dtype, &self.device, i)
     }
 
     /// Runs attention through the composed candle ops (the reference) instead of the fused CPU
@@ -674,21 +755,7 @@ impl Llama {
             self.embed_tokens.clone(),
         )];
         for (i, b) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                b.input_layernorm.weight.clone(),
-            ));
-            for (name, lin) in b.linears() {
-                out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
-                if let Some(bias) = &lin.bias {
-                    out.push((format!("{p}.{name}.bias"), bias.clone()));
-                }
-            }
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                b.post_attention_layernorm.weight.clone(),
-            ));
+            out.extend(b.named_tensors(i));
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
         if let Some(h) = &self.lm_head {
@@ -700,6 +767,9 @@ impl Llama {
     /// Token embeddings `[B, T, hidden]` for ids `[B, T]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        if self.embed_tokens.dims()[0] == 0 {
+            bail!("internal: the embeddings of this model are not loaded");
+        }
         let vocab = self.cfg.vocab_size as u32;
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         let max = flat.max(0)?.to_scalar::<u32>()?;
@@ -714,7 +784,13 @@ impl Llama {
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
     pub fn block_forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[i].run(x, At::fresh(&self.rope, None))
+        self.run_block(&self.layers[i], x)
+    }
+
+    /// Runs `block` (one of this model's, held outside `layers`) on hidden states `x` at
+    /// positions `0 .. T` (no cache).
+    pub fn run_block(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
+        block.run(x, At::fresh(&self.rope, None))
     }
 
     /// Runs block `i` on a packed row of hidden states `x` `[1, N, hidden]`.
@@ -725,9 +801,12 @@ impl Llama {
     /// The inputs of block `i`'s linears for hidden states `x` (positions `0 .. T`, no cache).
     /// The block's output is not computed: down_proj's input is the last thing calibration needs.
     pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
-        Ok(self.layers[i]
-            .run_to_down(x, At::fresh(&self.rope, None))?
-            .1)
+        self.taps_of(&self.layers[i], x)
+    }
+
+    /// [`Self::block_taps`] of `block` held outside `layers`.
+    pub fn taps_of(&self, block: &Block, x: &Tensor) -> Result<Taps> {
+        Ok(block.run_to_down(x, At::fresh(&self.rope, None))?.1)
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last RMSNorm).

@@ -7,8 +7,10 @@ pub mod gemm;
 pub mod linear;
 pub mod llama;
 pub mod ops;
+pub mod stream;
 
 pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
 pub use config::LlamaConfig;
 pub use linear::SparseLinear;
-pub use llama::{KvCache, Llama, PackedRow, Packing, Taps, TensorSource};
+pub use llama::{Block, KvCache, Llama, PackedRow, Packing, Taps, TensorSource};
+pub use stream::{ShardWriter, StreamedModel};

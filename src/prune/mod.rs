@@ -21,7 +21,7 @@ pub use mask::Sparsity;
 
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::model::{Llama, SparseLinear};
+use crate::model::{Block, Llama, LlamaConfig, SparseLinear};
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 
@@ -151,21 +151,49 @@ pub struct BlockDone {
     pub timing: BlockTiming,
 }
 
-/// Bytes the driver holds besides the model: the activations of every window (in and out of a
-/// block are the same tensor, replaced in place), one window's taps and one block's statistics.
-pub fn memory_estimate(model: &Llama, opts: &PruneOptions, nsamples: usize, seqlen: usize) -> u64 {
-    let c = &model.cfg;
-    let dt = model.dtype().size_in_bytes() as u64;
-    let acts = (nsamples * seqlen * c.hidden_size) as u64 * dt;
-    let taps = (seqlen * (3 * c.hidden_size + c.intermediate_size) * 4) as u64 * 2;
+/// Bytes the driver holds besides the blocks' weights, with `h` = hidden size, `i` = MLP width,
+/// `N × T` calibration tokens, `b` = bytes per value of the model's dtype, `c` = cores:
+/// - activations `N·T·h·b` (a block's input and output windows replace each other, so this
+///   is the only term that grows with the calibration, plus one window per core in flight);
+/// - taps of the windows in flight `c·T·(3h + i)·b`;
+/// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`
+///   plus, for the widest linear, its inverse factor `i²·(8 + 4)`;
+/// - the linear being pruned, as f32 in and out: `2·h·i·4`.
+pub fn memory_estimate(
+    c: &LlamaConfig,
+    dtype: DType,
+    opts: &PruneOptions,
+    nsamples: usize,
+    seqlen: usize,
+) -> u64 {
+    let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
+    let (n, t) = (nsamples as u64, seqlen as u64);
+    let b = dtype.size_in_bytes() as u64;
+    let cores = rayon::current_num_threads() as u64;
+    let acts = (n + cores.min(n)) * t * h * b;
+    let taps = cores.min(n.max(1)) * t * (3 * h + i) * b.max(4);
     let stats = match opts.method {
-        Method::SparseGpt => {
-            ((3 * c.hidden_size * c.hidden_size + c.intermediate_size * c.intermediate_size) * 4)
-                as u64
-        }
-        _ => ((3 * c.hidden_size + c.intermediate_size) * 8) as u64,
+        Method::SparseGpt => (3 * h * h + i * i) * 4 + i * i * 12,
+        Method::Wanda => (3 * h + i) * 8,
+        Method::Magnitude => 0,
     };
-    acts + taps + stats
+    acts + taps + stats + 2 * h * i * 4
+}
+
+/// Predicted peak of a block-streamed prune: [`memory_estimate`] plus two blocks' weights (the one
+/// being pruned and the next, read ahead), or the embedding table while the calibration is embedded
+/// if that is larger.
+pub fn streamed_peak_estimate(
+    c: &LlamaConfig,
+    dtype: DType,
+    opts: &PruneOptions,
+    nsamples: usize,
+    seqlen: usize,
+) -> u64 {
+    let b = dtype.size_in_bytes() as u64;
+    let blocks = 2 * crate::model::stream::block_bytes(c, dtype);
+    let embed = (c.vocab_size * c.hidden_size) as u64 * b;
+    memory_estimate(c, dtype, opts, nsamples, seqlen) + blocks.max(embed)
 }
 
 enum Stats {
@@ -241,22 +269,75 @@ fn prune_linear(
 }
 
 /// Prunes `model` in place. `calibration` holds the token windows (required by Wanda and
-/// SparseGPT, ignored by magnitude).
+/// SparseGPT, ignored by magnitude). An error while a block is pruned leaves the model without
+/// that block.
 pub fn prune_model(
     model: &mut Llama,
     calibration: &[Vec<u32>],
     opts: &PruneOptions,
     progress: &mut dyn FnMut(BlockDone),
 ) -> Result<PruneReport> {
-    // Check every layer before touching any.
-    for (i, b) in model.layers.iter().enumerate() {
-        for (short, full, _) in LINEARS
+    let mut layers: Vec<Option<Block>> = std::mem::take(&mut model.layers)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut done = Vec::with_capacity(layers.len());
+    let xs = if opts.method.needs_calibration() {
+        calibration
+            .iter()
+            .map(|w| model.embed(&Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let report = prune_blocks(
+        model,
+        xs,
+        &mut |i| {
+            layers[i]
+                .take()
+                .ok_or_else(|| Error::Msg(format!("internal: block {i} taken twice")))
+        },
+        &mut |_, b| {
+            done.push(b);
+            Ok(())
+        },
+        opts,
+        progress,
+    );
+    // After an error, the blocks not yet reached go back too (all of them when an option was
+    // rejected before pruning started).
+    done.extend(layers.into_iter().flatten());
+    model.layers = done;
+    report
+}
+
+/// The pruning driver over blocks brought in one at a time: `next(i)` gives block `i` (read from
+/// memory or from disk), `finished(i, block)` takes it back pruned, before block `i + 1` is asked
+/// for. `xs` are the embedded calibration windows (`[1, T, hidden]`; none for magnitude);
+/// `shell` supplies the rotary tables, its own `layers` are not used.
+pub fn prune_blocks(
+    shell: &Llama,
+    mut xs: Vec<Tensor>,
+    next: &mut dyn FnMut(usize) -> Result<Block>,
+    finished: &mut dyn FnMut(usize, Block) -> Result<()>,
+    opts: &PruneOptions,
+    progress: &mut dyn FnMut(BlockDone),
+) -> Result<PruneReport> {
+    let cfg = &shell.cfg;
+    // Check every layer before touching any (all blocks have the config's widths).
+    for i in 0..cfg.num_hidden_layers {
+        for (short, full, tap) in LINEARS
             .iter()
             .filter(|l| opts.targets.iter().any(|t| t == l.0))
         {
-            let lin = b.linear(full).map_or(0, |l| l.in_features());
+            let width = match tap {
+                Tap::O => cfg.num_attention_heads * cfg.head_dim(),
+                Tap::Down => cfg.intermediate_size,
+                _ => cfg.hidden_size,
+            };
             opts.sparsity
-                .check_layer(&format!("model.layers.{i}.{full} ({short})"), lin)?;
+                .check_layer(&format!("model.layers.{i}.{full} ({short})"), width)?;
         }
     }
     if opts.method == Method::SparseGpt {
@@ -272,17 +353,12 @@ pub fn prune_model(
             }
         }
     }
-    if opts.method.needs_calibration() && calibration.is_empty() {
+    if opts.method.needs_calibration() && xs.is_empty() {
         bail!("{:?} needs calibration windows (--calib FILE)", opts.method);
     }
     let start = Instant::now();
     let mut warnings = Vec::new();
-    let mut xs: Vec<Tensor> = Vec::new();
-    if opts.method.needs_calibration() {
-        for w in calibration {
-            xs.push(model.embed(&Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?)?);
-        }
-    }
+    let (nsamples, seqlen) = (xs.len(), xs.first().map_or(0, |x| x.dims()[1]));
     let groups: Vec<Vec<Tap>> = if opts.true_sequential {
         vec![
             vec![Tap::Attn],
@@ -293,11 +369,12 @@ pub fn prune_model(
     } else {
         vec![vec![Tap::Attn, Tap::O, Tap::Mlp, Tap::Down]]
     };
-    let n_blocks = model.layers.len();
+    let n_blocks = cfg.num_hidden_layers;
     let mut linears = Vec::new();
     let mut blocks = Vec::new();
     for i in 0..n_blocks {
         let t0 = Instant::now();
+        let mut block = next(i)?;
         let mut timing = BlockTiming::default();
         for group in &groups {
             let wanted: Vec<&(&str, &str, Tap)> = LINEARS
@@ -313,11 +390,11 @@ pub fn prune_model(
                 if stats.iter().any(|(t, _)| *t == l.2) {
                     continue;
                 }
-                let width = model.layers[i].linear(l.1).map_or(0, |x| x.in_features());
+                let width = block.linear(l.1).map_or(0, |x| x.in_features());
                 let s = match opts.method {
                     Method::Magnitude => Stats::None,
                     Method::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
-                    Method::SparseGpt if model.device().is_cpu() => {
+                    Method::SparseGpt if shell.device().is_cpu() => {
                         Stats::Hessian(sparsegpt::Hessian::new(width))
                     }
                     Method::SparseGpt => Stats::DeviceHessian(sparsegpt::DeviceHessian::new(width)),
@@ -338,13 +415,13 @@ pub fn prune_model(
                     }
                     Ok(())
                 };
-                let layer = &*model;
+                let block = &block;
                 // Windows at once, one per core (crate::par); the norms still add up in window
                 // order. (SparseGPT's Hessian products are parallel themselves.)
                 crate::par::items_in_order(
-                    opts.method == Method::Wanda && layer.device().is_cpu(),
+                    opts.method == Method::Wanda && shell.device().is_cpu(),
                     xs.len(),
-                    |w| layer.block_taps(i, &xs[w]),
+                    |w| shell.taps_of(block, &xs[w]),
                     |_, taps| add(taps),
                 )?;
             }
@@ -364,7 +441,7 @@ pub fn prune_model(
                     .map(|(_, s)| s)
                     .unwrap_or(&Stats::None);
                 let name = format!("model.layers.{i}.{}", l.1);
-                let lin = model.layers[i]
+                let lin = block
                     .linear_mut(l.1)
                     .ok_or_else(|| Error::Msg(format!("internal: no linear {name}")))?;
                 let r = prune_linear(lin, name, s, opts)?;
@@ -388,9 +465,9 @@ pub fn prune_model(
                 .into_iter()
                 .map(|x| std::sync::Mutex::new(Some(x)))
                 .collect();
-            let layer = &*model;
+            let block = &block;
             crate::par::items_in_order(
-                layer.device().is_cpu(),
+                shell.device().is_cpu(),
                 inputs.len(),
                 |w| {
                     let x = inputs[w]
@@ -398,7 +475,7 @@ pub fn prune_model(
                         .ok()
                         .and_then(|mut x| x.take())
                         .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
-                    layer.block_forward(i, &x)
+                    shell.run_block(block, &x)
                 },
                 |_, y| {
                     xs.push(y);
@@ -407,6 +484,7 @@ pub fn prune_model(
             )?;
         }
         timing.propagation = tf.elapsed().as_secs_f64();
+        finished(i, block)?;
         timing.total = t0.elapsed().as_secs_f64();
         blocks.push(timing);
         progress(BlockDone {
@@ -415,12 +493,11 @@ pub fn prune_model(
             timing,
         });
     }
-    let seqlen = calibration.first().map(|w| w.len()).unwrap_or(0);
     Ok(PruneReport {
         linears,
         blocks,
         total_seconds: start.elapsed().as_secs_f64(),
-        estimated_bytes: memory_estimate(model, opts, calibration.len(), seqlen),
+        estimated_bytes: memory_estimate(cfg, shell.dtype(), opts, nsamples, seqlen),
         warnings,
     })
 }

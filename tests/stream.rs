@@ -1,0 +1,283 @@
+//! Block-streamed jobs against the in-memory model: the checkpoint layout, the shard writer, and
+//! `spp prune` / `spp eval ppl` / `spp inspect` (which read one block at a time) giving exactly
+//! what the library computes with every block in memory.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{s, shared, spp};
+use spp::model::stream::{layout, ShardWriter, StreamedModel};
+use spp::model::{load_model, save_model, DTypeChoice, SaveOptions};
+use std::path::{Path, PathBuf};
+
+fn tensors_of(dir: &Path) -> Vec<(String, Tensor)> {
+    load_model(dir, DTypeChoice::Auto, &Device::Cpu)
+        .unwrap()
+        .model
+        .named_tensors()
+}
+
+fn assert_same_tensors(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.dims(), tb.dims(), "{na}");
+        let (va, vb) = (
+            ta.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            tb.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{na} differs");
+    }
+}
+
+#[test]
+fn layout_is_the_order_of_named_tensors() {
+    for (tied, bias) in [(false, false), (true, true)] {
+        let m = common::tiny_model(tied, bias, &Device::Cpu);
+        let named: Vec<(String, Vec<usize>)> = m
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dims().to_vec()))
+            .collect();
+        assert_eq!(layout(&m.cfg), named, "tied {tied} bias {bias}");
+    }
+}
+
+#[test]
+fn shard_writer_writes_planned_shards_and_refuses_surprises() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::tiny_model(false, true, &Device::Cpu);
+    // Shards of at most 20 KB: the tiny model takes several, with an index.
+    let out = tmp.path().join("sharded");
+    let opts = SaveOptions {
+        max_shard_bytes: 20_000,
+        ..Default::default()
+    };
+    save_model(&m, &out, &opts).unwrap();
+    let shards: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert!(shards.len() > 2, "{} shards", shards.len());
+    for e in &shards {
+        let len = e.metadata().unwrap().len();
+        // A shard holds at most the limit of data, unless it is a single larger tensor.
+        let bytes = std::fs::read(e.path()).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(header % 8, 0, "data 8-aligned");
+        assert!(len - 8 - header <= 20_000 || len < 40_000, "{len}");
+    }
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        index["weight_map"].as_object().unwrap().len(),
+        m.named_tensors().len()
+    );
+    // transformers' reader is the safetensors library: every shard must parse with it.
+    for e in &shards {
+        let bytes = std::fs::read(e.path()).unwrap();
+        safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    }
+    assert_same_tensors(&tensors_of(&out), &m.named_tensors());
+
+    // Out of order, wrong shape, too many, too few: errors, never a malformed file.
+    let dir = tmp.path().join("w");
+    std::fs::create_dir(&dir).unwrap();
+    let a = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    let plan = vec![
+        ("a".to_string(), DType::F32, vec![2, 3]),
+        ("b".to_string(), DType::F32, vec![2, 3]),
+    ];
+    let mut w = ShardWriter::new(&dir, plan.clone(), 1 << 20).unwrap();
+    assert!(w.write("b", &a).is_err());
+    let mut w = ShardWriter::new(&dir, plan.clone(), 1 << 20).unwrap();
+    assert!(w
+        .write(
+            "a",
+            &Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap()
+        )
+        .is_err());
+    let mut w = ShardWriter::new(&dir, plan.clone(), 1 << 20).unwrap();
+    w.write("a", &a).unwrap();
+    assert!(w.finish().is_err(), "b was never written");
+    let mut w = ShardWriter::new(&dir, plan, 1 << 20).unwrap();
+    w.write("a", &a).unwrap();
+    w.write("b", &a).unwrap();
+    assert!(w.write("c", &a).is_err());
+    w.finish().unwrap();
+}
+
+fn converted(tmp: &Path) -> PathBuf {
+    let out = tmp.join("tiny");
+    let o = spp(&[
+        "convert",
+        "gguf",
+        &shared("models/llama-2-tiny-random.gguf"),
+        "--out",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// The real SmolLM2 model when it exists (scripts/setup.sh makes it), else the tiny GGUF model.
+fn model_dirs(tmp: &Path) -> Vec<PathBuf> {
+    let mut v = vec![converted(tmp)];
+    let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
+    if real.join("model.safetensors").exists() {
+        v.push(real);
+    } else if std::env::var_os("SPP_REQUIRE_REAL_MODEL").is_some() {
+        panic!("models/smollm2-135m is missing: run scripts/setup.sh");
+    }
+    v
+}
+
+#[test]
+fn streamed_prune_equals_the_in_memory_prune() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = shared("wikitext2/wiki.test.raw");
+    for (k, model) in model_dirs(tmp.path()).into_iter().enumerate() {
+        for (method, sparsity) in [("wanda", "2:4"), ("sparsegpt", "0.5")] {
+            let out = tmp.path().join(format!("pruned-{k}-{method}"));
+            let o = spp(&[
+                "prune",
+                "--model",
+                &s(&model),
+                "--method",
+                method,
+                "--sparsity",
+                sparsity,
+                "--calib",
+                &text,
+                "--nsamples",
+                "2",
+                "--seqlen",
+                "64",
+                "--max-shard-size",
+                "3MB",
+                "--out",
+                &s(&out),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("predicted peak memory"), "{err}");
+            // The same calibration windows, pruned with every block in memory.
+            let calib =
+                candle_core::safetensors::load(out.join("calibration.safetensors"), &Device::Cpu)
+                    .unwrap();
+            let ids = calib["input_ids"]
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_vec2::<u32>()
+                .unwrap();
+            let mut m = load_model(&model, DTypeChoice::Auto, &Device::Cpu)
+                .unwrap()
+                .model;
+            let opts = spp::prune::PruneOptions {
+                method: method.parse().unwrap(),
+                sparsity: sparsity.parse().unwrap(),
+                targets: spp::prune::parse_targets("all").unwrap(),
+                true_sequential: false,
+                blocksize: 128,
+                percdamp: 0.01,
+            };
+            spp::prune::prune_model(&mut m, &ids, &opts, &mut |_| {}).unwrap();
+            assert_same_tensors(&tensors_of(&out), &m.named_tensors());
+            let rec: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("prune.json")).unwrap())
+                    .unwrap();
+            let summary = spp::inspect::inspect(&m).unwrap();
+            assert_eq!(rec["result"]["linear_sparsity"], summary.linear_sparsity);
+            assert!(rec["peak_anon_bytes"].as_u64().unwrap() > 0);
+
+            // Perplexity: the streamed command against the in-memory library call.
+            let o = spp(&[
+                "eval",
+                "ppl",
+                "--model",
+                &s(&out),
+                "--text",
+                &text,
+                "--seqlen",
+                "128",
+                "--max-windows",
+                "3",
+                "--json",
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let tok = spp::tokenizer::Tokenizer::load(&model, &m.cfg).unwrap();
+            let ids = tok
+                .encode(
+                    &spp::eval::perplexity::read_text(Path::new(&text)).unwrap(),
+                    true,
+                )
+                .unwrap();
+            let r = spp::eval::perplexity::perplexity(
+                &m,
+                &ids,
+                128,
+                Some(3),
+                tok.bos_id,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(
+                v["mean_nll"].as_f64().unwrap().to_bits(),
+                r.mean_nll.to_bits()
+            );
+
+            // inspect reads one block at a time and reports what the in-memory model says.
+            let o = spp(&["inspect", "--model", &s(&out), "--json"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v, serde_json::to_value(&summary).unwrap());
+        }
+    }
+}
+
+#[test]
+fn streamed_perplexity_in_groups_equals_one_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::tiny_model(false, false, &Device::Cpu);
+    let dir = tmp.path().join("m");
+    save_model(&m, &dir, &SaveOptions::default()).unwrap();
+    let sm = StreamedModel::open(&dir, DTypeChoice::Auto, &Device::Cpu).unwrap();
+    let ids = common::ids(16 * 7, m.cfg.vocab_size, 3);
+    let whole =
+        spp::eval::perplexity::perplexity(&m, &ids, 16, None, None, &mut |_, _| {}).unwrap();
+    // A budget of one window's hidden states: seven groups, each reading the blocks again.
+    for budget in [1, 16 * 32 * 4 * 2, u64::MAX] {
+        let r = spp::eval::perplexity::perplexity_streamed(
+            &sm,
+            &ids,
+            16,
+            None,
+            None,
+            budget,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(r.windows, 7);
+        assert_eq!(
+            r.mean_nll.to_bits(),
+            whole.mean_nll.to_bits(),
+            "budget {budget}"
+        );
+        assert_eq!(r.window_seconds.len(), 7);
+    }
+}
