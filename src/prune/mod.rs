@@ -158,7 +158,8 @@ pub struct BlockDone {
 /// - taps of the windows in flight `c·T·(3h + i)·b`;
 /// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`
 ///   plus, for the widest linear, its inverse factor `i²·(8 + 4)`;
-/// - the linear being pruned, as f32 in and out: `2·h·i·4`.
+/// - the widest linear being pruned, as f32: its weights, scores, result and the check of the
+///   stored result, `4·h·i·4`.
 pub fn memory_estimate(
     c: &LlamaConfig,
     dtype: DType,
@@ -177,7 +178,7 @@ pub fn memory_estimate(
         Method::Wanda => (3 * h + i) * 8,
         Method::Magnitude => 0,
     };
-    acts + taps + stats + 2 * h * i * 4
+    acts + taps + stats + 4 * h * i * 4
 }
 
 /// Predicted peak of a block-streamed prune: [`memory_estimate`] plus two blocks' weights (the one
