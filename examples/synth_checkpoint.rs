@@ -47,11 +47,11 @@ fn parse() -> Result<Args, String> {
             "--layers" => a.layers = Some(val()?.parse().map_err(|e| format!("--layers: {e}"))?),
             "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--max-shard-size" => {
-                a.max_shard = val()?
-                    .parse::<spp::model::checkpoint::ByteSize>()?
-                    .0
+                a.max_shard = val()?.parse::<spp::model::checkpoint::ByteSize>()?.0
             }
-            _ => return Err(format!("unknown flag {flag}: see the comment at the top of examples/synth_checkpoint.rs")),
+            _ => return Err(format!(
+                "unknown flag {flag}: see the comment at the top of examples/synth_checkpoint.rs"
+            )),
         }
     }
     if a.out.as_os_str().is_empty() {
@@ -103,11 +103,15 @@ fn main() {
 fn run() -> Result<(), String> {
     let a = parse()?;
     let Some((hidden, inter, layers, heads, kv)) = shape(&a.shape) else {
-        return Err(format!("unknown --shape {}: use llama-2-7b, llama-2-13b or llama-2-70b", a.shape));
+        return Err(format!(
+            "unknown --shape {}: use llama-2-7b, llama-2-13b or llama-2-70b",
+            a.shape
+        ));
     };
     let tok_cfg_path = a.tokenizer_from.join("config.json");
     let tok_cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&tok_cfg_path).map_err(|e| format!("{}: {e}", tok_cfg_path.display()))?,
+        &std::fs::read_to_string(&tok_cfg_path)
+            .map_err(|e| format!("{}: {e}", tok_cfg_path.display()))?,
     )
     .map_err(|e| format!("{}: {e}", tok_cfg_path.display()))?;
     let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
@@ -129,14 +133,24 @@ fn run() -> Result<(), String> {
     .map_err(|e| format!("config: {e}"))?;
     let t0 = std::time::Instant::now();
     let tensors = layout(&cfg);
-    let params: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let params: usize = tensors
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     write_dir_atomically(&a.out, false, |tmp| {
         write_config(tmp, &cfg, DType::BF16)?;
-        let plan = tensors.iter().map(|(n, s)| (n.clone(), DType::BF16, s.clone())).collect();
+        let plan = tensors
+            .iter()
+            .map(|(n, s)| (n.clone(), DType::BF16, s.clone()))
+            .collect();
         let mut w = ShardWriter::new(tmp, plan, a.max_shard)?;
         for (k, (name, shape)) in tensors.iter().enumerate() {
             let n: usize = shape.iter().product();
-            let std = if name.ends_with("norm.weight") { 0.0 } else { 0.02 };
+            let std = if name.ends_with("norm.weight") {
+                0.0
+            } else {
+                0.02
+            };
             let mut seed = a.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut v = random(n, splitmix64(&mut seed), std);
             if std == 0.0 {

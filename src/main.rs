@@ -164,6 +164,9 @@ struct MergeArgs {
     force: bool,
     #[arg(long)]
     json: bool,
+    /// Largest safetensors shard of the output (e.g. 5GB, 500MB); more shards get an index.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: spp::model::checkpoint::ByteSize,
 }
 
 #[derive(Args)]
@@ -1070,45 +1073,72 @@ fn merge(a: MergeArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let m = ModelOpts {
+    let model = open_streamed(&ModelOpts {
         model: a.model.clone(),
         dtype: DTypeChoice::Auto,
         device: "cpu".into(),
         adapter: None,
+    })?;
+    let cfg_m = model.cfg().clone();
+    let mut done = None;
+    spp::model::checkpoint::write_dir_atomically(&a.out, a.force, |tmp| {
+        let mut w =
+            spp::model::ShardWriter::for_model(tmp, &cfg_m, model.dtype(), a.max_shard_size.0)?;
+        let mut reports = Vec::new();
+        let (cfg, warning, linears) =
+            spp::adapter::merge_streamed(&model, &a.adapter, a.force, &mut w, &mut |i, b| {
+                reports.extend(spp::inspect::block_linears(i, b)?);
+                Ok(())
+            })?;
+        w.finish()?;
+        let summary = spp::inspect::summarize(&cfg_m, model.dtype(), reports);
+        let zeros_before: usize = linears.iter().map(|l| l.zeros_before).sum();
+        let zeros_after: usize = linears.iter().map(|l| l.zeros_after).sum();
+        let numel: usize = linears.iter().map(|l| l.numel).sum();
+        let kept = linears.iter().all(|l| l.zeros_kept);
+        let record = serde_json::json!({
+            "spp_version": env!("CARGO_PKG_VERSION"),
+            "model": a.model.display().to_string(),
+            "adapter": a.adapter.display().to_string(),
+            "adapter_config": &cfg,
+            "merged_linears": linears.len(),
+            "zeros_before": zeros_before,
+            "zeros_after": zeros_after,
+            "adapted_weights": numel,
+            "all_zeros_kept": kept,
+            "linear_sparsity": summary.linear_sparsity,
+            "all_linears_2_4": summary.all_linears_2_4,
+            "all_linears_4_8": summary.all_linears_4_8,
+            "linears": &linears,
+        });
+        let save = spp::model::SaveOptions {
+            copy_from: Some(a.model.clone()),
+            extra_files: vec![(
+                "merge.json".into(),
+                serde_json::to_vec_pretty(&record).map_err(|e| spp::Error::Msg(e.to_string()))?,
+            )],
+            ..Default::default()
+        };
+        spp::model::checkpoint::write_config(tmp, &cfg_m, model.dtype())?;
+        spp::model::checkpoint::write_side_files(tmp, &save)?;
+        done = Some((
+            cfg,
+            warning,
+            record,
+            summary,
+            (zeros_before, zeros_after, numel, kept),
+            linears.len(),
+        ));
+        Ok(())
+    })?;
+    let Some((cfg, warning, record, summary, (zeros_before, zeros_after, numel, kept), n_linears)) =
+        done
+    else {
+        bail!("internal: merge finished without a result");
     };
-    let (mut model, _) = load(&m)?;
-    let (cfg, warning) = spp::adapter::load(&mut model, &a.adapter, a.force)?;
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let linears = spp::adapter::merge(&mut model)?;
-    let summary = spp::inspect::inspect(&model)?;
-    let zeros_before: usize = linears.iter().map(|l| l.zeros_before).sum();
-    let zeros_after: usize = linears.iter().map(|l| l.zeros_after).sum();
-    let numel: usize = linears.iter().map(|l| l.numel).sum();
-    let kept = linears.iter().all(|l| l.zeros_kept);
-    let record = serde_json::json!({
-        "spp_version": env!("CARGO_PKG_VERSION"),
-        "model": a.model.display().to_string(),
-        "adapter": a.adapter.display().to_string(),
-        "adapter_config": &cfg,
-        "merged_linears": linears.len(),
-        "zeros_before": zeros_before,
-        "zeros_after": zeros_after,
-        "adapted_weights": numel,
-        "all_zeros_kept": kept,
-        "linear_sparsity": summary.linear_sparsity,
-        "all_linears_2_4": summary.all_linears_2_4,
-        "all_linears_4_8": summary.all_linears_4_8,
-        "linears": &linears,
-    });
-    let save = spp::model::SaveOptions {
-        force: a.force,
-        copy_from: Some(a.model.clone()),
-        extra_files: vec![("merge.json".into(), serde_json::to_vec_pretty(&record)?)],
-        ..Default::default()
-    };
-    spp::model::save_model(&model, &a.out, &save)?;
     if a.json {
         println!("{record}");
         return Ok(());
@@ -1126,7 +1156,7 @@ fn merge(a: MergeArgs) -> Result<()> {
         cfg.method,
         a.model.display(),
         a.out.display(),
-        linears.len(),
+        n_linears,
         zeros_before,
         zeros_after,
         numel,

@@ -281,3 +281,96 @@ fn streamed_perplexity_in_groups_equals_one_group() {
         assert_eq!(r.window_seconds.len(), 7);
     }
 }
+
+#[test]
+fn streamed_merge_equals_the_in_memory_merge() {
+    use spp::adapter::{AdapterConfig, AdapterSpec, Method};
+    let tmp = tempfile::tempdir().unwrap();
+    for method in [Method::Spp, Method::LoraMask] {
+        // A pruned base (so that keeping the zeros means something) with a trained-looking
+        // adapter: every A and b / B entry non-zero.
+        let mut m = common::tiny_model(false, false, &Device::Cpu);
+        let ids: Vec<Vec<u32>> = (0..2)
+            .map(|k| common::ids(16, m.cfg.vocab_size, k))
+            .collect();
+        let opts = spp::prune::PruneOptions {
+            method: spp::prune::Method::Wanda,
+            sparsity: "2:4".parse().unwrap(),
+            targets: spp::prune::parse_targets("all").unwrap(),
+            true_sequential: false,
+            blocksize: 16,
+            percdamp: 0.01,
+        };
+        spp::prune::prune_model(&mut m, &ids, &opts, &mut |_| {}).unwrap();
+        let base = tmp.path().join(format!("base-{method}"));
+        save_model(&m, &base, &SaveOptions::default()).unwrap();
+        let spec = AdapterSpec {
+            method,
+            targets: spp::prune::parse_targets("all").unwrap(),
+            r: 4,
+            scale: 2.0,
+            dropout: 0.0,
+        };
+        let hash = spp::adapter::weights_hash(&m).unwrap();
+        spp::adapter::attach(&mut m, &spec, 7).unwrap();
+        for (k, (_, v)) in spp::adapter::trainable(&m).into_iter().enumerate() {
+            let t = (Tensor::randn(0f32, 0.3, v.as_tensor().dims(), &Device::Cpu).unwrap()
+                + 0.05 * k as f64)
+                .unwrap();
+            v.set(&t).unwrap();
+        }
+        let cfg = AdapterConfig::new(&spec, &m, &base, hash);
+        let adapter = tmp.path().join(format!("adapter-{method}"));
+        spp::adapter::save(&m, &cfg, &adapter, false).unwrap();
+        let linears = spp::adapter::merge(&mut m).unwrap();
+        assert!(linears.iter().all(|l| l.zeros_kept));
+
+        let out = tmp.path().join(format!("merged-{method}"));
+        let o = spp(&[
+            "merge",
+            "--model",
+            &s(&base),
+            "--adapter",
+            &s(&adapter),
+            "--out",
+            &s(&out),
+            "--max-shard-size",
+            "30KB",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(rec["all_zeros_kept"], true);
+        assert!(out.join("model.safetensors.index.json").exists(), "sharded");
+        assert_same_tensors(&tensors_of(&out), &m.named_tensors());
+
+        // An adapter for other weights: refused after the pass that computes the hash, and
+        // nothing is left behind.
+        let other = tmp.path().join(format!("other-{method}"));
+        save_model(
+            &common::tiny_model(false, false, &Device::Cpu),
+            &other,
+            &SaveOptions::default(),
+        )
+        .unwrap();
+        let bad = tmp.path().join(format!("bad-{method}"));
+        let o = spp(&[
+            "merge",
+            "--model",
+            &s(&other),
+            "--adapter",
+            &s(&adapter),
+            "--out",
+            &s(&bad),
+        ]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("different model"));
+        assert!(!bad.exists());
+        let leftovers = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}

@@ -11,12 +11,12 @@ pub mod op;
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{write_dir_atomically, write_json};
-use crate::model::{Llama, SparseLinear};
+use crate::model::{Block, Llama, SparseLinear};
 use crate::prune::LINEARS;
 use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -384,41 +384,57 @@ fn attach_with(
         (&str, (usize, usize)),
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
 ) -> Result<Arc<DropoutCtl>> {
+    let ctl = Arc::new(DropoutCtl::default());
+    let dev = model.device().clone();
+    for (i, block) in model.layers.iter_mut().enumerate() {
+        attach_block(i, block, spec, &ctl, &dev, &mut init)?;
+    }
+    Ok(ctl)
+}
+
+/// [`attach_with`] for block `i` alone.
+fn attach_block(
+    i: usize,
+    block: &mut Block,
+    spec: &AdapterSpec,
+    ctl: &Arc<DropoutCtl>,
+    dev: &Device,
+    init: &mut dyn FnMut(
+        (&str, (usize, usize)),
+        (&str, (usize, usize)),
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
+) -> Result<()> {
     if spec.r == 0 {
         bail!("adapter rows r must be positive");
     }
-    let ctl = Arc::new(DropoutCtl::default());
     let targets = full_targets(&spec.targets)?;
-    let dev = model.device().clone();
-    for (i, block) in model.layers.iter_mut().enumerate() {
-        for (j, (full, lin)) in block.linears_mut().into_iter().enumerate() {
-            if !targets.contains(&full) {
-                continue;
-            }
-            let (m, n) = (lin.out_features(), lin.in_features());
-            if spec.method == Method::Spp && m % spec.r != 0 {
-                bail!("model.layers.{i}.{full}: out_features {m} is not divisible by the SPP rows r = {}; choose r dividing every target's out_features", spec.r);
-            }
-            let (an, bn) = param_names(i, full, spec.method);
-            let b_shape = if spec.method == Method::Spp {
-                (m, 1)
-            } else {
-                (m, spec.r)
-            };
-            let (av, bv) = init((&an, (spec.r, n)), (&bn, b_shape))?;
-            let bv = bv.unwrap_or_else(|| vec![0f32; b_shape.0 * b_shape.1]);
-            lin.adapter = Some(Adapter {
-                method: spec.method,
-                a: Var::from_tensor(&Tensor::from_vec(av, (spec.r, n), &dev)?)?,
-                b: Var::from_tensor(&Tensor::from_vec(bv, b_shape, &dev)?)?,
-                scale: spec.scale,
-                dropout: spec.dropout as f32,
-                id: (i * 7 + j) as u64,
-                ctl: ctl.clone(),
-            });
+    for (j, (full, lin)) in block.linears_mut().into_iter().enumerate() {
+        if !targets.contains(&full) {
+            continue;
         }
+        let (m, n) = (lin.out_features(), lin.in_features());
+        if spec.method == Method::Spp && m % spec.r != 0 {
+            bail!("model.layers.{i}.{full}: out_features {m} is not divisible by the SPP rows r = {}; choose r dividing every target's out_features", spec.r);
+        }
+        let (an, bn) = param_names(i, full, spec.method);
+        let b_shape = if spec.method == Method::Spp {
+            (m, 1)
+        } else {
+            (m, spec.r)
+        };
+        let (av, bv) = init((&an, (spec.r, n)), (&bn, b_shape))?;
+        let bv = bv.unwrap_or_else(|| vec![0f32; b_shape.0 * b_shape.1]);
+        lin.adapter = Some(Adapter {
+            method: spec.method,
+            a: Var::from_tensor(&Tensor::from_vec(av, (spec.r, n), dev)?)?,
+            b: Var::from_tensor(&Tensor::from_vec(bv, b_shape, dev)?)?,
+            scale: spec.scale,
+            dropout: spec.dropout as f32,
+            id: (i * 7 + j) as u64,
+            ctl: ctl.clone(),
+        });
     }
-    Ok(ctl)
+    Ok(())
 }
 
 /// The trainable parameters under their file names, in model order.
@@ -484,56 +500,144 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig> {
 /// Loads the adapter in `dir` onto `model`. A base-model hash that differs from the model's is an
 /// error unless `force` (then a warning is returned).
 pub fn load(model: &mut Llama, dir: &Path, force: bool) -> Result<(AdapterConfig, Option<String>)> {
-    let cfg = read_config(dir)?;
-    let hash = weights_hash(model)?;
-    let mut warning = None;
-    if cfg.base_model_hash != hash {
+    let stored = Stored::read(dir)?;
+    let warning = stored.check_base(&weights_hash(model)?, force)?;
+    stored.check_layers(model.layers.len())?;
+    let spec = stored.spec();
+    attach_with(model, &spec, |a, b| stored.init(a, b))?;
+    Ok((stored.cfg, warning))
+}
+
+/// A trained adapter read from its directory.
+struct Stored {
+    cfg: AdapterConfig,
+    dir: PathBuf,
+    path: PathBuf,
+    tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl Stored {
+    fn read(dir: &Path) -> Result<Self> {
+        let cfg = read_config(dir)?;
+        let path = dir.join(WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            cfg,
+            dir: dir.to_path_buf(),
+            path,
+            tensors,
+        })
+    }
+
+    /// Fails (or, with `force`, warns) when the adapter was trained on other weights.
+    fn check_base(&self, hash: &str, force: bool) -> Result<Option<String>> {
+        if self.cfg.base_model_hash == hash {
+            return Ok(None);
+        }
         let msg = format!(
             "{}: the adapter was trained on a different model (base hash {} from {}, this model {hash})",
-            dir.display(),
-            cfg.base_model_hash,
-            cfg.base_model_name_or_path
+            self.dir.display(),
+            self.cfg.base_model_hash,
+            self.cfg.base_model_name_or_path
         );
         if !force {
             bail!("{msg}; pass --force to apply it anyway");
         }
-        warning = Some(msg);
+        Ok(Some(msg))
     }
-    if cfg.num_layers != model.layers.len() {
-        bail!(
-            "{}: adapter for {} layers, model has {}",
-            dir.display(),
-            cfg.num_layers,
-            model.layers.len()
-        );
+
+    fn check_layers(&self, layers: usize) -> Result<()> {
+        if self.cfg.num_layers != layers {
+            bail!(
+                "{}: adapter for {} layers, model has {layers}",
+                self.dir.display(),
+                self.cfg.num_layers,
+            );
+        }
+        Ok(())
     }
-    let path = dir.join(WEIGHTS_FILE);
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    let spec = AdapterSpec {
-        method: cfg.method,
-        targets: cfg.target_modules.clone(),
-        r: cfg.r,
-        scale: cfg.scale,
-        dropout: cfg.dropout,
-    };
-    let get = |name: &str, shape: (usize, usize)| -> Result<Vec<f32>> {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| Error::Msg(format!("{}: tensor {name} is missing", path.display())))?;
+
+    fn spec(&self) -> AdapterSpec {
+        AdapterSpec {
+            method: self.cfg.method,
+            targets: self.cfg.target_modules.clone(),
+            r: self.cfg.r,
+            scale: self.cfg.scale,
+            dropout: self.cfg.dropout,
+        }
+    }
+
+    fn get(&self, name: &str, shape: (usize, usize)) -> Result<Vec<f32>> {
+        let t = self.tensors.get(name).ok_or_else(|| {
+            Error::Msg(format!("{}: tensor {name} is missing", self.path.display()))
+        })?;
         if t.dims() != [shape.0, shape.1] {
             bail!(
                 "{}: {name} has shape {:?}, the model needs {shape:?}",
-                path.display(),
+                self.path.display(),
                 t.dims()
             );
         }
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-    };
-    attach_with(model, &spec, |(an, a_shape), (bn, b_shape)| {
-        Ok((get(an, a_shape)?, Some(get(bn, b_shape)?)))
-    })?;
-    Ok((cfg, warning))
+    }
+
+    /// The stored A and b / B, as [`attach_with`] asks for them.
+    fn init(
+        &self,
+        (an, a_shape): (&str, (usize, usize)),
+        (bn, b_shape): (&str, (usize, usize)),
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        Ok((self.get(an, a_shape)?, Some(self.get(bn, b_shape)?)))
+    }
+}
+
+/// Merges the adapter in `adapter_dir` into a model read block by block from disk, writing the
+/// merged model's tensors into `out` as they are ready (`on_block` sees each merged block
+/// first). The base-model hash is computed on the
+/// way and checked at the end (so a mismatch fails before the output is complete, and the
+/// caller's atomic write leaves nothing).
+pub fn merge_streamed(
+    model: &crate::model::StreamedModel,
+    adapter_dir: &Path,
+    force: bool,
+    out: &mut crate::model::ShardWriter,
+    on_block: &mut dyn FnMut(usize, &Block) -> Result<()>,
+) -> Result<(AdapterConfig, Option<String>, Vec<MergedLinear>)> {
+    let stored = Stored::read(adapter_dir)?;
+    stored.check_layers(model.n_layers())?;
+    let spec = stored.spec();
+    let ctl = Arc::new(DropoutCtl::default());
+    let dev = model.shell().device().clone();
+    let mut hash = WeightsHasher::default();
+    let embed = model.tensor("model.embed_tokens.weight")?;
+    hash.add("model.embed_tokens.weight", &embed)?;
+    out.write("model.embed_tokens.weight", &embed)?;
+    drop(embed);
+    let mut merged = Vec::new();
+    let mut blocks = model.blocks();
+    for i in 0..model.n_layers() {
+        let mut block = blocks.next_block()?;
+        for (name, t) in block.named_tensors(i) {
+            hash.add(&name, &t)?;
+        }
+        attach_block(i, &mut block, &spec, &ctl, &dev, &mut |a, b| {
+            stored.init(a, b)
+        })?;
+        merged.extend(merge_block(i, &mut block)?);
+        on_block(i, &block)?;
+        out.write_block(i, &block)?;
+    }
+    for name in ["model.norm.weight", "lm_head.weight"] {
+        if name == "lm_head.weight" && model.cfg().tie_word_embeddings {
+            continue;
+        }
+        let t = model.tensor(name)?;
+        hash.add(name, &t)?;
+        out.write(name, &t)?;
+    }
+    let warning = stored.check_base(&hash.finish(), force)?;
+    Ok((stored.cfg, warning, merged))
 }
 
 /// Per-linear outcome of a merge.
@@ -551,42 +655,68 @@ pub struct MergedLinear {
 pub fn merge(model: &mut Llama) -> Result<Vec<MergedLinear>> {
     let mut out = Vec::new();
     for (i, block) in model.layers.iter_mut().enumerate() {
-        for (full, lin) in block.linears_mut() {
-            let Some(ad) = lin.adapter.take() else {
-                continue;
-            };
-            let before = lin.weight.eq(0f32)?;
-            let merged = ad.merged(&lin.weight)?;
-            let after = merged.eq(0f32)?;
-            let count = |t: &Tensor| -> Result<usize> {
-                Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
-            };
-            let kept = count(&(before.to_dtype(DType::F32)? * after.to_dtype(DType::F32)?)?)?;
-            let zb = count(&before)?;
-            out.push(MergedLinear {
-                name: format!("model.layers.{i}.{full}"),
-                zeros_before: zb,
-                zeros_after: count(&after)?,
-                numel: merged.elem_count(),
-                zeros_kept: kept == zb,
-            });
-            lin.weight = merged;
-        }
+        out.extend(merge_block(i, block)?);
     }
     Ok(out)
 }
 
-/// A 64-bit fingerprint of every tensor of the model (names, shapes and f32 values), printed as
-/// hex: what an adapter records to recognise its base model.
+/// [`merge`] of block `i` alone.
+fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
+    let mut out = Vec::new();
+    for (full, lin) in block.linears_mut() {
+        let Some(ad) = lin.adapter.take() else {
+            continue;
+        };
+        let before = lin.weight.eq(0f32)?;
+        let merged = ad.merged(&lin.weight)?;
+        let after = merged.eq(0f32)?;
+        let count = |t: &Tensor| -> Result<usize> {
+            Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+        };
+        let kept = count(&(before.to_dtype(DType::F32)? * after.to_dtype(DType::F32)?)?)?;
+        let zb = count(&before)?;
+        out.push(MergedLinear {
+            name: format!("model.layers.{i}.{full}"),
+            zeros_before: zb,
+            zeros_after: count(&after)?,
+            numel: merged.elem_count(),
+            zeros_kept: kept == zb,
+        });
+        lin.weight = merged;
+    }
+    Ok(out)
+}
+
 pub fn weights_hash(model: &Llama) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |v: u64| {
-        let mut s = h ^ v;
-        h = splitmix64(&mut s);
-    };
+    let mut h = WeightsHasher::default();
     for (name, t) in model.named_tensors() {
-        name.bytes().for_each(|b| mix(b as u64));
-        t.dims().iter().for_each(|&d| mix(d as u64));
+        h.add(&name, &t)?;
+    }
+    Ok(h.finish())
+}
+
+/// [`weights_hash`] fed one tensor at a time, in checkpoint order.
+pub struct WeightsHasher {
+    h: u64,
+}
+
+impl Default for WeightsHasher {
+    fn default() -> Self {
+        Self {
+            h: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+}
+
+impl WeightsHasher {
+    fn mix(&mut self, v: u64) {
+        let mut s = self.h ^ v;
+        self.h = splitmix64(&mut s);
+    }
+
+    pub fn add(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        name.bytes().for_each(|b| self.mix(b as u64));
+        t.dims().iter().for_each(|&d| self.mix(d as u64));
         let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let part = crate::model::ops::with_f32(&t, |v| {
             v.par_chunks(1 << 16)
@@ -601,7 +731,11 @@ pub fn weights_hash(model: &Llama) -> Result<String> {
                 })
                 .collect::<Vec<u64>>()
         })?;
-        part.into_iter().for_each(&mut mix);
+        part.into_iter().for_each(|v| self.mix(v));
+        Ok(())
     }
-    Ok(format!("{h:016x}"))
+
+    pub fn finish(&self) -> String {
+        format!("{:016x}", self.h)
+    }
 }
