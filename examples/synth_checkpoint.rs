@@ -7,6 +7,9 @@
 //!     --tokenizer-from models/smollm2-135m --out /tmp/llama-13b-synth [--layers N] [--seed S]
 //! ```
 //!
+//! `--adapter-for MODEL_DIR --out DIR [--r 16]` writes a random SPP adapter (every linear, A and b
+//! non-zero) for a model instead; its base hash is not the model's, so merge it with `--force`.
+//!
 //! The shapes are the published configs of LLaMA-2 7B / 13B / 70B, except the vocabulary, which is
 //! the tokenizer's (SmolLM2's 49152 instead of 32000). Weights are uniform with standard deviation
 //! 0.02 (norms 1), stored in bf16; the values depend only on the seed and the tensor's name.
@@ -26,6 +29,8 @@ struct Args {
     layers: Option<usize>,
     seed: u64,
     max_shard: u64,
+    adapter_for: Option<PathBuf>,
+    r: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -36,6 +41,8 @@ fn parse() -> Result<Args, String> {
         layers: None,
         seed: 0,
         max_shard: 5_000_000_000,
+        adapter_for: None,
+        r: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,13 +52,17 @@ fn parse() -> Result<Args, String> {
             "--tokenizer-from" => a.tokenizer_from = val()?.into(),
             "--out" => a.out = val()?.into(),
             "--layers" => a.layers = Some(val()?.parse().map_err(|e| format!("--layers: {e}"))?),
+            "--adapter-for" => a.adapter_for = Some(val()?.into()),
+            "--r" => a.r = val()?.parse().map_err(|e| format!("--r: {e}"))?,
             "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--max-shard-size" => {
                 a.max_shard = val()?.parse::<spp::model::checkpoint::ByteSize>()?.0
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown flag {flag}: see the comment at the top of examples/synth_checkpoint.rs"
-            )),
+            ))
+            }
         }
     }
     if a.out.as_os_str().is_empty() {
@@ -102,6 +113,9 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let a = parse()?;
+    if let Some(model) = &a.adapter_for {
+        return adapter(&a, model).map_err(|e| e.to_string());
+    }
     let Some((hidden, inter, layers, heads, kv)) = shape(&a.shape) else {
         return Err(format!(
             "unknown --shape {}: use llama-2-7b, llama-2-13b or llama-2-70b",
@@ -173,6 +187,51 @@ fn run() -> Result<(), String> {
         cfg.num_hidden_layers,
         params as f64 / 1e9,
         t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A random SPP adapter of rank `a.r` on every linear of the model in `model`.
+fn adapter(a: &Args, model: &std::path::Path) -> spp::Result<()> {
+    use spp::adapter::{AdapterConfig, AdapterSpec, Method};
+    let sm = spp::model::StreamedModel::open(model, spp::model::DTypeChoice::Auto, &Device::Cpu)?;
+    let cfg = sm.cfg();
+    let spec = AdapterSpec {
+        method: Method::Spp,
+        targets: spp::prune::parse_targets("all")?,
+        r: a.r,
+        scale: 2.0,
+        dropout: 0.0,
+    };
+    // The config describes the model through a shell with the same config and no blocks.
+    let mut acfg = AdapterConfig::new(&spec, sm.shell(), model, "synthetic".into());
+    acfg.num_layers = cfg.num_hidden_layers;
+    let mut tensors = Vec::new();
+    let mut k = 0u64;
+    for i in 0..cfg.num_hidden_layers {
+        for (full, rows, cols) in spp::model::stream::linear_shapes(cfg) {
+            let p = format!("base_model.model.model.layers.{i}.{full}");
+            for (name, shape) in [
+                (format!("{p}.spp_A.weight"), (a.r, cols)),
+                (format!("{p}.spp_b.weight"), (rows, 1)),
+            ] {
+                k += 1;
+                let v: Vec<f32> = random(shape.0 * shape.1, a.seed ^ k, 0.01)
+                    .iter()
+                    .map(|x| x.to_f32())
+                    .collect();
+                tensors.push((name, Tensor::from_vec(v, shape, &Device::Cpu)?));
+            }
+        }
+    }
+    write_dir_atomically(&a.out, false, |tmp| {
+        spp::adapter::write_files(&acfg, &tensors, tmp)
+    })?;
+    println!(
+        "wrote a random SPP adapter (r {}) for {} to {}",
+        a.r,
+        model.display(),
+        a.out.display()
     );
     Ok(())
 }

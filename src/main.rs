@@ -258,6 +258,9 @@ struct GgufArgs {
     force: bool,
     #[arg(long)]
     json: bool,
+    /// Largest safetensors shard of the output (e.g. 5GB, 500MB); more shards get an index.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: spp::model::checkpoint::ByteSize,
 }
 
 #[derive(Args)]
@@ -430,7 +433,7 @@ fn convert_gguf(a: GgufArgs) -> Result<()> {
     // A GGUF has no single stored dtype: auto means f32.
     let dtype = a.dtype.resolve(DType::F32);
     let t = std::time::Instant::now();
-    let report = spp::gguf::convert(&a.file, &a.out, dtype, a.force)?;
+    let report = spp::gguf::convert(&a.file, &a.out, dtype, a.force, a.max_shard_size.0)?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&report)?;

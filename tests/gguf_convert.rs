@@ -56,6 +56,7 @@ fn llama2_tiny_converts_like_transformers() {
         &out,
         DType::F32,
         false,
+        spp::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
     )
     .unwrap();
     assert_eq!(report.tokenizer, "llama");
@@ -171,9 +172,15 @@ fn corrupt_or_unsupported_gguf_is_a_clear_error_and_writes_nothing() {
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &src[..2000]).unwrap();
     let out = tmp.path().join("out");
-    let err = spp::gguf::convert(&cut, &out, DType::F32, false)
-        .unwrap_err()
-        .to_string();
+    let err = spp::gguf::convert(
+        &cut,
+        &out,
+        DType::F32,
+        false,
+        spp::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("cut.gguf") && err.contains("truncated or corrupt"),
         "{err}"
@@ -182,13 +189,21 @@ fn corrupt_or_unsupported_gguf_is_a_clear_error_and_writes_nothing() {
     // Not a GGUF at all.
     let junk = tmp.path().join("junk.gguf");
     std::fs::write(&junk, b"definitely not gguf").unwrap();
-    assert!(spp::gguf::convert(&junk, &out, DType::F32, false).is_err());
+    assert!(spp::gguf::convert(
+        &junk,
+        &out,
+        DType::F32,
+        false,
+        spp::model::checkpoint::DEFAULT_MAX_SHARD_BYTES
+    )
+    .is_err());
     // A quant test file has no llama metadata: it must say what is missing.
     let err = spp::gguf::convert(
         &data("tests/data/gguf/quants.gguf"),
         &out,
         DType::F32,
         false,
+        spp::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
     )
     .unwrap_err()
     .to_string();

@@ -27,6 +27,7 @@ fn tiny(tmp: &Path, dev: &candle_core::Device) -> (Llama, Tokenizer) {
         &dir,
         candle_core::DType::F32,
         false,
+        spp::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
     )
     .unwrap();
     let model = load_model(&dir, DTypeChoice::F32, dev).unwrap().model;

@@ -10,10 +10,8 @@ pub mod tokenizer;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::{
-    torch_dtype_name, write_dir_atomically, write_json, write_safetensors,
-};
-use crate::model::{Llama, LlamaConfig};
+use crate::model::checkpoint::{torch_dtype_name, write_config, write_dir_atomically, write_json};
+use crate::model::{LlamaConfig, ShardWriter, StreamedModel};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -229,51 +227,137 @@ pub fn hf_tensors(
     Ok(out)
 }
 
-/// Converts a GGUF file into a Hugging Face directory at `out` (written atomically).
-pub fn convert(path: &Path, out: &Path, dtype: DType, force: bool) -> Result<ConvertReport> {
-    let (content, mut file) = read_header(path)?;
+/// The tensors of a GGUF file under their Hugging Face names, dequantised when asked for, with
+/// the rows of `attn_q` / `attn_k` un-permuted.
+pub struct GgufSource {
+    file: std::sync::Mutex<std::fs::File>,
+    content: Content,
+    /// Hugging Face name → GGUF name.
+    names: HashMap<String, String>,
+    heads: (usize, usize),
+    path: std::path::PathBuf,
+}
+
+impl GgufSource {
+    pub fn new(
+        path: &Path,
+        content: Content,
+        file: std::fs::File,
+        cfg: &LlamaConfig,
+    ) -> Result<Self> {
+        let mut names = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let Some(hf) = hf_name(name) else {
+                bail!("{}: GGUF tensor {name} has no Hugging Face LLaMA counterpart: this file is not a plain llama model", path.display());
+            };
+            names.insert(hf, name.clone());
+        }
+        Ok(Self {
+            file: std::sync::Mutex::new(file),
+            content,
+            names,
+            heads: (cfg.num_attention_heads, cfg.num_kv_heads()),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl crate::model::TensorSource for GgufSource {
+    fn get(&self, hf: &str) -> Result<Option<Tensor>> {
+        let Some(name) = self.names.get(hf) else {
+            return Ok(None);
+        };
+        let q = {
+            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            self.content
+                .tensor(&mut *file, name, &Device::Cpu)
+                .map_err(|e| {
+                    Error::Msg(format!("{}: GGUF tensor {name}: {e}", self.path.display()))
+                })?
+        };
+        let mut t = q.dequantize(&Device::Cpu)?;
+        if name.contains(".attn_q.") {
+            t = unpermute_rows(&t, self.heads.0)?;
+        } else if name.contains(".attn_k.") {
+            t = unpermute_rows(&t, self.heads.1)?;
+        }
+        Ok(Some(t))
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Converts a GGUF file into a Hugging Face directory at `out` (written atomically), one block
+/// in memory at a time, in shards of at most `max_shard_bytes`.
+pub fn convert(
+    path: &Path,
+    out: &Path,
+    dtype: DType,
+    force: bool,
+    max_shard_bytes: u64,
+) -> Result<ConvertReport> {
+    let (content, file) = read_header(path)?;
     let cfg =
         config_from_gguf(&content).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
     let tok = tokenizer::tokenizer_files(&content)
         .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    let tensors = hf_tensors(&content, &mut file, &cfg, dtype)
-        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    // Building the model checks every shape against the config before anything is written.
-    let model = Llama::load(cfg.clone(), &tensors, dtype, &Device::Cpu)?;
     let mut source_types = BTreeMap::new();
     for info in content.tensor_infos.values() {
         *source_types
             .entry(format!("{:?}", info.ggml_dtype))
             .or_insert(0) += 1;
     }
-    let mut cfg_out = cfg.clone();
-    crate::model::checkpoint::set_dtype(&mut cfg_out, dtype);
+    let tokenizer_kind = match content.metadata.get("tokenizer.ggml.model") {
+        Some(Value::String(s)) => s.clone(),
+        _ => "unknown".into(),
+    };
+    let src = GgufSource::new(path, content, file, &cfg)?;
+    let used = crate::model::stream::layout(&cfg);
+    if let Some(extra) = src
+        .names
+        .keys()
+        .find(|n| !used.iter().any(|(u, _)| u == *n))
+    {
+        bail!(
+            "{}: tensor {extra} is not part of the model config.json describes ({} layers, tied head {})",
+            path.display(),
+            cfg.num_hidden_layers,
+            cfg.tie_word_embeddings
+        );
+    }
+    let model = StreamedModel::from_source(
+        cfg.clone(),
+        std::sync::Arc::new(src),
+        dtype,
+        &Device::Cpu,
+        path,
+    )?;
     let generation = serde_json::json!({
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
     });
-    let named = model.named_tensors();
     write_dir_atomically(out, force, |tmp| {
-        write_json(&tmp.join("config.json"), &cfg_out)?;
-        write_safetensors(
-            tmp,
-            &named,
-            crate::model::checkpoint::DEFAULT_MAX_SHARD_BYTES,
-        )?;
+        write_config(tmp, &cfg, dtype)?;
+        let mut w = ShardWriter::for_model(tmp, &cfg, dtype, max_shard_bytes)?;
+        model.write_head_tensors(&mut w)?;
+        let mut blocks = model.blocks();
+        for i in 0..model.n_layers() {
+            w.write_block(i, &blocks.next_block()?)?;
+        }
+        model.write_tail_tensors(&mut w)?;
+        w.finish()?;
         write_json(&tmp.join("tokenizer.json"), &tok.tokenizer_json)?;
         write_json(&tmp.join("tokenizer_config.json"), &tok.tokenizer_config)?;
         write_json(&tmp.join("generation_config.json"), &generation)?;
         Ok(())
     })?;
     Ok(ConvertReport {
-        tensors: named.len(),
-        parameters: named.iter().map(|(_, t)| t.elem_count()).sum(),
+        tensors: used.len(),
+        parameters: used.iter().map(|(_, s)| s.iter().product::<usize>()).sum(),
         source_types,
         tied_embeddings: cfg.tie_word_embeddings,
-        tokenizer: match content.metadata.get("tokenizer.ggml.model") {
-            Some(Value::String(s)) => s.clone(),
-            _ => "unknown".into(),
-        },
+        tokenizer: tokenizer_kind,
         dtype: torch_dtype_name(dtype).into(),
     })
 }

@@ -9,9 +9,9 @@
 //! tensors' bytes in order as the job produces them: nothing but the tensor being written is
 //! held for the output.
 
-use super::checkpoint::{write_json, DTypeChoice, SafetensorsSource};
+use super::checkpoint::{write_json, DTypeChoice};
 use super::config::LlamaConfig;
-use super::llama::{read_block, Block, Llama};
+use super::llama::{read_block, Block, Llama, TensorSource};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use candle_core::{DType, Device, Tensor};
@@ -24,16 +24,10 @@ use std::sync::Arc;
 /// embeddings, each block (input norm, the seven linears with their biases, post-attention
 /// norm), final norm, head (absent when tied).
 pub fn layout(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (hd, d, kvh, h) = (
-        cfg.hidden_size,
-        cfg.head_dim(),
-        cfg.num_kv_heads(),
-        cfg.num_attention_heads,
-    );
-    let (im, v) = (cfg.intermediate_size, cfg.vocab_size);
+    let (hd, v) = (cfg.hidden_size, cfg.vocab_size);
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, hd])];
     for i in 0..cfg.num_hidden_layers {
-        out.extend(block_layout(cfg, i, [h * d, kvh * d, hd, im]));
+        out.extend(block_layout(cfg, i));
     }
     out.push(("model.norm.weight".into(), vec![hd]));
     if !cfg.tie_word_embeddings {
@@ -42,30 +36,39 @@ pub fn layout(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-fn block_layout(
-    cfg: &LlamaConfig,
-    i: usize,
-    [q, kv, hd, im]: [usize; 4],
-) -> Vec<(String, Vec<usize>)> {
+fn block_layout(cfg: &LlamaConfig, i: usize) -> Vec<(String, Vec<usize>)> {
     let p = format!("model.layers.{i}");
+    let hd = cfg.hidden_size;
     let mut out = vec![(format!("{p}.input_layernorm.weight"), vec![hd])];
-    let linears = [
-        ("self_attn.q_proj", q, hd, cfg.attention_bias),
-        ("self_attn.k_proj", kv, hd, cfg.attention_bias),
-        ("self_attn.v_proj", kv, hd, cfg.attention_bias),
-        ("self_attn.o_proj", hd, q, cfg.attention_bias),
-        ("mlp.gate_proj", im, hd, cfg.mlp_bias),
-        ("mlp.up_proj", im, hd, cfg.mlp_bias),
-        ("mlp.down_proj", hd, im, cfg.mlp_bias),
-    ];
-    for (name, rows, cols, bias) in linears {
+    for (name, rows, cols) in linear_shapes(cfg) {
         out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
+        let bias = if name.starts_with("mlp") {
+            cfg.mlp_bias
+        } else {
+            cfg.attention_bias
+        };
         if bias {
             out.push((format!("{p}.{name}.bias"), vec![rows]));
         }
     }
     out.push((format!("{p}.post_attention_layernorm.weight"), vec![hd]));
     out
+}
+
+/// The seven linears of a block with `cfg`: name, out features, in features.
+pub fn linear_shapes(cfg: &LlamaConfig) -> [(&'static str, usize, usize); 7] {
+    let (hd, im) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim();
+    let kv = cfg.num_kv_heads() * cfg.head_dim();
+    [
+        ("self_attn.q_proj", q, hd),
+        ("self_attn.k_proj", kv, hd),
+        ("self_attn.v_proj", kv, hd),
+        ("self_attn.o_proj", hd, q),
+        ("mlp.gate_proj", im, hd),
+        ("mlp.up_proj", im, hd),
+        ("mlp.down_proj", hd, im),
+    ]
 }
 
 fn st_dtype(d: DType) -> Result<&'static str> {
@@ -196,14 +199,16 @@ impl ShardWriter {
         let Some(p) = self.shards.get(s).and_then(|sh| sh.get(k)) else {
             bail!("internal: tensor {name} written after the planned checkpoint was complete");
         };
-        if p.name != name || p.dtype != t.dtype() || p.shape != t.dims() {
+        if p.name != name {
+            bail!("internal: expected tensor {} next, got {name}", p.name);
+        }
+        if p.dtype != t.dtype() || p.shape != t.dims() {
             bail!(
-                "internal: expected tensor {} {:?} {:?} next, got {name} {:?} {:?}",
-                p.name,
-                p.dtype,
-                p.shape,
+                "tensor {name} is {:?} {:?} but config.json implies {:?} {:?}: the config does not describe these weights",
                 t.dtype(),
-                t.dims()
+                t.dims(),
+                p.dtype,
+                p.shape
             );
         }
         if k == 0 {
@@ -267,7 +272,8 @@ impl ShardWriter {
 pub struct StreamedModel {
     /// Final norm and rotary tables; no blocks, embeddings or head.
     shell: Llama,
-    src: Arc<SafetensorsSource>,
+    src: Arc<dyn TensorSource + Send + Sync>,
+    /// Where the weights come from, for messages.
     pub dir: PathBuf,
 }
 
@@ -275,11 +281,22 @@ impl StreamedModel {
     /// Opens `dir` (config.json + safetensors): reads the final norm, leaves the rest on disk.
     pub fn open(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Self> {
         let (src, cfg, dtype) = super::checkpoint::open_source(dir, dtype)?;
-        let shell = Llama::load_shell(cfg, &src, dtype, device, false)?;
+        Self::from_source(cfg, Arc::new(src), dtype, device, dir)
+    }
+
+    /// A model with `cfg` whose tensors come from `src` (a GGUF file, …) in `dtype`.
+    pub fn from_source(
+        cfg: LlamaConfig,
+        src: Arc<dyn TensorSource + Send + Sync>,
+        dtype: DType,
+        device: &Device,
+        describe: &Path,
+    ) -> Result<Self> {
+        let shell = Llama::load_shell(cfg, &*src, dtype, device, false)?;
         Ok(Self {
             shell,
-            src: Arc::new(src),
-            dir: dir.to_path_buf(),
+            src,
+            dir: describe.to_path_buf(),
         })
     }
 
@@ -307,7 +324,6 @@ impl StreamedModel {
 
     /// Tensor `name` in the model's dtype on the CPU, read now (for copying into an output).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        use super::llama::TensorSource;
         match self.src.get(name)? {
             Some(t) => Ok(t.to_dtype(self.shell.dtype())?),
             None => bail!("{}: tensor {name} is missing", self.dir.display()),
@@ -363,22 +379,11 @@ impl StreamedModel {
         let c = self.cfg();
         (c.vocab_size * c.hidden_size * self.dtype().size_in_bytes()) as u64
     }
-
-    /// The checkpoint's files.
-    pub fn files(&self) -> &[PathBuf] {
-        self.src.files()
-    }
 }
 
 /// Bytes of one block's weights with `cfg` in `dtype`.
 pub fn block_bytes(cfg: &LlamaConfig, dtype: DType) -> u64 {
-    let (q, kv, hd, im) = (
-        cfg.num_attention_heads * cfg.head_dim(),
-        cfg.num_kv_heads() * cfg.head_dim(),
-        cfg.hidden_size,
-        cfg.intermediate_size,
-    );
-    let n: usize = block_layout(cfg, 0, [q, kv, hd, im])
+    let n: usize = block_layout(cfg, 0)
         .iter()
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
@@ -391,7 +396,12 @@ pub struct BlockReader {
     next: usize,
     n: usize,
     ahead: Option<std::sync::mpsc::Receiver<Result<Block>>>,
-    direct: Option<(Arc<SafetensorsSource>, LlamaConfig, DType, Device)>,
+    direct: Option<(
+        Arc<dyn TensorSource + Send + Sync>,
+        LlamaConfig,
+        DType,
+        Device,
+    )>,
 }
 
 impl BlockReader {

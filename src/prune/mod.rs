@@ -141,6 +141,8 @@ pub struct BlockTiming {
     pub pruning: f64,
     /// Running the pruned block to produce the next block's inputs (0 for the last block).
     pub propagation: f64,
+    /// Waiting for the block's weights (read from disk when they were not read ahead in time).
+    pub load_wait: f64,
     pub total: f64,
 }
 
@@ -375,8 +377,9 @@ pub fn prune_blocks(
     let mut blocks = Vec::new();
     for i in 0..n_blocks {
         let t0 = Instant::now();
-        let mut block = next(i)?;
         let mut timing = BlockTiming::default();
+        let mut block = next(i)?;
+        timing.load_wait = t0.elapsed().as_secs_f64();
         for group in &groups {
             let wanted: Vec<&(&str, &str, Tap)> = LINEARS
                 .iter()

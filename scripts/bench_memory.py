@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Memory at scale: spp's block-streamed jobs on random LLaMA-shaped bf16 checkpoints larger than
+the machine's memory, with the peak anonymous resident memory (RssAnon, sampled every 50 ms from
+outside the process) and the peak of the checkpoint's file-backed pages (RssFile) beside it.
+
+    python3 scripts/bench_memory.py --work /path/with/80GB [--rows prune13,ppl13,merge13,calib,depth]
+
+Checkpoints are made by `cargo run --release --example synth_checkpoint` (seeded, SmolLM2's
+tokenizer) and kept in --work for the next run; outputs are deleted after each row. Rows:
+  prune13  LLaMA-2-13B shape: `spp prune` Wanda 2:4 and SparseGPT 50%, 2 x 512 calibration tokens;
+           with the time the blocks' compute took and the time to read the checkpoint once
+  ppl13    `spp eval ppl --seqlen 512 --max-windows 1` on the Wanda-pruned 13B model
+  merge13  `spp merge` of a random SPP adapter onto it (every zero kept)
+  calib    the prune peak at three calibration sizes (8 layers of the 7B shape) against the formula
+  depth    the prune peak at 8, 16 and 32 layers of the 7B shape
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPP = os.path.join(ROOT, "target/release/spp")
+SYNTH = os.path.join(ROOT, "target/release/examples/synth_checkpoint")
+GIB = 1 << 30
+
+
+def host():
+    name = flags = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and name == "?":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and flags == "?":
+                f = line.split(":", 1)[1].split()
+                flags = " ".join(x for x in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16") if x in f)
+    except OSError:
+        pass
+    return f"{name} ({flags}), {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.1f} GiB"
+
+
+def status(pid):
+    out = {}
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            k, _, v = line.partition(":")
+            if k in ("RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def measured(cmd):
+    """Runs cmd; returns (wall seconds, peak RssAnon, peak RssFile, stdout)."""
+    t = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"RssAnon": 0, "RssFile": 0}
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(p.stderr))
+    reader.start()
+    while p.poll() is None:
+        for k, v in status(p.pid).items():
+            peak[k] = max(peak[k], v)
+        time.sleep(0.05)
+    out = p.stdout.read()
+    reader.join()
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{''.join(err[-20:])}")
+    return time.time() - t, peak["RssAnon"], peak["RssFile"], out
+
+
+def synth(work, shape, layers=None):
+    name = shape + (f"-{layers}l" if layers else "")
+    out = os.path.join(work, name)
+    if not os.path.exists(os.path.join(out, "config.json")):
+        cmd = [SYNTH, "--shape", shape, "--out", out, "--tokenizer-from", os.path.join(ROOT, "models/smollm2-135m")]
+        if layers:
+            cmd += ["--layers", str(layers)]
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def du(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def drop_caches():
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_once(model):
+    """Seconds to read the checkpoint's shards once from disk (page cache dropped first)."""
+    if not drop_caches():
+        return None
+    t = time.time()
+    for f in sorted(os.listdir(model)):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(model, f), "rb") as fh:
+                while fh.read(64 << 20):
+                    pass
+    return time.time() - t
+
+
+def row(label, wall, anon, file, extra=""):
+    print(f"| {label} | {wall:.0f} | {anon / GIB:.2f} | {file / GIB:.2f} | {extra} |", flush=True)
+
+
+def prune(model, out, method, sparsity, nsamples=2, seqlen=512):
+    calib = os.path.join(ROOT, "../shared/data/c4/c4_sample.jsonl")
+    shutil.rmtree(out, ignore_errors=True)
+    drop_caches()
+    wall, anon, file, _ = measured([SPP, "prune", "--model", model, "--method", method, "--sparsity", sparsity,
+                                    "--calib", calib, "--nsamples", str(nsamples), "--seqlen", str(seqlen),
+                                    "--out", out])
+    rec = json.load(open(os.path.join(out, "prune.json")))
+    return wall, anon, file, rec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True, help="directory for the checkpoints (13B: 26 GB, outputs as much again)")
+    ap.add_argument("--rows", default="prune13,ppl13,merge13,calib,depth")
+    a = ap.parse_args()
+    rows = a.rows.split(",")
+    os.makedirs(a.work, exist_ok=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "synth_checkpoint"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    print(f"host: {host()}; spp {subprocess.run([SPP, '--version'], capture_output=True, text=True).stdout.strip()}")
+    print("\n| job | wall s | peak RssAnon GiB | peak RssFile GiB | notes |\n|---|---|---|---|---|")
+    pruned13 = os.path.join(a.work, "out-13b-wanda")
+    if any(r in rows for r in ("prune13", "ppl13", "merge13")):
+        m13 = synth(a.work, "llama-2-13b")
+        size = du(m13)
+    if "prune13" in rows:
+        for method, sp in (("wanda", "2:4"), ("sparsegpt", "0.5")):
+            out = pruned13 if method == "wanda" else os.path.join(a.work, "out-13b-sparsegpt")
+            wall, anon, file, rec = prune(m13, out, method, sp)
+            blocks = rec["report"]["blocks"]
+            compute = sum(b["statistics"] + b["pruning"] + b["propagation"] for b in blocks)
+            waited = sum(b.get("load_wait", 0.0) for b in blocks)
+            res = rec["result"]
+            read = read_once(m13)
+            read_s = f"{read:.0f} s" if read is not None else "n/a"
+            bound = compute + (read or 0)
+            row(f"13B prune {method} {sp}, 2x512", wall, anon, file,
+                f"{size / 1e9:.1f} GB bf16; sparsity {res['linear_sparsity']:.4f}, 2:4 {res['all_linears_2_4']}; "
+                f"predicted {rec['predicted_peak_bytes'] / GIB:.2f} GiB; compute {compute:.0f} s + read once {read_s} "
+                f"= {bound:.0f} s, wall / that = {wall / max(bound, 1e-9):.2f}; waited for blocks {waited:.0f} s")
+            if out != pruned13:
+                shutil.rmtree(out, ignore_errors=True)
+    if "ppl13" in rows and os.path.exists(pruned13):
+        text = os.path.join(ROOT, "../shared/data/wikitext2/wiki.test.raw")
+        drop_caches()
+        wall, anon, file, out = measured([SPP, "eval", "ppl", "--model", pruned13, "--text", text, "--seqlen", "512",
+                                          "--max-windows", "1", "--json"])
+        row("13B eval ppl 1x512 (pruned)", wall, anon, file, f"ppl {json.loads(out)['ppl']:.1f} (random weights)")
+    if "merge13" in rows and os.path.exists(pruned13):
+        adapter = os.path.join(a.work, "adapter-13b")
+        if not os.path.exists(adapter):
+            subprocess.run([SYNTH, "--adapter-for", pruned13, "--out", adapter], check=True)
+        merged = os.path.join(a.work, "out-13b-merged")
+        shutil.rmtree(merged, ignore_errors=True)
+        drop_caches()
+        wall, anon, file, out = measured([SPP, "merge", "--model", pruned13, "--adapter", adapter, "--out", merged, "--json"])
+        rec = json.loads(out)
+        row("13B merge SPP r 16", wall, anon, file,
+            f"all zeros kept {rec['all_zeros_kept']}, 2:4 {rec['all_linears_2_4']}, sparsity {rec['linear_sparsity']:.4f}")
+        shutil.rmtree(merged, ignore_errors=True)
+    if "calib" in rows:
+        m = synth(a.work, "llama-2-7b", 8)
+        for n in (2, 8, 32):
+            out = os.path.join(a.work, "out-calib")
+            wall, anon, file, rec = prune(m, out, "wanda", "2:4", nsamples=n)
+            row(f"7B-shape 8 layers, wanda 2:4, {n}x512", wall, anon, file,
+                f"predicted {rec['predicted_peak_bytes'] / GIB:.2f} GiB")
+            shutil.rmtree(out, ignore_errors=True)
+    if "depth" in rows:
+        for layers in (8, 16, 32):
+            m = synth(a.work, "llama-2-7b", layers if layers != 32 else None)
+            out = os.path.join(a.work, "out-depth")
+            wall, anon, file, rec = prune(m, out, "wanda", "2:4")
+            row(f"7B-shape {layers} layers, wanda 2:4, 2x512", wall, anon, file,
+                f"predicted {rec['predicted_peak_bytes'] / GIB:.2f} GiB; {du(m) / 1e9:.1f} GB on disk")
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
