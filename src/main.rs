@@ -139,6 +139,10 @@ struct TrainArgs {
     /// backward (less memory, about one more forward per step).
     #[arg(long)]
     grad_checkpoint: bool,
+    /// Leave the frozen weights on disk and read each block when it runs (implies gradient
+    /// checkpointing). On by default when the weights take more than half the available memory.
+    #[arg(long)]
+    stream_blocks: bool,
     /// Continue the run in --out from its checkpoint (bit-identical to an uninterrupted run).
     #[arg(long)]
     resume: bool,
@@ -987,7 +991,32 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.m.adapter.is_some() {
         bail!("--adapter is for running a trained adapter; spp train attaches fresh ones (use --resume to continue a run)");
     }
-    let (mut model, _) = load(&a.m)?;
+    let streamed = {
+        let sm = open_streamed(&a.m)?;
+        let bytes = spp::model::stream::layout(sm.cfg())
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum::<u64>()
+            * sm.dtype().size_in_bytes() as u64;
+        let big = spp::model::stream::available_memory().is_some_and(|m| bytes > m / 2);
+        if a.stream_blocks || big {
+            eprintln!(
+                "frozen weights ({:.2} GiB) stay on disk, each block read when it runs; gradient checkpointing on",
+                spp::model::stream::gib(bytes)
+            );
+            Some(sm)
+        } else {
+            None
+        }
+    };
+    let mut model = match &streamed {
+        Some(sm) => {
+            let mut m = sm.with_embeddings()?;
+            m.stand_in_blocks()?;
+            m
+        }
+        None => load(&a.m)?.0,
+    };
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let r = a.r.unwrap_or(if a.method == Method::Spp { 16 } else { 8 });
     let scale = match (a.scale, a.lora_alpha) {
@@ -1032,10 +1061,14 @@ fn train(a: TrainArgs) -> Result<()> {
         save_every: a.save_every,
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
-        grad_checkpoint: a.grad_checkpoint,
+        grad_checkpoint: a.grad_checkpoint || streamed.is_some(),
     };
     let trainer = spp::train::Trainer {
         model: &mut model,
+        weights: match &streamed {
+            Some(sm) => spp::train::Weights::Streamed(sm),
+            None => spp::train::Weights::Resident,
+        },
         data: &ds,
         opts: &opts,
         out: a.out.clone(),

@@ -374,3 +374,77 @@ fn streamed_merge_equals_the_in_memory_merge() {
         assert_eq!(leftovers, 0);
     }
 }
+
+#[test]
+fn training_with_streamed_blocks_equals_resident_checkpointed_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = converted(tmp.path());
+    let records: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"instruction": format!("Count to {i}."), "input": "", "output": "1 2 3 ".repeat(i + 1)}))
+        .collect();
+    let data = tmp.path().join("alpaca.json");
+    std::fs::write(&data, serde_json::to_string(&records).unwrap()).unwrap();
+    let mut adapters = Vec::new();
+    for (k, (method, flag)) in [
+        ("spp", "--grad-checkpoint"),
+        ("spp", "--stream-blocks"),
+        ("lora-mask", "--grad-checkpoint"),
+        ("lora-mask", "--stream-blocks"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("adapter-{k}"));
+        let o = spp(&[
+            "train",
+            "--model",
+            &s(&model),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&out),
+            "--method",
+            method,
+            "--r",
+            "4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--micro-batch-size",
+            "1",
+            "--cutoff",
+            "48",
+            "--val-size",
+            "2",
+            "--eval-every",
+            "2",
+            "--dropout",
+            "0.1",
+            flag,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            err.contains("stay on disk"),
+            flag == "--stream-blocks",
+            "{err}"
+        );
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let t = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+        let mut t: Vec<(String, Tensor)> = t.into_iter().collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        adapters.push((cfg["base_model_hash"].clone(), t));
+    }
+    for pair in adapters.chunks(2) {
+        assert_eq!(
+            pair[0].0, pair[1].0,
+            "the streamed base hash is the resident one"
+        );
+        assert_same_tensors(&pair[0].1, &pair[1].1);
+    }
+}

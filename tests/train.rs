@@ -178,6 +178,7 @@ fn run(
     stop: Option<usize>,
 ) -> spp::Result<spp::train::TrainReport> {
     Trainer {
+        weights: spp::train::Weights::Resident,
         model,
         data: ds,
         opts: o,

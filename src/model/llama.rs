@@ -29,6 +29,27 @@ impl TensorSource for std::collections::HashMap<String, Tensor> {
     }
 }
 
+/// Zero-memory tensors of the right shapes (see [`Llama::stand_in_blocks`]).
+struct StandIns {
+    shapes: std::collections::HashMap<String, Vec<usize>>,
+    dtype: DType,
+    device: Device,
+}
+
+impl TensorSource for StandIns {
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        match self.shapes.get(name) {
+            Some(shape) => Ok(Some(
+                Tensor::zeros(1, self.dtype, &self.device)?.broadcast_as(shape.as_slice())?,
+            )),
+            None => Ok(None),
+        }
+    }
+    fn describe(&self) -> String {
+        "stand-in weights".into()
+    }
+}
+
 /// Block `i` of a model with `cfg` read from `src` in `dtype` on `device`, shapes checked.
 pub fn read_block(
     cfg: &LlamaConfig,
@@ -597,6 +618,13 @@ impl Block {
         out
     }
 
+    /// Takes over the adapters attached to `other`'s linears (the same trainable variables).
+    pub fn adopt_adapters(&mut self, other: &Block) {
+        for ((_, mine), (_, theirs)) in self.linears_mut().into_iter().zip(other.linears()) {
+            mine.adapter = theirs.adapter.clone();
+        }
+    }
+
     /// The seven linears with their names, in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
         [
@@ -802,6 +830,28 @@ impl Llama {
     /// The block's output is not computed: down_proj's input is the last thing calibration needs.
     pub fn block_taps(&self, i: usize, x: &Tensor) -> Result<Taps> {
         self.taps_of(&self.layers[i], x)
+    }
+
+    /// [`Self::block_forward_packed`] of `block` held outside `layers`.
+    pub fn run_block_packed(&self, block: &Block, x: &Tensor, packing: &Packing) -> Result<Tensor> {
+        block.run(x, At::fresh(&self.rope, Some(packing)))
+    }
+
+    /// Gives every block zero-memory stand-ins of its weights (the right shapes, one value
+    /// broadcast), for jobs that keep only the adapters in `layers` and read the frozen weights
+    /// from disk when a block runs (see `Block::adopt_adapters`).
+    pub fn stand_in_blocks(&mut self) -> Result<()> {
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            super::stream::layout(&self.cfg).into_iter().collect();
+        let src = StandIns {
+            shapes,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        self.layers = (0..self.cfg.num_hidden_layers)
+            .map(|i| self.load_block(&src, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
     }
 
     /// [`Self::block_taps`] of `block` held outside `layers`.

@@ -351,6 +351,15 @@ impl StreamedModel {
         &self.shell.cfg
     }
 
+    /// [`crate::adapter::weights_hash`] of the model, reading one tensor at a time.
+    pub fn weights_hash(&self) -> Result<String> {
+        let mut h = crate::adapter::WeightsHasher::default();
+        for (name, _) in layout(self.cfg()) {
+            h.add(&name, &self.tensor(&name)?)?;
+        }
+        Ok(h.finish())
+    }
+
     pub fn dtype(&self) -> DType {
         self.shell.dtype()
     }

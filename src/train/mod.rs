@@ -8,7 +8,7 @@ use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{write_dir_atomically, write_json};
-use crate::model::Llama;
+use crate::model::{Llama, Packing, StreamedModel};
 use candle_core::{DType, Device, Tensor, Var};
 use data::{Batch, Dataset, Example, Stream};
 use std::io::Write;
@@ -123,10 +123,10 @@ pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
 
 /// [`micro_loss`] without keeping a graph: each block's output is detached, so validation holds
 /// one block's activations at a time.
-pub fn eval_loss(model: &Llama, b: &Batch) -> Result<f64> {
+pub fn eval_loss(model: &Llama, weights: Weights, b: &Batch) -> Result<f64> {
     let mut x = model.embed(&b.ids)?;
     for i in 0..model.layers.len() {
-        x = model.block_forward_packed(i, &x, &b.packing)?.detach();
+        x = weights.forward(model, i, &x, &b.packing)?.detach();
     }
     let h = model.norm.forward(&x)?;
     Ok(loss_from_hidden(model, &h, b)?.to_scalar::<f32>()? as f64)
@@ -161,13 +161,14 @@ fn accumulate(
 /// micro-batch, so the re-run draws the same masks.
 fn micro_step(
     model: &Llama,
+    weights: Weights,
     b: &Batch,
     params: &[Var],
     weight: f64,
     checkpoint: bool,
     grads: &mut [Tensor],
 ) -> Result<f64> {
-    if !checkpoint {
+    if !checkpoint && matches!(weights, Weights::Resident) {
         let loss = micro_loss(model, b)?;
         accumulate(grads, params, &(&loss * weight)?.backward()?)?;
         return Ok(loss.to_scalar::<f32>()? as f64);
@@ -175,9 +176,7 @@ fn micro_step(
     let n = model.layers.len();
     let mut inputs = vec![model.embed(&b.ids)?];
     for i in 0..n {
-        let y = model
-            .block_forward_packed(i, &inputs[i], &b.packing)?
-            .detach();
+        let y = weights.forward(model, i, &inputs[i], &b.packing)?.detach();
         inputs.push(y);
     }
     let top = Var::from_tensor(&inputs[n])?;
@@ -187,7 +186,7 @@ fn micro_step(
     let mut upstream = gs.get(top.as_tensor()).cloned().ok_or_else(missing)?;
     for i in (0..n).rev() {
         let x = Var::from_tensor(&inputs[i])?;
-        let gs = (model.block_forward_packed(i, x.as_tensor(), &b.packing)? * &upstream)?
+        let gs = (weights.forward(model, i, x.as_tensor(), &b.packing)? * &upstream)?
             .sum_all()?
             .backward()?;
         accumulate(grads, params, &gs)?;
@@ -375,8 +374,35 @@ fn load_checkpoint(
 }
 
 /// A run: the model with adapters attached, the data, the settings, the output directory.
+/// Where the frozen weights of the blocks are while training.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// In the model's `layers`.
+    Resident,
+    /// On disk, read for every block run; the model's `layers` are stand-ins
+    /// ([`Llama::stand_in_blocks`]) that hold the adapters. Implies gradient checkpointing.
+    Streamed(&'a StreamedModel),
+}
+
+impl Weights<'_> {
+    /// Block `i` of `model` on a packed row `x`.
+    fn forward(&self, model: &Llama, i: usize, x: &Tensor, packing: &Packing) -> Result<Tensor> {
+        match self {
+            Weights::Resident => model.block_forward_packed(i, x, packing),
+            Weights::Streamed(sm) => {
+                let mut block = sm.block(i)?;
+                block.adopt_adapters(&model.layers[i]);
+                model.run_block_packed(&block, x, packing)
+            }
+        }
+    }
+}
+
 pub struct Trainer<'a> {
     pub model: &'a mut Llama,
+    /// Where the blocks' frozen weights are ([`Weights::Streamed`]: `model` is the streamed
+    /// model's shell with embeddings and stand-in blocks).
+    pub weights: Weights<'a>,
     pub data: &'a Dataset,
     pub opts: &'a TrainOptions,
     pub out: PathBuf,
@@ -390,6 +416,7 @@ impl Trainer<'_> {
     pub fn run(self, progress: &mut dyn Progress) -> Result<TrainReport> {
         let Trainer {
             model,
+            weights,
             data: ds,
             opts,
             out,
@@ -421,7 +448,10 @@ impl Trainer<'_> {
         let warmup = (opts.warmup_ratio * total as f64).ceil() as usize;
         let accum = opts.batch_size / opts.micro_batch_size;
 
-        let base_hash = adapter::weights_hash(model)?;
+        let base_hash = match weights {
+            Weights::Resident => adapter::weights_hash(model)?,
+            Weights::Streamed(sm) => sm.weights_hash()?,
+        };
         let spec = AdapterSpec {
             method: opts.method,
             targets: opts.targets.clone(),
@@ -493,7 +523,7 @@ impl Trainer<'_> {
             let mut sum = 0.0;
             let chunks: Vec<&[&Example]> = val.chunks(opts.micro_batch_size).collect();
             for c in &chunks {
-                sum += eval_loss(model, &data::batch(c, &device)?)?;
+                sum += eval_loss(model, weights, &data::batch(c, &device)?)?;
             }
             Ok(sum / chunks.len().max(1) as f64)
         };
@@ -522,6 +552,7 @@ impl Trainer<'_> {
                 }
                 let lv = micro_step(
                     model,
+                    weights,
                     &b,
                     &params,
                     1.0 / accum as f64,
