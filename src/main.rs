@@ -310,6 +310,10 @@ struct TasksArgs {
     /// Print the JSON result on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Leave the weights on disk and read each block when the passes reach it (on by default
+    /// when the weights take more than half the available memory).
+    #[arg(long)]
+    stream_blocks: bool,
     /// Also write the JSON result (settings, metrics, per-document predictions) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -543,8 +547,22 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
         .iter()
         .map(|n| tasks::load(n, &data_dir, a.limit))
         .collect::<spp::Result<Vec<_>>>()?;
-    let (model, _) = load(&a.m)?;
+    // Large models stay on disk, each block read when the passes reach it.
+    let streamed = if a.m.adapter.is_none() {
+        let sm = open_streamed(&a.m)?;
+        (a.stream_blocks || exceeds_half_of_memory(&sm)).then_some(sm)
+    } else {
+        None
+    };
+    let model = match &streamed {
+        Some(sm) => sm.with_embeddings()?,
+        None => load(&a.m)?.0,
+    };
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
+    let source = match &streamed {
+        Some(sm) => zeroshot::Model::Streamed(sm, spp::eval::perplexity::ACTIVATION_BUDGET),
+        None => zeroshot::Model::Resident(&model),
+    };
     let opts = zeroshot::ScoreOptions {
         batch_docs: a.batch_size,
         batch_tokens: a.batch_tokens,
@@ -553,7 +571,7 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
     let start = std::time::Instant::now();
     // One bar per task; the passes of all tasks run together, in task order.
     let mut bars: Vec<_> = loaded.iter().map(|t| progress(t.name)).collect();
-    let results = zeroshot::evaluate(&model, &tok, &loaded, opts, &mut |t, done, total| {
+    let results = zeroshot::evaluate(source, &tok, &loaded, opts, &mut |t, done, total| {
         bars[t](done, total)
     })?;
     let seconds = start.elapsed().as_secs_f64();
@@ -962,6 +980,24 @@ fn prune(a: PruneArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether the model's weights take more than half of the memory available now (then jobs that
+/// could hold every block read them from disk one at a time instead).
+fn exceeds_half_of_memory(m: &spp::model::StreamedModel) -> bool {
+    let bytes = spp::model::stream::layout(m.cfg())
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum::<u64>()
+        * m.dtype().size_in_bytes() as u64;
+    let big = spp::model::stream::available_memory().is_some_and(|avail| bytes > avail / 2);
+    if big {
+        eprintln!(
+            "the weights ({:.2} GiB) take more than half of the available memory: blocks are read from disk one at a time",
+            spp::model::stream::gib(bytes)
+        );
+    }
+    big
+}
+
 /// Opens `m.model` with its blocks left on disk (jobs that walk the blocks once).
 fn open_streamed(m: &ModelOpts) -> Result<spp::model::StreamedModel> {
     let dev = parse_device(&m.device)?;
@@ -993,17 +1029,8 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let streamed = {
         let sm = open_streamed(&a.m)?;
-        let bytes = spp::model::stream::layout(sm.cfg())
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>() as u64)
-            .sum::<u64>()
-            * sm.dtype().size_in_bytes() as u64;
-        let big = spp::model::stream::available_memory().is_some_and(|m| bytes > m / 2);
-        if a.stream_blocks || big {
-            eprintln!(
-                "frozen weights ({:.2} GiB) stay on disk, each block read when it runs; gradient checkpointing on",
-                spp::model::stream::gib(bytes)
-            );
+        if a.stream_blocks || exceeds_half_of_memory(&sm) {
+            eprintln!("frozen weights stay on disk, each block read when it runs; gradient checkpointing on");
             Some(sm)
         } else {
             None

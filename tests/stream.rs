@@ -448,3 +448,80 @@ fn training_with_streamed_blocks_equals_resident_checkpointed_training() {
         assert_same_tensors(&pair[0].1, &pair[1].1);
     }
 }
+
+#[test]
+fn streamed_zero_shot_scores_equal_the_resident_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    for model in model_dirs(tmp.path()) {
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "eval",
+                "tasks",
+                "--model",
+                model.to_str().unwrap(),
+                "--limit",
+                "6",
+                "--data-dir",
+            ];
+            let data = shared("eval");
+            args.push(&data);
+            // Small passes: several of them go through each block.
+            args.extend(["--batch-tokens", "256", "--json"]);
+            args.extend(extra);
+            let o = spp(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["tasks"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, t)| (name.clone(), t["docs"].clone(), t["acc"].clone()))
+                .collect::<Vec<_>>()
+        };
+        let resident = run(&[]);
+        assert_eq!(resident.len(), 7);
+        assert_eq!(run(&["--stream-blocks"]), resident, "{}", model.display());
+    }
+}
+
+#[test]
+fn streamed_zero_shot_in_groups_of_passes_equals_one_group() {
+    use spp::eval::zeroshot::{score_tasks, score_tasks_streamed, ScoreOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = converted(tmp.path());
+    let m = load_model(&model, DTypeChoice::Auto, &Device::Cpu)
+        .unwrap()
+        .model;
+    let sm = StreamedModel::open(&model, DTypeChoice::Auto, &Device::Cpu).unwrap();
+    let tok = spp::tokenizer::Tokenizer::load(&model, &m.cfg).unwrap();
+    let encoded: Vec<_> = ["arc_easy", "winogrande"]
+        .iter()
+        .map(|t| {
+            let task = spp::eval::tasks::load(t, Path::new(&shared("eval")), Some(6)).unwrap();
+            spp::eval::zeroshot::encode_docs(&tok, &task.docs, m.cfg.max_position_embeddings)
+                .unwrap()
+        })
+        .collect();
+    let slices: Vec<&[_]> = encoded.iter().map(Vec::as_slice).collect();
+    let opts = ScoreOptions {
+        batch_docs: 2,
+        batch_tokens: 128,
+        share: true,
+    };
+    let resident = score_tasks(&m, &slices, opts, &mut |_, _, _| {}).unwrap();
+    // A budget of one byte: every pass is a group of its own and reads the blocks again.
+    for budget in [1, u64::MAX] {
+        let streamed = score_tasks_streamed(&sm, &slices, opts, budget, &mut |_, _, _| {}).unwrap();
+        for (a, b) in resident.iter().zip(&streamed) {
+            let bits = |s: &spp::eval::zeroshot::Scores| -> Vec<u64> {
+                s.loglikelihoods
+                    .iter()
+                    .flatten()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(a), bits(b), "budget {budget}");
+            assert_eq!(a.tokens, b.tokens);
+        }
+    }
+}

@@ -17,7 +17,7 @@
 use super::tasks::{Doc, Task};
 use crate::bail;
 use crate::error::Result;
-use crate::model::{Llama, PackedRow, Packing};
+use crate::model::{Llama, PackedRow, Packing, StreamedModel};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 
@@ -151,75 +151,103 @@ fn groups(requests: &[Encoded], first: usize, share: bool) -> Vec<Group<'_>> {
     }
 }
 
-/// Summed log-likelihood of each request of `groups`, packed into one forward pass:
-/// `out[request]` receives the sum.
-fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> {
-    let mut ids = Vec::new();
-    let mut rows = Vec::new();
-    // (row of the logits, target token, request)
-    let mut scored: Vec<(u32, u32, usize)> = Vec::new();
-    for g in groups {
-        let start = ids.len() as u32;
-        let shared: Vec<u32> = input(g.requests[0].1).take(g.prefix).collect();
-        for (p, &id) in shared.iter().enumerate() {
-            ids.push(id);
-            rows.push(PackedRow {
-                position: p as u32,
-                shared: (0, 0),
-                own: start,
-            });
-        }
-        for &(req, r) in &g.requests {
-            let own = ids.len() as u32;
-            for (p, id) in input(r).enumerate().skip(g.prefix) {
+/// One forward pass of packed groups: the token row, its packing, the rows whose final hidden
+/// states are needed, and what each scored position means.
+struct Pass {
+    ids: Tensor,
+    packing: Packing,
+    /// Distinct rows of the logits that are scored, ascending (u32 tensor and values).
+    rows: Tensor,
+    row_values: Vec<u32>,
+    /// (row of the logits, target token, request)
+    scored: Vec<(u32, u32, usize)>,
+}
+
+impl Pass {
+    fn new(groups: &[Group], dev: &candle_core::Device) -> Result<Self> {
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        let mut scored: Vec<(u32, u32, usize)> = Vec::new();
+        for g in groups {
+            let start = ids.len() as u32;
+            let shared: Vec<u32> = input(g.requests[0].1).take(g.prefix).collect();
+            for (p, &id) in shared.iter().enumerate() {
                 ids.push(id);
                 rows.push(PackedRow {
                     position: p as u32,
-                    shared: (start, start + g.prefix as u32),
-                    own,
+                    shared: (0, 0),
+                    own: start,
                 });
             }
-            // Input position p predicts token p + 1; the continuation starts at the context's end.
-            let row_of = |p: usize| {
-                if p < g.prefix {
-                    start + p as u32
-                } else {
-                    own + (p - g.prefix) as u32
+            for &(req, r) in &g.requests {
+                let own = ids.len() as u32;
+                for (p, id) in input(r).enumerate().skip(g.prefix) {
+                    ids.push(id);
+                    rows.push(PackedRow {
+                        position: p as u32,
+                        shared: (start, start + g.prefix as u32),
+                        own,
+                    });
                 }
-            };
-            let c = r.context.len();
-            for (j, &target) in r.continuation.iter().enumerate() {
-                scored.push((row_of(c - 1 + j), target, req));
+                // Input position p predicts token p + 1; the continuation starts at the
+                // context's end.
+                let row_of = |p: usize| {
+                    if p < g.prefix {
+                        start + p as u32
+                    } else {
+                        own + (p - g.prefix) as u32
+                    }
+                };
+                let c = r.context.len();
+                for (j, &target) in r.continuation.iter().enumerate() {
+                    scored.push((row_of(c - 1 + j), target, req));
+                }
             }
         }
+        let n = ids.len();
+        // The final hidden states of the scored rows only (a row may score several requests:
+        // the one-token answers of BoolQ and RTE).
+        let mut row_values: Vec<u32> = scored.iter().map(|s| s.0).collect();
+        row_values.sort_unstable();
+        row_values.dedup();
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (1, n), dev)?,
+            packing: Packing::new(rows, dev)?,
+            rows: Tensor::from_vec(row_values.clone(), row_values.len(), dev)?,
+            row_values,
+            scored,
+        })
     }
-    let dev = model.device();
-    let n = ids.len();
-    let packing = Packing::new(rows, dev)?;
-    // The final hidden states of the scored rows only (a row may score several requests: the
-    // one-token answers of BoolQ and RTE).
-    let mut rows: Vec<u32> = scored.iter().map(|s| s.0).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    let kept = model.hidden_states_packed_at(
-        &Tensor::from_vec(ids, (1, n), dev)?,
-        &packing,
-        &Tensor::from_vec(rows.clone(), rows.len(), dev)?,
-    )?;
-    let sel: Vec<u32> = scored
-        .iter()
-        .map(|s| rows.partition_point(|&r| r < s.0) as u32)
-        .collect();
-    let tgt: Vec<u32> = scored.iter().map(|s| s.1).collect();
-    let h = kept.index_select(&Tensor::from_vec(sel, scored.len(), dev)?, 0)?;
-    let nll = model
-        .token_nll(&h, &Tensor::from_vec(tgt, scored.len(), dev)?)?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    for (s, v) in scored.iter().zip(nll) {
-        out[s.2] -= v as f64;
+
+    /// Adds each request's log-likelihood to `out[request]`, from the final hidden states of
+    /// the scored rows (`kept`, `[rows, hidden]`) and `head` (the model with its output head).
+    fn score(&self, head: &Llama, kept: &Tensor, out: &mut [f64]) -> Result<()> {
+        let dev = kept.device();
+        let n = self.scored.len();
+        let sel: Vec<u32> = self
+            .scored
+            .iter()
+            .map(|s| self.row_values.partition_point(|&r| r < s.0) as u32)
+            .collect();
+        let tgt: Vec<u32> = self.scored.iter().map(|s| s.1).collect();
+        let h = kept.index_select(&Tensor::from_vec(sel, n, dev)?, 0)?;
+        let nll = head
+            .token_nll(&h, &Tensor::from_vec(tgt, n, dev)?)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        for (s, v) in self.scored.iter().zip(nll) {
+            out[s.2] -= v as f64;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Summed log-likelihood of each request of `groups`, packed into one forward pass:
+/// `out[request]` receives the sum.
+fn score_packed(model: &Llama, groups: &[Group], out: &mut [f64]) -> Result<()> {
+    let pass = Pass::new(groups, model.device())?;
+    let kept = model.hidden_states_packed_at(&pass.ids, &pass.packing, &pass.rows)?;
+    pass.score(model, &kept, out)
 }
 
 /// How requests are batched.
@@ -376,7 +404,7 @@ pub struct Scores {
 }
 
 /// Scores the documents of several tasks (already encoded): each task is cut into passes
-/// ([`ScoreOptions`]); on the CPU the passes of all tasks run concurrently, one per core
+/// ([`passes`]) and the passes of all tasks run concurrently on the CPU, one per core
 /// ([`crate::par`]), so no core idles at a task's end. `progress(task, done, total)` is called
 /// after each pass, in order.
 pub fn score_tasks(
@@ -385,50 +413,192 @@ pub fn score_tasks(
     opts: ScoreOptions,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<Vec<Scores>> {
-    let plan: Vec<(usize, std::ops::Range<usize>)> = tasks
-        .iter()
-        .enumerate()
-        .flat_map(|(t, docs)| passes(docs, opts).into_iter().map(move |r| (t, r)))
-        .collect();
+    let plan = plan(tasks, opts);
     // Requests are numbered across the pass, documents in order.
     let run = |i: usize| -> Result<(Vec<f64>, usize, f64)> {
         let start = std::time::Instant::now();
-        let (t, range) = &plan[i];
-        let mut packed = Vec::new();
-        let mut n = 0;
-        for d in &tasks[*t][range.clone()] {
-            packed.extend(groups(d, n, opts.share));
-            n += d.len();
-        }
+        let (packed, n) = pass_groups(tasks, &plan[i], opts);
         let mut sums = vec![0.0; n];
         score_packed(model, &packed, &mut sums)?;
         let len = packed.iter().map(Group::len).sum();
         Ok((sums, len, start.elapsed().as_secs_f64()))
     };
-    let mut out: Vec<Scores> = tasks
+    let mut out = empty_scores(tasks);
+    crate::par::items_in_order(model.device().is_cpu(), plan.len(), run, |i, r| {
+        place(tasks, &plan[i], r, &mut out, progress);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Bytes of hidden states per packed token in [`score_tasks_streamed`].
+pub fn token_bytes(model: &StreamedModel) -> u64 {
+    (model.cfg().hidden_size * model.dtype().size_in_bytes()) as u64
+}
+
+/// [`score_tasks`] of a model whose blocks stay on disk: the passes' hidden states walk through
+/// the blocks, one block in memory at a time (two while the next is read), in groups of passes
+/// whose hidden states fit in `activation_budget` bytes; each group reads the blocks once. Every
+/// pass computes exactly what [`score_tasks`] computes, so the scores are identical.
+pub fn score_tasks_streamed(
+    model: &StreamedModel,
+    tasks: &[&[Vec<Encoded>]],
+    opts: ScoreOptions,
+    activation_budget: u64,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<Vec<Scores>> {
+    let plan = plan(tasks, opts);
+    let shell = model.shell();
+    let dev = shell.device().clone();
+    let cpu = dev.is_cpu();
+    let per_token = token_bytes(model);
+    let mut out = empty_scores(tasks);
+    let mut first = 0;
+    while first < plan.len() {
+        // As many passes as fit the budget (at least one).
+        let mut end = first;
+        let mut bytes = 0u64;
+        while end < plan.len() {
+            let (packed, _) = pass_groups(tasks, &plan[end], opts);
+            let len: usize = packed.iter().map(Group::len).sum();
+            if end > first && bytes + len as u64 * per_token > activation_budget {
+                break;
+            }
+            bytes += len as u64 * per_token;
+            end += 1;
+        }
+        let t = std::time::Instant::now();
+        let mut passes = Vec::with_capacity(end - first);
+        let mut counts = Vec::with_capacity(end - first);
+        for item in &plan[first..end] {
+            let (packed, n) = pass_groups(tasks, item, opts);
+            counts.push((n, packed.iter().map(Group::len).sum::<usize>()));
+            passes.push(Pass::new(&packed, &dev)?);
+        }
+        let mut xs = {
+            let embed = model.with_embeddings()?;
+            passes
+                .iter()
+                .map(|p| embed.embed(&p.ids))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let mut secs = vec![t.elapsed().as_secs_f64() / passes.len() as f64; passes.len()];
+        let mut blocks = model.blocks();
+        let n_layers = model.n_layers();
+        for i in 0..n_layers {
+            let block = blocks.next_block()?;
+            let cells: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
+                .into_iter()
+                .map(|x| std::sync::Mutex::new(Some(x)))
+                .collect();
+            crate::par::items_in_order(
+                cpu,
+                cells.len(),
+                |k| {
+                    let t = std::time::Instant::now();
+                    let x = cells[k]
+                        .lock()
+                        .ok()
+                        .and_then(|mut x| x.take())
+                        .ok_or_else(|| {
+                            crate::error::Error::Msg("internal: pass taken twice".into())
+                        })?;
+                    let p = &passes[k];
+                    let y = if i + 1 == n_layers {
+                        shell.run_block_at(&block, &x, &p.packing, &p.rows)?
+                    } else {
+                        shell.run_block_packed(&block, &x, &p.packing)?
+                    };
+                    Ok((y, t.elapsed().as_secs_f64()))
+                },
+                |k, (y, s)| {
+                    secs[k] += s;
+                    xs.push(y);
+                    Ok(())
+                },
+            )?;
+        }
+        let head = model.with_embeddings()?;
+        crate::par::items_in_order(
+            cpu,
+            passes.len(),
+            |k| {
+                let t = std::time::Instant::now();
+                let p = &passes[k];
+                let mut x = xs[k].clone();
+                if n_layers == 0 {
+                    x = x.index_select(&p.rows, 1)?;
+                }
+                let kept = head.norm.forward(&x)?.squeeze(0)?;
+                let mut sums = vec![0.0; counts[k].0];
+                p.score(&head, &kept, &mut sums)?;
+                Ok((sums, counts[k].1, secs[k] + t.elapsed().as_secs_f64()))
+            },
+            |k, r| {
+                place(tasks, &plan[first + k], r, &mut out, progress);
+                Ok(())
+            },
+        )?;
+        first = end;
+    }
+    Ok(out)
+}
+
+type PlanItem = (usize, std::ops::Range<usize>);
+
+/// The passes of every task: (task, range of its documents).
+fn plan(tasks: &[&[Vec<Encoded>]], opts: ScoreOptions) -> Vec<PlanItem> {
+    tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(t, docs)| passes(docs, opts).into_iter().map(move |r| (t, r)))
+        .collect()
+}
+
+/// The groups of one pass and its number of requests.
+fn pass_groups<'a>(
+    tasks: &[&'a [Vec<Encoded>]],
+    (t, range): &PlanItem,
+    opts: ScoreOptions,
+) -> (Vec<Group<'a>>, usize) {
+    let mut packed = Vec::new();
+    let mut n = 0;
+    for d in &tasks[*t][range.clone()] {
+        packed.extend(groups(d, n, opts.share));
+        n += d.len();
+    }
+    (packed, n)
+}
+
+fn empty_scores(tasks: &[&[Vec<Encoded>]]) -> Vec<Scores> {
+    tasks
         .iter()
         .map(|docs| Scores {
             loglikelihoods: docs.iter().map(|d| vec![0.0; d.len()]).collect(),
             tokens: 0,
             seconds: 0.0,
         })
-        .collect();
-    let sink = |i: usize, (sums, len, seconds): (Vec<f64>, usize, f64)| {
-        let (t, range) = &plan[i];
-        let o = &mut out[*t];
-        let mut k = 0;
-        for slot in &mut o.loglikelihoods[range.clone()] {
-            let n = slot.len();
-            slot.copy_from_slice(&sums[k..k + n]);
-            k += n;
-        }
-        o.tokens += len;
-        o.seconds += seconds;
-        progress(*t, range.end, tasks[*t].len());
-        Ok(())
-    };
-    crate::par::items_in_order(model.device().is_cpu(), plan.len(), run, sink)?;
-    Ok(out)
+        .collect()
+}
+
+/// Puts one pass's (sums, tokens, seconds) into its task's scores.
+fn place(
+    tasks: &[&[Vec<Encoded>]],
+    (t, range): &PlanItem,
+    (sums, len, seconds): (Vec<f64>, usize, f64),
+    out: &mut [Scores],
+    progress: &mut dyn FnMut(usize, usize, usize),
+) {
+    let o = &mut out[*t];
+    let mut k = 0;
+    for slot in &mut o.loglikelihoods[range.clone()] {
+        let n = slot.len();
+        slot.copy_from_slice(&sums[k..k + n]);
+        k += n;
+    }
+    o.tokens += len;
+    o.seconds += seconds;
+    progress(*t, range.end, tasks[*t].len());
 }
 
 /// Scores one task's documents (already encoded): the log-likelihood of every request, per
@@ -450,25 +620,39 @@ pub fn loglikelihoods(
 /// passes of all tasks run together ([`score_tasks`]); `progress(task, done, total)` is called
 /// after each pass.
 pub fn evaluate(
-    model: &Llama,
+    model: Model,
     tok: &Tokenizer,
     tasks: &[Task],
     opts: ScoreOptions,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<Vec<TaskResult>> {
-    let max_len = model.cfg.max_position_embeddings;
+    let max_len = match model {
+        Model::Resident(m) => m.cfg.max_position_embeddings,
+        Model::Streamed(m, _) => m.cfg().max_position_embeddings,
+    };
     let encoded = tasks
         .iter()
         .map(|t| encode_docs(tok, &t.docs, max_len))
         .collect::<Result<Vec<_>>>()?;
     let slices: Vec<&[Vec<Encoded>]> = encoded.iter().map(Vec::as_slice).collect();
-    let scores = score_tasks(model, &slices, opts, progress)?;
+    let scores = match model {
+        Model::Resident(m) => score_tasks(m, &slices, opts, progress)?,
+        Model::Streamed(m, budget) => score_tasks_streamed(m, &slices, opts, budget, progress)?,
+    };
     Ok(tasks
         .iter()
         .zip(&encoded)
         .zip(scores)
         .map(|((task, encoded), s)| task_result(task, encoded, s))
         .collect())
+}
+
+/// The model [`evaluate`] scores with: every block in memory, or blocks read from disk one at a
+/// time with hidden states of at most the given bytes at once.
+#[derive(Clone, Copy)]
+pub enum Model<'a> {
+    Resident(&'a Llama),
+    Streamed(&'a StreamedModel, u64),
 }
 
 /// A task's metrics from its scores.

@@ -832,6 +832,18 @@ impl Llama {
         self.taps_of(&self.layers[i], x)
     }
 
+    /// The last block's step of [`Self::hidden_states_packed_at`] for `block` held outside
+    /// `layers`: its output at the packed rows `rows` only.
+    pub fn run_block_at(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        packing: &Packing,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        block.run_at(x, &self.rope, packing, rows)
+    }
+
     /// [`Self::block_forward_packed`] of `block` held outside `layers`.
     pub fn run_block_packed(&self, block: &Block, x: &Tensor, packing: &Packing) -> Result<Tensor> {
         block.run(x, At::fresh(&self.rope, Some(packing)))
