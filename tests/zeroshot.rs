@@ -262,7 +262,14 @@ fn long_requests_are_cut_from_the_left_like_the_harness() {
         batch_tokens: 4096,
         share: true,
     };
-    let r = &zeroshot::evaluate(&small, &tok, &[task], opts, &mut |_, _, _| {}).unwrap()[0];
+    let r = &zeroshot::evaluate(
+        zeroshot::Model::Resident(&small),
+        &tok,
+        &[task],
+        opts,
+        &mut |_, _, _| {},
+    )
+    .unwrap()[0];
     assert_eq!((r.truncated, r.requests), (2, 2));
     let want = zeroshot::loglikelihood_reference(&model, &cut).unwrap();
     assert!((r.docs[0].loglikelihoods[1] - want).abs() < 1e-4);

@@ -392,6 +392,11 @@ fn attach_with(
     Ok(ctl)
 }
 
+/// Gives A (and optionally b / B) of a linear from `((name of A, its shape), (name of b / B, its
+/// shape))`.
+type InitFn<'a> = dyn FnMut((&str, (usize, usize)), (&str, (usize, usize))) -> Result<(Vec<f32>, Option<Vec<f32>>)>
+    + 'a;
+
 /// [`attach_with`] for block `i` alone.
 fn attach_block(
     i: usize,
@@ -399,10 +404,7 @@ fn attach_block(
     spec: &AdapterSpec,
     ctl: &Arc<DropoutCtl>,
     dev: &Device,
-    init: &mut dyn FnMut(
-        (&str, (usize, usize)),
-        (&str, (usize, usize)),
-    ) -> Result<(Vec<f32>, Option<Vec<f32>>)>,
+    init: &mut InitFn,
 ) -> Result<()> {
     if spec.r == 0 {
         bail!("adapter rows r must be positive");

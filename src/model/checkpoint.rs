@@ -58,7 +58,7 @@ impl std::str::FromStr for ByteSize {
             .parse()
             .map_err(|_| format!("{s:?} is not a size: write e.g. 5GB or 500MB"))?;
         let bytes = v * mult as f64;
-        if !(bytes >= 1.0 && bytes < 1e18) {
+        if !(1.0..1e18).contains(&bytes) {
             return Err(format!("size {s:?} is out of range: give at least 1 byte"));
         }
         Ok(ByteSize(bytes as u64))
