@@ -557,6 +557,9 @@ pub fn merge(model: &mut Llama) -> Result<Vec<MergedLinear>> {
             };
             let before = lin.weight.eq(0f32)?;
             let merged = ad.merged(&lin.weight)?;
+            if crate::model::finite::has_non_finite(&merged)? {
+                bail!("model.layers.{i}.{full}: the merged weight holds NaN or infinite values (the adapter's are not finite); nothing was written — retrain the adapter (a lower --lr) or check its files");
+            }
             let after = merged.eq(0f32)?;
             let count = |t: &Tensor| -> Result<usize> {
                 Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
