@@ -802,6 +802,14 @@ fn prune(a: PruneArgs) -> Result<()> {
                 model.cfg.max_position_embeddings
             );
         }
+        spp::validate::check_memory(
+            &format!(
+                "pruning with {} × {} calibration tokens",
+                a.nsamples, a.seqlen
+            ),
+            memory_estimate(&model, &opts, a.nsamples, a.seqlen),
+            "lower --nsamples or --seqlen",
+        )?;
         let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
         let docs = spp::eval::perplexity::read_documents(&path)?;
         let c = calib::sample_windows(

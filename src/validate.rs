@@ -174,6 +174,31 @@ pub fn recipe_value(section: &str, key: &str, value: &str) -> Result<(), String>
     }
 }
 
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
+pub fn machine_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses work whose predicted memory (`bytes`, beyond the model's weights) exceeds the
+/// machine's, before anything is allocated; `what` names it, `hint` says which flag lowers it.
+pub fn check_memory(what: &str, bytes: u64, hint: &str) -> crate::Result<()> {
+    let Some(total) = machine_memory_bytes() else {
+        return Ok(());
+    };
+    if bytes > total {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        crate::bail!(
+            "{what} would need about {:.1} GiB but this machine has {:.1} GiB: {hint}",
+            gib(bytes),
+            gib(total)
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
