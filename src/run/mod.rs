@@ -503,6 +503,7 @@ pub fn run(
 ) -> Result<Vec<StageRecord>> {
     let stages = plan(recipe, out);
     let run_json = out.join("run.json");
+    crate::outpath::check_kind(out, crate::outpath::OutKind::Dir)?;
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() && !resume {
         bail!(
             "{} already holds a run: pass --resume to continue it (finished stages are skipped), or choose another --out",
@@ -515,7 +516,6 @@ pub fn run(
             out.display()
         );
     }
-    crate::outpath::check_kind(out, crate::outpath::OutKind::Dir)?;
     std::fs::create_dir_all(out).at(out)?;
     let _lock = RunLock::acquire(out)?;
     catch_signals();
