@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// Adds one case: name, arguments, expected phrases, the output location to watch.
+type AddCase<'a> = dyn FnMut(&str, &[&str], &[&str], Option<&Path>) + 'a;
+
 struct Case {
     name: String,
     args: Vec<String>,
@@ -440,7 +443,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             "safetensors random bytes",
             fx.variant("strandom", |d| {
                 let b: Vec<u8> = (0..4096u32)
-                    .map(|i| (i * 2654435761u32 >> 24) as u8)
+                    .map(|i| ((i * 2654435761u32) >> 24) as u8)
                     .collect();
                 std::fs::write(d.join("model.safetensors"), b).unwrap()
             }),
@@ -807,10 +810,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     );
     train_case("train: data is a directory", m.clone(), &["tiny"]);
 
-    let ppl = |name: &str,
-               file: String,
-               expect: &[&str],
-               add: &mut dyn FnMut(&str, &[&str], &[&str], Option<&Path>)| {
+    let ppl = |name: &str, file: String, expect: &[&str], add: &mut AddCase| {
         add(
             name,
             &[
@@ -847,34 +847,30 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     ppl("ppl: text is a directory", m.clone(), &["tiny"], &mut add);
 
     let prune_out = fx.p("prune-out");
-    let prune_calib =
-        |name: &str,
-         file: String,
-         expect: &[&str],
-         add: &mut dyn FnMut(&str, &[&str], &[&str], Option<&Path>)| {
-            add(
-                name,
-                &[
-                    "prune",
-                    "--model",
-                    &m,
-                    "--method",
-                    "wanda",
-                    "--sparsity",
-                    "0.5",
-                    "--calib",
-                    &file,
-                    "--nsamples",
-                    "2",
-                    "--seqlen",
-                    "16",
-                    "--out",
-                    &s(&prune_out),
-                ],
-                expect,
-                Some(&prune_out),
-            );
-        };
+    let prune_calib = |name: &str, file: String, expect: &[&str], add: &mut AddCase| {
+        add(
+            name,
+            &[
+                "prune",
+                "--model",
+                &m,
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--calib",
+                &file,
+                "--nsamples",
+                "2",
+                "--seqlen",
+                "16",
+                "--out",
+                &s(&prune_out),
+            ],
+            expect,
+            Some(&prune_out),
+        );
+    };
     prune_calib(
         "prune: calib missing",
         s(&fx.p("nocalib.jsonl")),
@@ -1407,7 +1403,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             "model = 3\n".into(),
             vec!["needs model"],
         ),
-        ("unknown top key", format!("{good}"), vec![]),
+        ("unknown top key", good.clone(), vec![]),
         (
             "max_steps a word",
             good.replace("max_steps = 1", "max_steps = \"two\""),
