@@ -600,33 +600,74 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     );
 
     // ---- Adapters. ----
-    let nan_adapter = fx.p("nan-adapter");
-    std::fs::create_dir(&nan_adapter).unwrap();
-    for e in std::fs::read_dir(&fx.adapter).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_file() {
-            std::fs::copy(e.path(), nan_adapter.join(e.file_name())).unwrap();
-        }
-    }
-    edit_tensors(&nan_adapter.join("adapter_model.safetensors"), |t| {
-        let k = t.keys().find(|k| k.contains("spp_b")).unwrap().clone();
+    // A copy of the trained adapter whose tensors `f` changes.
+    let adapter_variant =
+        |name: &str, f: &dyn Fn(&mut std::collections::HashMap<String, Tensor>)| {
+            let d = fx.p(name);
+            std::fs::create_dir(&d).unwrap();
+            for e in std::fs::read_dir(&fx.adapter).unwrap() {
+                let e = e.unwrap();
+                if e.path().is_file() {
+                    std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+                }
+            }
+            edit_tensors(&d.join("adapter_model.safetensors"), f);
+            s(&d)
+        };
+    let first_of = |t: &std::collections::HashMap<String, Tensor>, part: &str| {
+        let mut k: Vec<&String> = t.keys().filter(|k| k.contains(part)).collect();
+        k.sort();
+        k[0].clone()
+    };
+    let nan_adapter = adapter_variant("nan-adapter", &|t| {
+        let k = first_of(t, "spp_b");
         let w = poisoned(&t[&k], f32::NAN);
         t.insert(k, w);
     });
-    let out = fx.p("merged-nan");
+    // Finite, but the merged weight overflows: A[0, 0] = 10, b[0] = 3e38.
+    let huge_adapter = adapter_variant("huge-adapter", &|t| {
+        let (ka, kb) = (first_of(t, "spp_A"), first_of(t, "spp_b"));
+        assert_eq!(ka.replace("spp_A", "spp_b"), kb);
+        let (a, b) = (poisoned(&t[&ka], 10.0), poisoned(&t[&kb], 3e38));
+        t.insert(ka, a);
+        t.insert(kb, b);
+    });
+    for (label, dir, expect) in [
+        (
+            "merge of a NaN adapter",
+            &nan_adapter,
+            vec!["spp_b", "NaN or infinite", "adapter is corrupt"],
+        ),
+        (
+            "merge of an overflowing adapter",
+            &huge_adapter,
+            vec!["merged weight holds NaN or infinite", "nothing was written"],
+        ),
+    ] {
+        let out = fx.p(&format!("merged-{}", label.len()));
+        add(
+            label,
+            &["merge", "--model", &m, "--adapter", dir, "--out", &s(&out)],
+            &expect,
+            Some(&out),
+        );
+    }
     add(
-        "merge of a NaN adapter",
+        "eval with a NaN adapter",
         &[
-            "merge",
+            "eval",
+            "ppl",
             "--model",
             &m,
             "--adapter",
-            &s(&nan_adapter),
-            "--out",
-            &s(&out),
+            &nan_adapter,
+            "--text",
+            &text,
+            "--seqlen",
+            "16",
         ],
-        &["NaN or infinite", "nothing was written"],
-        Some(&out),
+        &["spp_b", "NaN or infinite"],
+        None,
     );
     let out = fx.p("merged-x");
     add(

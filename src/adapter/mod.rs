@@ -528,6 +528,12 @@ pub fn load(model: &mut Llama, dir: &Path, force: bool) -> Result<(AdapterConfig
                 t.dims()
             );
         }
+        if crate::model::finite::has_non_finite(t)? {
+            bail!(
+                "{}: tensor {name} holds NaN or infinite values; the adapter is corrupt — retrain it (a lower --lr) or restore its files",
+                path.display()
+            );
+        }
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     };
     attach_with(model, &spec, |(an, a_shape), (bn, b_shape)| {
