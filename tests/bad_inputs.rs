@@ -255,6 +255,18 @@ fn with_flags(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// The GGUF with the first entry of `tokenizer.ggml.scores` (an f32 array) set to NaN.
+fn nan_score(g: &[u8]) -> Vec<u8> {
+    let key = b"tokenizer.ggml.scores";
+    let at = g.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // value type (u32, 9 = array), element type (u32, 6 = f32), length (u64), then the values.
+    assert_eq!(g[at..at + 8], [9, 0, 0, 0, 6, 0, 0, 0]);
+    let first = at + 16;
+    let mut b = g.to_vec();
+    b[first..first + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    b
+}
+
 /// The safetensors header length field set to `n`.
 fn with_header_len(bytes: &[u8], n: u64) -> Vec<u8> {
     let mut b = bytes.to_vec();
@@ -745,6 +757,11 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             "version 1",
             [&g[..4], 1u32.to_le_bytes().as_slice(), &g[8..]].concat(),
             "not a readable GGUF",
+        ),
+        (
+            "a NaN token score",
+            nan_score(&g),
+            "tokenizer.ggml.scores[0]",
         ),
     ];
     for (i, (label, bytes, expect)) in ggufs.into_iter().enumerate() {
