@@ -150,6 +150,10 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
     child.wait().unwrap();
     let rec = json(&b.join("03-train-wanda-2-4-spp/stage.json"));
     assert_eq!(rec["status"], "running", "killed in the middle of training");
+    assert!(
+        b.join(".spp-run.lock").exists(),
+        "a killed run leaves its lock, which the resume below takes over"
+    );
     assert!(!b.join("04-merge-wanda-2-4-spp").exists());
 
     let o = spp(&["run", &r, "--out", &b.display().to_string(), "--resume"]);
