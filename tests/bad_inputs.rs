@@ -395,6 +395,43 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
             vec!["max_position_embeddings 1000000000000", "GiB"],
         ),
         (
+            "config absurd num_hidden_layers",
+            fx.variant("cfgmanylayers", |d| {
+                edit_config(d, |c| c["num_hidden_layers"] = 1_000_000_000_000u64.into())
+            }),
+            vec!["num_hidden_layers 1000000000000", "corrupt"],
+        ),
+        (
+            "config negative rope_theta",
+            fx.variant("cfgtheta", |d| {
+                edit_config(d, |c| c["rope_theta"] = (-1.0).into())
+            }),
+            vec!["rope_theta -1", "> 0"],
+        ),
+        (
+            "config negative rms_norm_eps",
+            fx.variant("cfgeps", |d| {
+                edit_config(d, |c| c["rms_norm_eps"] = (-1.0).into())
+            }),
+            vec!["rms_norm_eps -1"],
+        ),
+        (
+            "config zero context",
+            fx.variant("cfgctx", |d| {
+                edit_config(d, |c| c["max_position_embeddings"] = 0.into())
+            }),
+            vec!["max_position_embeddings must be at least 1"],
+        ),
+        (
+            "config zero rope factor",
+            fx.variant("cfgfactor", |d| {
+                edit_config(d, |c| {
+                    c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 0.0})
+                })
+            }),
+            vec!["rope_scaling.factor 0"],
+        ),
+        (
             "config negative size",
             fx.variant("cfgneg", |d| {
                 edit_config(d, |c| c["hidden_size"] = (-8).into())
