@@ -938,6 +938,14 @@ fn train(a: TrainArgs) -> Result<()> {
         &[&a.m.model, &a.data],
     )?;
     let (mut model, _) = load(&a.m)?;
+    if a.cutoff > model.cfg.max_position_embeddings {
+        bail!(
+            "--cutoff {} exceeds the model's max_position_embeddings {}: use --cutoff {} or less",
+            a.cutoff,
+            model.cfg.max_position_embeddings,
+            model.cfg.max_position_embeddings
+        );
+    }
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let r = a.r.unwrap_or(if a.method == Method::Spp { 16 } else { 8 });
     let scale = match (a.scale, a.lora_alpha) {

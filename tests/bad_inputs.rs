@@ -1057,6 +1057,11 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
         ("--micro-batch-size", "0", "at least 1"),
         ("--batch-size", "6", "multiple of --micro-batch-size"),
         ("--cutoff", "0", "at least 1"),
+        (
+            "--cutoff",
+            "5000",
+            "exceeds the model's max_position_embeddings 4096",
+        ),
         ("--warmup-ratio", "1.5", "[0, 1]"),
         ("--weight-decay", "-1", "0 or more"),
         ("--scale", "-2", "greater than 0"),
