@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod error;
 pub mod gguf;
 pub mod model;
+pub mod outpath;
 pub mod par;
 
 pub use error::{Error, Result};
@@ -18,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod tokenizer;
 pub mod train;
+pub mod validate;
 
 // Links mimalloc for the option setter below.
 use mimalloc as _;

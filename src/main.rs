@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use spp::model::{load_model, DTypeChoice};
+use spp::outpath::{self, OutKind};
 use spp::tokenizer::{Message, Tokenizer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,6 +15,32 @@ use std::path::PathBuf;
 /// frozen-model step, `cargo bench --bench train_step`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `println!` through [`write_stdout`]: a closed pipe (`spp generate … | head`) ends the process
+/// quietly instead of panicking.
+macro_rules! println {
+    () => { write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!` through [`write_stdout`].
+macro_rules! print {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+
+/// Writes and flushes stdout; a reader that went away (broken pipe) ends the process with
+/// exit code 0 and no message, any other write error with a message and exit code 1.
+fn write_stdout(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -85,38 +112,40 @@ struct TrainArgs {
     #[arg(long, default_value = "all")]
     targets: String,
     /// Rows of A: SPP's r (the paper's code uses 16) [default: 16 for spp, 8 for LoRA].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     r: Option<usize>,
     /// Adapter scale s [default: 2.0, i.e. lora_alpha 16 / lora_r 8 as the paper's code].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::positive)]
     scale: Option<f64>,
     /// LoRA alpha (scale = alpha / r); LoRA methods only.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::positive)]
     lora_alpha: Option<f64>,
-    #[arg(long, default_value_t = 0.05)]
+    /// Dropout probability on the adapter's input, in [0, 1).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true, value_parser = spp::validate::dropout)]
     dropout: f64,
-    #[arg(long, default_value_t = 4e-3)]
+    /// Peak learning rate (> 0).
+    #[arg(long, default_value_t = 4e-3, allow_negative_numbers = true, value_parser = spp::validate::learning_rate)]
     lr: f64,
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = 0.03, allow_negative_numbers = true, value_parser = spp::validate::fraction)]
     warmup_ratio: f64,
     /// linear or cosine (after warm-up).
     #[arg(long, default_value = "linear")]
     schedule: spp::train::Schedule,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true, value_parser = spp::validate::non_negative)]
     weight_decay: f64,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = spp::validate::epochs)]
     epochs: usize,
     /// Optimizer steps (overrides --epochs).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::max_steps)]
     max_steps: Option<usize>,
     /// Global batch (examples per optimizer step).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     batch_size: usize,
     /// Examples per forward/backward (gradient accumulation = batch / micro-batch).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     micro_batch_size: usize,
     /// Maximum tokens per example (longer ones are truncated and counted).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     cutoff: usize,
     /// Compute the loss on the prompt too (the paper's setting).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -125,13 +154,13 @@ struct TrainArgs {
     #[arg(long)]
     val_size: Option<usize>,
     /// Validate every N optimizer steps (and at the end).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     eval_every: usize,
     /// Write a resumable checkpoint every N steps (and at the end).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     save_every: usize,
     /// Clip the global gradient norm (off by default, as the paper).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::positive)]
     max_grad_norm: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -186,10 +215,10 @@ struct PruneArgs {
     /// Calibration corpus (JSONL with "text", or plain text) [default: $SPP_DATA_DIR/c4/c4_sample.jsonl].
     #[arg(long)]
     calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = spp::validate::nsamples)]
     nsamples: usize,
     /// Calibration window length in tokens (recorded in prune.json).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, allow_negative_numbers = true, value_parser = spp::validate::seqlen)]
     seqlen: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -197,10 +226,10 @@ struct PruneArgs {
     #[arg(long)]
     true_sequential: bool,
     /// SparseGPT column block size.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     blocksize: usize,
     /// SparseGPT dampening, as a fraction of the Hessian's mean diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = spp::validate::percdamp)]
     percdamp: f64,
     /// Linears to prune: any of q,k,v,o,gate,up,down (or all).
     #[arg(long, default_value = "all")]
@@ -274,10 +303,10 @@ struct PplArgs {
     /// Plain text file, or JSONL with a "text" field.
     #[arg(long)]
     text: PathBuf,
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, allow_negative_numbers = true, value_parser = spp::validate::seqlen)]
     seqlen: usize,
     /// Evaluate only the first N windows.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::max_windows)]
     max_windows: Option<usize>,
     #[arg(long)]
     json: bool,
@@ -295,14 +324,14 @@ struct TasksArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Only the first N documents of each task (as the harness's --limit).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     limit: Option<usize>,
     /// At most this many documents packed into one forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     batch_size: usize,
     /// At most this many tokens in one forward pass (bounds the activations' memory; a longer
     /// document runs alone). On the CPU one pass runs per core.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true, value_parser = spp::validate::positive_usize)]
     batch_tokens: usize,
     /// Compute a context once per choice, as the harness does (same scores, slower).
     #[arg(long)]
@@ -317,6 +346,9 @@ struct TasksArgs {
     /// Also write the JSON result (settings, metrics, per-document predictions) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -336,9 +368,10 @@ struct GenerateArgs {
     #[arg(short = 'n', long = "max-new-tokens", default_value_t = 128)]
     n: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = spp::validate::non_negative)]
     temperature: f64,
-    #[arg(long)]
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
+    #[arg(long, allow_negative_numbers = true, value_parser = spp::validate::top_p)]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -440,6 +473,7 @@ fn load(m: &ModelOpts) -> Result<(spp::model::Llama, Device)> {
 fn convert_gguf(a: GgufArgs) -> Result<()> {
     // A GGUF has no single stored dtype: auto means f32.
     let dtype = a.dtype.resolve(DType::F32);
+    outpath::check(&a.out, OutKind::Dir, a.force, &[&a.file])?;
     let t = std::time::Instant::now();
     let report = spp::gguf::convert(&a.file, &a.out, dtype, a.force, a.max_shard_size.0)?;
     let secs = t.elapsed().as_secs_f64();
@@ -503,7 +537,7 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
                 spp::model::stream::gib(peak),
                 spp::model::stream::gib(acts)
             );
-            spp::model::stream::check_fits(peak, "this evaluation", "use a smaller --seqlen")?;
+            spp::validate::check_memory("this evaluation", peak, "use a smaller --seqlen")?;
             perplexity_streamed(
                 m,
                 &ids,
@@ -541,6 +575,11 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
     });
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if let Some(out) = &a.out {
+        let mut inputs = vec![a.m.model.as_path(), data_dir.as_path()];
+        inputs.extend(a.m.adapter.as_deref());
+        outpath::check(out, OutKind::File, a.force, &inputs)?;
     }
     // Every task is read before the model loads, so a bad file fails fast.
     let loaded = names
@@ -798,7 +837,7 @@ fn data_dir() -> PathBuf {
 }
 
 fn prune(a: PruneArgs) -> Result<()> {
-    use spp::model::stream::{check_fits, gib};
+    use spp::model::stream::gib;
     use spp::prune::{calib, peak_rss_bytes, prune_blocks, streamed_peak_estimate, PruneOptions};
     let opts = PruneOptions {
         method: a.method,
@@ -808,12 +847,9 @@ fn prune(a: PruneArgs) -> Result<()> {
         blocksize: a.blocksize,
         percdamp: a.percdamp,
     };
-    if a.out.exists() && !a.force {
-        bail!(
-            "{} already exists: choose another --out or pass --force to replace it",
-            a.out.display()
-        );
-    }
+    let mut inputs = vec![a.m.model.as_path()];
+    inputs.extend(a.calib.as_deref());
+    outpath::check(&a.out, OutKind::Dir, a.force, &inputs)?;
     if a.m.adapter.is_some() {
         bail!("spp prune works on plain weights: merge the adapter first (spp merge), then prune the merged model");
     }
@@ -836,13 +872,10 @@ fn prune(a: PruneArgs) -> Result<()> {
             );
         }
         let peak = streamed_peak_estimate(&cfg, model.dtype(), &opts, a.nsamples, a.seqlen);
-        check_fits(
+        spp::validate::check_memory(
+            &format!("pruning with {} × {} calibration tokens", a.nsamples, a.seqlen),
             peak,
-            &format!(
-                "pruning with --nsamples {} --seqlen {}",
-                a.nsamples, a.seqlen
-            ),
-            "reduce --nsamples or --seqlen (the calibration activations grow with their product)",
+            "lower --nsamples or --seqlen (the calibration activations grow with their product)",
         )?;
         let tok = Tokenizer::load(&a.m.model, &cfg)?;
         let docs = spp::eval::perplexity::read_documents(&path)?;
@@ -988,7 +1021,7 @@ fn exceeds_half_of_memory(m: &spp::model::StreamedModel) -> bool {
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum::<u64>()
         * m.dtype().size_in_bytes() as u64;
-    let big = spp::model::stream::available_memory().is_some_and(|avail| bytes > avail / 2);
+    let big = spp::validate::available_memory().is_some_and(|avail| bytes > avail / 2);
     if big {
         eprintln!(
             "the weights ({:.2} GiB) take more than half of the available memory: blocks are read from disk one at a time",
@@ -1027,6 +1060,12 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.m.adapter.is_some() {
         bail!("--adapter is for running a trained adapter; spp train attaches fresh ones (use --resume to continue a run)");
     }
+    outpath::check_resumable(
+        &a.out,
+        a.resume,
+        spp::train::CHECKPOINT_DIR,
+        &[&a.m.model, &a.data],
+    )?;
     let streamed = {
         let sm = open_streamed(&a.m)?;
         if a.stream_blocks || exceeds_half_of_memory(&sm) {
@@ -1044,6 +1083,14 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         None => load(&a.m)?.0,
     };
+    if a.cutoff > model.cfg.max_position_embeddings {
+        bail!(
+            "--cutoff {} exceeds the model's max_position_embeddings {}: use --cutoff {} or less",
+            a.cutoff,
+            model.cfg.max_position_embeddings,
+            model.cfg.max_position_embeddings
+        );
+    }
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let r = a.r.unwrap_or(if a.method == Method::Spp { 16 } else { 8 });
     let scale = match (a.scale, a.lora_alpha) {
@@ -1130,12 +1177,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn merge(a: MergeArgs) -> Result<()> {
-    if a.out.exists() && !a.force {
-        bail!(
-            "{} already exists: choose another --out or pass --force to replace it",
-            a.out.display()
-        );
-    }
+    outpath::check(&a.out, OutKind::Dir, a.force, &[&a.model, &a.adapter])?;
     let model = open_streamed(&ModelOpts {
         model: a.model.clone(),
         dtype: DTypeChoice::Auto,

@@ -150,6 +150,10 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
     child.wait().unwrap();
     let rec = json(&b.join("03-train-wanda-2-4-spp/stage.json"));
     assert_eq!(rec["status"], "running", "killed in the middle of training");
+    assert!(
+        b.join(".spp-run.lock").exists(),
+        "a killed run leaves its lock, which the resume below takes over"
+    );
     assert!(!b.join("04-merge-wanda-2-4-spp").exists());
 
     let o = spp(&["run", &r, "--out", &b.display().to_string(), "--resume"]);
@@ -245,5 +249,61 @@ fn bad_recipes_are_refused_before_any_stage() {
                 )
         },
         &["3:7", "/nonexistent/alpaca.json", "arc_eazy", "cannot run"],
+    );
+}
+
+/// Whether any process's command line mentions `needle`.
+fn process_mentions(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(needle))
+}
+
+#[test]
+fn sigterm_reaches_the_running_stage_and_the_run_stays_resumable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = setup(tmp.path());
+    let r = recipe.display().to_string();
+    let out = tmp.path().join("sig");
+    let o = out.display().to_string();
+    // SIGTERM goes to `spp run` alone (its own process group): it must pass it on.
+    let child = Command::new(env!("CARGO_BIN_EXE_spp"))
+        .args(["run", &r, "--out", &o])
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let checkpoint = out.join("03-train-wanda-2-4-spp/adapter/checkpoint/state.json");
+    let t = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success());
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let rec = json(&out.join("03-train-wanda-2-4-spp/stage.json"));
+    assert_eq!(rec["status"], "interrupted");
+    assert!(!process_mentions(&o), "a stage of the run is still running");
+    assert!(!out.join(".spp-run.lock").exists(), "the lock is released");
+
+    let o = spp(&["run", &r, "--out", &o, "--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("continuing training from its checkpoint"),
+        "{err}"
     );
 }

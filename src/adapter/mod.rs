@@ -581,6 +581,12 @@ impl Stored {
                 t.dims()
             );
         }
+        if crate::model::finite::has_non_finite(t)? {
+            bail!(
+                "{}: tensor {name} holds NaN or infinite values; the adapter is corrupt — retrain it (a lower --lr) or restore its files",
+                self.path.display()
+            );
+        }
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     }
 
@@ -671,6 +677,9 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
         };
         let before = lin.weight.eq(0f32)?;
         let merged = ad.merged(&lin.weight)?;
+        if crate::model::finite::has_non_finite(&merged)? {
+            bail!("model.layers.{i}.{full}: the merged weight holds NaN or infinite values (the adapter's are not finite); nothing was written — retrain the adapter (a lower --lr) or check its files");
+        }
         let after = merged.eq(0f32)?;
         let count = |t: &Tensor| -> Result<usize> {
             Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)

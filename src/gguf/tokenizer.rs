@@ -293,6 +293,12 @@ fn sentencepiece_bpe(
                     tokens.len()
                 );
             }
+            if let Some(i) = scores.iter().position(|x| x.is_nan()) {
+                bail!(
+                    "GGUF metadata tokenizer.ggml.scores[{i}] (token {:?}) is NaN: the vocabulary is corrupt; re-download or re-convert the model",
+                    tokens[i]
+                );
+            }
             sentencepiece_merges(tokens, &scores)
         }
     };

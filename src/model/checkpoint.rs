@@ -320,36 +320,28 @@ pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Loa
 }
 
 /// Runs `write` on a fresh temporary directory beside `out` and renames it to `out` when it
-/// succeeds; on failure nothing is left behind. An existing `out` is replaced only with `force`.
+/// succeeds; on failure nothing is left behind. An existing `out` is replaced only with `force`,
+/// and never when it is a file. Leftovers of interrupted writes to `out` are removed first
+/// ([`crate::outpath`]).
 pub fn write_dir_atomically(
     out: &Path,
     force: bool,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    if out.exists() && !force {
-        bail!(
-            "{} already exists: choose another --out or pass --force to replace it",
-            out.display()
-        );
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    use crate::outpath;
+    outpath::check(out, outpath::OutKind::Dir, force, &[])?;
+    let parent = outpath::parent_of(out);
     std::fs::create_dir_all(&parent).at(&parent)?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
+    outpath::clean_leftovers(out)?;
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
+        .prefix(&outpath::partial_prefix(out))
         .tempdir_in(&parent)
         .at(&parent)?;
     write(tmp.path())?;
     make_readable(tmp.path())?;
     let tmp = tmp.keep();
     if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let old = outpath::old_name(out);
         std::fs::rename(out, &old).at(out)?;
         std::fs::rename(&tmp, out).at(out)?;
         std::fs::remove_dir_all(&old).at(&old)?;
@@ -406,18 +398,20 @@ pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
 }
 
 /// Writes `bytes` into a temporary sibling and renames it over `path`, so a reader sees the old
-/// file or the new one, never part of one.
+/// file or the new one, never part of one. A directory at `path` is refused.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    use crate::outpath;
+    outpath::check_kind(path, outpath::OutKind::File)?;
+    outpath::clean_leftovers(path)?;
+    let tmp = outpath::parent_of(path).join(format!("{}0", outpath::partial_prefix(path)));
     if let Err(e) = std::fs::write(&tmp, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
-    std::fs::rename(&tmp, path).at(path)
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 /// [`write_json`], atomically.

@@ -35,6 +35,9 @@ fn default_max_pos() -> usize {
     2048
 }
 
+/// More layers than any LLaMA-family model has: a config beyond it is corrupt.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LlamaConfig {
     #[serde(default)]
@@ -140,7 +143,40 @@ impl LlamaConfig {
                 self.num_kv_heads()
             );
         }
+        if self.num_hidden_layers > MAX_LAYERS {
+            bail!(
+                "num_hidden_layers {} is more than any LLaMA-family model has (spp allows up to {MAX_LAYERS}); the config is corrupt",
+                self.num_hidden_layers
+            );
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!(
+                "rope_theta {} must be a finite number > 0 (LLaMA-2 uses 10000)",
+                self.rope_theta
+            );
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            bail!(
+                "rms_norm_eps {} must be a finite number ≥ 0 (e.g. 1e-5)",
+                self.rms_norm_eps
+            );
+        }
+        if self.max_position_embeddings == 0 {
+            bail!("max_position_embeddings must be at least 1 (the model's context length)");
+        }
         if let Some(rs) = &self.rope_scaling {
+            for (key, v) in [
+                ("factor", rs.factor),
+                ("low_freq_factor", rs.low_freq_factor),
+                ("high_freq_factor", rs.high_freq_factor),
+            ] {
+                if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                    bail!("rope_scaling.{key} {v} must be a finite number > 0");
+                }
+            }
+            if rs.original_max_position_embeddings == Some(0) {
+                bail!("rope_scaling.original_max_position_embeddings must be at least 1");
+            }
             match rs.rope_type.as_str() {
                 "default" => {}
                 "llama3" => {

@@ -18,6 +18,10 @@ pub trait TensorSource {
     fn get(&self, name: &str) -> Result<Option<Tensor>>;
     /// Where the tensors live, for error messages.
     fn describe(&self) -> String;
+    /// Whether loading checks the values (NaN, infinity); not for stand-ins that hold none.
+    fn holds_values(&self) -> bool {
+        true
+    }
 }
 
 impl TensorSource for std::collections::HashMap<String, Tensor> {
@@ -47,6 +51,9 @@ impl TensorSource for StandIns {
     }
     fn describe(&self) -> String {
         "stand-in weights".into()
+    }
+    fn holds_values(&self) -> bool {
+        false
     }
 }
 
@@ -81,6 +88,9 @@ impl Loader<'_> {
                 t.dims(),
                 shape
             );
+        }
+        if self.src.holds_values() {
+            check_finite(&t, name, self.src)?;
         }
         Ok(Some(t.to_dtype(self.dtype)?.to_device(self.device)?))
     }
@@ -141,6 +151,18 @@ impl Loader<'_> {
             post_attention_layernorm: norm("post_attention_layernorm")?,
         })
     }
+}
+
+/// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
+/// numbers (a NaN in one attention head can vanish behind the softmax's masking).
+fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
+    if super::finite::has_non_finite(t)? {
+        bail!(
+            "{}: tensor {name} holds NaN or infinite values; the weights are corrupt — re-download or re-convert the model",
+            src.describe()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -263,11 +285,20 @@ pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
     inv
 }
 
+/// The most positions a rotary table is built for (2²⁰: 0.5 GiB of tables at head_dim 128).
+pub const MAX_ROPE_POSITIONS: usize = 1 << 20;
+
 impl Rope {
     pub fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
         let inv = inv_freq(cfg);
         let n = cfg.max_position_embeddings.max(1);
         let half = inv.len();
+        if n > MAX_ROPE_POSITIONS {
+            bail!(
+                "config.json: max_position_embeddings {n} would need rotary tables of {:.1} GiB; spp supports up to {MAX_ROPE_POSITIONS} positions — set max_position_embeddings to the context you use",
+                (8.0 * n as f64 * half as f64) / (1u64 << 30) as f64
+            );
+        }
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in 0..n {

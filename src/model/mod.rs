@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod finite;
 pub mod gemm;
 pub mod linear;
 pub mod llama;

@@ -471,29 +471,7 @@ impl BlockReader {
     }
 }
 
-/// Memory the machine can still give (Linux `MemAvailable`), in bytes.
-pub fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Fails with a clear message when a job predicted to need `need` bytes would not fit in the
-/// memory available now; `what` names the job and `knob` the flag that reduces the need.
-pub fn check_fits(need: u64, what: &str, knob: &str) -> Result<()> {
-    if let Some(avail) = available_memory() {
-        if need > avail {
-            bail!(
-                "{what} needs about {:.2} GiB but only {:.2} GiB of memory is available: {knob}",
-                gib(need),
-                gib(avail)
-            );
-        }
-    }
-    Ok(())
-}
-
+/// Bytes as GiB, for messages.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }

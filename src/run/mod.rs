@@ -6,8 +6,9 @@
 //! directory, data files, the outputs of earlier stages). With `--resume`, a stage whose
 //! `stage.json` says done under the same key is skipped; an interrupted one restarts from scratch,
 //! except training, which continues from its last checkpoint (bit-identical to an uninterrupted
-//! run). Ctrl-C stops the running subcommand and `spp run` together; nothing is marked done that
-//! did not finish, so the directory is always resumable.
+//! run). Ctrl-C or SIGTERM is passed on to the running subcommand, which stops with `spp run`;
+//! nothing is marked done that did not finish, so the directory is always resumable. A lock file
+//! (`.spp-run.lock`, holding the pid) keeps two runs out of one directory.
 
 pub mod recipe;
 
@@ -325,8 +326,108 @@ pub fn read_record(dir: &Path) -> Option<StageRecord> {
     serde_json::from_str(&text).ok()
 }
 
+/// The signal (SIGINT, SIGTERM) that asked `spp run` to stop, 0 while none did.
+static STOP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+#[cfg(unix)]
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on Ctrl-C and SIGTERM are recorded in [`STOP`] instead of killing the process, so
+/// the running stage receives them and the stage is recorded as interrupted.
+fn catch_signals() {
+    #[cfg(unix)]
+    {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that only stores into an atomic.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+    }
+}
+
+fn stop_signal() -> i32 {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    #[cfg(unix)]
+    if sig == libc::SIGINT {
+        return "Ctrl-C (SIGINT)";
+    }
+    let _ = sig;
+    "SIGTERM"
+}
+
+/// `DIR/.spp-run.lock`, created exclusively and holding the pid of the run that owns `DIR`;
+/// removed when dropped. A lock whose process is gone is taken over.
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    pub const FILE: &'static str = ".spp-run.lock";
+
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        use std::io::Write;
+        let path = dir.join(Self::FILE);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    write!(f, "{}", std::process::id()).at(&path)?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok());
+                    match holder {
+                        Some(pid) if crate::outpath::pid_alive(pid) => bail!(
+                            "{} is in use by another spp run (pid {pid}): wait for it to finish or stop it; two runs in one directory would overwrite each other's stages",
+                            dir.display()
+                        ),
+                        // A stale lock (its run is gone) or one being written right now.
+                        None if std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t.elapsed().is_ok_and(|d| d < Duration::from_secs(2))) =>
+                        {
+                            bail!(
+                                "{} is in use by another spp run that is starting: wait for it to finish or stop it",
+                                dir.display()
+                            )
+                        }
+                        _ => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        bail!(
+            "cannot lock {}: remove {} if no spp run is using the directory",
+            dir.display(),
+            path.display()
+        )
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Runs one command (`spp` replaced by `exe`), its stdout to `stdout` when given; returns the
-/// peak memory seen.
+/// peak memory seen. A signal recorded in [`STOP`] is passed on to the command, which is then
+/// waited for.
 fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
     let mut c = std::process::Command::new(exe);
     c.args(&cmd.argv[1..]);
@@ -338,7 +439,19 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         .spawn()
         .map_err(|e| Error::Msg(format!("cannot start {}: {e}", exe.display())))?;
     let mut peak = None;
+    let mut forwarded = false;
     let status = loop {
+        let sig = stop_signal();
+        if sig != 0 && !forwarded {
+            forwarded = true;
+            #[cfg(unix)]
+            // SAFETY: a plain kill(2) of our own child.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+            #[cfg(not(unix))]
+            let _ = child.kill();
+        }
         if let Some(m) = crate::prune::peak_rss_of(&child.id().to_string()) {
             peak = Some(peak.unwrap_or(0).max(m));
         }
@@ -350,6 +463,13 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
             None => std::thread::sleep(Duration::from_millis(100)),
         }
     };
+    if forwarded {
+        bail!(
+            "stopped by {}: `{}` was stopped",
+            signal_name(stop_signal()),
+            crate::report::quote_argv(&cmd.argv)
+        );
+    }
     if !status.success() {
         bail!(
             "`{}` failed ({status})",
@@ -383,6 +503,7 @@ pub fn run(
 ) -> Result<Vec<StageRecord>> {
     let stages = plan(recipe, out);
     let run_json = out.join("run.json");
+    crate::outpath::check_kind(out, crate::outpath::OutKind::Dir)?;
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() && !resume {
         bail!(
             "{} already holds a run: pass --resume to continue it (finished stages are skipped), or choose another --out",
@@ -396,6 +517,8 @@ pub fn run(
         );
     }
     std::fs::create_dir_all(out).at(out)?;
+    let _lock = RunLock::acquire(out)?;
+    catch_signals();
     std::fs::copy(&recipe.path, out.join("recipe.toml")).at(&recipe.path)?;
     // A resumed run keeps the time it first started.
     let started_unix = std::fs::read_to_string(&run_json)
@@ -418,6 +541,13 @@ pub fn run(
     let mut durations: Vec<(Kind, f64)> = Vec::new();
     let mut fingerprints = HashMap::new();
     for (i, s) in stages.iter().enumerate() {
+        if stop_signal() != 0 {
+            bail!(
+                "stopped by {} before stage {}; the run directory is resumable: rerun with --resume",
+                signal_name(stop_signal()),
+                s.name
+            );
+        }
         let dir = out.join(&s.name);
         let key = stage_key(s, &mut fingerprints)?;
         let old = read_record(&dir);
@@ -479,7 +609,11 @@ pub fn run(
             match execute(exe, &c, &dir) {
                 Ok(peak) => rec.peak_rss_bytes = rec.peak_rss_bytes.max(peak),
                 Err(e) => {
-                    rec.status = "failed".into();
+                    rec.status = if stop_signal() != 0 {
+                        "interrupted".into()
+                    } else {
+                        "failed".into()
+                    };
                     rec.seconds = Some(t.elapsed().as_secs_f64());
                     write_json_atomically(&dir.join("stage.json"), &rec)?;
                     bail!(

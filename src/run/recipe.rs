@@ -186,16 +186,20 @@ impl Recipe {
             .parse()
             .map_err(|e| Error::Msg(format!("{}: invalid TOML: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // Every problem is collected, so one message lists them all before anything runs.
         let mut errors = Vec::new();
         let mut unknown = unknown_keys(&top, TOP, "");
-        let section = |name: &str| -> Result<Option<&toml::Table>> {
+        let mut section = |name: &str| -> Option<&toml::Table> {
             match top.get(name) {
-                None => Ok(None),
-                Some(Value::Table(t)) => Ok(Some(t)),
-                Some(_) => bail!("{}: [{name}] must be a table", path.display()),
+                None => None,
+                Some(Value::Table(t)) => Some(t),
+                Some(_) => {
+                    errors.push(format!("[{name}] must be a table"));
+                    None
+                }
             }
         };
-        let (prune_t, train_t, eval_t) = (section("prune")?, section("train")?, section("eval")?);
+        let (prune_t, train_t, eval_t) = (section("prune"), section("train"), section("eval"));
         for (t, known, name) in [
             (prune_t, PRUNE, "prune."),
             (train_t, TRAIN, "train."),
@@ -206,22 +210,28 @@ impl Recipe {
             }
         }
         if !unknown.is_empty() {
-            bail!(
-                "{}: unknown recipe keys: {}",
-                path.display(),
-                unknown.join(", ")
-            );
+            errors.push(format!("unknown recipe keys: {}", unknown.join(", ")));
         }
         let model = match top.get("model") {
             Some(Value::String(m)) => base.join(m),
-            _ => bail!(
-                "{}: the recipe needs model = \"DIR\" (a Hugging Face model directory)",
-                path.display()
-            ),
+            _ => {
+                errors.push(
+                    "the recipe needs model = \"DIR\" (a Hugging Face model directory)".into(),
+                );
+                PathBuf::new()
+            }
         };
         let cfg_path = model.join("config.json");
-        let cfg = if cfg_path.exists() {
-            Some(LlamaConfig::load(&cfg_path)?)
+        let cfg = if model.as_os_str().is_empty() {
+            None
+        } else if cfg_path.exists() {
+            match LlamaConfig::load(&cfg_path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            }
         } else {
             errors.push(format!(
                 "model {}: no config.json there (run scripts/setup.sh for the default model, or point model at a Hugging Face directory)",
@@ -230,24 +240,35 @@ impl Recipe {
             None
         };
         let name = match top.get("name") {
-            Some(v) => scalar(v, "name")?,
+            Some(v) => got(scalar(v, "name"), &mut errors).unwrap_or_default(),
             None => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let dtype = top.get("dtype").map(|v| scalar(v, "dtype")).transpose()?;
-        let device = top.get("device").map(|v| scalar(v, "device")).transpose()?;
+        if let Err(e) = check_name(&name) {
+            errors.push(e);
+        }
+        let mut opt_scalar =
+            |key: &str| top.get(key).and_then(|v| got(scalar(v, key), &mut errors));
+        let dtype = opt_scalar("dtype");
+        let device = opt_scalar("device");
+        if let Some(d) = &dtype {
+            if let Err(e) = d.parse::<crate::model::DTypeChoice>() {
+                errors.push(format!("dtype: {e}"));
+            }
+        }
 
         let prune = match prune_t {
             None => None,
             Some(t) => {
-                let methods = list(t.get("method"), "prune.method")?;
-                let sparsities = list(t.get("sparsity"), "prune.sparsity")?;
+                let methods =
+                    got(list(t.get("method"), "prune.method"), &mut errors).unwrap_or_default();
+                let sparsities =
+                    got(list(t.get("sparsity"), "prune.sparsity"), &mut errors).unwrap_or_default();
                 if methods.is_empty() || sparsities.is_empty() {
-                    bail!(
-                        "{}: [prune] needs method and sparsity (each one value or a list)",
-                        path.display()
+                    errors.push(
+                        "[prune] needs method and sparsity (each one value or a list)".into(),
                     );
                 }
                 for m in &methods {
@@ -281,16 +302,16 @@ impl Recipe {
                 Some(Variants {
                     methods,
                     sparsities,
-                    flags: section_flags(t, &["method", "sparsity"], "prune", base, &mut errors)?,
+                    flags: section_flags(t, &["method", "sparsity"], "prune", base, &mut errors),
                 })
             }
         };
         let train = match train_t {
             None => None,
             Some(t) => {
-                let methods = match list(t.get("method"), "train.method")? {
-                    m if m.is_empty() => vec!["spp".to_string()],
-                    m => m,
+                let methods = match got(list(t.get("method"), "train.method"), &mut errors) {
+                    Some(m) if !m.is_empty() => m,
+                    _ => vec!["spp".to_string()],
                 };
                 for m in &methods {
                     if let Err(e) = m.parse::<crate::adapter::Method>() {
@@ -303,16 +324,51 @@ impl Recipe {
                             .into(),
                     );
                 }
+                let flags = section_flags(t, &["method"], "train", base, &mut errors);
+                let r = flags
+                    .iter()
+                    .find(|(k, _)| k == "r")
+                    .and_then(|(_, v)| v.as_deref()?.parse::<usize>().ok());
+                if let (Some(r), Some(cfg)) = (r, &cfg) {
+                    if methods.iter().any(|m| m == "spp") {
+                        let head = cfg.head_dim();
+                        let targets = flags
+                            .iter()
+                            .find(|(k, _)| k == "targets")
+                            .and_then(|(_, v)| v.as_deref())
+                            .unwrap_or("all");
+                        let targets = crate::prune::parse_targets(targets).unwrap_or_default();
+                        let bad: Vec<String> = [
+                            ("q", cfg.num_attention_heads * head),
+                            ("k", cfg.num_kv_heads() * head),
+                            ("v", cfg.num_kv_heads() * head),
+                            ("o", cfg.hidden_size),
+                            ("gate", cfg.intermediate_size),
+                            ("up", cfg.intermediate_size),
+                            ("down", cfg.hidden_size),
+                        ]
+                        .iter()
+                        .filter(|(lin, rows)| targets.iter().any(|t| t == lin) && rows % r != 0)
+                        .map(|(lin, rows)| format!("{lin}_proj ({rows} rows)"))
+                        .collect();
+                        if !bad.is_empty() {
+                            errors.push(format!(
+                                "train.r = {r}: SPP repeats each row of A out_features / r times, but r does not divide {}; choose an r dividing every target's rows (e.g. 16)",
+                                bad.join(", ")
+                            ));
+                        }
+                    }
+                }
                 Some(Variants {
                     methods,
                     sparsities: vec![],
-                    flags: section_flags(t, &["method"], "train", base, &mut errors)?,
+                    flags,
                 })
             }
         };
         let mut eval = Eval::default();
         if let Some(t) = eval_t {
-            let all = section_flags(t, &[], "eval", base, &mut errors)?;
+            let all = section_flags(t, &[], "eval", base, &mut errors);
             let pick = |keys: &[&str]| -> Flags {
                 all.iter()
                     .filter(|(k, _)| keys.contains(&k.as_str()))
@@ -357,15 +413,36 @@ impl Recipe {
     }
 }
 
-/// The flags of a section, with paths resolved against `base` (a missing one is added to
-/// `errors`).
+/// `Some(value)`, or `None` with the error added to `errors`.
+fn got<T>(r: Result<T>, errors: &mut Vec<String>) -> Option<T> {
+    r.map_err(|e| errors.push(e.to_string())).ok()
+}
+
+/// A run's name becomes a directory name under `runs/`: it must stay one plain name.
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.starts_with('.');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "name = {name:?}: a run's name is a directory name under runs/, so it must be one plain name (no /, \\, and not starting with .), e.g. \"my-run\""
+        ))
+    }
+}
+
+/// The flags of a section, with paths resolved against `base`; a missing path and a value of
+/// the wrong type or out of range are added to `errors`.
 fn section_flags(
     t: &toml::Table,
     skip: &[&str],
     section: &str,
     base: &Path,
     errors: &mut Vec<String>,
-) -> Result<Flags> {
+) -> Flags {
     let mut out = Vec::new();
     for (k, v) in t.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
         let key = format!("{section}.{k}");
@@ -373,15 +450,22 @@ fn section_flags(
             match v {
                 Value::Boolean(true) => out.push((k.clone(), None)),
                 Value::Boolean(false) => {}
-                _ => bail!("recipe key {key}: expected true or false"),
+                _ => errors.push(format!("{key}: expected true or false")),
             }
             continue;
         }
-        let mut value = if k == "tasks" {
-            list(Some(v), &key)?.join(",")
+        let value = if k == "tasks" {
+            got(list(Some(v), &key), errors).map(|l| l.join(","))
         } else {
-            scalar(v, &key)?
+            got(scalar(v, &key), errors)
         };
+        let Some(mut value) = value else {
+            continue;
+        };
+        if let Err(e) = crate::validate::recipe_value(section, k, &value) {
+            errors.push(format!("{key} = {}: {e}", toml_value(v)));
+            continue;
+        }
         if PATHS.contains(&k.as_str()) {
             let p = base.join(&value);
             if !p.exists() {
@@ -391,7 +475,15 @@ fn section_flags(
         }
         out.push((k.clone(), Some(value)));
     }
-    Ok(out)
+    out
+}
+
+/// A value as the recipe wrote it.
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
 }
 
 /// `--flag value` arguments for `(key, value)` pairs (`max_steps` → `--max-steps`).
