@@ -180,7 +180,7 @@ fn gguf_never_panics() {
     let out = tmp.path().join("out");
     // The header (metadata and vocabulary) is the first ~0.7 MB; mutations go anywhere in it.
     let panics = fuzz("gguf", &valid, 720_000, &file, || {
-        let r = spp::gguf::convert(&file, &out, DType::F32, true)
+        let r = spp::gguf::convert(&file, &out, DType::F32, true, 1 << 30)
             .map(|_| ())
             .map_err(|e| e.to_string());
         let _ = std::fs::remove_dir_all(&out);
