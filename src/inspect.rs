@@ -46,8 +46,10 @@ pub fn inspect(model: &Llama) -> Result<Report> {
     Ok(summarize(&model.cfg, model.dtype(), linears))
 }
 
-/// [`inspect`] of a model on disk, one block in memory at a time.
+/// [`inspect`] of a model on disk, one block in memory at a time. The embeddings and head are
+/// read too, so that their values are checked like the blocks'.
 pub fn inspect_streamed(model: &StreamedModel) -> Result<Report> {
+    drop(model.with_embeddings()?);
     let mut linears = Vec::new();
     let mut blocks = model.blocks();
     for i in 0..model.n_layers() {

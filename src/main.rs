@@ -873,7 +873,10 @@ fn prune(a: PruneArgs) -> Result<()> {
         }
         let peak = streamed_peak_estimate(&cfg, model.dtype(), &opts, a.nsamples, a.seqlen);
         spp::validate::check_memory(
-            &format!("pruning with {} × {} calibration tokens", a.nsamples, a.seqlen),
+            &format!(
+                "pruning with {} × {} calibration tokens",
+                a.nsamples, a.seqlen
+            ),
             peak,
             "lower --nsamples or --seqlen (the calibration activations grow with their product)",
         )?;

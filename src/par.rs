@@ -11,6 +11,38 @@
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// `f(i, item)` over `items` as [`items_in_order`] runs it, each item moved into its call so that
+/// an input is dropped as soon as its output exists (a block's input and output activations
+/// replace each other); the outputs in order.
+pub fn map_owned<T: Send, U: Send>(
+    concurrent: bool,
+    items: Vec<T>,
+    f: impl Fn(usize, T) -> Result<U> + Sync,
+) -> Result<Vec<U>> {
+    let cells: Vec<std::sync::Mutex<Option<T>>> = items
+        .into_iter()
+        .map(|x| std::sync::Mutex::new(Some(x)))
+        .collect();
+    let mut out = Vec::with_capacity(cells.len());
+    items_in_order(
+        concurrent,
+        cells.len(),
+        |i| {
+            let x = cells[i]
+                .lock()
+                .ok()
+                .and_then(|mut x| x.take())
+                .ok_or_else(|| Error::Msg("internal: item taken twice".into()))?;
+            f(i, x)
+        },
+        |_, y| {
+            out.push(y);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
 /// Runs `f(i)` for `i` in `0..n` and hands each result to `sink(i, result)` on the calling thread,
 /// in increasing `i`. Without `concurrent` (a GPU device, or kernels that are parallel
 /// themselves) it is a plain loop. With it and a rayon pool of more than one thread (and more

@@ -156,28 +156,14 @@ pub fn perplexity_streamed(
         let mut blocks = model.blocks();
         for _ in 0..model.n_layers() {
             let block = blocks.next_block()?;
-            let cells: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
-                .into_iter()
-                .map(|x| std::sync::Mutex::new(Some(x)))
-                .collect();
-            crate::par::items_in_order(
-                dev.is_cpu(),
-                cells.len(),
-                |k| {
-                    let t = std::time::Instant::now();
-                    let x = cells[k]
-                        .lock()
-                        .ok()
-                        .and_then(|mut x| x.take())
-                        .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
-                    Ok((shell.run_block(&block, &x)?, t.elapsed().as_secs_f64()))
-                },
-                |k, (y, s)| {
-                    secs[k] += s;
-                    xs.push(y);
-                    Ok(())
-                },
-            )?;
+            let out = crate::par::map_owned(dev.is_cpu(), std::mem::take(&mut xs), |_, x| {
+                let t = std::time::Instant::now();
+                Ok((shell.run_block(&block, &x)?, t.elapsed().as_secs_f64()))
+            })?;
+            for (k, (y, s)) in out.into_iter().enumerate() {
+                secs[k] += s;
+                xs.push(y);
+            }
             step += 1;
             progress(step, steps);
         }

@@ -487,36 +487,20 @@ pub fn score_tasks_streamed(
         let n_layers = model.n_layers();
         for i in 0..n_layers {
             let block = blocks.next_block()?;
-            let cells: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
-                .into_iter()
-                .map(|x| std::sync::Mutex::new(Some(x)))
-                .collect();
-            crate::par::items_in_order(
-                cpu,
-                cells.len(),
-                |k| {
-                    let t = std::time::Instant::now();
-                    let x = cells[k]
-                        .lock()
-                        .ok()
-                        .and_then(|mut x| x.take())
-                        .ok_or_else(|| {
-                            crate::error::Error::Msg("internal: pass taken twice".into())
-                        })?;
-                    let p = &passes[k];
-                    let y = if i + 1 == n_layers {
-                        shell.run_block_at(&block, &x, &p.packing, &p.rows)?
-                    } else {
-                        shell.run_block_packed(&block, &x, &p.packing)?
-                    };
-                    Ok((y, t.elapsed().as_secs_f64()))
-                },
-                |k, (y, s)| {
-                    secs[k] += s;
-                    xs.push(y);
-                    Ok(())
-                },
-            )?;
+            let out = crate::par::map_owned(cpu, std::mem::take(&mut xs), |k, x| {
+                let t = std::time::Instant::now();
+                let p = &passes[k];
+                let y = if i + 1 == n_layers {
+                    shell.run_block_at(&block, &x, &p.packing, &p.rows)?
+                } else {
+                    shell.run_block_packed(&block, &x, &p.packing)?
+                };
+                Ok((y, t.elapsed().as_secs_f64()))
+            })?;
+            for (k, (y, s)) in out.into_iter().enumerate() {
+                secs[k] += s;
+                xs.push(y);
+            }
         }
         let head = model.with_embeddings()?;
         crate::par::items_in_order(

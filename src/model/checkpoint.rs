@@ -224,6 +224,23 @@ impl TensorSource for SafetensorsSource {
     fn describe(&self) -> String {
         self.dir.display().to_string()
     }
+    fn check_header(&self, name: &str, shape: &[usize]) -> Result<()> {
+        if self.dtype_of(name)?.is_none() {
+            bail!(
+                "{}: tensor {name} is missing (expected shape {shape:?})",
+                self.dir.display()
+            );
+        }
+        let stored = self.st.get(name)?.shape().to_vec();
+        if stored != shape {
+            bail!(
+                "{}: tensor {name} has shape {stored:?} but config.json implies {shape:?}; the config \
+                 does not describe these weights",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The safetensors files of a model directory: those named by the index, or `model.safetensors`,

@@ -22,6 +22,11 @@ pub trait TensorSource {
     fn holds_values(&self) -> bool {
         true
     }
+    /// Checks, where the source can without reading the data (a file header), that `name`
+    /// exists with `shape` and a dtype spp reads.
+    fn check_header(&self, _name: &str, _shape: &[usize]) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl TensorSource for std::collections::HashMap<String, Tensor> {

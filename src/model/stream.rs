@@ -292,6 +292,10 @@ impl StreamedModel {
         device: &Device,
         describe: &Path,
     ) -> Result<Self> {
+        // Every tensor's presence, shape and dtype, from the headers, before any work.
+        for (name, shape) in layout(&cfg) {
+            src.check_header(&name, &shape)?;
+        }
         let shell = Llama::load_shell(cfg, &*src, dtype, device, false)?;
         Ok(Self {
             shell,

@@ -465,27 +465,11 @@ pub fn prune_blocks(
         if i + 1 < n_blocks {
             // Windows at once, one per core (crate::par); each input is dropped as soon as its
             // output exists, so at most one window per core is held twice.
-            let inputs: Vec<std::sync::Mutex<Option<Tensor>>> = std::mem::take(&mut xs)
-                .into_iter()
-                .map(|x| std::sync::Mutex::new(Some(x)))
-                .collect();
             let block = &block;
-            crate::par::items_in_order(
-                shell.device().is_cpu(),
-                inputs.len(),
-                |w| {
-                    let x = inputs[w]
-                        .lock()
-                        .ok()
-                        .and_then(|mut x| x.take())
-                        .ok_or_else(|| Error::Msg("internal: window taken twice".into()))?;
+            xs =
+                crate::par::map_owned(shell.device().is_cpu(), std::mem::take(&mut xs), |_, x| {
                     shell.run_block(block, &x)
-                },
-                |_, y| {
-                    xs.push(y);
-                    Ok(())
-                },
-            )?;
+                })?;
         }
         timing.propagation = tf.elapsed().as_secs_f64();
         finished(i, block)?;
