@@ -190,7 +190,8 @@ def main():
         rec = json.loads(out)
         row("13B merge SPP r 16 (pruned)", wall, anon, file,
             f"all zeros kept {rec['all_zeros_kept']}, 2:4 {rec['all_linears_2_4']}, sparsity {rec['linear_sparsity']:.4f}")
-        shutil.rmtree(merged, ignore_errors=True)
+        for d in (merged, pruned13):
+            shutil.rmtree(d, ignore_errors=True)
     if "calib" in rows:
         m = synth(a.work, "llama-2-7b", 2)
         for n in (2, 8, 16):
