@@ -87,7 +87,7 @@ def synth(work, shape, layers=None):
         cmd = [SYNTH, "--shape", shape, "--out", out, "--tokenizer-from", os.path.join(ROOT, "models/smollm2-135m")]
         if layers:
             cmd += ["--layers", str(layers)]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     return out
 
 

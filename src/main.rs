@@ -599,7 +599,21 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
     };
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;
     let source = match &streamed {
-        Some(sm) => zeroshot::Model::Streamed(sm, spp::eval::perplexity::ACTIVATION_BUDGET),
+        Some(sm) => {
+            let budget = spp::eval::perplexity::ACTIVATION_BUDGET;
+            let peak = budget + 2 * sm.block_bytes() + 2 * sm.embedding_bytes();
+            eprintln!(
+                "tasks: predicted peak memory at most {:.2} GiB (hidden states of at most {:.2} GiB of passes at once, two blocks, embeddings and head)",
+                spp::model::stream::gib(peak),
+                spp::model::stream::gib(budget)
+            );
+            spp::validate::check_memory(
+                "this evaluation",
+                peak,
+                "use a smaller model dtype (--dtype bf16)",
+            )?;
+            zeroshot::Model::Streamed(sm, budget)
+        }
         None => zeroshot::Model::Resident(&model),
     };
     let opts = zeroshot::ScoreOptions {
