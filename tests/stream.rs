@@ -151,7 +151,13 @@ fn streamed_prune_equals_the_in_memory_prune() {
     let tmp = tempfile::tempdir().unwrap();
     let text = shared("wikitext2/wiki.test.raw");
     for (k, model) in model_dirs(tmp.path()).into_iter().enumerate() {
-        for (method, sparsity) in [("wanda", "2:4"), ("sparsegpt", "0.5")] {
+        // SparseGPT on the real model adds half a minute and nothing the tiny one does not test.
+        let methods: &[(&str, &str)] = if k == 0 {
+            &[("wanda", "2:4"), ("sparsegpt", "0.5")]
+        } else {
+            &[("wanda", "2:4")]
+        };
+        for &(method, sparsity) in methods {
             let out = tmp.path().join(format!("pruned-{k}-{method}"));
             let o = spp(&[
                 "prune",
