@@ -514,7 +514,12 @@ impl AnonPeak {
 
 /// This process's `RssAnon` now, in bytes (Linux).
 pub fn rss_anon() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_anon_of("self")
+}
+
+/// `RssAnon` of process `pid` (a number or `self`) now, in bytes (Linux).
+pub fn rss_anon_of(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

@@ -426,7 +426,7 @@ impl Drop for RunLock {
 }
 
 /// Runs one command (`spp` replaced by `exe`), its stdout to `stdout` when given; returns the
-/// peak memory seen. A signal recorded in [`STOP`] is passed on to the command, which is then
+/// peak anonymous resident memory seen (sampled every 100 ms). A signal recorded in [`STOP`] is passed on to the command, which is then
 /// waited for.
 fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
     let mut c = std::process::Command::new(exe);
@@ -452,7 +452,9 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
             #[cfg(not(unix))]
             let _ = child.kill();
         }
-        if let Some(m) = crate::prune::peak_rss_of(&child.id().to_string()) {
+        // Anonymous memory: what the command allocated, not the page cache of the checkpoint
+        // it maps (which the kernel reclaims at will).
+        if let Some(m) = crate::model::stream::rss_anon_of(&child.id().to_string()) {
             peak = Some(peak.unwrap_or(0).max(m));
         }
         match child
