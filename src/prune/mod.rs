@@ -159,7 +159,8 @@ pub struct BlockDone {
 ///   is the only term that grows with the calibration, plus one window per core in flight);
 /// - taps of the windows in flight `c·T·(3h + i)·b`;
 /// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`
-///   plus, for the widest linear, its inverse factor `i²·(8 + 4)`;
+///   plus, for the widest linear, the factorisations in f64 (faer's Cholesky and inverse hold
+///   up to three `i × i` f64 matrices) and the f32 factor: `i²·(24 + 4)`;
 /// - the widest linear being pruned, as f32: its weights, scores, result and the check of the
 ///   stored result, `4·h·i·4`.
 pub fn memory_estimate(
@@ -176,7 +177,7 @@ pub fn memory_estimate(
     let acts = (n + cores.min(n)) * t * h * b;
     let taps = cores.min(n.max(1)) * t * (3 * h + i) * b.max(4);
     let stats = match opts.method {
-        Method::SparseGpt => (3 * h * h + i * i) * 4 + i * i * 12,
+        Method::SparseGpt => (3 * h * h + i * i) * 4 + i * i * 28,
         Method::Wanda => (3 * h + i) * 8,
         Method::Magnitude => 0,
     };
