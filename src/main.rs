@@ -594,7 +594,7 @@ fn eval_tasks(a: TasksArgs) -> Result<()> {
         None
     };
     let model = match &streamed {
-        Some(sm) => sm.with_embeddings()?,
+        Some(sm) => sm.shell().clone(),
         None => load(&a.m)?.0,
     };
     let tok = Tokenizer::load(&a.m.model, &model.cfg)?;

@@ -167,7 +167,7 @@ pub fn perplexity_streamed(
             step += 1;
             progress(step, steps);
         }
-        let head = model.with_embeddings()?;
+        let head = model.with_head()?;
         let mut group_nll = Vec::with_capacity(ws.len());
         crate::par::items_in_order(
             dev.is_cpu(),

@@ -475,13 +475,11 @@ pub fn score_tasks_streamed(
             counts.push((n, packed.iter().map(Group::len).sum::<usize>()));
             passes.push(Pass::new(&packed, &dev)?);
         }
-        let mut xs = {
-            let embed = model.with_embeddings()?;
-            passes
-                .iter()
-                .map(|p| embed.embed(&p.ids))
-                .collect::<Result<Vec<_>>>()?
-        };
+        let ids: Vec<Vec<u32>> = passes
+            .iter()
+            .map(|p| Ok(p.ids.squeeze(0)?.to_vec1::<u32>()?))
+            .collect::<Result<_>>()?;
+        let mut xs = model.embed_windows(&ids.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         let mut secs = vec![t.elapsed().as_secs_f64() / passes.len() as f64; passes.len()];
         let mut blocks = model.blocks();
         let n_layers = model.n_layers();
@@ -502,7 +500,7 @@ pub fn score_tasks_streamed(
                 xs.push(y);
             }
         }
-        let head = model.with_embeddings()?;
+        let head = model.with_head()?;
         crate::par::items_in_order(
             cpu,
             passes.len(),

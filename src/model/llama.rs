@@ -734,8 +734,8 @@ impl Llama {
 
     /// Everything but the blocks (`layers` is empty): final norm, rotary tables and, with
     /// `embeddings`, the embeddings and head, for jobs that bring the blocks in one at a time
-    /// ([`Self::load_block`]). Without `embeddings` the tables are empty placeholders until
-    /// [`Self::load_embeddings`].
+    /// ([`Self::load_block`]). Without `embeddings` the input embeddings are an empty
+    /// placeholder and there is no head until [`Self::load_embeddings`].
     pub fn load_shell(
         cfg: LlamaConfig,
         src: &dyn TensorSource,
@@ -762,32 +762,32 @@ impl Llama {
             dtype,
         };
         if embeddings {
-            shell.load_embeddings(src)?;
+            shell.load_embeddings(src, true, true)?;
         }
         Ok(shell)
     }
 
-    /// Reads the input embeddings and the output head (untied) from `src`.
-    pub fn load_embeddings(&mut self, src: &dyn TensorSource) -> Result<()> {
+    /// Reads from `src` what embedding the inputs (`input`) and scoring the outputs (`output`)
+    /// need: the input embeddings, and the head (the same table when tied).
+    pub fn load_embeddings(
+        &mut self,
+        src: &dyn TensorSource,
+        input: bool,
+        output: bool,
+    ) -> Result<()> {
         let l = Loader {
             src,
             dtype: self.dtype,
             device: &self.device,
         };
         let (hd, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        self.embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
-        self.lm_head = if self.cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None))
-        };
-        Ok(())
-    }
-
-    /// Drops the embeddings and head read by [`Self::load_embeddings`].
-    pub fn release_embeddings(&mut self) -> Result<()> {
-        self.embed_tokens = Tensor::zeros((0, self.cfg.hidden_size), self.dtype, &self.device)?;
-        self.lm_head = None;
+        let tied = self.cfg.tie_word_embeddings;
+        if input || (output && tied) {
+            self.embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
+        }
+        if output && !tied {
+            self.lm_head = Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None));
+        }
         Ok(())
     }
 

@@ -312,14 +312,23 @@ impl StreamedModel {
 
     /// The shell with the embeddings and head read (they stay only as long as the copy does).
     pub fn with_embeddings(&self) -> Result<Llama> {
+        self.with_parts(true, true)
+    }
+
+    /// The shell with what scoring hidden states needs: the head (the embeddings when tied).
+    pub fn with_head(&self) -> Result<Llama> {
+        self.with_parts(false, true)
+    }
+
+    fn with_parts(&self, input: bool, output: bool) -> Result<Llama> {
         let mut m = self.shell.clone();
-        m.load_embeddings(&*self.src)?;
+        m.load_embeddings(&*self.src, input, output)?;
         Ok(m)
     }
 
-    /// Embeds token windows (`[1, T, hidden]` each), holding the embedding table meanwhile.
+    /// Embeds token sequences (`[1, T, hidden]` each), holding the embedding table meanwhile.
     pub fn embed_windows(&self, windows: &[&[u32]]) -> Result<Vec<Tensor>> {
-        let m = self.with_embeddings()?;
+        let m = self.with_parts(true, false)?;
         windows
             .iter()
             .map(|w| m.embed(&Tensor::new(*w, m.device())?.unsqueeze(0)?))
