@@ -282,14 +282,18 @@ impl Adapter {
     /// The weight with the adapter folded in (f32 arithmetic, returned in `w`'s dtype).
     pub fn merged(&self, w: &Tensor) -> Result<Tensor> {
         let wf = w.to_dtype(DType::F32)?;
+        // Detached: the merged weight must not keep the graph of its temporaries (with A and b
+        // as variables every intermediate [out, in] product would stay alive with it).
         let a = self
             .a
             .as_tensor()
+            .detach()
             .to_dtype(DType::F32)?
             .to_device(w.device())?;
         let b = self
             .b
             .as_tensor()
+            .detach()
             .to_dtype(DType::F32)?
             .to_device(w.device())?;
         let merged = match self.method {
