@@ -528,8 +528,15 @@ pub fn rss_anon() -> Option<u64> {
 
 /// `RssAnon` of process `pid` (a number or `self`) now, in bytes (Linux).
 pub fn rss_anon_of(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "RssAnon")
+}
+
+/// A memory field (`VmHWM`, `RssAnon`, …) of `/proc/PID/status` in bytes (Linux).
+pub fn proc_status_bytes(pid: &str, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

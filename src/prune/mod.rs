@@ -503,8 +503,5 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// Peak resident memory (`VmHWM`) of process `pid` (a number or `self`); Linux only.
 pub fn peak_rss_of(pid: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::model::stream::proc_status_bytes(pid, "VmHWM")
 }
