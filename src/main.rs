@@ -1053,7 +1053,7 @@ fn open_streamed(m: &ModelOpts) -> Result<spp::model::StreamedModel> {
     let dev = parse_device(&m.device)?;
     let model = spp::model::StreamedModel::open(&m.model, m.dtype, &dev)?;
     eprintln!(
-        "opened {} ({} layers, {:?}; blocks read as they are used)",
+        "opened {} ({} layers, {:?})",
         m.model.display(),
         model.n_layers(),
         model.dtype(),
