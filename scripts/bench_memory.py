@@ -16,7 +16,7 @@ tokenizer) and kept in --work for the next run; outputs are deleted after each r
                checkpoint is deleted first when the disk cannot hold a third copy
   calib        the prune peak at three calibration sizes (2 blocks of the 7B shape) against the formula
   depth        the prune peak at 8, 16 and 32 blocks of the 7B shape (2 x 128 calibration tokens)
-  train7       LLaMA-2-7B shape: Wanda 2:4, then `spp train --method spp` for 2 steps of 1 x 128
+  train7       LLaMA-2-7B shape: magnitude 2:4, then `spp train --method spp` for 2 steps of 1 x 128
                tokens (the frozen weights streamed), then `spp merge` (every zero kept)
 """
 import argparse
@@ -210,9 +210,9 @@ def main():
             shutil.rmtree(out, ignore_errors=True)
     if "train7" in rows:
         m = synth(a.work, "llama-2-7b")
-        pruned = os.path.join(a.work, "out-7b-wanda")
+        pruned = os.path.join(a.work, "out-7b-pruned")
         if not os.path.exists(os.path.join(pruned, "prune.json")):
-            prune(m, pruned, "wanda", "2:4", seqlen=128)
+            prune(m, pruned, "magnitude", "2:4")
         adapter = os.path.join(a.work, "out-7b-adapter")
         shutil.rmtree(adapter, ignore_errors=True)
         data = os.path.join(ROOT, "../shared/data/alpaca/alpaca_gpt4_en_demo.json")
