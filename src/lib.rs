@@ -42,3 +42,11 @@ pub fn keep_freed_memory() {
     // SAFETY: a plain option setter of the linked allocator, called before any work starts.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
+
+/// Undoes [`keep_freed_memory`] (mimalloc's default: freed memory goes back after 10 ms), for a
+/// job that turns out to read its blocks from disk: each block's weights and temporaries are
+/// freed for good, and keeping them would only raise the peak.
+pub fn return_freed_memory() {
+    // SAFETY: as in `keep_freed_memory`; the option is read at each purge.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 10) }
+}

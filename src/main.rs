@@ -1087,6 +1087,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let sm = open_streamed(&a.m)?;
         if a.stream_blocks || exceeds_half_of_memory(&sm) {
             eprintln!("frozen weights stay on disk, each block read when it runs; gradient checkpointing on");
+            spp::return_freed_memory();
             Some(sm)
         } else {
             None
