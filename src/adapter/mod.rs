@@ -246,16 +246,23 @@ impl Adapter {
         let drop = self.dropout_seed();
         match self.method {
             Method::Spp => {
-                let fast =
-                    x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+                // The fused op works in f32; 16-bit weights are widened one linear at a time
+                // (the naive form would build and keep [out, in] products for the backward).
+                let fast = x.device().is_cpu()
+                    && x.dtype() == w.dtype()
+                    && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
                 if fast {
                     let op = op::SppOp {
-                        w: w.contiguous()?,
+                        w: w.to_dtype(DType::F32)?.contiguous()?,
                         scale: self.scale as f32,
                         dropout: drop,
                     };
                     let b = self.b.as_tensor().flatten_all()?;
-                    return Ok(x.contiguous()?.apply_op3(self.a.as_tensor(), &b, op)?);
+                    let y = x
+                        .to_dtype(DType::F32)?
+                        .contiguous()?
+                        .apply_op3(self.a.as_tensor(), &b, op)?;
+                    return Ok(y.to_dtype(x.dtype())?);
                 }
                 spp_naive(
                     x,
