@@ -258,10 +258,11 @@ impl Adapter {
                         dropout: drop,
                     };
                     let b = self.b.as_tensor().flatten_all()?;
-                    let y = x
-                        .to_dtype(DType::F32)?
-                        .contiguous()?
-                        .apply_op3(self.a.as_tensor(), &b, op)?;
+                    let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op3(
+                        self.a.as_tensor(),
+                        &b,
+                        op,
+                    )?;
                     return Ok(y.to_dtype(x.dtype())?);
                 }
                 spp_naive(
