@@ -8,7 +8,7 @@ Usage (from the repository root):
         [--device cpu|cuda] [--dtype f32|bf16]
 
 With --device cuda both sides run on the GPU (spp built with --features cuda; torch's CUDA build):
-the same checks, the throughput target being issue 2's CPU one only for reference.
+the same checks, the CPU throughput target given only for reference.
 
 Checks (both sides run in this one process, one after the other, never concurrently):
 
@@ -24,7 +24,7 @@ Checks (both sides run in this one process, one after the other, never concurren
   rounds of spp and transformers-sdpa over the same windows, whose median ratio is the one checked
   against the target (the machine's speed drifts by minutes). spp, a fresh process per round, is
   timed on all N
-  windows, its first included (session 14 found it no slower on average than the others); on
+  windows, its first included (measured no slower on average than the others); on
   the CPU spp runs its windows concurrently, one per core, so N should be a multiple of the
   thread count.
 * perplexity on the same N windows (spp's protocol, src/eval/perplexity.rs): both sides, relative
@@ -38,7 +38,7 @@ Checks (both sides run in this one process, one after the other, never concurren
 * greedy generation: `spp generate --model M --prompt "The capital of France is" -n 8` stdout
   contains "Paris"; transformers' greedy 8 tokens shown for comparison.
 
-Targets (issue 2's): throughput ratio >= 1.3, ppl relative difference <= 0.1%, load < 2 s,
+Targets: throughput ratio >= 1.3, ppl relative difference <= 0.1%, load < 2 s,
 convert < 30 s, "Paris" in the generation.
 """
 

@@ -10,7 +10,7 @@ report (SparseGPT ~ Wanda << magnitude at 50%; 2:4 worse than 4:8 worse than 50%
 
 Run from the repository root, with a venv that has torch + transformers (never needed in CI):
 
-    /work/venv/bin/python scripts/bench_prune.py --nsamples 32            # issue 3's setting
+    /work/venv/bin/python scripts/bench_prune.py --nsamples 32            # the benchmark's setting
     /work/venv/bin/python scripts/bench_prune.py --nsamples 2 --configs wanda:0.5,sparsegpt:2:4   # quick
 
 Both sides use the same number of threads (RAYON_NUM_THREADS / torch.set_num_threads). This

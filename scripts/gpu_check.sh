@@ -52,7 +52,7 @@ run_tests() {
     return $rc
 }
 
-ppl() { # ppl DEVICE DTYPE: 8 windows of 2048 tokens of WikiText-2 as issue 2 measures them
+ppl() { # ppl DEVICE DTYPE: 8 windows of 2048 tokens of WikiText-2 as the perplexity benchmark measures them
     "$SPP" eval ppl --model "$MODEL" --text "$DATA/wikitext2/wiki.test.raw" --max-windows 8 \
         --json --device "$1" --dtype "$2"
 }

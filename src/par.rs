@@ -3,7 +3,7 @@
 //! One 2048-token forward split over both cores spends part of its time waiting at the
 //! synchronisation points between its kernels, and the cores here run at different speeds from
 //! moment to moment. Two windows at once, each on one core with every kernel inside it serial,
-//! measured 5.2–5.3 s per window against 5.6–6.0 s for one window on both cores (session 14). The
+//! measured 5.2–5.3 s per window against 5.6–6.0 s for one window on both cores. The
 //! results are unchanged: every kernel computes each element the same way whatever the number of
 //! threads, and the results are handed back in item order, so sums over items add up in the same
 //! order as a serial loop.

@@ -465,7 +465,7 @@ impl FusedAttention {
         // V in column groups of QP, each group's rows contiguous: element (key j, dim e) at
         // ((bg·(d/QP) + e/QP)·t + j)·QP + e % QP. P·V reads QP floats per key from whole 64-byte
         // lines; read in place from V's d-wide rows, a 240-key block's lines fell into a quarter
-        // of the L1 sets and missed (session 13, 16 wide: the attention core 5–10% faster).
+        // of the L1 sets and missed (16 wide: the attention core 5–10% faster).
         let groups = d / QP;
         let vp = par_rows(b * kvh * groups * t, QP, |n, dst| {
             let (bg, e, j) = (n / (groups * t), n / t % groups, n % t);

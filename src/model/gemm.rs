@@ -17,7 +17,7 @@
 //! against one shared packed A). On the block linears' shapes the two are within the machine's
 //! noise of each other; there [`gemm_abt_many`] wins by what faer cannot do: the linears that
 //! read one input (q, k, v; gate, up) run as one product with A packed once, and the outputs are
-//! written once instead of zero-filled first (session 7: `spp eval tasks` 4–5 % faster, `spp
+//! written once instead of zero-filled first (`spp eval tasks` 4–5 % faster, `spp
 //! eval ppl` about 3 %, in alternating runs).
 
 /// `c += alpha · xᵀx` on the tiles of the `[n, n]` row-major `c` that reach the diagonal or below
