@@ -500,56 +500,47 @@ fn convert_gguf(a: GgufArgs) -> Result<()> {
 
 fn eval_ppl(a: PplArgs) -> Result<()> {
     use spp::eval::perplexity::{perplexity, perplexity_streamed, window_bytes, ACTIVATION_BUDGET};
-    // Without an adapter the blocks stay on disk and are read one at a time.
-    let streamed = if a.m.adapter.is_none() {
-        Some(open_streamed(&a.m)?)
-    } else {
-        None
+    let encode = |cfg: &spp::model::LlamaConfig| -> Result<(Vec<u32>, Option<u32>)> {
+        let tok = Tokenizer::load(&a.m.model, cfg)?;
+        let text = spp::eval::perplexity::read_text(&a.text)?;
+        let t = std::time::Instant::now();
+        let ids = tok.encode(&text, true)?;
+        eprintln!(
+            "tokenised {} into {} tokens in {:.2} s",
+            a.text.display(),
+            ids.len(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok((ids, tok.bos_id))
     };
-    let in_memory = match &streamed {
-        Some(_) => None,
-        None => Some(load(&a.m)?.0),
-    };
-    let cfg = match (&streamed, &in_memory) {
-        (Some(s), _) => s.cfg().clone(),
-        (_, Some(m)) => m.cfg.clone(),
-        _ => bail!("internal: no model"),
-    };
-    let tok = Tokenizer::load(&a.m.model, &cfg)?;
-    let text = spp::eval::perplexity::read_text(&a.text)?;
-    let t = std::time::Instant::now();
-    let ids = tok.encode(&text, true)?;
-    eprintln!(
-        "tokenised {} into {} tokens in {:.2} s",
-        a.text.display(),
-        ids.len(),
-        t.elapsed().as_secs_f64()
-    );
     let mut bar = progress("ppl");
-    let r = match (&streamed, &in_memory) {
-        (Some(m), _) => {
-            let windows = (ids.len() / a.seqlen.max(1)).min(a.max_windows.unwrap_or(usize::MAX));
-            let acts =
-                (windows as u64 * window_bytes(&cfg, m.dtype(), a.seqlen)).min(ACTIVATION_BUDGET);
-            let peak = acts + 2 * m.block_bytes() + 2 * m.embedding_bytes();
-            eprintln!(
-                "ppl: predicted peak memory {:.2} GiB (hidden states {:.2} GiB, two blocks, embeddings and head)",
-                spp::model::stream::gib(peak),
-                spp::model::stream::gib(acts)
-            );
-            spp::validate::check_memory("this evaluation", peak, "use a smaller --seqlen")?;
-            perplexity_streamed(
-                m,
-                &ids,
-                a.seqlen,
-                a.max_windows,
-                tok.bos_id,
-                ACTIVATION_BUDGET,
-                &mut bar,
-            )?
-        }
-        (_, Some(m)) => perplexity(m, &ids, a.seqlen, a.max_windows, tok.bos_id, &mut bar)?,
-        _ => bail!("internal: no model"),
+    // Without an adapter the blocks stay on disk and are read one at a time.
+    let r = if a.m.adapter.is_none() {
+        let m = open_streamed(&a.m)?;
+        let (ids, bos) = encode(m.cfg())?;
+        let windows = (ids.len() / a.seqlen.max(1)).min(a.max_windows.unwrap_or(usize::MAX));
+        let acts =
+            (windows as u64 * window_bytes(m.cfg(), m.dtype(), a.seqlen)).min(ACTIVATION_BUDGET);
+        let peak = acts + 2 * m.block_bytes() + 2 * m.embedding_bytes();
+        eprintln!(
+            "ppl: predicted peak memory {:.2} GiB (hidden states {:.2} GiB, two blocks, embeddings and head)",
+            spp::model::stream::gib(peak),
+            spp::model::stream::gib(acts)
+        );
+        spp::validate::check_memory("this evaluation", peak, "use a smaller --seqlen")?;
+        perplexity_streamed(
+            &m,
+            &ids,
+            a.seqlen,
+            a.max_windows,
+            bos,
+            ACTIVATION_BUDGET,
+            &mut bar,
+        )?
+    } else {
+        let (m, _) = load(&a.m)?;
+        let (ids, bos) = encode(&m.cfg)?;
+        perplexity(&m, &ids, a.seqlen, a.max_windows, bos, &mut bar)?
     };
     if a.json {
         let mut v = serde_json::to_value(&r)?;

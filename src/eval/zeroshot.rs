@@ -154,6 +154,8 @@ fn groups(requests: &[Encoded], first: usize, share: bool) -> Vec<Group<'_>> {
 /// One forward pass of packed groups: the token row, its packing, the rows whose final hidden
 /// states are needed, and what each scored position means.
 struct Pass {
+    /// The packed token row, as values and as a `[1, N]` tensor.
+    tokens: Vec<u32>,
     ids: Tensor,
     packing: Packing,
     /// Distinct rows of the logits that are scored, ascending (u32 tensor and values).
@@ -211,7 +213,8 @@ impl Pass {
         row_values.sort_unstable();
         row_values.dedup();
         Ok(Self {
-            ids: Tensor::from_vec(ids, (1, n), dev)?,
+            ids: Tensor::from_vec(ids.clone(), (1, n), dev)?,
+            tokens: ids,
             packing: Packing::new(rows, dev)?,
             rows: Tensor::from_vec(row_values.clone(), row_values.len(), dev)?,
             row_values,
@@ -452,6 +455,15 @@ pub fn score_tasks_streamed(
     let dev = shell.device().clone();
     let cpu = dev.is_cpu();
     let per_token = token_bytes(model);
+    // (groups, requests, tokens) of every pass.
+    let sized: Vec<(Vec<Group>, usize, usize)> = plan
+        .iter()
+        .map(|item| {
+            let (packed, n) = pass_groups(tasks, item, opts);
+            let len = packed.iter().map(Group::len).sum();
+            (packed, n, len)
+        })
+        .collect();
     let mut out = empty_scores(tasks);
     let mut first = 0;
     while first < plan.len() {
@@ -459,27 +471,21 @@ pub fn score_tasks_streamed(
         let mut end = first;
         let mut bytes = 0u64;
         while end < plan.len() {
-            let (packed, _) = pass_groups(tasks, &plan[end], opts);
-            let len: usize = packed.iter().map(Group::len).sum();
-            if end > first && bytes + len as u64 * per_token > activation_budget {
+            let len = sized[end].2 as u64 * per_token;
+            if end > first && bytes + len > activation_budget {
                 break;
             }
-            bytes += len as u64 * per_token;
+            bytes += len;
             end += 1;
         }
         let t = std::time::Instant::now();
-        let mut passes = Vec::with_capacity(end - first);
-        let mut counts = Vec::with_capacity(end - first);
-        for item in &plan[first..end] {
-            let (packed, n) = pass_groups(tasks, item, opts);
-            counts.push((n, packed.iter().map(Group::len).sum::<usize>()));
-            passes.push(Pass::new(&packed, &dev)?);
-        }
-        let ids: Vec<Vec<u32>> = passes
+        let counts: Vec<(usize, usize)> = sized[first..end].iter().map(|s| (s.1, s.2)).collect();
+        let passes = sized[first..end]
             .iter()
-            .map(|p| Ok(p.ids.squeeze(0)?.to_vec1::<u32>()?))
-            .collect::<Result<_>>()?;
-        let mut xs = model.embed_windows(&ids.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+            .map(|(packed, _, _)| Pass::new(packed, &dev))
+            .collect::<Result<Vec<_>>>()?;
+        let tokens: Vec<&[u32]> = passes.iter().map(|p| p.tokens.as_slice()).collect();
+        let mut xs = model.embed_windows(&tokens)?;
         let mut secs = vec![t.elapsed().as_secs_f64() / passes.len() as f64; passes.len()];
         let mut blocks = model.blocks();
         let n_layers = model.n_layers();
