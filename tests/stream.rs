@@ -121,22 +121,9 @@ fn shard_writer_writes_planned_shards_and_refuses_surprises() {
     w.finish().unwrap();
 }
 
-fn converted(tmp: &Path) -> PathBuf {
-    let out = tmp.join("tiny");
-    let o = spp(&[
-        "convert",
-        "gguf",
-        &shared("models/llama-2-tiny-random.gguf"),
-        "--out",
-        &s(&out),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
 /// The real SmolLM2 model when it exists (scripts/setup.sh makes it), else the tiny GGUF model.
 fn model_dirs(tmp: &Path) -> Vec<PathBuf> {
-    let mut v = vec![converted(tmp)];
+    let mut v = vec![common::converted_tiny(tmp)];
     let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
     if real.join("model.safetensors").exists() {
         v.push(real);
@@ -384,7 +371,7 @@ fn streamed_merge_equals_the_in_memory_merge() {
 #[test]
 fn training_with_streamed_blocks_equals_resident_checkpointed_training() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = converted(tmp.path());
+    let model = common::converted_tiny(tmp.path());
     let records: Vec<serde_json::Value> = (0..10)
         .map(|i| serde_json::json!({"instruction": format!("Count to {i}."), "input": "", "output": "1 2 3 ".repeat(i + 1)}))
         .collect();
@@ -494,7 +481,7 @@ fn streamed_zero_shot_scores_equal_the_resident_ones() {
 fn streamed_zero_shot_in_groups_of_passes_equals_one_group() {
     use spp::eval::zeroshot::{score_tasks, score_tasks_streamed, ScoreOptions};
     let tmp = tempfile::tempdir().unwrap();
-    let model = converted(tmp.path());
+    let model = common::converted_tiny(tmp.path());
     let m = load_model(&model, DTypeChoice::Auto, &Device::Cpu)
         .unwrap()
         .model;

@@ -147,3 +147,17 @@ pub fn spp(args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// The tiny LLaMA GGUF of `../shared/data/models` converted into `dir/tiny` by the binary.
+pub fn converted_tiny(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("tiny");
+    let o = spp(&[
+        "convert",
+        "gguf",
+        &shared("models/llama-2-tiny-random.gguf"),
+        "--out",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
