@@ -928,7 +928,11 @@ fn prune(a: PruneArgs) -> Result<()> {
         let mut w =
             spp::model::ShardWriter::for_model(tmp, &cfg, model.dtype(), a.max_shard_size.0)?;
         model.write_head_tensors(&mut w)?;
-        let mut blocks = model.blocks();
+        let mut blocks = if opts.method == spp::prune::Method::SparseGpt {
+            model.blocks_on_demand()
+        } else {
+            model.blocks()
+        };
         let mut linears = Vec::new();
         let report = prune_blocks(
             model.shell(),

@@ -227,7 +227,7 @@ fn spp_adapter_on_smollm2_keeps_logits_and_zeros() {
     assert!(common::max_diff(&base, &m.forward(&ids).unwrap()) < 1e-5);
     for (name, v) in adapter::trainable(&m) {
         if name.ends_with("spp_b.weight") {
-            v.set(&(candle_core::Tensor::randn(0f32, 0.1, v.dims(), &Device::Cpu).unwrap()))
+            v.set(&common::randn(common::seed_of(&name), v.dims(), 0.0, 0.1))
                 .unwrap();
         }
     }

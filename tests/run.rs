@@ -122,27 +122,18 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
             && a.join("00-eval-dense/ppl.json").exists()
     );
 
-    // Kill the whole run (spp run and its spp train) once training has written a checkpoint.
+    // Kill the whole run (spp run and its spp train) once training has written its step-2
+    // checkpoint, where the training process stops itself (FREEZE_ENV).
     let b = tmp.path().join("b");
     let mut child = Command::new(env!("CARGO_BIN_EXE_spp"))
         .args(["run", &r, "--out", &b.display().to_string()])
+        .env(spp::train::FREEZE_ENV, "2")
         .stderr(std::process::Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();
     let checkpoint = b.join("03-train-wanda-2-4-spp/adapter/checkpoint/state.json");
-    let t = Instant::now();
-    while !checkpoint.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_frozen_training(&checkpoint, &mut child);
     Command::new("kill")
         .args(["-9", "--", &format!("-{}", child.id())])
         .status()
@@ -252,6 +243,41 @@ fn bad_recipes_are_refused_before_any_stage() {
     );
 }
 
+/// Waits until the run's training has written `checkpoint` and stopped itself there (state T in
+/// /proc), so that what the test does next happens at that step, however slow the machine.
+fn wait_for_frozen_training(checkpoint: &Path, child: &mut std::process::Child) {
+    let t = Instant::now();
+    while !(checkpoint.exists() && stopped_process_with_arg("train")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the training never stopped after its checkpoint"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before training stopped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a stopped (state T) spp process has the argument `arg`.
+fn stopped_process_with_arg(arg: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+            let mut args = cmd.split(|&b| b == 0);
+            args.next().is_some_and(|a| a.ends_with(b"spp"))
+                && args.any(|a| a == arg.as_bytes())
+                && state == Some('T')
+        })
+}
+
 /// Whether any process's command line mentions `needle`.
 fn process_mentions(needle: &str) -> bool {
     std::fs::read_dir("/proc")
@@ -270,23 +296,23 @@ fn sigterm_reaches_the_running_stage_and_the_run_stays_resumable() {
     let out = tmp.path().join("sig");
     let o = out.display().to_string();
     // SIGTERM goes to `spp run` alone (its own process group): it must pass it on.
-    let child = Command::new(env!("CARGO_BIN_EXE_spp"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spp"))
         .args(["run", &r, "--out", &o])
+        .env(spp::train::FREEZE_ENV, "2")
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .spawn()
         .unwrap();
     let checkpoint = out.join("03-train-wanda-2-4-spp/adapter/checkpoint/state.json");
-    let t = Instant::now();
-    while !checkpoint.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_frozen_training(&checkpoint, &mut child);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // The frozen training process gets the SIGTERM that `spp run` passes on once it continues.
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .args(["-CONT", "--", &format!("-{}", child.id())])
         .status()
         .unwrap();
     let done = child.wait_with_output().unwrap();

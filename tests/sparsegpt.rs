@@ -3,7 +3,7 @@
 //! singular Hessians and the Hessian accumulator.
 
 use spp::prune::mask::{self, Sparsity};
-use spp::prune::sparsegpt::{prune, Hessian};
+use spp::prune::sparsegpt::{prune, prune_factored, Hessian, InverseFactor, Precision};
 
 const ROWS: usize = 24;
 const COLS: usize = 64;
@@ -314,6 +314,142 @@ fn beats_magnitude_and_wanda() {
                 "{sp} bs {bs}: sparsegpt {e_sgpt:.3} wanda {e_wanda:.3} magnitude {e_mag:.3}"
             );
         }
+    }
+}
+
+/// The three-step `Hinv` of the reference code (cholesky → inverse → cholesky, upper) in f64,
+/// written out slowly: the upper factor U of the damped H⁻¹, row-major.
+fn three_step_factor(h: &Hessian, percdamp: f64) -> Vec<f64> {
+    let n = h.n;
+    let mut a: Vec<f64> = h.h.iter().map(|&v| v as f64).collect();
+    (0..n).for_each(|j| {
+        if a[j * n + j] == 0.0 {
+            a[j * n + j] = 1.0
+        }
+    });
+    let mean = (0..n).map(|j| a[j * n + j]).sum::<f64>() / n as f64;
+    (0..n).for_each(|j| a[j * n + j] += percdamp * mean);
+    let linv = lower_inverse(&chol(&a, n), n);
+    let mut hi = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            hi[i * n + j] = (i..n).map(|k| linv[k * n + i] * linv[k * n + j]).sum();
+        }
+    }
+    let l2 = chol(&hi, n);
+    let mut u = vec![0f64; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = l2[j * n + i];
+        }
+    }
+    u
+}
+
+/// A correlated `n`-input Hessian with one dead input, from seeded data.
+fn wide_hessian(n: usize, seed: u64) -> Hessian {
+    let mut rng = Rng(seed);
+    let tokens = 3 * n;
+    let mix: Vec<f64> = (0..LATENT * n).map(|_| rng.normal()).collect();
+    let x: Vec<f32> = (0..tokens)
+        .flat_map(|_| {
+            let z: Vec<f64> = (0..LATENT).map(|_| rng.normal()).collect();
+            (0..n)
+                .map(|j| {
+                    if j == 7 {
+                        0.0
+                    } else {
+                        let shared: f64 = (0..LATENT).map(|k| z[k] * mix[k * n + j]).sum();
+                        (shared + NOISE * rng.normal()) as f32
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    hessian_of(&x, n, 3)
+}
+
+fn copy(h: &Hessian) -> Hessian {
+    Hessian {
+        n: h.n,
+        samples: h.samples,
+        h: h.h.clone(),
+    }
+}
+
+#[test]
+fn in_place_factor_matches_three_steps() {
+    // 150 inputs: the blocked recursion of the in-place triangular inverse runs (base 32).
+    let n = 150;
+    let h = wide_hessian(n, 11);
+    let slow = three_step_factor(&h, 0.01);
+    let scale = max_abs(slow.iter().copied());
+    // f64 is exact to f32's rounding; f32 loses digits with the condition number (here ~1e4).
+    for (precision, tol) in [(Precision::F64, 1e-6), (Precision::F32, 2e-3)] {
+        let f = InverseFactor::with_precision(copy(&h), 0.01, precision).unwrap();
+        assert_eq!(f.percdamp_used, 0.01);
+        assert_eq!(f.dead.iter().filter(|&&d| d).count(), 1);
+        assert!(f.dead[7]);
+        for i in 0..n {
+            assert!(
+                f.u[i * n..i * n + i].iter().all(|&v| v == 0.0),
+                "{precision:?}: row {i} has non-zeros below the diagonal"
+            );
+        }
+        let diff = max_abs(f.u.iter().zip(&slow).map(|(&a, &b)| a as f64 - b));
+        assert!(
+            diff <= tol * scale,
+            "{precision:?}: max diff {diff:e}, scale {scale:e}"
+        );
+    }
+}
+
+#[test]
+fn retried_factor_equals_a_direct_one() {
+    // Indefinite (eigenvalue −0.05 from one off-diagonal pair of an identity): 1e-3 and 1e-2
+    // fail, 1e-1 works. Each failure must leave the Hessian as it was, so the retried factor is
+    // the one made directly with 1e-1, bit for bit.
+    let n = 150;
+    let mut h = Hessian {
+        n,
+        samples: 1,
+        h: vec![0.0; n * n],
+    };
+    (0..n).for_each(|i| h.h[i * n + i] = 1.0);
+    h.h[100 * n + 120] = 1.05;
+    h.h[120 * n + 100] = 1.05;
+    for precision in [Precision::F64, Precision::F32] {
+        let retried = InverseFactor::with_precision(copy(&h), 1e-3, precision).unwrap();
+        let direct = InverseFactor::with_precision(copy(&h), 0.1, precision).unwrap();
+        assert!((retried.percdamp_used - 0.1).abs() < 1e-15);
+        assert!(
+            retried.u == direct.u,
+            "{precision:?}: the retried factor differs from the direct one"
+        );
+    }
+}
+
+#[test]
+fn f32_factor_prunes_like_f64() {
+    let (_, w, h) = setup(1);
+    for sp in [
+        Sparsity::Unstructured { ratio: 0.5 },
+        Sparsity::NM { n: 2, m: 4 },
+    ] {
+        let run = |p| {
+            let f = InverseFactor::with_precision(copy(&h), 0.01, p).unwrap();
+            prune_factored(w.clone(), ROWS, COLS, &f, &sp, 16).unwrap()
+        };
+        let (a, b) = (run(Precision::F64), run(Precision::F32));
+        let scale = max_abs(a.weight.iter().map(|&v| v as f64));
+        let diff = max_abs(
+            a.weight
+                .iter()
+                .zip(&b.weight)
+                .map(|(&x, &y)| (x - y) as f64),
+        );
+        assert!(diff <= 1e-3 * scale, "{sp}: f32 vs f64 max diff {diff:e}");
+        assert!((a.obs_loss - b.obs_loss).abs() <= 1e-3 * a.obs_loss);
     }
 }
 

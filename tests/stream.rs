@@ -307,8 +307,7 @@ fn streamed_merge_equals_the_in_memory_merge() {
         let hash = spp::adapter::weights_hash(&m).unwrap();
         spp::adapter::attach(&mut m, &spec, 7).unwrap();
         for (k, (_, v)) in spp::adapter::trainable(&m).into_iter().enumerate() {
-            let t = (Tensor::randn(0f32, 0.3, v.as_tensor().dims(), &Device::Cpu).unwrap()
-                + 0.05 * k as f64)
+            let t = (common::randn(k as u64, v.as_tensor().dims(), 0.0, 0.3) + 0.05 * k as f64)
                 .unwrap();
             v.set(&t).unwrap();
         }

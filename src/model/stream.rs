@@ -388,7 +388,13 @@ impl StreamedModel {
 
     /// The blocks in order; on the CPU the next one is read while the current one is used.
     pub fn blocks(&self) -> BlockReader {
-        BlockReader::new(self)
+        BlockReader::new(self, true)
+    }
+
+    /// Blocks read in the caller's thread when asked: one block's weights in memory instead of
+    /// two, for jobs whose compute per block dwarfs its reading (SparseGPT).
+    pub fn blocks_on_demand(&self) -> BlockReader {
+        BlockReader::new(self, false)
     }
 
     /// Bytes of one block's weights in the model's dtype.
@@ -413,7 +419,7 @@ pub fn block_bytes(cfg: &LlamaConfig, dtype: DType) -> u64 {
 }
 
 /// Blocks `0, 1, …` of a [`StreamedModel`], read ahead by one on a loader thread (CPU) or read
-/// when asked (other devices, whose contexts belong to the calling thread).
+/// when asked (other devices, whose contexts belong to the calling thread, or on request).
 pub struct BlockReader {
     next: usize,
     n: usize,
@@ -427,14 +433,14 @@ pub struct BlockReader {
 }
 
 impl BlockReader {
-    fn new(m: &StreamedModel) -> Self {
+    fn new(m: &StreamedModel, read_ahead: bool) -> Self {
         let n = m.n_layers();
         let (cfg, dtype, device) = (
             m.shell.cfg.clone(),
             m.shell.dtype(),
             m.shell.device().clone(),
         );
-        if !device.is_cpu() {
+        if !(read_ahead && device.is_cpu()) {
             return Self {
                 next: 0,
                 n,

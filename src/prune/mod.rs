@@ -158,9 +158,9 @@ pub struct BlockDone {
 /// - activations `N·T·h·b` (a block's input and output windows replace each other, so this
 ///   is the only term that grows with the calibration, plus one window per core in flight);
 /// - taps of the windows in flight `c·T·(3h + i)·b`;
-/// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`
-///   plus, for the widest linear, the factorisations in f64 (faer's Cholesky and inverse hold
-///   up to three `i × i` f64 matrices) and the f32 factor: `i²·(24 + 4)`;
+/// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`, each
+///   becoming its factor in place, plus the f64 working copy of the widest input factorised in
+///   f64, `8·w²` with `w` the widest of h and i up to [`sparsegpt::F64_MAX_INPUTS`];
 /// - the widest linear being pruned, as f32: its weights, scores, result and the check of the
 ///   stored result, `4·h·i·4`.
 pub fn memory_estimate(
@@ -177,7 +177,15 @@ pub fn memory_estimate(
     let acts = (n + cores.min(n)) * t * h * b;
     let taps = cores.min(n.max(1)) * t * (3 * h + i) * b.max(4);
     let stats = match opts.method {
-        Method::SparseGpt => (3 * h * h + i * i) * 4 + i * i * 28,
+        Method::SparseGpt => {
+            let f64_inputs = sparsegpt::F64_MAX_INPUTS as u64;
+            let w = [h, i]
+                .into_iter()
+                .filter(|&w| w <= f64_inputs)
+                .max()
+                .unwrap_or(0);
+            (3 * h * h + i * i) * 4 + 8 * w * w
+        }
         Method::Wanda => (3 * h + i) * 8,
         Method::Magnitude => 0,
     };
@@ -185,8 +193,8 @@ pub fn memory_estimate(
 }
 
 /// Predicted peak of a block-streamed prune: [`memory_estimate`] plus two blocks' weights (the one
-/// being pruned and the next, read ahead), or the embedding table while the calibration is embedded
-/// if that is larger, plus [`PROCESS_BYTES`].
+/// being pruned and the next, read ahead; SparseGPT reads none ahead), or the embedding table while
+/// the calibration is embedded if that is larger, plus [`PROCESS_BYTES`].
 pub fn streamed_peak_estimate(
     c: &LlamaConfig,
     dtype: DType,
@@ -195,7 +203,12 @@ pub fn streamed_peak_estimate(
     seqlen: usize,
 ) -> u64 {
     let b = dtype.size_in_bytes() as u64;
-    let blocks = 2 * crate::model::stream::block_bytes(c, dtype);
+    let ahead = if opts.method == Method::SparseGpt {
+        1
+    } else {
+        2
+    };
+    let blocks = ahead * crate::model::stream::block_bytes(c, dtype);
     let embed = (c.vocab_size * c.hidden_size) as u64 * b;
     memory_estimate(c, dtype, opts, nsamples, seqlen) + blocks.max(embed) + PROCESS_BYTES
 }
@@ -212,6 +225,9 @@ enum Stats {
     /// SparseGPT's Hessian while it accumulates on a GPU; a `Hessian` once the statistics pass
     /// is over.
     DeviceHessian(sparsegpt::DeviceHessian),
+    /// SparseGPT's factor, made from the Hessian (in its buffer) before the first linear that
+    /// reads the input.
+    Factor(sparsegpt::InverseFactor),
 }
 
 fn tap_tensor(t: &crate::model::Taps, tap: Tap) -> &Tensor {
@@ -249,17 +265,9 @@ fn prune_linear(
     let pruned = match (opts.method, stats) {
         (Method::Magnitude, _) => magnitude::prune(&w, rows, cols, &opts.sparsity),
         (Method::Wanda, Stats::Norms(n)) => wanda::prune(&w, rows, cols, n, &opts.sparsity),
-        (Method::SparseGpt, Stats::Hessian(h)) => {
-            let out = sparsegpt::prune(
-                &w,
-                rows,
-                cols,
-                h,
-                &opts.sparsity,
-                opts.blocksize,
-                opts.percdamp,
-            )
-            .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
+        (Method::SparseGpt, Stats::Factor(f)) => {
+            let out = sparsegpt::prune_factored(w, rows, cols, f, &opts.sparsity, opts.blocksize)
+                .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
             report.obs_loss = Some(out.obs_loss);
             report.percdamp_used = Some(out.percdamp_used);
             report.dead_inputs = Some(out.dead_inputs);
@@ -420,7 +428,7 @@ pub fn prune_blocks(
                             Stats::Norms(n) => n.add_tensor(t)?,
                             Stats::Hessian(h) => h.add_tensor(t)?,
                             Stats::DeviceHessian(h) => h.add(t)?,
-                            Stats::None => {}
+                            Stats::None | Stats::Factor(_) => {}
                         }
                     }
                     Ok(())
@@ -444,17 +452,32 @@ pub fn prune_blocks(
                 .collect::<Result<Vec<_>>>()?;
             timing.statistics += ts.elapsed().as_secs_f64();
             let tp = Instant::now();
-            for l in &wanted {
-                let s = &stats
-                    .iter()
-                    .find(|(t, _)| *t == l.2)
-                    .map(|(_, s)| s)
-                    .unwrap_or(&Stats::None);
+            let mut stats = stats;
+            for (k, l) in wanted.iter().enumerate() {
                 let name = format!("model.layers.{i}.{}", l.1);
+                let slot = stats.iter_mut().find(|(t, _)| *t == l.2).map(|(_, s)| s);
+                let s = match slot {
+                    Some(s) => {
+                        // SparseGPT factorises each input's Hessian once, in its own buffer.
+                        *s = match std::mem::replace(s, Stats::None) {
+                            Stats::Hessian(h) => Stats::Factor(
+                                sparsegpt::InverseFactor::new(h, opts.percdamp)
+                                    .map_err(|e| Error::Msg(format!("{name}: {e}")))?,
+                            ),
+                            other => other,
+                        };
+                        s
+                    }
+                    None => &mut Stats::None,
+                };
                 let lin = block
                     .linear_mut(l.1)
                     .ok_or_else(|| Error::Msg(format!("internal: no linear {name}")))?;
                 let r = prune_linear(lin, name, s, opts)?;
+                // Freed after the last linear that reads this input.
+                if !wanted[k + 1..].iter().any(|later| later.2 == l.2) {
+                    *s = Stats::None;
+                }
                 if r.sparsity_before > 0.01 {
                     warnings.push(format!(
                         "{} was already {:.1}% sparse before pruning; pruning went ahead",

@@ -26,8 +26,8 @@ use crate::model::gemm::syrk_lower;
 use crate::prune::mask::{self, Sparsity};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::DenseSolveCore;
-use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 /// Damping retries (each ×10) after the first Cholesky failure.
@@ -146,7 +146,7 @@ impl DeviceHessian {
 
 /// Copies the lower triangle of the row-major `[n, n]` matrix `h` onto its upper triangle, in
 /// tiles that stay in L1.
-fn mirror_lower(h: &mut [f32], n: usize) {
+fn mirror_lower<T: Copy>(h: &mut [T], n: usize) {
     const TILE: usize = 32;
     for i0 in (0..n).step_by(TILE) {
         for j0 in (i0..n).step_by(TILE) {
@@ -170,7 +170,8 @@ pub struct SparseGptOutcome {
     pub dead_inputs: usize,
 }
 
-/// SparseGPT on one linear: `weight` `[rows, cols]` row-major f32, `hessian` cols×cols.
+/// SparseGPT on one linear: `weight` `[rows, cols]` row-major f32, `hessian` cols×cols. Factorises
+/// a copy of the Hessian; [`prune_factored`] takes a factor made once for several linears.
 pub fn prune(
     weight: &[f32],
     rows: usize,
@@ -180,13 +181,6 @@ pub fn prune(
     blocksize: usize,
     percdamp: f64,
 ) -> Result<SparseGptOutcome> {
-    let sparsity = *sparsity;
-    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(weight.len()) {
-        bail!(
-            "SparseGPT: weight has {} values, not rows {rows} × cols {cols}",
-            weight.len()
-        );
-    }
     if hessian.n != cols || hessian.h.len() != cols * cols {
         bail!(
             "SparseGPT: the Hessian is for {} inputs ({} values) but the weight has {cols} columns",
@@ -194,16 +188,40 @@ pub fn prune(
             hessian.h.len()
         );
     }
-    if hessian.samples == 0 {
-        bail!("SparseGPT: the Hessian has no calibration samples");
+    let copy = Hessian {
+        n: hessian.n,
+        samples: hessian.samples,
+        h: hessian.h.clone(),
+    };
+    let factor = InverseFactor::new(copy, percdamp)?;
+    prune_factored(weight.to_vec(), rows, cols, &factor, sparsity, blocksize)
+}
+
+/// SparseGPT on one linear whose input's [`InverseFactor`] is made: `weight` `[rows, cols]`
+/// row-major f32, updated in place and returned in the outcome.
+pub fn prune_factored(
+    mut w: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    factor: &InverseFactor,
+    sparsity: &Sparsity,
+    blocksize: usize,
+) -> Result<SparseGptOutcome> {
+    let sparsity = *sparsity;
+    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(w.len()) {
+        bail!(
+            "SparseGPT: weight has {} values, not rows {rows} × cols {cols}",
+            w.len()
+        );
+    }
+    if factor.n != cols {
+        bail!(
+            "SparseGPT: the Hessian is for {} inputs but the weight has {cols} columns",
+            factor.n
+        );
     }
     if blocksize == 0 {
         bail!("SparseGPT: blocksize must be at least 1");
-    }
-    if !(percdamp.is_finite() && percdamp >= 0.0) {
-        bail!(
-            "SparseGPT: percdamp {percdamp} must be a finite number ≥ 0 (the usual value is 0.01)"
-        );
     }
     match sparsity {
         Sparsity::Unstructured { ratio } if !(ratio > 0.0 && ratio < 1.0) => {
@@ -219,14 +237,7 @@ pub fn prune(
         }
         _ => {}
     }
-    if let Some(p) = hessian.h.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "SparseGPT: the Hessian has a non-finite value at ({}, {})",
-            p / cols,
-            p % cols
-        );
-    }
-    if let Some(p) = weight.iter().position(|v| !v.is_finite()) {
+    if let Some(p) = w.iter().position(|v| !v.is_finite()) {
         bail!(
             "SparseGPT: the weight has a non-finite value at ({}, {})",
             p / cols,
@@ -236,15 +247,14 @@ pub fn prune(
 
     // Dead inputs carry no information about W: H_ii = 1 keeps H invertible, and their weights
     // can be zeroed for free (their input was always 0).
-    let dead: Vec<bool> = (0..cols).map(|j| hessian.h[j * cols + j] == 0.0).collect();
-    let mut w = weight.to_vec();
+    let dead = &factor.dead;
     for row in w.chunks_mut(cols) {
         row.iter_mut()
-            .zip(&dead)
+            .zip(dead)
             .filter(|(_, &d)| d)
             .for_each(|(v, _)| *v = 0.0);
     }
-    let (hinv, percdamp_used) = inverse_factor(&hessian.h, cols, &dead, percdamp)?;
+    let (hinv, percdamp_used) = (&factor.u, factor.percdamp_used);
 
     let mut err_buf = vec![0f32; rows * blocksize.min(cols)];
     let mut loss_rows = vec![0f64; rows];
@@ -305,14 +315,14 @@ pub fn prune(
                 MatMut::from_row_major_slice_mut(&mut w, rows, cols).split_at_col_mut(i2);
             let em = MatRef::from_row_major_slice(err, rows, count);
             let hm =
-                MatRef::from_row_major_slice(&hinv, cols, cols).submatrix(i1, i2, count, cols - i2);
+                MatRef::from_row_major_slice(hinv, cols, cols).submatrix(i1, i2, count, cols - i2);
             matmul(right, Accum::Add, em, hm, -1.0f32, Par::rayon(0));
         }
     }
     // Exact arithmetic keeps dead columns at 0 (their rows of Hinv are 0); make it certain.
     for row in w.chunks_mut(cols) {
         row.iter_mut()
-            .zip(&dead)
+            .zip(dead)
             .filter(|(_, &d)| d)
             .for_each(|(v, _)| *v = 0.0);
     }
@@ -327,65 +337,256 @@ pub fn prune(
     })
 }
 
-/// `Hinv` (upper Cholesky factor of the damped H⁻¹, row-major f32) and the damping used,
-/// retrying with 10× the damping when H is not positive definite.
-fn inverse_factor(h: &[f32], n: usize, dead: &[bool], percdamp: f64) -> Result<(Vec<f32>, f64)> {
-    let diag = |j: usize| {
-        if dead[j] {
-            1.0
-        } else {
-            f64::from(h[j * n + j])
-        }
-    };
-    let mean = (0..n).map(diag).sum::<f64>() / n as f64;
-    let mut tried = Vec::new();
-    for k in 0..=RETRIES as i32 {
-        // A zero damping cannot grow by ×10: its retries start from 1e-4.
-        let p = if k == 0 {
-            percdamp
-        } else if percdamp == 0.0 {
-            1e-4 * 10f64.powi(k - 1)
-        } else {
-            percdamp * 10f64.powi(k)
-        };
-        tried.push(format!("{p:.1e}"));
-        let damp = p * mean;
-        // Only the lower triangle is read by the factorisation.
-        let hd = Mat::<f64>::from_fn(n, n, |i, j| {
-            if i == j {
-                diag(i) + damp
-            } else {
-                f64::from(h[i * n + j])
-            }
-        });
-        if let Some(u) = upper_factor_of_inverse(hd) {
-            return Ok((u, p));
-        }
-    }
-    bail!(
-        "SparseGPT: the Hessian ({n}×{n}, mean diagonal {mean:.3e}) is not positive definite even with percdamp {}; the calibration inputs are degenerate: use more or more varied calibration samples, or a larger percdamp",
-        tried.join(", ")
-    )
+/// Inputs up to which [`InverseFactor`] factorises in f64 (a working copy of at most 8 × 8192² bytes
+/// = 512 MiB beside the Hessian); wider inputs (LLaMA's `down_proj`: 11008 at 7B, 13824 at 13B,
+/// 28672 at 70B) factorise in f32 inside the Hessian's own buffer, as the reference code does in
+/// f32, so that SparseGPT never needs more than one n × n matrix per input.
+pub const F64_MAX_INPUTS: usize = 8192;
+
+/// The precision of [`InverseFactor`]'s factorisations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
 }
 
-/// cholesky(H) → H⁻¹ → upper cholesky(H⁻¹) (= transpose of its lower factor), or None when a
-/// pivot is not positive or the result is not finite.
-fn upper_factor_of_inverse(hd: Mat<f64>) -> Option<Vec<f32>> {
-    let n = hd.nrows();
-    // Drop each input as soon as it is consumed: at most two n×n f64 matrices live at once.
-    let llt = hd.llt(Side::Lower).ok()?;
-    drop(hd);
-    let inv = llt.inverse();
-    drop(llt);
-    let llt = inv.llt(Side::Lower).ok()?;
-    drop(inv);
-    let l = llt.L();
-    let mut u = vec![0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            u[i * n + j] = l[(j, i)] as f32;
+impl Precision {
+    /// f64 up to [`F64_MAX_INPUTS`] inputs, f32 above.
+    pub fn for_inputs(n: usize) -> Self {
+        if n <= F64_MAX_INPUTS {
+            Precision::F64
+        } else {
+            Precision::F32
         }
     }
-    let ok = u.iter().all(|v| v.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
-    ok.then_some(u)
+}
+
+/// `Hinv` of one input: the upper Cholesky factor U of the damped H⁻¹ (H⁻¹ = UᵀU), which depends
+/// on the Hessian only, so the linears that share an input (q/k/v, gate/up) share one.
+pub struct InverseFactor {
+    /// Input features.
+    pub n: usize,
+    /// n×n row-major f32: U on and above the diagonal, zeros below.
+    pub u: Vec<f32>,
+    /// The damping finally used (larger than asked when the Hessian needed more).
+    pub percdamp_used: f64,
+    /// Inputs with H_ii = 0 (never active in calibration): their weights are zeroed.
+    pub dead: Vec<bool>,
+}
+
+impl InverseFactor {
+    /// Factorises `hessian` (consumed: its buffer becomes U) in [`Precision::for_inputs`].
+    pub fn new(hessian: Hessian, percdamp: f64) -> Result<Self> {
+        let p = Precision::for_inputs(hessian.n);
+        Self::with_precision(hessian, percdamp, p)
+    }
+
+    /// Dampens H by `percdamp` × its mean diagonal (dead inputs' diagonal set to 1), retrying with
+    /// 10× the damping when it is not positive definite, and computes U without any second n × n
+    /// matrix in f32 (one f64 copy in f64): with J the reversal permutation and
+    /// L̃ L̃ᵀ = J H J, H⁻¹ = (J L̃⁻¹ J)ᵀ (J L̃⁻¹ J), and J L̃⁻¹ J is upper triangular with a positive
+    /// diagonal, so it is U. J·M·J of a row-major matrix is its buffer reversed.
+    pub fn with_precision(hessian: Hessian, percdamp: f64, precision: Precision) -> Result<Self> {
+        let n = hessian.n;
+        if hessian.samples == 0 {
+            bail!("SparseGPT: the Hessian has no calibration samples");
+        }
+        if n == 0 || hessian.h.len() != n * n {
+            bail!(
+                "SparseGPT: the Hessian holds {} values, not {n} × {n}",
+                hessian.h.len()
+            );
+        }
+        if !(percdamp.is_finite() && percdamp >= 0.0) {
+            bail!(
+                "SparseGPT: percdamp {percdamp} must be a finite number ≥ 0 (the usual value is 0.01)"
+            );
+        }
+        let mut h = hessian.h;
+        if let Some(p) = h.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "SparseGPT: the Hessian has a non-finite value at ({}, {})",
+                p / n,
+                p % n
+            );
+        }
+        let dead: Vec<bool> = (0..n).map(|j| h[j * n + j] == 0.0).collect();
+        let diag: Vec<f64> = (0..n)
+            .map(|j| {
+                if dead[j] {
+                    1.0
+                } else {
+                    f64::from(h[j * n + j])
+                }
+            })
+            .collect();
+        let mean = diag.iter().sum::<f64>() / n as f64;
+        let mut wide = match precision {
+            Precision::F64 => Some(h.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>()),
+            Precision::F32 => None,
+        };
+        let mut tried = Vec::new();
+        for k in 0..=RETRIES as i32 {
+            // A zero damping cannot grow by ×10: its retries start from 1e-4.
+            let p = if k == 0 {
+                percdamp
+            } else if percdamp == 0.0 {
+                1e-4 * 10f64.powi(k - 1)
+            } else {
+                percdamp * 10f64.powi(k)
+            };
+            tried.push(format!("{p:.1e}"));
+            let damp = p * mean;
+            let ok = match wide.as_mut() {
+                Some(b) => {
+                    let ok = upper_factor_in_place(b, n, |i| diag[i] + damp);
+                    if ok {
+                        for (u, &v) in h.iter_mut().zip(b.iter()) {
+                            *u = v as f32;
+                        }
+                    }
+                    ok
+                }
+                None => upper_factor_in_place(&mut h, n, |i| (diag[i] + damp) as f32),
+            };
+            if ok
+                && (0..n).all(|i| {
+                    h[i * n + i] > 0.0 && h[i * n + i..(i + 1) * n].iter().all(|v| v.is_finite())
+                })
+            {
+                for (i, row) in h.chunks_exact_mut(n).enumerate() {
+                    row[..i].fill(0.0);
+                }
+                return Ok(InverseFactor {
+                    n,
+                    u: h,
+                    percdamp_used: p,
+                    dead,
+                });
+            }
+            if ok {
+                // Finite in f64 but not in f32: start again from the Hessian's lower triangle.
+                if let Some(b) = wide.as_mut() {
+                    mirror_lower(b, n);
+                }
+                mirror_lower(&mut h, n);
+            }
+        }
+        bail!(
+            "SparseGPT: the Hessian ({n}×{n}, mean diagonal {mean:.3e}) is not positive definite even with percdamp {}; the calibration inputs are degenerate: use more or more varied calibration samples, or a larger percdamp",
+            tried.join(", ")
+        )
+    }
+}
+
+/// Real scalars the in-place factorisation runs in.
+trait Real:
+    faer::traits::RealField
+    + Copy
+    + PartialOrd
+    + std::ops::Neg<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::AddAssign
+{
+    const ONE: Self;
+    fn finite(self) -> bool;
+}
+
+impl Real for f32 {
+    const ONE: Self = 1.0;
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+impl Real for f64 {
+    const ONE: Self = 1.0;
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+/// `b`: a symmetric row-major n×n matrix whose diagonal `diag(i)` replaces. On success, U (the
+/// upper Cholesky factor of the inverse, see [`InverseFactor::with_precision`]) is on and above
+/// the diagonal and the matrix's strict lower triangle is unchanged. On failure (a pivot not
+/// positive, a non-finite result) the matrix is symmetric again, its diagonal aside.
+fn upper_factor_in_place<T: Real>(b: &mut [T], n: usize, diag: impl Fn(usize) -> T) -> bool {
+    for i in 0..n {
+        b[i * n + i] = diag(i);
+    }
+    b.reverse();
+    let par = Par::rayon(0);
+    let ok = {
+        let mut m = MatMut::from_row_major_slice_mut(b, n, n);
+        let mut mem = faer::dyn_stack::MemBuffer::new(
+            faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<T>(
+                n,
+                par,
+                Default::default(),
+            ),
+        );
+        let stack = faer::dyn_stack::MemStack::new(&mut mem);
+        // Only the lower triangle is read and written; the strict upper keeps J·H·J.
+        faer::linalg::cholesky::llt::factor::cholesky_in_place(
+            m.rb_mut(),
+            Default::default(),
+            par,
+            stack,
+            Default::default(),
+        )
+        .is_ok()
+            && {
+                invert_lower_in_place(m.rb_mut(), par);
+                (0..n).all(|i| (0..=i).all(|j| m[(i, j)].finite()))
+            }
+    };
+    // Reversed, the lower triangle just computed (J L̃⁻¹ J) is the upper one, and the untouched
+    // strict upper triangle of J·H·J is H's strict lower one.
+    b.reverse();
+    if !ok {
+        mirror_lower(b, n);
+    }
+    ok
+}
+
+/// Replaces the lower triangle of `a` (a lower-triangular matrix with a non-zero diagonal) by its
+/// inverse; the strict upper triangle is neither read nor written. Recursively, for
+/// L = [[A, 0], [B, C]], L⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]]: B is replaced by −C⁻¹ B A⁻¹ with
+/// two triangular solves while A and C are still intact, then A and C are inverted in place.
+fn invert_lower_in_place<T: Real>(mut a: MatMut<'_, T>, par: Par) {
+    let n = a.nrows();
+    if n <= 32 {
+        // Column by column: X_jj = 1/L_jj, X_ij = −(Σ_{j≤k<i} L_ik X_kj)/L_ii; X_ij overwrites
+        // L_ij, which nothing later reads.
+        for j in 0..n {
+            a[(j, j)] = T::ONE / a[(j, j)];
+            for i in j + 1..n {
+                let mut s = a[(i, j)] * a[(j, j)];
+                for k in j + 1..i {
+                    s += a[(i, k)] * a[(k, j)];
+                }
+                a[(i, j)] = -s / a[(i, i)];
+            }
+        }
+        return;
+    }
+    let mid = n / 2;
+    let (mut tl, _, mut bl, mut br) = a.split_at_mut(mid, mid);
+    // B ← B·A⁻¹: X·A = B ⇔ Aᵀ·Xᵀ = Bᵀ, Aᵀ upper triangular.
+    faer::linalg::triangular_solve::solve_upper_triangular_in_place(
+        tl.rb().transpose(),
+        bl.rb_mut().transpose_mut(),
+        par,
+    );
+    // B ← −C⁻¹·B.
+    faer::linalg::triangular_solve::solve_lower_triangular_in_place(br.rb(), bl.rb_mut(), par);
+    for j in 0..bl.ncols() {
+        for i in 0..bl.nrows() {
+            bl[(i, j)] = -bl[(i, j)];
+        }
+    }
+    invert_lower_in_place(tl.rb_mut(), par);
+    invert_lower_in_place(br.rb_mut(), par);
 }

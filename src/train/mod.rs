@@ -257,6 +257,20 @@ pub trait Progress {
 
 impl Progress for () {}
 
+/// The environment variable that stops (SIGSTOP) the training process right after it saved the
+/// checkpoint of the step it names: tests interrupt `spp run` at a known point with it, then kill
+/// or continue the process group.
+pub const FREEZE_ENV: &str = "SPP_TEST_FREEZE_AFTER_CHECKPOINT";
+
+fn freeze_for_tests(step: usize) {
+    if std::env::var(FREEZE_ENV).ok().and_then(|v| v.parse().ok()) == Some(step) {
+        // SAFETY: raise has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
+    }
+}
+
 /// What `--resume` reads from `OUT/checkpoint/state.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct CheckpointState {
@@ -647,6 +661,7 @@ impl Trainer<'_> {
                     run: run.clone(),
                 };
                 save_checkpoint(&ckpt_dir, &named, &adam, &st)?;
+                freeze_for_tests(step);
             }
             if stop_after == Some(step) {
                 break;

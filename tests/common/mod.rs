@@ -40,9 +40,32 @@ pub fn tiny_config(tied: bool, bias: bool) -> LlamaConfig {
     .unwrap()
 }
 
-/// Random weights (seeded by `Tensor::randn` on the CPU) for every tensor `cfg` implies.
+/// Normal draws `mean + std·z`, seeded (StdRng, Box–Muller), as an f32 CPU tensor: the same
+/// values on every run and machine, unlike candle's `Tensor::randn` (the thread's RNG).
+pub fn randn(seed: u64, shape: &[usize], mean: f32, std: f32) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let u: f64 = 1.0 - rng.random::<f64>();
+            let a: f64 = rng.random::<f64>();
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * a).cos();
+            mean + std * z as f32
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// FNV-1a of a name: a stable seed per tensor.
+pub fn seed_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Random weights for every tensor `cfg` implies, each seeded by its name ([`randn`]).
 pub fn random_tensors(cfg: &LlamaConfig) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (q, kv) = (
         cfg.num_attention_heads * cfg.head_dim(),
@@ -50,11 +73,7 @@ pub fn random_tensors(cfg: &LlamaConfig) -> HashMap<String, Tensor> {
     );
     let mut m = HashMap::new();
     let mut put = |name: String, shape: &[usize], mean: f32, std: f32| {
-        let t = Tensor::randn(mean, std, shape, &dev)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        m.insert(name, t);
+        m.insert(name.clone(), randn(seed_of(&name), shape, mean, std));
     };
     put("model.embed_tokens.weight".into(), &[v, h], 0.0, 0.5);
     put("model.norm.weight".into(), &[h], 1.0, 0.1);
