@@ -382,7 +382,21 @@ fn prune_writes_a_model_and_its_record() {
 #[test]
 fn train_merge_and_run_an_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = converted(tmp.path());
+    // A 2:4 model, so that keeping its zeros through training and merging means something.
+    let dense = converted(tmp.path());
+    let model = tmp.path().join("pruned");
+    let o = spp(&[
+        "prune",
+        "--model",
+        &s(&dense),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "2:4",
+        "--out",
+        &s(&model),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m = s(&model);
     let records: Vec<serde_json::Value> = (0..12)
         .map(|i| serde_json::json!({"instruction": format!("Count to {i}."), "input": if i % 2 == 0 { "" } else { "slowly" }, "output": "1 2 3 ".repeat(i + 1)}))
@@ -415,6 +429,9 @@ fn train_merge_and_run_an_adapter() {
             "2",
             "--eval-every",
             "2",
+            // Large enough that the adapter visibly moves the perplexity checked below.
+            "--lr",
+            "0.02",
             "--json",
         ])
     };
@@ -450,21 +467,34 @@ fn train_merge_and_run_an_adapter() {
         "The quick brown fox jumps over the lazy dog. ".repeat(40),
     )
     .unwrap();
-    let o = spp(&[
-        "eval",
-        "ppl",
-        "--model",
-        &m,
-        "--adapter",
-        &s(&out),
-        "--text",
-        &s(&text),
-        "--seqlen",
-        "64",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let adapted: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ppl = |model: &str, adapter: Option<&Path>| {
+        let mut args = vec!["eval", "ppl", "--model", model];
+        let a = adapter.map(s);
+        if let Some(a) = &a {
+            args.extend(["--adapter", a]);
+        }
+        let t = s(&text);
+        args.extend(["--text", &t, "--seqlen", "64", "--json"]);
+        let o = spp(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["ppl"].as_f64().unwrap()
+    };
+    // Three small steps barely move a random model: merge a copy of the adapter with seeded
+    // random values instead (same names, shapes and base model), whose effect is plain to see.
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(out.join(f), moved.join(f)).unwrap();
+    }
+    let st = moved.join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        *t = common::randn(common::seed_of(name), t.dims(), 0.0, 0.5);
+    }
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let out = moved;
+    let (base, adapted) = (ppl(&m, None), ppl(&m, Some(&out)));
 
     let merged = tmp.path().join("merged");
     let o = spp(&[
@@ -481,23 +511,22 @@ fn train_merge_and_run_an_adapter() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["all_zeros_kept"], true);
     assert!(merged.join("merge.json").exists() && merged.join("tokenizer.json").exists());
-    let o = spp(&[
-        "eval",
-        "ppl",
-        "--model",
-        &s(&merged),
-        "--text",
-        &s(&text),
-        "--seqlen",
-        "64",
-        "--json",
-    ]);
-    let merged_ppl: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let (a, b) = (
-        adapted["ppl"].as_f64().unwrap(),
-        merged_ppl["ppl"].as_f64().unwrap(),
+    let o = spp(&["inspect", "--model", &s(&merged), "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["linear_sparsity"], 0.5, "the merged model lost zeros");
+    assert_eq!(r["all_linears_2_4"], true);
+    // The merged model computes what base + adapter computes (to f32 rounding, ~1e-6), and the
+    // adapter's own effect is over ten times the tolerance, so a merge that does nothing fails.
+    let merged_ppl = ppl(&s(&merged), None);
+    let tol = 1e-5 * adapted;
+    assert!(
+        (adapted - base).abs() > 10.0 * tol,
+        "the adapter barely moves the perplexity ({base} → {adapted})"
     );
-    assert!((a - b).abs() < 1e-3 * a, "unmerged {a} vs merged {b}");
+    assert!(
+        (adapted - merged_ppl).abs() < tol,
+        "unmerged {adapted} vs merged {merged_ppl}"
+    );
 
     // The adapter refuses another model; merging again into an existing directory needs --force.
     let o = spp(&[

@@ -4,8 +4,11 @@
 //! numbers set to extremes) with a seeded generator and parses it in this process: an error is
 //! fine, a panic is a failure (an abort, such as a failed huge allocation, ends the test).
 //!
-//! `SPP_FUZZ_ITERS` sets the iterations per parser (default 150, a few seconds); `SPP_FUZZ_SEED`
-//! the seed, so a failure is reproduced by its seed and iteration.
+//! `SPP_FUZZ_ITERS` sets the iterations per parser (default 150, a few seconds), or
+//! `SPP_FUZZ_SECONDS` a time per parser instead (long runs: `SPP_FUZZ_SECONDS=600 cargo test
+//! --release --test fuzz_parsers -- --test-threads 1 --nocapture`); `SPP_FUZZ_ONLY` a comma-separated list of the parsers to
+//! run (the names printed); `SPP_FUZZ_SEED` the seed, so a failure is reproduced by its seed and
+//! iteration.
 
 mod common;
 
@@ -101,6 +104,12 @@ fn iterations() -> usize {
         .unwrap_or(150)
 }
 
+fn seconds() -> Option<f64> {
+    std::env::var("SPP_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn seed() -> u64 {
     std::env::var("SPP_FUZZ_SEED")
         .ok()
@@ -116,10 +125,19 @@ fn fuzz(
     file: &Path,
     parse: impl Fn() -> Result<(), String>,
 ) -> Vec<String> {
+    if std::env::var("SPP_FUZZ_ONLY").is_ok_and(|only| !only.split(',').any(|w| w == what)) {
+        return Vec::new();
+    }
     let mut rng = Rng(seed() ^ what.len() as u64);
     let mut panics = Vec::new();
     let mut errors = 0;
-    for i in 0..iterations() {
+    let (start, limit, iters) = (std::time::Instant::now(), seconds(), iterations());
+    let mut i = 0;
+    while match limit {
+        Some(l) => start.elapsed().as_secs_f64() < l,
+        None => i < iters,
+    } {
+        i += 1;
         let bytes = mutate(valid, focus, &mut rng);
         std::fs::write(file, &bytes).unwrap();
         match catch_unwind(AssertUnwindSafe(&parse)) {
@@ -140,8 +158,8 @@ fn fuzz(
         }
     }
     eprintln!(
-        "{what}: {} inputs, {errors} errors, {} panics",
-        iterations(),
+        "{what}: {i} inputs in {:.0} s, {errors} errors, {} panics",
+        start.elapsed().as_secs_f64(),
         panics.len()
     );
     panics
