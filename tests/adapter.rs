@@ -380,6 +380,10 @@ fn saved_adapter_loads_back_and_refuses_another_model() {
     assert!(warning.is_none());
     assert_eq!(loaded.method, Method::Spp);
     assert!(common::max_diff(&logits(&model), &logits(&again)) < 1e-6);
+    // Attached for training, the forward records a graph for the backward; loaded to be applied,
+    // none (it would keep every activation of an evaluation alive).
+    assert!(logits(&model).track_op());
+    assert!(!logits(&again).track_op());
 
     let mut other = common::tiny_model(true, false, &Device::Cpu);
     let e = adapter::load(&mut other, &dir, false)

@@ -135,6 +135,10 @@ pub fn full_targets(targets: &[String]) -> Result<Vec<&'static str>> {
 pub struct DropoutCtl {
     pub train: AtomicBool,
     pub base: AtomicU64,
+    /// Set for adapters loaded to be applied, not trained: the forward sees A and b detached, so
+    /// it records no graph (which would keep every activation of a pass alive until its output
+    /// is dropped).
+    pub frozen: AtomicBool,
 }
 
 pub fn splitmix64(state: &mut u64) -> u64 {
@@ -241,9 +245,19 @@ impl Adapter {
         }
     }
 
+    /// A and b as the forward uses them: the variables, or detached when frozen.
+    fn params(&self) -> (Tensor, Tensor) {
+        if self.ctl.frozen.load(Ordering::Relaxed) {
+            (self.a.as_detached_tensor(), self.b.as_detached_tensor())
+        } else {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        }
+    }
+
     /// `y` for x `[T, in]` through the frozen weight `w` `[out, in]` plus the adapter branch.
     pub fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let drop = self.dropout_seed();
+        let (a, b) = self.params();
         match self.method {
             Method::Spp => {
                 // The fused op works in f32; 16-bit weights are widened one linear at a time
@@ -257,10 +271,9 @@ impl Adapter {
                         scale: self.scale as f32,
                         dropout: drop,
                     };
-                    let b = self.b.as_tensor().flatten_all()?;
                     let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op3(
-                        self.a.as_tensor(),
-                        &b,
+                        &a,
+                        &b.flatten_all()?,
                         op,
                     )?;
                     return Ok(y.to_dtype(x.dtype())?);
@@ -268,8 +281,8 @@ impl Adapter {
                 spp_naive(
                     x,
                     w,
-                    self.a.as_tensor(),
-                    self.b.as_tensor(),
+                    &a,
+                    &b,
                     self.scale,
                     Self::mask_tensor(drop, x)?.as_ref(),
                 )
@@ -280,8 +293,7 @@ impl Adapter {
                     Some(m) => (x * m)?,
                     None => x.clone(),
                 };
-                let a = self.a.as_tensor().to_dtype(x.dtype())?;
-                let b = self.b.as_tensor().to_dtype(x.dtype())?;
+                let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
                 Ok((base + (xd.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?)?)
             }
         }
@@ -511,14 +523,16 @@ pub fn read_config(dir: &Path) -> Result<AdapterConfig> {
         .map_err(|e| Error::Msg(format!("{}: invalid adapter config ({e})", path.display())))
 }
 
-/// Loads the adapter in `dir` onto `model`. A base-model hash that differs from the model's is an
+/// Loads the adapter in `dir` onto `model` to be applied, not trained (frozen: its forwards record
+/// no graph). A base-model hash that differs from the model's is an
 /// error unless `force` (then a warning is returned).
 pub fn load(model: &mut Llama, dir: &Path, force: bool) -> Result<(AdapterConfig, Option<String>)> {
     let stored = Stored::read(dir)?;
     let warning = stored.check_base(&weights_hash(model)?, force)?;
     stored.check_layers(model.layers.len())?;
     let spec = stored.spec();
-    attach_with(model, &spec, |a, b| stored.init(a, b))?;
+    let ctl = attach_with(model, &spec, |a, b| stored.init(a, b))?;
+    ctl.frozen.store(true, Ordering::Relaxed);
     Ok((stored.cfg, warning))
 }
 
