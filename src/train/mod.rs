@@ -115,6 +115,31 @@ impl AdamW {
     }
 }
 
+/// The global L2 norm of `grads` (all of them as one vector), returned as it was before clipping;
+/// with `max_norm`, every gradient is multiplied by `min(1, max_norm / (norm + 1e-6))`, as
+/// `torch.nn.utils.clip_grad_norm_` does (so a norm just under `max_norm` is scaled too).
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: Option<f64>) -> Result<f64> {
+    let norm = grads
+        .iter()
+        .map(|g| {
+            Ok(g.sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        })
+        .sum::<Result<f64>>()?
+        .sqrt();
+    if let Some(max) = max_norm {
+        let coef = max / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
 /// Mean next-token cross-entropy over a micro-batch's targets. The language-model head runs
 /// only on the positions that have a target (padding never reaches it).
 pub fn micro_loss(model: &Llama, b: &Batch) -> Result<Tensor> {
@@ -582,24 +607,7 @@ impl Trainer<'_> {
                 }
                 loss_sum += lv;
             }
-            let norm = grads
-                .iter()
-                .map(|g| {
-                    Ok(g.sqr()?
-                        .sum_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?)
-                })
-                .sum::<Result<f64>>()?
-                .sqrt();
-            if let Some(max) = opts.max_grad_norm {
-                if norm > max {
-                    grads = grads
-                        .iter()
-                        .map(|g| Ok((g * (max / (norm + 1e-6)))?))
-                        .collect::<Result<_>>()?;
-                }
-            }
+            let norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
             adam.step(&params, &grads, lr, opts.weight_decay)?;
             step += 1;
             let secs = t0.elapsed().as_secs_f64();
