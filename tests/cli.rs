@@ -1,5 +1,5 @@
-//! The binary end to end: the happy path on the tiny GGUF from ../shared/data, and every bad
-//! input of the foundation issue giving one clear error, a non-zero exit and no output.
+//! The binary end to end: the happy path on the tiny GGUF from ../shared/data, and bad inputs
+//! to each command, each giving one clear error, a non-zero exit and no output.
 
 mod common;
 
