@@ -172,6 +172,11 @@ struct TrainArgs {
     /// checkpointing). On by default when the weights take more than half the available memory.
     #[arg(long)]
     stream_blocks: bool,
+    /// With streamed blocks, keep the first N blocks in memory (on the device) and read only the
+    /// others for each pass. Default: as many as fit in half of the memory available at the
+    /// start on the CPU, none on a GPU (whose free memory spp does not query).
+    #[arg(long, value_name = "N")]
+    keep_blocks: Option<usize>,
     /// Continue the run in --out from its checkpoint (bit-identical to an uninterrupted run).
     #[arg(long)]
     resume: bool,
@@ -1088,6 +1093,37 @@ fn train(a: TrainArgs) -> Result<()> {
             None
         }
     };
+    let kept = match &streamed {
+        Some(sm) => {
+            let n = sm.n_layers();
+            let keep = match a.keep_blocks {
+                Some(k) => k.min(n),
+                None if sm.shell().device().is_cpu() => {
+                    let half = spp::validate::available_memory().map_or(0, |m| m / 2);
+                    (half / sm.block_bytes().max(1)).min(n as u64) as usize
+                }
+                None => 0,
+            };
+            let kept = (0..keep).map(|i| sm.block(i)).collect::<spp::Result<Vec<_>>>()?;
+            eprintln!(
+                "keeps {} of {n} blocks ({:.2} GiB) in memory{}; {}",
+                kept.len(),
+                spp::model::stream::gib(kept.len() as u64 * sm.block_bytes()),
+                if sm.shell().device().is_cpu() { "" } else { " on the device" },
+                if kept.len() < n {
+                    format!(
+                        "blocks {}–{} are read from disk for each pass (--keep-blocks N to change)",
+                        kept.len(),
+                        n - 1
+                    )
+                } else {
+                    "none is read again".to_string()
+                }
+            );
+            kept
+        }
+        None => Vec::new(),
+    };
     let mut model = match &streamed {
         Some(sm) => {
             let mut m = sm.with_embeddings()?;
@@ -1153,7 +1189,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let trainer = spp::train::Trainer {
         model: &mut model,
         weights: match &streamed {
-            Some(sm) => spp::train::Weights::Streamed(sm),
+            Some(sm) => spp::train::Weights::Streamed(sm, &kept),
             None => spp::train::Weights::Resident,
         },
         data: &ds,

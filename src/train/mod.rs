@@ -8,6 +8,7 @@ use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{write_dir_atomically, write_json};
+use crate::model::llama::Block;
 use crate::model::{Llama, Packing, StreamedModel};
 use candle_core::{DType, Device, Tensor, Var};
 use data::{Batch, Dataset, Example, Stream};
@@ -418,9 +419,10 @@ fn load_checkpoint(
 pub enum Weights<'a> {
     /// In the model's `layers`.
     Resident,
-    /// On disk, read for every block run; the model's `layers` are stand-ins
-    /// ([`Llama::stand_in_blocks`]) that hold the adapters. Implies gradient checkpointing.
-    Streamed(&'a StreamedModel),
+    /// On disk, read for every block run, except the first blocks kept in memory (on the
+    /// model's device); the model's `layers` are stand-ins ([`Llama::stand_in_blocks`]) that hold
+    /// the adapters. Implies gradient checkpointing.
+    Streamed(&'a StreamedModel, &'a [Block]),
 }
 
 impl Weights<'_> {
@@ -428,8 +430,11 @@ impl Weights<'_> {
     fn forward(&self, model: &Llama, i: usize, x: &Tensor, packing: &Packing) -> Result<Tensor> {
         match self {
             Weights::Resident => model.block_forward_packed(i, x, packing),
-            Weights::Streamed(sm) => {
-                let mut block = sm.block(i)?;
+            Weights::Streamed(sm, kept) => {
+                let mut block = match kept.get(i) {
+                    Some(b) => b.clone(),
+                    None => sm.block(i)?,
+                };
                 block.adopt_adapters(&model.layers[i]);
                 model.run_block_packed(&block, x, packing)
             }
@@ -489,7 +494,7 @@ impl Trainer<'_> {
 
         let base_hash = match weights {
             Weights::Resident => adapter::weights_hash(model)?,
-            Weights::Streamed(sm) => sm.weights_hash()?,
+            Weights::Streamed(sm, _) => sm.weights_hash()?,
         };
         let spec = AdapterSpec {
             method: opts.method,
