@@ -49,53 +49,74 @@ impl Sampler {
         })
     }
 
-    /// Picks the next token from logits `[vocab]`.
+    /// Picks the next token from logits `[vocab]`: greedy at temperature 0, else a draw from
+    /// [`distribution`].
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
         let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
         if logits.is_empty() {
             bail!("empty logits");
         }
+        let probs = distribution(&logits, self.temperature, self.top_p);
         if self.temperature == 0.0 {
-            // Greedy; ties go to the lowest id.
-            let mut best = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = i;
-                }
-            }
-            return Ok(best as u32);
-        }
-        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let mut probs: Vec<(usize, f64)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp()))
-            .collect();
-        let z: f64 = probs.iter().map(|p| p.1).sum();
-        probs.iter_mut().for_each(|p| p.1 /= z);
-        if let Some(top_p) = self.top_p {
-            probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (k, p) in probs.iter().enumerate() {
-                acc += p.1;
-                if acc >= top_p {
-                    keep = k + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
+            return Ok(probs[0].0);
         }
         let total: f64 = probs.iter().map(|p| p.1).sum();
         let mut r = self.rng.random::<f64>() * total;
         for &(i, p) in &probs {
             if r < p {
-                return Ok(i as u32);
+                return Ok(i);
             }
             r -= p;
         }
-        Ok(probs.last().map(|p| p.0 as u32).unwrap_or(0))
+        Ok(probs.last().map(|p| p.0).unwrap_or(0))
     }
+}
+
+/// The distribution the next token is drawn from, as `(token, probability)` for every token
+/// that can be drawn, in draw order; the probabilities sum to 1.
+///
+/// Temperature 0: the argmax alone (ties go to the lowest id). Otherwise
+/// `softmax(logits / temperature)`; with `top_p`, only the most probable tokens up to and
+/// including the first whose cumulative probability reaches `top_p` are kept (equal
+/// probabilities in id order), and renormalised. `temperature` ≥ 0 and `top_p` in (0, 1] are
+/// checked by [`Sampler::new`].
+pub fn distribution(logits: &[f32], temperature: f64, top_p: Option<f64>) -> Vec<(u32, f64)> {
+    if logits.is_empty() {
+        return Vec::new();
+    }
+    if temperature == 0.0 {
+        let mut best = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > logits[best] {
+                best = i;
+            }
+        }
+        return vec![(best as u32, 1.0)];
+    }
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp()))
+        .collect();
+    let z: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= z);
+    if let Some(top_p) = top_p {
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (k, p) in probs.iter().enumerate() {
+            acc += p.1;
+            if acc >= top_p {
+                keep = k + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let kept: f64 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= kept);
+    }
+    probs
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
