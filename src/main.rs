@@ -1104,12 +1104,18 @@ fn train(a: TrainArgs) -> Result<()> {
                 }
                 None => 0,
             };
-            let kept = (0..keep).map(|i| sm.block(i)).collect::<spp::Result<Vec<_>>>()?;
+            let kept = (0..keep)
+                .map(|i| sm.block(i))
+                .collect::<spp::Result<Vec<_>>>()?;
             eprintln!(
                 "keeps {} of {n} blocks ({:.2} GiB) in memory{}; {}",
                 kept.len(),
                 spp::model::stream::gib(kept.len() as u64 * sm.block_bytes()),
-                if sm.shell().device().is_cpu() { "" } else { " on the device" },
+                if sm.shell().device().is_cpu() {
+                    ""
+                } else {
+                    " on the device"
+                },
                 if kept.len() < n {
                     format!(
                         "blocks {}–{} are read from disk for each pass (--keep-blocks N to change)",

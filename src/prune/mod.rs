@@ -158,9 +158,10 @@ pub struct BlockDone {
 /// - activations `N·T·h·b` (a block's input and output windows replace each other, so this
 ///   is the only term that grows with the calibration, plus one window per core in flight);
 /// - taps of the windows in flight `c·T·(3h + i)·b`;
-/// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`, each
-///   becoming its factor in place, plus the f64 working copy of the widest input factorised in
-///   f64, `8·w²` with `w` the widest of h and i up to [`sparsegpt::F64_MAX_INPUTS`];
+/// - statistics: Wanda `(3h + i)·8`; SparseGPT the Hessians of one group `(3h² + i²)·4`, plus
+///   the f64 factorisation of the widest input `w` up to [`sparsegpt::F64_MAX_INPUTS`] (up to
+///   three `w × w` f64 matrices and the f32 factor, `28·w²`; wider inputs are factorised in their
+///   own buffer);
 /// - the widest linear being pruned, as f32: its weights, scores, result and the check of the
 ///   stored result, `4·h·i·4`.
 pub fn memory_estimate(
@@ -184,7 +185,7 @@ pub fn memory_estimate(
                 .filter(|&w| w <= f64_inputs)
                 .max()
                 .unwrap_or(0);
-            (3 * h * h + i * i) * 4 + 8 * w * w
+            (3 * h * h + i * i) * 4 + 28 * w * w
         }
         Method::Wanda => (3 * h + i) * 8,
         Method::Magnitude => 0,

@@ -9,8 +9,9 @@
 //! Gaussian elimination leaves of H⁻¹, and row i of U is exactly that matrix's row i divided by
 //! √(its diagonal): so `err = (w − q)/U_ii` and `W[:, i:] −= err ⊗ U[i, i:]` is the OBS update
 //! that compensates zeroing `w − q` in column i, with one factorisation for the whole sweep.
-//! Precision: H is accumulated in f32 (like the reference); the factorisations run in f64 (faer);
-//! U is then stored in f32 and the column sweep runs in f32, like the reference.
+//! Precision: H is accumulated in f32 (like the reference); the factorisations run in f64 (faer)
+//! up to [`F64_MAX_INPUTS`] inputs and, wider, in f32 in place (see [`InverseFactor`]); U is
+//! stored in f32 and the column sweep runs in f32, like the reference.
 //!
 //! Divergences from the reference code, on purpose:
 //! - Unstructured: the reference prunes `tmp <= sorted[⌊numel·ratio⌋]`, i.e. at least one entry
@@ -26,8 +27,9 @@ use crate::model::gemm::syrk_lower;
 use crate::prune::mask::{self, Sparsity};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::DenseSolveCore;
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
 /// Damping retries (each ×10) after the first Cholesky failure.
@@ -337,10 +339,11 @@ pub fn prune_factored(
     })
 }
 
-/// Inputs up to which [`InverseFactor`] factorises in f64 (a working copy of at most 8 × 8192² bytes
-/// = 512 MiB beside the Hessian); wider inputs (LLaMA's `down_proj`: 11008 at 7B, 13824 at 13B,
-/// 28672 at 70B) factorise in f32 inside the Hessian's own buffer, as the reference code does in
-/// f32, so that SparseGPT never needs more than one n × n matrix per input.
+/// Inputs up to which [`InverseFactor`] follows the reference's three steps (cholesky → inverse →
+/// cholesky) in f64, holding up to three n × n matrices besides the Hessian (1.5 GiB at 8192);
+/// wider inputs (LLaMA's `down_proj`: 11008 at 7B, 13824 at 13B, 28672 at 70B) are factorised in
+/// f32 inside the Hessian's own buffer, as the reference code works in f32, so that SparseGPT
+/// never needs a second matrix of that size.
 pub const F64_MAX_INPUTS: usize = 8192;
 
 /// The precision of [`InverseFactor`]'s factorisations.
@@ -351,7 +354,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// f64 up to [`F64_MAX_INPUTS`] inputs, f32 above.
+    /// f64 up to [`F64_MAX_INPUTS`] inputs, f32 in place above.
     pub fn for_inputs(n: usize) -> Self {
         if n <= F64_MAX_INPUTS {
             Precision::F64
@@ -375,15 +378,15 @@ pub struct InverseFactor {
 }
 
 impl InverseFactor {
-    /// Factorises `hessian` (consumed: its buffer becomes U) in [`Precision::for_inputs`].
+    /// Factorises `hessian` (consumed: in f32 its buffer becomes U) in [`Precision::for_inputs`].
     pub fn new(hessian: Hessian, percdamp: f64) -> Result<Self> {
         let p = Precision::for_inputs(hessian.n);
         Self::with_precision(hessian, percdamp, p)
     }
 
     /// Dampens H by `percdamp` × its mean diagonal (dead inputs' diagonal set to 1), retrying with
-    /// 10× the damping when it is not positive definite, and computes U without any second n × n
-    /// matrix in f32 (one f64 copy in f64): with J the reversal permutation and
+    /// 10× the damping when it is not positive definite. In f64, the reference's three steps; in
+    /// f32, U without any second n × n matrix: with J the reversal permutation and
     /// L̃ L̃ᵀ = J H J, H⁻¹ = (J L̃⁻¹ J)ᵀ (J L̃⁻¹ J), and J L̃⁻¹ J is upper triangular with a positive
     /// diagonal, so it is U. J·M·J of a row-major matrix is its buffer reversed.
     pub fn with_precision(hessian: Hessian, percdamp: f64, precision: Precision) -> Result<Self> {
@@ -421,10 +424,6 @@ impl InverseFactor {
             })
             .collect();
         let mean = diag.iter().sum::<f64>() / n as f64;
-        let mut wide = match precision {
-            Precision::F64 => Some(h.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>()),
-            Precision::F32 => None,
-        };
         let mut tried = Vec::new();
         for k in 0..=RETRIES as i32 {
             // A zero damping cannot grow by ×10: its retries start from 1e-4.
@@ -437,39 +436,43 @@ impl InverseFactor {
             };
             tried.push(format!("{p:.1e}"));
             let damp = p * mean;
-            let ok = match wide.as_mut() {
-                Some(b) => {
-                    let ok = upper_factor_in_place(b, n, |i| diag[i] + damp);
-                    if ok {
-                        for (u, &v) in h.iter_mut().zip(b.iter()) {
-                            *u = v as f32;
+            match precision {
+                Precision::F64 => {
+                    // Only the lower triangle is read by the factorisation.
+                    let hd = Mat::<f64>::from_fn(n, n, |i, j| {
+                        if i == j {
+                            diag[i] + damp
+                        } else {
+                            f64::from(h[i * n + j])
                         }
+                    });
+                    if let Some(u) = upper_factor_of_inverse(hd) {
+                        return Ok(InverseFactor {
+                            n,
+                            u,
+                            percdamp_used: p,
+                            dead,
+                        });
                     }
-                    ok
                 }
-                None => upper_factor_in_place(&mut h, n, |i| (diag[i] + damp) as f32),
-            };
-            if ok
-                && (0..n).all(|i| {
-                    h[i * n + i] > 0.0 && h[i * n + i..(i + 1) * n].iter().all(|v| v.is_finite())
-                })
-            {
-                for (i, row) in h.chunks_exact_mut(n).enumerate() {
-                    row[..i].fill(0.0);
+                Precision::F32 => {
+                    let ok = upper_factor_in_place(&mut h, n, |i| (diag[i] + damp) as f32);
+                    if ok && (0..n).all(|i| h[i * n + i] > 0.0) {
+                        for (i, row) in h.chunks_exact_mut(n).enumerate() {
+                            row[..i].fill(0.0);
+                        }
+                        return Ok(InverseFactor {
+                            n,
+                            u: h,
+                            percdamp_used: p,
+                            dead,
+                        });
+                    }
+                    if ok {
+                        // U is above the diagonal, H's strict lower triangle below it.
+                        mirror_lower(&mut h, n);
+                    }
                 }
-                return Ok(InverseFactor {
-                    n,
-                    u: h,
-                    percdamp_used: p,
-                    dead,
-                });
-            }
-            if ok {
-                // Finite in f64 but not in f32: start again from the Hessian's lower triangle.
-                if let Some(b) = wide.as_mut() {
-                    mirror_lower(b, n);
-                }
-                mirror_lower(&mut h, n);
             }
         }
         bail!(
@@ -479,40 +482,33 @@ impl InverseFactor {
     }
 }
 
-/// Real scalars the in-place factorisation runs in.
-trait Real:
-    faer::traits::RealField
-    + Copy
-    + PartialOrd
-    + std::ops::Neg<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::AddAssign
-{
-    const ONE: Self;
-    fn finite(self) -> bool;
-}
-
-impl Real for f32 {
-    const ONE: Self = 1.0;
-    fn finite(self) -> bool {
-        self.is_finite()
+/// cholesky(H) → H⁻¹ → upper cholesky(H⁻¹) (= transpose of its lower factor), or None when a
+/// pivot is not positive or the result is not finite.
+fn upper_factor_of_inverse(hd: Mat<f64>) -> Option<Vec<f32>> {
+    let n = hd.nrows();
+    // Drop each input as soon as it is consumed: at most two n×n f64 matrices live at once.
+    let llt = hd.llt(Side::Lower).ok()?;
+    drop(hd);
+    let inv = llt.inverse();
+    drop(llt);
+    let llt = inv.llt(Side::Lower).ok()?;
+    drop(inv);
+    let l = llt.L();
+    let mut u = vec![0f32; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = l[(j, i)] as f32;
+        }
     }
-}
-
-impl Real for f64 {
-    const ONE: Self = 1.0;
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
+    let ok = u.iter().all(|v| v.is_finite()) && (0..n).all(|i| u[i * n + i] > 0.0);
+    ok.then_some(u)
 }
 
 /// `b`: a symmetric row-major n×n matrix whose diagonal `diag(i)` replaces. On success, U (the
 /// upper Cholesky factor of the inverse, see [`InverseFactor::with_precision`]) is on and above
 /// the diagonal and the matrix's strict lower triangle is unchanged. On failure (a pivot not
 /// positive, a non-finite result) the matrix is symmetric again, its diagonal aside.
-fn upper_factor_in_place<T: Real>(b: &mut [T], n: usize, diag: impl Fn(usize) -> T) -> bool {
+fn upper_factor_in_place(b: &mut [f32], n: usize, diag: impl Fn(usize) -> f32) -> bool {
     for i in 0..n {
         b[i * n + i] = diag(i);
     }
@@ -521,7 +517,7 @@ fn upper_factor_in_place<T: Real>(b: &mut [T], n: usize, diag: impl Fn(usize) ->
     let ok = {
         let mut m = MatMut::from_row_major_slice_mut(b, n, n);
         let mut mem = faer::dyn_stack::MemBuffer::new(
-            faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<T>(
+            faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f32>(
                 n,
                 par,
                 Default::default(),
@@ -539,7 +535,7 @@ fn upper_factor_in_place<T: Real>(b: &mut [T], n: usize, diag: impl Fn(usize) ->
         .is_ok()
             && {
                 invert_lower_in_place(m.rb_mut(), par);
-                (0..n).all(|i| (0..=i).all(|j| m[(i, j)].finite()))
+                (0..n).all(|i| (0..=i).all(|j| m[(i, j)].is_finite()))
             }
     };
     // Reversed, the lower triangle just computed (J L̃⁻¹ J) is the upper one, and the untouched
@@ -555,13 +551,13 @@ fn upper_factor_in_place<T: Real>(b: &mut [T], n: usize, diag: impl Fn(usize) ->
 /// inverse; the strict upper triangle is neither read nor written. Recursively, for
 /// L = [[A, 0], [B, C]], L⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]]: B is replaced by −C⁻¹ B A⁻¹ with
 /// two triangular solves while A and C are still intact, then A and C are inverted in place.
-fn invert_lower_in_place<T: Real>(mut a: MatMut<'_, T>, par: Par) {
+fn invert_lower_in_place(mut a: MatMut<'_, f32>, par: Par) {
     let n = a.nrows();
     if n <= 32 {
         // Column by column: X_jj = 1/L_jj, X_ij = −(Σ_{j≤k<i} L_ik X_kj)/L_ii; X_ij overwrites
         // L_ij, which nothing later reads.
         for j in 0..n {
-            a[(j, j)] = T::ONE / a[(j, j)];
+            a[(j, j)] = 1.0 / a[(j, j)];
             for i in j + 1..n {
                 let mut s = a[(i, j)] * a[(j, j)];
                 for k in j + 1..i {
