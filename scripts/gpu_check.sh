@@ -2,7 +2,8 @@
 # What a machine with an NVIDIA GPU checks beyond CI (CI has no GPU): the test bodies that
 # `tests/common::devices()` runs on CUDA, the real model's perplexity, generation and throughput on
 # `--device cuda` against the CPU and against PyTorch on the same GPU, and the whole pipeline
-# (prune → SPP fine-tuning → merge → evaluation) with `device = "cuda"`.
+# (prune → SPP fine-tuning → merge → evaluation) with `device = "cuda"`, and the block-streamed
+# prune, training and zero-shot evaluation on the GPU against their resident runs.
 #
 #   bash scripts/gpu_check.sh [LOG_DIR]        # default LOG_DIR: runs/gpu-check
 #
@@ -21,7 +22,7 @@ LOG=${1:-runs/gpu-check}
 SPP=${SPP:-target/release/spp}
 MODEL=${MODEL:-models/smollm2-135m}
 DATA=${DATA:-../shared/data}
-STEPS=${STEPS:-tests ppl generate bench pipeline}
+STEPS=${STEPS:-tests ppl generate bench pipeline streamed}
 PY=${PYTHON:-python3}
 mkdir -p "$LOG"
 declare -a SUMMARY=()
@@ -91,6 +92,31 @@ pipeline() { # the default recipe with device = "cuda", in LOG/pipeline
     return $rc
 }
 
+streamed() { # block-streamed jobs on the GPU give what the resident ones give
+    local d=$LOG/streamed a rc=0
+    rm -rf "$d" && mkdir -p "$d"
+    "$SPP" prune --model "$MODEL" --method wanda --sparsity 2:4 --calib "$DATA/c4/c4_sample.jsonl" \
+        --nsamples 4 --seqlen 512 --device cuda --out "$d/pruned" || return 1
+    for keep in 0 30; do
+        "$SPP" train --model "$d/pruned" --data "$DATA/alpaca/alpaca_gpt4_en_demo.json" --max-steps 2 \
+            --batch-size 2 --micro-batch-size 1 --cutoff 128 --val-size 2 --device cuda \
+            --stream-blocks --keep-blocks $keep --out "$d/adapter-$keep" || return 1
+    done
+    "$SPP" train --model "$d/pruned" --data "$DATA/alpaca/alpaca_gpt4_en_demo.json" --max-steps 2 \
+        --batch-size 2 --micro-batch-size 1 --cutoff 128 --val-size 2 --device cuda \
+        --grad-checkpoint --out "$d/adapter-resident" || return 1
+    for a in 0 30; do
+        cmp "$d/adapter-$a/adapter_model.safetensors" "$d/adapter-resident/adapter_model.safetensors" \
+            || { echo "streamed training (--keep-blocks $a) differs from resident"; rc=1; }
+    done
+    for mode in "" --stream-blocks; do
+        "$SPP" eval tasks --model "$d/pruned" --data-dir "$DATA/eval" --limit 20 --device cuda \
+            --json $mode > "$d/tasks$mode.json" || return 1
+    done
+    cmp "$d/tasks.json" "$d/tasks--stream-blocks.json" || { echo "streamed tasks differ"; rc=1; }
+    return $rc
+}
+
 nvidia-smi -L || echo "nvidia-smi: not found"
 step tests run_tests
 step ppl compare_ppl
@@ -99,6 +125,7 @@ step bench "$PY" scripts/bench_foundation.py --spp "$SPP" --model "$MODEL" \
     --text "$DATA/wikitext2/wiki.test.raw" --device cuda --threads "$(nproc)" --windows 8 --rounds 3 \
     --json-out "$LOG/bench.json"
 step pipeline pipeline
+step streamed streamed
 echo "=== summary"
 printf '%s\n' "${SUMMARY[@]}" | tee "$LOG/summary.txt"
 exit $failed
