@@ -171,13 +171,17 @@ impl SafetensorsSource {
         Ok(())
     }
 
+    /// Tensor `name`, its values checked right after the copy (while they are in cache; in
+    /// [`Self::preload`] on all threads).
     fn read(&self, name: &str) -> Result<Tensor> {
-        self.st.load(name, &Device::Cpu).map_err(|e| {
+        let t = self.st.load(name, &Device::Cpu).map_err(|e| {
             Error::Msg(format!(
                 "{}: cannot read tensor {name} ({e}); the file may be corrupt",
                 self.dir.display()
             ))
-        })
+        })?;
+        super::llama::check_finite(&t, name, self)?;
+        Ok(t)
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -223,6 +227,9 @@ impl TensorSource for SafetensorsSource {
     }
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+    fn needs_finite_check(&self) -> bool {
+        false
     }
     fn check_header(&self, name: &str, shape: &[usize]) -> Result<()> {
         if self.dtype_of(name)?.is_none() {

@@ -18,8 +18,9 @@ pub trait TensorSource {
     fn get(&self, name: &str) -> Result<Option<Tensor>>;
     /// Where the tensors live, for error messages.
     fn describe(&self) -> String;
-    /// Whether loading checks the values (NaN, infinity); not for stand-ins that hold none.
-    fn holds_values(&self) -> bool {
+    /// Whether the loader checks the values (NaN, infinity): not for stand-ins that hold none,
+    /// nor for sources that check each tensor as they read it.
+    fn needs_finite_check(&self) -> bool {
         true
     }
     /// Checks, where the source can without reading the data (a file header), that `name`
@@ -57,7 +58,7 @@ impl TensorSource for StandIns {
     fn describe(&self) -> String {
         "stand-in weights".into()
     }
-    fn holds_values(&self) -> bool {
+    fn needs_finite_check(&self) -> bool {
         false
     }
 }
@@ -94,7 +95,7 @@ impl Loader<'_> {
                 shape
             );
         }
-        if self.src.holds_values() {
+        if self.src.needs_finite_check() {
             check_finite(&t, name, self.src)?;
         }
         Ok(Some(t.to_dtype(self.dtype)?.to_device(self.device)?))
@@ -160,7 +161,7 @@ impl Loader<'_> {
 
 /// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
 /// numbers (a NaN in one attention head can vanish behind the softmax's masking).
-fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
+pub fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
     if super::finite::has_non_finite(t)? {
         bail!(
             "{}: tensor {name} holds NaN or infinite values; the weights are corrupt — re-download or re-convert the model",
