@@ -148,7 +148,7 @@ impl DeviceHessian {
 
 /// Copies the lower triangle of the row-major `[n, n]` matrix `h` onto its upper triangle, in
 /// tiles that stay in L1.
-fn mirror_lower<T: Copy>(h: &mut [T], n: usize) {
+fn mirror_lower(h: &mut [f32], n: usize) {
     const TILE: usize = 32;
     for i0 in (0..n).step_by(TILE) {
         for j0 in (i0..n).step_by(TILE) {
@@ -455,9 +455,10 @@ impl InverseFactor {
                         });
                     }
                 }
+                // A successful factorisation has a positive diagonal (the inverses of the
+                // Cholesky pivots).
                 Precision::F32 => {
-                    let ok = upper_factor_in_place(&mut h, n, |i| (diag[i] + damp) as f32);
-                    if ok && (0..n).all(|i| h[i * n + i] > 0.0) {
+                    if upper_factor_in_place(&mut h, n, |i| (diag[i] + damp) as f32) {
                         for (i, row) in h.chunks_exact_mut(n).enumerate() {
                             row[..i].fill(0.0);
                         }
@@ -467,10 +468,6 @@ impl InverseFactor {
                             percdamp_used: p,
                             dead,
                         });
-                    }
-                    if ok {
-                        // U is above the diagonal, H's strict lower triangle below it.
-                        mirror_lower(&mut h, n);
                     }
                 }
             }
