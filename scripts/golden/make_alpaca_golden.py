@@ -8,7 +8,7 @@ Run from the crate root (after `cargo build --release`, for the LLaMA tokenizer 
 Python 3.11.7, transformers 5.25.0, tokenizers 0.23.3 (the versions of a run are also written
 into the file).
 
-What is computed: the training examples of ../shared/docs/SPP.md section 3 for a few Alpaca
+What is computed: the training examples of docs/METHOD.md §4.1 for a few Alpaca
 records, by an independent re-implementation of alpaca-lora's `generate_and_tokenize_prompt`
 (which SPP's fine-tuning code uses), with a transformers tokenizer and no spp code:
 

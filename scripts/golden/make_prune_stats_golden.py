@@ -7,7 +7,7 @@ Run from the crate root (torch, transformers, safetensors in a venv outside the 
 
 An independent, layer-by-layer Wanda prune of `tests/data/tiny/gqa-untied` (2 layers, GQA,
 untied) written with transformers' own `LlamaDecoderLayer`s and forward hooks (no spp code),
-following ../shared/docs/SPP.md section 4:
+following docs/METHOD.md §5.1 and §5.3:
 
 * calibration: `CALIB_SAMPLES` seeded windows of `CALIB_TOKENS` ids, each sample run alone
   through the layer (a causal mask, positions 0..T-1);

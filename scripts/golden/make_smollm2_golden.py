@@ -16,7 +16,7 @@ Writes tests/data/smollm2/:
                       logsumexp   f32   [1, 64]       logsumexp over the full vocabulary
                       argmax      int64 [1, 64]       argmax over the full vocabulary
   ppl.json            WikiText-2 perplexity with spp's protocol (src/eval/perplexity.rs,
-                      shared/docs/SPP.md §5) on the first N windows of 2048 tokens, per-window
+                      docs/METHOD.md §6.1) on the first N windows of 2048 tokens, per-window
                       NLL, greedy generation after "The capital of France is", versions, sha256.
   README.md           how these were made.
 
@@ -268,7 +268,7 @@ logits (30 layers of f32 with a different summation order), exact argmax except 
 ## `ppl.json`
 
 WikiText-2 test (`{os.path.basename(args.text)}`, sha256 `{result['text_sha256']}`) with spp's
-protocol (`src/eval/perplexity.rs`, `shared/docs/SPP.md` §5): file read, `"\\r\\n"` → `"\\n"`,
+protocol (`src/eval/perplexity.rs`, `docs/METHOD.md` §6.1): file read, `"\\r\\n"` → `"\\n"`,
 `tokenizer(text).input_ids` once ({len(tokens)} tokens, BOS {bos}), non-overlapping windows of
 {SEQLEN} tokens, the first {n_windows} of {n_windows_total}; for each window the model runs on
 tokens[0:{SEQLEN - 1}] and every position is scored against tokens[1:{SEQLEN}]

@@ -5,7 +5,7 @@ Run from the crate root:
 
     /work/venv/bin/python scripts/golden/make_wanda_golden.py
 
-A tiny, independent check of the Wanda selection of ../shared/docs/SPP.md section 4, computed in
+A tiny, independent check of the Wanda selection of docs/METHOD.md §5.3, computed in
 float64 with numpy (no spp code):
 
 * `W` f32 [24, 32]: seeded normal weights, then edited so that exact ties sit where they decide

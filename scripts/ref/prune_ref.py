@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent PyTorch reference for spp's pruning (magnitude / Wanda / SparseGPT).
 
-Written from ../shared/docs/SPP.md section 4 and the published algorithms of Wanda
+Written from docs/METHOD.md §5 and the published algorithms of Wanda
 (locuslab/wanda) and SparseGPT (IST-DASLab/sparsegpt); no code is shared with spp (Rust) and none
 was copied from those repositories. It runs a Hugging Face LLaMA checkpoint with transformers'
 `LlamaForCausalLM`, one decoder layer at a time.
@@ -45,7 +45,7 @@ Protocol (what must agree with spp):
   update W[:, blk_end:] -= Err x Hinv[blk, blk_end:].
   (The reference code scales H by 2/nsamples with nsamples = sequences; a constant factor changes
   neither the mask nor the update.)
-* Perplexity (spp's protocol, SPP.md section 5): file content with "\\r\\n" -> "\\n", tokenised
+* Perplexity (spp's protocol, docs/METHOD.md §6.1): file content with "\\r\\n" -> "\\n", tokenised
   once with the tokenizer's defaults (no BOS for SmolLM2), non-overlapping windows of
   `--eval-seqlen` (default `--seqlen`) tokens, tail dropped; the model sees tokens[0:L-1] of each
   window, cross-entropy against tokens[1:L]; ppl = exp(mean over all scored positions). The first

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent PyTorch reference for spp's fine-tuning (SPP / LoRA / LoRA + mask adapters).
 
-Written from ../shared/docs/SPP.md sections 2-3 and docs/TRAINING.md; no code is shared with spp
+Written from docs/METHOD.md §2-§4 and docs/TRAINING.md; no code is shared with spp
 (Rust) or with prune_ref.py, and none was copied from the SPP, PEFT or alpaca-lora repositories.
 The model is transformers' `LlamaForCausalLM` in float32 with attn_implementation="sdpa" (no
 attention mask is passed, so SDPA runs with is_causal); every base weight is frozen
@@ -28,7 +28,7 @@ Protocol (what must agree with `spp train`; docs/TRAINING.md is the authority):
   record decides the kind: `instruction` -> Alpaca (instruction and output required strings,
   input a string, missing or null = ""), `text` -> text. A bad record is an error naming the file
   and the record index (JSON, 0-based) or line (JSONL, 1-based).
-* Alpaca: prompt = the SPP.md section 3 template (the "### Input:" paragraph when input != "");
+* Alpaca: prompt = the docs/METHOD.md §4.1 template (the "### Input:" paragraph when input != "");
   ids = tokenizer(prompt + output) with the default special tokens (BOS for LLaMA, none for
   SmolLM2), cut to the first `--cutoff` tokens; EOS (tokenizer.eos_token_id) appended when
   len < cutoff and the last id is not EOS. `--train-on-inputs false`: the first
@@ -74,7 +74,7 @@ Protocol (what must agree with `spp train`; docs/TRAINING.md is the authority):
   W' = W + s (B A) * (W != 0). Zeros of every targeted linear are counted before and after;
   `zeros_kept` = every zero of W is still zero in W'. The merged model is checked against the
   unmerged one (max |logit difference| on the first validation or training example).
-* Perplexity (SPP.md section 5, the prune_ref.py protocol): file content with "\\r\\n" -> "\\n",
+* Perplexity (docs/METHOD.md §6.1, the prune_ref.py protocol): file content with "\\r\\n" -> "\\n",
   tokenised once with the defaults, non-overlapping windows of `--eval-seqlen` tokens, tail
   dropped; the model sees tokens[0:L-1] of a window and is scored against tokens[1:L];
   ppl = exp(mean over all scored positions); the first `--eval-windows` windows (0 = all).

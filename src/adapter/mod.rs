@@ -1,5 +1,5 @@
-//! Adapters on the frozen linears: SPP (`../shared/docs/SPP.md` §2) and the LoRA / LoRA + mask
-//! baselines; attaching them, saving and loading a peft-shaped directory, and merging.
+//! Adapters on the frozen linears: SPP (`docs/METHOD.md` §2) and the LoRA / LoRA + mask
+//! baselines (§3); attaching them, saving and loading a peft-shaped directory, and merging.
 //!
 //! On disk (`adapter_config.json` + `adapter_model.safetensors`), per adapted linear
 //! `base_model.model.model.layers.{i}.{self_attn|mlp}.{name}`:

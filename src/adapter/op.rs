@@ -1,14 +1,14 @@
-//! The SPP layer's arithmetic (`../shared/docs/SPP.md` §2) on raw f32 buffers, and the candle
+//! The SPP layer's arithmetic (`docs/METHOD.md` §2) on raw f32 buffers, and the candle
 //! custom op that trains with it.
 //!
 //! Notation: W `[m, n]` frozen, A `[r, n]`, b `[m]`, scale s, blocks of `m/r` rows, row `i` in
 //! block `k(i)`; the adapter sees `xd = dropout(x)`; `S_i = A_{k(i)} ⊙ W_i` (the scaled rows) and
-//! `Wa_i = s·b_i·S_i` (the adapter's weight, `s·(M ⊙ W)` in SPP.md).
+//! `Wa_i = s·b_i·S_i` (the adapter's weight, `s·(M ⊙ W)` in `docs/METHOD.md` §2.2).
 //!
 //! Two forms, same arithmetic:
 //!
-//! - **per block** (SPP.md's memory-efficient form, kept as the plain reference): one GEMM per
-//!   block with inner or outer dimension `m/r`:
+//! - **per block** (the memory-efficient form of `docs/METHOD.md` §2.4, kept as the plain
+//!   reference): one GEMM per block with inner or outer dimension `m/r`:
 //!   `z_k = (xd ⊙ A_k)·W_kᵀ`, `y = x·Wᵀ + s·(z ⊙ bᵀ)`; backward with `H = s·(G ⊙ bᵀ)`,
 //!   `U_k = H_k·W_k`: `dx = G·W + mask ⊙ Σ_k U_k ⊙ A_k`, `dA_k = Σ_tokens xd ⊙ U_k`,
 //!   `db = s·Σ_tokens G ⊙ z` (z recomputed);

@@ -1,4 +1,4 @@
-//! Perplexity with the Wanda / SparseGPT protocol (`../shared/docs/SPP.md` §5):
+//! Perplexity with the Wanda / SparseGPT protocol (`docs/METHOD.md` §6.1):
 //! the text is tokenised once (with whatever special tokens the tokenizer adds by default, e.g.
 //! LLaMA's BOS at the very start, none for SmolLM2), cut into **non-overlapping** windows of
 //! `seqlen` tokens (stride = seqlen, the tail shorter than a window dropped), and every position

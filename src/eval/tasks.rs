@@ -1,5 +1,5 @@
 //! The seven zero-shot multiple-choice tasks of the SPP / Wanda tables, with the request strings
-//! that lm-evaluation-harness (0.4.x, 0-shot) builds for them (`../shared/docs/SPP.md` §5).
+//! that lm-evaluation-harness (0.4.x, 0-shot) builds for them (`docs/METHOD.md` §6.2).
 //!
 //! A document becomes (context, continuation) requests — one per choice — and the gold index.
 //! The continuation carries the harness's target delimiter (a space). `choices` are the strings

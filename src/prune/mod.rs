@@ -1,4 +1,4 @@
-//! Post-training pruning (`../shared/docs/SPP.md` §4): magnitude, Wanda and SparseGPT,
+//! Post-training pruning (`docs/METHOD.md` §5): magnitude, Wanda and SparseGPT,
 //! unstructured or N:M — the one driver that walks the blocks.
 //!
 //! Blocks are processed one after another: the inputs of block i are the outputs of the already

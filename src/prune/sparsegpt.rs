@@ -1,5 +1,5 @@
 //! SparseGPT: one-shot pruning with weight reconstruction (Frantar & Alistarh 2023,
-//! <https://arxiv.org/abs/2301.00774>), as specified in `../shared/docs/SPP.md` §4 and written in
+//! <https://arxiv.org/abs/2301.00774>), as specified in `docs/METHOD.md` §5.4 and written in
 //! the reference code (IST-DASLab/sparsegpt, `SparseGPT.fasterprune`).
 //!
 //! Notation: one linear `y = W x`, W `[rows, cols]`; X the calibration inputs; H = 2·XᵀX/N the
@@ -38,8 +38,8 @@ const RETRIES: usize = 3;
 /// Running Hessian estimate H = (2/N) Σ XᵀX over N calibration samples, kept as the reference's
 /// running average so it never needs the final N: each `add` of a sample of T tokens does
 /// H ← H·N/(N+1) + (2/(N+1))·XᵀX, N ← N+1. (With samples of T tokens this is T times the
-/// per-token average of SPP.md; the scale cancels in the pruning update and only scales
-/// `obs_loss`.)
+/// per-token average of `docs/METHOD.md` §5.4; the scale cancels in the pruning update and only
+/// scales `obs_loss`.)
 pub struct Hessian {
     /// Input features (columns of the weight).
     pub n: usize,

@@ -1,5 +1,5 @@
 //! Training data as `docs/TRAINING.md` fixes it: Alpaca records with the exact template of
-//! `../shared/docs/SPP.md` §3 (EOS appended as alpaca-lora does) or plain-text records cut into
+//! `docs/METHOD.md` §4.1 (EOS appended as alpaca-lora does) or plain-text records cut into
 //! blocks; the seeded validation split and epoch order; micro-batches packed into one row.
 
 use crate::adapter::splitmix64;
