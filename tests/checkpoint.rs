@@ -216,3 +216,39 @@ fn shape_mismatch_names_the_tensor() {
         .to_string();
     assert!(err.contains("missing") && err.contains("up_proj"), "{err}");
 }
+
+#[test]
+fn copy_checked_copies_exactly_and_finds_any_non_finite_value() {
+    use spp::model::finite::copy_checked;
+    // More than one 65536-value chunk, so the bad value may sit in any chunk.
+    let n = 150_001;
+    let f: Vec<f32> = (0..n).map(|i| (i as f32 - 7.5) * 0.37).collect();
+    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (out, bad) = copy_checked::<4, f32>(&bytes, 0x7f80_0000, f32::from_bits);
+    assert!(!bad);
+    assert!(out.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()));
+    for at in [0, 65_535, 65_536, n - 1] {
+        for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut g = f.clone();
+            g[at] = v;
+            let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert!(
+                copy_checked::<4, f32>(&bytes, 0x7f80_0000, f32::from_bits).1,
+                "{v} at {at}"
+            );
+        }
+    }
+    for (exp, nan) in [
+        (0x7f80u32, half::bf16::NAN.to_bits()),
+        (0x7c00, half::f16::NAN.to_bits()),
+    ] {
+        let h: Vec<u16> = (0..n).map(|i| (i % 30000) as u16).collect();
+        let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (out, bad) = copy_checked::<2, u16>(&bytes, exp, |b| b as u16);
+        assert!(!bad && out == h);
+        let mut g = h.clone();
+        g[n - 1] = nan;
+        let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(copy_checked::<2, u16>(&bytes, exp, |b| b as u16).1);
+    }
+}

@@ -171,16 +171,42 @@ impl SafetensorsSource {
         Ok(())
     }
 
-    /// Tensor `name`, its values checked right after the copy (while they are in cache; in
-    /// [`Self::preload`] on all threads).
+    /// Tensor `name`, copied out of the map with its values checked on the way (NaN, ±inf).
     fn read(&self, name: &str) -> Result<Tensor> {
-        let t = self.st.load(name, &Device::Cpu).map_err(|e| {
+        let corrupt = |e: &dyn std::fmt::Display| {
             Error::Msg(format!(
                 "{}: cannot read tensor {name} ({e}); the file may be corrupt",
                 self.dir.display()
             ))
-        })?;
-        super::llama::check_finite(&t, name, self)?;
+        };
+        let view = self.st.get(name).map_err(|e| corrupt(&e))?;
+        let (data, shape) = (view.data(), view.shape().to_vec());
+        use super::finite::copy_checked;
+        let (t, bad) = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                let (v, bad) = copy_checked::<4, f32>(data, 0x7f80_0000, f32::from_bits);
+                (Tensor::from_vec(v, shape, &Device::Cpu), bad)
+            }
+            safetensors::Dtype::BF16 => {
+                let (v, bad) =
+                    copy_checked::<2, _>(data, 0x7f80, |b| half::bf16::from_bits(b as u16));
+                (Tensor::from_vec(v, shape, &Device::Cpu), bad)
+            }
+            safetensors::Dtype::F16 => {
+                let (v, bad) =
+                    copy_checked::<2, _>(data, 0x7c00, |b| half::f16::from_bits(b as u16));
+                (Tensor::from_vec(v, shape, &Device::Cpu), bad)
+            }
+            _ => {
+                let t = self.st.load(name, &Device::Cpu).map_err(|e| corrupt(&e))?;
+                let bad = super::finite::has_non_finite(&t)?;
+                (Ok(t), bad)
+            }
+        };
+        let t = t.map_err(|e| corrupt(&e))?;
+        if bad {
+            return Err(super::llama::non_finite(name, self));
+        }
         Ok(t)
     }
 

@@ -45,3 +45,37 @@ pub fn has_non_finite(t: &Tensor) -> Result<bool> {
         _ => false,
     })
 }
+
+/// Copies `bytes` (little-endian values of `W` = 2 or 4 bytes) into a new vector through
+/// `from_bits`, and says whether any value has all the exponent bits of `exp` set (NaN or ±inf):
+/// the check rides on the copy instead of a second pass over the loaded weights. Large inputs
+/// are split over the threads.
+pub fn copy_checked<const W: usize, T: Send>(
+    bytes: &[u8],
+    exp: u32,
+    from_bits: impl Fn(u32) -> T + Sync,
+) -> (Vec<T>, bool) {
+    let n = bytes.len() / W;
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    let chunk = 1 << 16;
+    let bad = out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .zip(bytes[..n * W].par_chunks(chunk * W))
+        .map(|(dst, src)| {
+            let mut bad = false;
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(W)) {
+                let bits = if W == 4 {
+                    u32::from_le_bytes([s[0], s[1], s[2], s[3]])
+                } else {
+                    u32::from(u16::from_le_bytes([s[0], s[1]]))
+                };
+                bad |= bits & exp == exp;
+                d.write(from_bits(bits));
+            }
+            bad
+        })
+        .reduce(|| false, |a, b| a | b);
+    // SAFETY: every one of the n slots was written above.
+    unsafe { out.set_len(n) };
+    (out, bad)
+}
