@@ -1095,37 +1095,8 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     let kept = match &streamed {
         Some(sm) => {
-            let n = sm.n_layers();
-            let keep = match a.keep_blocks {
-                Some(k) => k.min(n),
-                None if sm.shell().device().is_cpu() => {
-                    let half = spp::validate::available_memory().map_or(0, |m| m / 2);
-                    (half / sm.block_bytes().max(1)).min(n as u64) as usize
-                }
-                None => 0,
-            };
-            let kept = (0..keep)
-                .map(|i| sm.block(i))
-                .collect::<spp::Result<Vec<_>>>()?;
-            eprintln!(
-                "keeps {} of {n} blocks ({:.2} GiB) in memory{}; {}",
-                kept.len(),
-                spp::model::stream::gib(kept.len() as u64 * sm.block_bytes()),
-                if sm.shell().device().is_cpu() {
-                    ""
-                } else {
-                    " on the device"
-                },
-                if kept.len() < n {
-                    format!(
-                        "blocks {}–{} are read from disk for each pass (--keep-blocks N to change)",
-                        kept.len(),
-                        n - 1
-                    )
-                } else {
-                    "none is read again".to_string()
-                }
-            );
+            let (kept, line) = spp::train::keep_blocks(sm, a.keep_blocks)?;
+            eprintln!("{line}");
             kept
         }
         None => Vec::new(),

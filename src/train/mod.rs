@@ -442,6 +442,38 @@ impl Weights<'_> {
     }
 }
 
+/// The first blocks of `sm` to keep in memory (on its device) for a streamed run: `keep` of them,
+/// or by default as many as fit in half of the memory available now on the CPU and none on
+/// another device (whose free memory spp does not query); with a line saying what is kept and
+/// what is read for each pass.
+pub fn keep_blocks(sm: &StreamedModel, keep: Option<usize>) -> Result<(Vec<Block>, String)> {
+    let n = sm.n_layers();
+    let cpu = sm.shell().device().is_cpu();
+    let keep = match keep {
+        Some(k) => k.min(n),
+        None if cpu => {
+            let half = crate::validate::available_memory().map_or(0, |m| m / 2);
+            (half / sm.block_bytes().max(1)).min(n as u64) as usize
+        }
+        None => 0,
+    };
+    let kept = (0..keep).map(|i| sm.block(i)).collect::<Result<Vec<_>>>()?;
+    let read = if keep < n {
+        format!(
+            "blocks {keep}–{} are read from disk for each pass (--keep-blocks N to change)",
+            n - 1
+        )
+    } else {
+        "none is read again".to_string()
+    };
+    let line = format!(
+        "keeps {keep} of {n} blocks ({:.2} GiB) in memory{}; {read}",
+        crate::model::stream::gib(keep as u64 * sm.block_bytes()),
+        if cpu { "" } else { " on the device" },
+    );
+    Ok((kept, line))
+}
+
 pub struct Trainer<'a> {
     pub model: &'a mut Llama,
     /// Where the blocks' frozen weights are ([`Weights::Streamed`]: `model` is the streamed
