@@ -154,26 +154,11 @@ fn check(name: &str, model_dir: &Path) {
     assert_eq!(checked, 2 * cases.len());
 }
 
-fn smollm2_dir() -> Option<PathBuf> {
-    let dir = std::env::var("SPP_SMOLLM2_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
-    if dir.join("tokenizer.json").exists() {
-        return Some(dir);
-    }
-    if std::env::var("SPP_REQUIRE_REAL_MODEL").as_deref() == Ok("1") {
-        panic!("{} not found: run scripts/setup.sh", dir.display());
-    }
-    eprintln!(
-        "skipped: {} not found (run scripts/setup.sh)",
-        dir.display()
-    );
-    None
-}
-
 #[test]
 fn smollm2_alpaca_examples_match_reference() {
-    let Some(dir) = smollm2_dir() else { return };
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
     check("smollm2", &dir);
 }
 

@@ -8,26 +8,11 @@ use candle_core::{DType, Device};
 use spp::model::{load_model, DTypeChoice};
 use std::path::PathBuf;
 
-fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var("SPP_SMOLLM2_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    if std::env::var("SPP_REQUIRE_REAL_MODEL").as_deref() == Ok("1") {
-        panic!("{} not found: run scripts/setup.sh", dir.display());
-    }
-    eprintln!(
-        "skipped: {} not found (run scripts/setup.sh)",
-        dir.display()
-    );
-    None
-}
-
 #[test]
 fn logits_match_transformers() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
     for dev in common::devices() {
         logits_body(&dir, &dev);
     }
@@ -73,7 +58,9 @@ fn logits_body(dir: &std::path::Path, dev: &Device) {
 
 #[test]
 fn greedy_completion_names_paris() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
     for dev in common::devices() {
         paris_body(&dir, &dev);
     }
@@ -110,20 +97,28 @@ fn golden_ppl() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The real model in f32, its tokenizer and the WikiText-2 test text.
+fn with_wikitext(dir: &std::path::Path) -> (spp::model::Llama, spp::tokenizer::Tokenizer, String) {
+    let m = load_model(dir, DTypeChoice::F32, &Device::Cpu)
+        .unwrap()
+        .model;
+    let tok = spp::tokenizer::Tokenizer::load(dir, &m.cfg).unwrap();
+    let text = spp::eval::perplexity::read_text(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wikitext2/wiki.test.raw"),
+    )
+    .unwrap();
+    (m, tok, text)
+}
+
 /// The first WikiText-2 window's mean NLL against transformers' (tests/data/smollm2/ppl.json).
 /// The two differ by float rounding (8.8e-6 on the mean NLL of 8 windows); 1e-4 still fails
 /// on one unscored or twice-scored position (about 1e-3) or a BOS added (about 5e-3).
 #[test]
 fn first_wikitext_window_matches_transformers() {
-    let Some(dir) = model_dir() else { return };
-    let m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
-        .unwrap()
-        .model;
-    let tok = spp::tokenizer::Tokenizer::load(&dir, &m.cfg).unwrap();
-    let text = spp::eval::perplexity::read_text(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wikitext2/wiki.test.raw"),
-    )
-    .unwrap();
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
+    let (m, tok, text) = with_wikitext(&dir);
     let ids = tok.encode(&text, true).unwrap();
     let golden = golden_ppl();
     assert_eq!(ids.len() as u64, golden["text_tokens"].as_u64().unwrap());
@@ -139,15 +134,10 @@ fn first_wikitext_window_matches_transformers() {
 
 #[test]
 fn magnitude_2_4_on_the_real_model() {
-    let Some(dir) = model_dir() else { return };
-    let mut m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
-        .unwrap()
-        .model;
-    let tok = spp::tokenizer::Tokenizer::load(&dir, &m.cfg).unwrap();
-    let text = spp::eval::perplexity::read_text(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/wikitext2/wiki.test.raw"),
-    )
-    .unwrap();
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
+    let (mut m, tok, text) = with_wikitext(&dir);
     let ids = tok.encode(&text[..20_000], true).unwrap();
     let ppl = |m: &spp::model::Llama| {
         spp::eval::perplexity::perplexity(m, &ids, 512, Some(1), None, &mut |_, _| {})
@@ -186,7 +176,9 @@ fn magnitude_2_4_on_the_real_model() {
 #[test]
 fn spp_adapter_on_smollm2_keeps_logits_and_zeros() {
     use spp::adapter::{self, AdapterSpec, Method};
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
     let mut m = load_model(&dir, DTypeChoice::F32, &Device::Cpu)
         .unwrap()
         .model;
@@ -244,7 +236,9 @@ fn spp_adapter_on_smollm2_keeps_logits_and_zeros() {
 /// scripts/golden/make_task_golden.py): leading spaces, unicode, digits, code.
 #[test]
 fn eval_tasks_split_requests_like_the_harness() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_dir() else {
+        return;
+    };
     let cfg = spp::model::LlamaConfig::load(&dir.join("config.json")).unwrap();
     let tok = spp::tokenizer::Tokenizer::load(&dir, &cfg).unwrap();
     let golden: serde_json::Value = serde_json::from_str(

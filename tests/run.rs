@@ -260,31 +260,33 @@ fn wait_for_frozen_training(checkpoint: &Path, child: &mut std::process::Child) 
     }
 }
 
-/// Whether a stopped (state T) spp process has the argument `arg`.
-fn stopped_process_with_arg(arg: &str) -> bool {
+/// Every process's directory under /proc.
+fn processes() -> impl Iterator<Item = PathBuf> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .any(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // The state follows the parenthesised command name.
-            let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
-            let mut args = cmd.split(|&b| b == 0);
-            args.next().is_some_and(|a| a.ends_with(b"spp"))
-                && args.any(|a| a == arg.as_bytes())
-                && state == Some('T')
-        })
+        .map(|e| e.path())
+}
+
+/// Whether a stopped (state T) spp process has the argument `arg`.
+fn stopped_process_with_arg(arg: &str) -> bool {
+    processes().any(|p| {
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+        let mut args = cmd.split(|&b| b == 0);
+        args.next().is_some_and(|a| a.ends_with(b"spp"))
+            && args.any(|a| a == arg.as_bytes())
+            && state == Some('T')
+    })
 }
 
 /// Whether any process's command line mentions `needle`.
 fn process_mentions(needle: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+    processes()
+        .filter_map(|p| std::fs::read(p.join("cmdline")).ok())
         .any(|c| String::from_utf8_lossy(&c).contains(needle))
 }
 

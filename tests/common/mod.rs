@@ -180,3 +180,24 @@ pub fn converted_tiny(dir: &std::path::Path) -> std::path::PathBuf {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
+
+/// The converted real SmolLM2 model (`SPP_SMOLLM2_DIR`, else `models/smollm2-135m`), or `None`
+/// with a note when it is absent; absent is a failure under `SPP_REQUIRE_REAL_MODEL=1` (CI).
+pub fn smollm2_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var("SPP_SMOLLM2_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m")
+        });
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var("SPP_REQUIRE_REAL_MODEL").as_deref() == Ok("1") {
+        panic!("{} not found: run scripts/setup.sh", dir.display());
+    }
+    eprintln!(
+        "skipped: {} not found (run scripts/setup.sh)",
+        dir.display()
+    );
+    None
+}
