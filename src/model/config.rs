@@ -1,5 +1,6 @@
-//! `config.json` of a Hugging Face `LlamaForCausalLM` directory, mirrored with serde.
-//! Keys we do not use are kept in `extra` so that a load → save round trip loses nothing.
+//! `config.json` of a Hugging Face LLaMA-family directory (LLaMA 1–3, Mistral, Qwen2 / Qwen2.5,
+//! Qwen3), mirrored with serde. Keys we do not use are kept in `extra` so that a load → save
+//! round trip loses nothing; the few family-specific keys (sliding windows) are read from there.
 
 use crate::bail;
 use crate::error::{IoContext, Result};
@@ -33,6 +34,46 @@ fn default_act() -> String {
 }
 fn default_max_pos() -> usize {
     2048
+}
+
+/// The LLaMA-family architectures spp runs. They share the decoder (RMSNorm, RoPE, grouped-query
+/// attention, SwiGLU) and the checkpoint names, and differ in a few details listed per method of
+/// [`LlamaConfig`] (`attention_biases`, `qk_norm`, `sliding_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3];
+
+    /// `model_type` in config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
+    /// `architectures[0]` in config.json.
+    pub fn architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// The supported `model_type`s, quoted, for messages.
+    pub fn supported() -> String {
+        Family::ALL.map(|f| format!("{:?}", f.model_type())).join(", ")
+    }
 }
 
 /// More layers than any LLaMA-family model has: a config beyond it is corrupt.
@@ -100,19 +141,9 @@ impl LlamaConfig {
 
     /// Checks the architecture and the arithmetic between the sizes.
     pub fn validate(&self) -> Result<()> {
-        let known = ["LlamaForCausalLM", "MistralForCausalLM"];
-        if let Some(a) = self.architectures.first() {
-            if !known.contains(&a.as_str()) {
-                bail!(
-                    "unsupported architecture {a:?}: spp runs LLaMA-family models ({})",
-                    known.join(", ")
-                );
-            }
-        }
-        if let Some(t) = &self.model_type {
-            if !["llama", "mistral"].contains(&t.as_str()) {
-                bail!("unsupported model_type {t:?}: spp runs LLaMA-family models (model_type \"llama\")");
-            }
+        self.family()?;
+        if self.extra.get("sliding_window").and_then(|v| v.as_u64()) == Some(0) {
+            bail!("sliding_window 0 would let a token attend to nothing; it must be at least 1");
         }
         if self.hidden_act != "silu" {
             bail!(
@@ -193,6 +224,88 @@ impl LlamaConfig {
             }
         }
         Ok(())
+    }
+
+    /// The family, from `model_type` (or, without it, the first architecture); the two must
+    /// agree when both are given.
+    pub fn family(&self) -> Result<Family> {
+        let by_arch = match self.architectures.first() {
+            Some(a) => Some(Family::ALL.into_iter().find(|f| f.architecture() == a).ok_or_else(|| {
+                crate::Error::Msg(format!(
+                    "unsupported architecture {a:?}: spp runs the LLaMA family ({})",
+                    Family::ALL.map(|f| f.architecture()).join(", ")
+                ))
+            })?),
+            None => None,
+        };
+        let by_type = match &self.model_type {
+            Some(t) => Some(Family::ALL.into_iter().find(|f| f.model_type() == t).ok_or_else(|| {
+                crate::Error::Msg(format!(
+                    "unsupported model_type {t:?}: spp runs the LLaMA family ({})",
+                    Family::supported()
+                ))
+            })?),
+            None => None,
+        };
+        match (by_type, by_arch) {
+            (Some(t), Some(a)) if t != a => bail!(
+                "model_type {:?} and architecture {:?} name different families; fix config.json",
+                t.model_type(),
+                a.architecture()
+            ),
+            (t, a) => Ok(t.or(a).unwrap_or(Family::Llama)),
+        }
+    }
+
+    /// The family of a validated config.
+    fn family_checked(&self) -> Family {
+        self.family().unwrap_or(Family::Llama)
+    }
+
+    /// Biases of (q, k, v) and of o_proj: LLaMA and Qwen3 have both or neither
+    /// (`attention_bias`), Qwen2 has q/k/v biases only, Mistral none.
+    pub fn attention_biases(&self) -> (bool, bool) {
+        match self.family_checked() {
+            Family::Llama | Family::Qwen3 => (self.attention_bias, self.attention_bias),
+            Family::Qwen2 => (true, false),
+            Family::Mistral => (false, false),
+        }
+    }
+
+    /// Biases on gate/up/down: only LLaMA has the option (`mlp_bias`).
+    pub fn mlp_biases(&self) -> bool {
+        self.family_checked() == Family::Llama && self.mlp_bias
+    }
+
+    /// Qwen3 normalises every query and key head (RMSNorm over head_dim) before RoPE.
+    pub fn qk_norm(&self) -> bool {
+        self.family_checked() == Family::Qwen3
+    }
+
+    /// The number of most recent keys block `layer` attends to (itself included), `None` for
+    /// full causal attention: Mistral's `sliding_window` on every block; Qwen's when
+    /// `use_sliding_window` is on, on the blocks `layer_types` marks `sliding_attention` (by
+    /// default those from `max_window_layers` on).
+    pub fn sliding_window(&self, layer: usize) -> Option<usize> {
+        let key = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
+        let window = key("sliding_window").and_then(|v| v.as_u64()).map(|w| w as usize);
+        match self.family_checked() {
+            Family::Llama => None,
+            Family::Mistral => window,
+            Family::Qwen2 | Family::Qwen3 => {
+                if !key("use_sliding_window").and_then(|v| v.as_bool()).unwrap_or(false) {
+                    return None;
+                }
+                let sliding = match key("layer_types").and_then(|v| v.as_array()) {
+                    Some(types) => types.get(layer).and_then(|t| t.as_str()) == Some("sliding_attention"),
+                    None => {
+                        let from = key("max_window_layers").and_then(|v| v.as_u64()).unwrap_or(28);
+                        layer as u64 >= from
+                    }
+                };
+                window.filter(|_| sliding)
+            }
+        }
     }
 
     pub fn num_kv_heads(&self) -> usize {
