@@ -16,6 +16,8 @@ pub struct LinearReport {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// The architecture's `model_type` (llama, mistral, qwen2, qwen3).
+    pub family: String,
     pub layers: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -26,6 +28,13 @@ pub struct Report {
     pub max_position_embeddings: usize,
     pub rope_theta: f64,
     pub tied_embeddings: bool,
+    /// The linears (short names, e.g. `q_proj`) that carry a bias.
+    pub biases: Vec<String>,
+    /// Qwen3's RMSNorm of query and key heads.
+    pub qk_norm: bool,
+    /// The sliding window, when some blocks have one, and how many do.
+    pub sliding_window: Option<usize>,
+    pub sliding_window_blocks: usize,
     pub dtype: String,
     /// Every parameter (a tied head counted once).
     pub parameters: usize,
@@ -75,6 +84,39 @@ pub fn block_linears(i: usize, block: &Block) -> Result<Vec<LinearReport>> {
         .collect()
 }
 
+impl Report {
+    /// The architecture in one line.
+    pub fn arch_line(&self) -> String {
+        let mut s = format!(
+            "{}: {} layers, hidden {}, mlp {}, {} heads / {} kv heads (head dim {}), vocab {}, context {}, rope theta {}, tied {}",
+            self.family,
+            self.layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.max_position_embeddings,
+            self.rope_theta,
+            self.tied_embeddings
+        );
+        if !self.biases.is_empty() {
+            s += &format!("; biases on {}", self.biases.join(", "));
+        }
+        if self.qk_norm {
+            s += "; q/k head norms";
+        }
+        if let Some(w) = self.sliding_window {
+            s += &format!(
+                "; sliding window of {w} on {} of {} blocks",
+                self.sliding_window_blocks, self.layers
+            );
+        }
+        s
+    }
+}
+
 /// The whole report of a model with `cfg` stored in `dtype` from its linears' reports.
 pub fn summarize(cfg: &LlamaConfig, dtype: DType, linears: Vec<LinearReport>) -> Report {
     let parameters = crate::model::stream::layout(cfg)
@@ -88,7 +130,11 @@ pub fn summarize(cfg: &LlamaConfig, dtype: DType, linears: Vec<LinearReport>) ->
         zeros += l.sparsity * n as f64;
     }
     let linear_zeros = zeros.round() as usize;
+    let windows: Vec<usize> = (0..cfg.num_hidden_layers)
+        .filter_map(|i| cfg.sliding_window(i))
+        .collect();
     Report {
+        family: cfg.family().map_or("llama", |f| f.model_type()).into(),
         layers: cfg.num_hidden_layers,
         hidden_size: cfg.hidden_size,
         intermediate_size: cfg.intermediate_size,
@@ -99,6 +145,14 @@ pub fn summarize(cfg: &LlamaConfig, dtype: DType, linears: Vec<LinearReport>) ->
         max_position_embeddings: cfg.max_position_embeddings,
         rope_theta: cfg.rope_theta,
         tied_embeddings: cfg.tie_word_embeddings,
+        biases: crate::model::stream::linear_shapes(cfg)
+            .into_iter()
+            .filter(|(name, _, _)| cfg.has_bias(name))
+            .map(|(name, _, _)| name.rsplit('.').next().unwrap_or(name).to_string())
+            .collect(),
+        qk_norm: cfg.qk_norm(),
+        sliding_window: windows.first().copied(),
+        sliding_window_blocks: windows.len(),
         dtype: format!("{dtype:?}").to_lowercase(),
         parameters,
         linear_parameters: lin_params,

@@ -796,10 +796,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("model       {}", a.m.model.display());
-    println!(
-        "arch        LLaMA: {} layers, hidden {}, mlp {}, {} heads / {} kv heads (head dim {}), vocab {}, context {}, rope theta {}, tied {}",
-        r.layers, r.hidden_size, r.intermediate_size, r.heads, r.kv_heads, r.head_dim, r.vocab_size, r.max_position_embeddings, r.rope_theta, r.tied_embeddings
-    );
+    println!("arch        {}", r.arch_line());
     println!("dtype       {}", r.dtype);
     println!(
         "parameters  {} total, {} in block linears",

@@ -90,6 +90,30 @@ impl Visible {
             self.own
         }
     }
+
+    /// What query `i` (a key index) sees under a sliding window: the `w` most recent of the keys
+    /// it sees. The shared range and the own segment are consecutive positions of one sequence
+    /// (a context and its continuation), so the most recent keys are the own segment's tail,
+    /// then the shared range's tail.
+    pub fn windowed(self, i: usize, w: usize) -> Visible {
+        let own_len = i + 1 - self.own;
+        if own_len >= w {
+            return Visible {
+                shared: (0, 0),
+                own: i + 1 - w,
+            };
+        }
+        let (s0, s1) = self.shared;
+        let shared = if s0 < s1 {
+            (s0.max(s1.saturating_sub(w - own_len)), s1)
+        } else {
+            self.shared
+        };
+        Visible {
+            shared,
+            own: self.own,
+        }
+    }
 }
 
 /// Which keys each query of a call sees.
@@ -107,6 +131,38 @@ impl Visibility {
             Visibility::Causal => Visible::CAUSAL,
             Visibility::Rows(r) => r[i],
         }
+    }
+
+    /// The same queries (`t` of them, the first at key index `offset`) under a sliding window of
+    /// `w` keys.
+    pub fn windowed(&self, offset: usize, t: usize, w: usize) -> Visibility {
+        Visibility::Rows((0..t).map(|i| self.at(i).windowed(offset + i, w)).collect())
+    }
+
+    /// For the queries `q0 .. q0 + c` of a call whose first query is key `offset`: the first key
+    /// any of them sees, `lo`, and the additive mask `[c, offset + q0 + c − lo]` over the keys
+    /// from `lo` (0 where a key is seen, −∞ elsewhere).
+    pub fn chunk_mask(
+        &self,
+        offset: usize,
+        q0: usize,
+        c: usize,
+        device: &candle_core::Device,
+    ) -> Result<(usize, Tensor)> {
+        let rows: Vec<Visible> = (q0..q0 + c).map(|i| self.at(i)).collect();
+        let lo = rows.iter().map(Visible::first).min().unwrap_or(0);
+        let end = offset + q0 + c;
+        let w = end - lo;
+        let mut m = vec![f32::NEG_INFINITY; c * w];
+        for (qi, r) in rows.iter().enumerate() {
+            let row = &mut m[qi * w..(qi + 1) * w];
+            let (s0, s1) = r.shared;
+            if s0 < s1 {
+                row[s0 - lo..s1 - lo].fill(0.0);
+            }
+            row[r.own - lo..=offset + q0 + qi - lo].fill(0.0);
+        }
+        Ok((lo, Tensor::from_vec(m, (c, w), device)?))
     }
 }
 

@@ -72,7 +72,9 @@ impl Family {
 
     /// The supported `model_type`s, quoted, for messages.
     pub fn supported() -> String {
-        Family::ALL.map(|f| format!("{:?}", f.model_type())).join(", ")
+        Family::ALL
+            .map(|f| format!("{:?}", f.model_type()))
+            .join(", ")
     }
 }
 
@@ -230,21 +232,31 @@ impl LlamaConfig {
     /// agree when both are given.
     pub fn family(&self) -> Result<Family> {
         let by_arch = match self.architectures.first() {
-            Some(a) => Some(Family::ALL.into_iter().find(|f| f.architecture() == a).ok_or_else(|| {
-                crate::Error::Msg(format!(
-                    "unsupported architecture {a:?}: spp runs the LLaMA family ({})",
-                    Family::ALL.map(|f| f.architecture()).join(", ")
-                ))
-            })?),
+            Some(a) => Some(
+                Family::ALL
+                    .into_iter()
+                    .find(|f| f.architecture() == a)
+                    .ok_or_else(|| {
+                        crate::Error::Msg(format!(
+                            "unsupported architecture {a:?}: spp runs the LLaMA family ({})",
+                            Family::ALL.map(|f| f.architecture()).join(", ")
+                        ))
+                    })?,
+            ),
             None => None,
         };
         let by_type = match &self.model_type {
-            Some(t) => Some(Family::ALL.into_iter().find(|f| f.model_type() == t).ok_or_else(|| {
-                crate::Error::Msg(format!(
-                    "unsupported model_type {t:?}: spp runs the LLaMA family ({})",
-                    Family::supported()
-                ))
-            })?),
+            Some(t) => Some(
+                Family::ALL
+                    .into_iter()
+                    .find(|f| f.model_type() == t)
+                    .ok_or_else(|| {
+                        crate::Error::Msg(format!(
+                            "unsupported model_type {t:?}: spp runs the LLaMA family ({})",
+                            Family::supported()
+                        ))
+                    })?,
+            ),
             None => None,
         };
         match (by_type, by_arch) {
@@ -277,6 +289,16 @@ impl LlamaConfig {
         self.family_checked() == Family::Llama && self.mlp_bias
     }
 
+    /// Whether the linear `name` (e.g. `self_attn.o_proj`) of every block has a bias.
+    pub fn has_bias(&self, name: &str) -> bool {
+        let (qkv, o) = self.attention_biases();
+        match name {
+            "self_attn.o_proj" => o,
+            n if n.starts_with("self_attn.") => qkv,
+            _ => self.mlp_biases(),
+        }
+    }
+
     /// Qwen3 normalises every query and key head (RMSNorm over head_dim) before RoPE.
     pub fn qk_norm(&self) -> bool {
         self.family_checked() == Family::Qwen3
@@ -288,18 +310,27 @@ impl LlamaConfig {
     /// default those from `max_window_layers` on).
     pub fn sliding_window(&self, layer: usize) -> Option<usize> {
         let key = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
-        let window = key("sliding_window").and_then(|v| v.as_u64()).map(|w| w as usize);
+        let window = key("sliding_window")
+            .and_then(|v| v.as_u64())
+            .map(|w| w as usize);
         match self.family_checked() {
             Family::Llama => None,
             Family::Mistral => window,
             Family::Qwen2 | Family::Qwen3 => {
-                if !key("use_sliding_window").and_then(|v| v.as_bool()).unwrap_or(false) {
+                if !key("use_sliding_window")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false)
+                {
                     return None;
                 }
                 let sliding = match key("layer_types").and_then(|v| v.as_array()) {
-                    Some(types) => types.get(layer).and_then(|t| t.as_str()) == Some("sliding_attention"),
+                    Some(types) => {
+                        types.get(layer).and_then(|t| t.as_str()) == Some("sliding_attention")
+                    }
                     None => {
-                        let from = key("max_window_layers").and_then(|v| v.as_u64()).unwrap_or(28);
+                        let from = key("max_window_layers")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or(28);
                         layer as u64 >= from
                     }
                 };

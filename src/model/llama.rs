@@ -111,9 +111,17 @@ impl Loader<'_> {
         }
     }
 
-    fn linear(&self, prefix: &str, out_f: usize, in_f: usize, bias: bool) -> Result<SparseLinear> {
+    fn linear(
+        &self,
+        cfg: &LlamaConfig,
+        i: usize,
+        name: &str,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<SparseLinear> {
+        let prefix = format!("model.layers.{i}.{name}");
         let w = self.req(&format!("{prefix}.weight"), &[out_f, in_f])?;
-        let b = if bias {
+        let b = if cfg.has_bias(name) {
             Some(self.req(&format!("{prefix}.bias"), &[out_f])?)
         } else {
             None
@@ -130,31 +138,35 @@ impl Loader<'_> {
         );
         let im = cfg.intermediate_size;
         let p = format!("model.layers.{i}");
-        let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
-        let norm = |name: &str| -> Result<RmsNorm> {
+        let norm = |name: &str, width: usize| -> Result<RmsNorm> {
             Ok(RmsNorm {
-                weight: self.req(&format!("{p}.{name}.weight"), &[hd])?,
+                weight: self.req(&format!("{p}.{name}.weight"), &[width])?,
                 eps: cfg.rms_norm_eps,
             })
         };
+        let head_norm = |name: &str| cfg.qk_norm().then(|| norm(name, d)).transpose();
+        let linear = |name: &str, out_f: usize, in_f: usize| self.linear(cfg, i, name, out_f, in_f);
         Ok(Block {
             self_attn: Attention {
-                q_proj: self.linear(&format!("{p}.self_attn.q_proj"), h * d, hd, ab)?,
-                k_proj: self.linear(&format!("{p}.self_attn.k_proj"), kvh * d, hd, ab)?,
-                v_proj: self.linear(&format!("{p}.self_attn.v_proj"), kvh * d, hd, ab)?,
-                o_proj: self.linear(&format!("{p}.self_attn.o_proj"), hd, h * d, ab)?,
+                q_proj: linear("self_attn.q_proj", h * d, hd)?,
+                k_proj: linear("self_attn.k_proj", kvh * d, hd)?,
+                v_proj: linear("self_attn.v_proj", kvh * d, hd)?,
+                o_proj: linear("self_attn.o_proj", hd, h * d)?,
+                q_norm: head_norm("self_attn.q_norm")?,
+                k_norm: head_norm("self_attn.k_norm")?,
                 n_heads: h,
                 n_kv: kvh,
                 head_dim: d,
+                window: cfg.sliding_window(i),
                 reference: false,
             },
             mlp: Mlp {
-                gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), im, hd, mb)?,
-                up_proj: self.linear(&format!("{p}.mlp.up_proj"), im, hd, mb)?,
-                down_proj: self.linear(&format!("{p}.mlp.down_proj"), hd, im, mb)?,
+                gate_proj: linear("mlp.gate_proj", im, hd)?,
+                up_proj: linear("mlp.up_proj", im, hd)?,
+                down_proj: linear("mlp.down_proj", hd, im)?,
             },
-            input_layernorm: norm("input_layernorm")?,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
+            input_layernorm: norm("input_layernorm", hd)?,
+            post_attention_layernorm: norm("post_attention_layernorm", hd)?,
         })
     }
 }
@@ -194,9 +206,14 @@ pub struct Attention {
     pub k_proj: SparseLinear,
     pub v_proj: SparseLinear,
     pub o_proj: SparseLinear,
+    /// Qwen3's RMSNorm of every query / key head (over head_dim) before RoPE; frozen.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
+    /// Sliding window: a query sees only the `window` most recent keys (itself included).
+    window: Option<usize>,
     /// Always use the composed candle attention (the reference), never the fused CPU kernel.
     reference: bool,
 }
@@ -413,9 +430,7 @@ impl Packing {
         };
         for c0 in (0..p.rows.len()).step_by(ATTN_CHUNK) {
             let c = ATTN_CHUNK.min(p.rows.len() - c0);
-            let lo = p.first_key(c0, c);
-            let mask = p.mask(c0, c, lo, c0 + c, device)?;
-            p.masks.push((lo, mask));
+            p.masks.push(p.visible.chunk_mask(0, c0, c, device)?);
         }
         Ok(p)
     }
@@ -426,37 +441,6 @@ impl Packing {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
-    }
-
-    /// The first key any of the queries `q0 .. q0 + c` sees.
-    fn first_key(&self, q0: usize, c: usize) -> usize {
-        self.rows[q0..q0 + c]
-            .iter()
-            .map(|r| {
-                if r.shared.0 < r.shared.1 {
-                    r.shared.0
-                } else {
-                    r.own
-                }
-            })
-            .min()
-            .unwrap_or(0) as usize
-    }
-
-    /// Additive mask `[c, end − lo]` (0 where a key is seen, −∞ elsewhere) for queries
-    /// `q0 .. q0 + c` over keys `lo .. end`.
-    fn mask(&self, q0: usize, c: usize, lo: usize, end: usize, device: &Device) -> Result<Tensor> {
-        let w = end - lo;
-        let mut m = vec![f32::NEG_INFINITY; c * w];
-        for (qi, r) in self.rows[q0..q0 + c].iter().enumerate() {
-            let row = &mut m[qi * w..(qi + 1) * w];
-            let (s0, s1) = (r.shared.0 as usize, r.shared.1 as usize);
-            if s0 < s1 {
-                row[s0 - lo..s1 - lo].fill(0.0);
-            }
-            row[r.own as usize - lo..=q0 + qi - lo].fill(0.0);
-        }
-        Ok(Tensor::from_vec(m, (c, w), device)?)
     }
 }
 
@@ -499,8 +483,22 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.n_heads, self.n_kv, self.head_dim);
         let rep = h / kvh;
-        let qkv = SparseLinear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let mut qkv = SparseLinear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        for (i, norm, n) in [(0, &self.q_norm, h), (1, &self.k_norm, kvh)] {
+            if let Some(norm) = norm {
+                qkv[i] = norm
+                    .forward(&qkv[i].reshape((b, t, n, d))?)?
+                    .reshape((b, t, n * d))?;
+            }
+        }
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+        let visible = packing.map_or(Visibility::Causal, |p| p.visible.clone());
+        // A window shorter than what some query would see changes which keys are seen.
+        let window = self.window.filter(|&w| w < offset + t);
+        let visible = match window {
+            Some(w) => visible.windowed(offset, t, w),
+            None => visible,
+        };
         let fused = !self.reference
             && cache.is_none()
             && offset == 0
@@ -512,7 +510,6 @@ impl Attention {
                 Some(p) => rope.tables_at(&p.positions)?,
                 None => rope.tables(0, t)?,
             };
-            let visible = packing.map_or(Visibility::Causal, |p| p.visible.clone());
             let heads = Heads {
                 n_heads: h,
                 n_kv: kvh,
@@ -547,7 +544,15 @@ impl Attention {
         for c0 in (0..t).step_by(ATTN_CHUNK) {
             let c = ATTN_CHUNK.min(t - c0);
             let end = offset + c0 + c;
-            let lo = packing.map_or(0, |p| p.masks[c0 / ATTN_CHUNK].0);
+            // The mask of a windowed chunk is made here; a packing's are made once for all blocks.
+            let windowed = match window {
+                Some(_) => Some(visible.chunk_mask(offset, c0, c, x.device())?),
+                None => None,
+            };
+            let mask = windowed
+                .as_ref()
+                .or(packing.map(|p| &p.masks[c0 / ATTN_CHUNK]));
+            let lo = mask.map_or(0, |m| m.0);
             let qc = q
                 .narrow(3, c0, c)?
                 .contiguous()?
@@ -557,8 +562,8 @@ impl Attention {
             // Scores [B, KV, rep, c, end]; softmax in f32 whatever the model dtype, as
             // transformers' eager attention does.
             let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end - lo))?;
-            let att = match packing {
-                Some(p) => super::ops::masked_softmax(&att, &p.masks[c0 / ATTN_CHUNK].1)?,
+            let att = match mask {
+                Some((_, m)) => super::ops::masked_softmax(&att, m)?,
                 None => super::ops::causal_softmax(&att, offset + c0)?,
             }
             .reshape((b, kvh, rep * c, end - lo))?;
@@ -651,6 +656,14 @@ impl Block {
             out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
             if let Some(bias) = &lin.bias {
                 out.push((format!("{p}.{name}.bias"), bias.clone()));
+            }
+            if name == "self_attn.o_proj" {
+                let a = &self.self_attn;
+                for (norm, n) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                    if let Some(n) = n {
+                        out.push((format!("{p}.self_attn.{norm}.weight"), n.weight.clone()));
+                    }
+                }
             }
         }
         out.push((

@@ -42,13 +42,13 @@ fn block_layout(cfg: &LlamaConfig, i: usize) -> Vec<(String, Vec<usize>)> {
     let mut out = vec![(format!("{p}.input_layernorm.weight"), vec![hd])];
     for (name, rows, cols) in linear_shapes(cfg) {
         out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
-        let bias = if name.starts_with("mlp") {
-            cfg.mlp_bias
-        } else {
-            cfg.attention_bias
-        };
-        if bias {
+        if cfg.has_bias(name) {
             out.push((format!("{p}.{name}.bias"), vec![rows]));
+        }
+        if name == "self_attn.o_proj" && cfg.qk_norm() {
+            for norm in ["q_norm", "k_norm"] {
+                out.push((format!("{p}.self_attn.{norm}.weight"), vec![cfg.head_dim()]));
+            }
         }
     }
     out.push((format!("{p}.post_attention_layernorm.weight"), vec![hd]));
