@@ -470,3 +470,100 @@ fn cli_pipeline_runs_on_every_family() {
         assert!(!o.stdout.is_empty(), "{name}: generate printed nothing");
     }
 }
+
+/// `spp run` on a family with windows and biases: Wanda and SparseGPT 2:4, SPP, merge, perplexity
+/// and zero-shot tasks, the report.
+#[test]
+fn a_recipe_runs_on_qwen2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tmp.path().join("recipe.toml");
+    let text = format!(
+        r#"name = "qwen2-tiny"
+model = "{model}"
+
+[prune]
+method = ["wanda", "sparsegpt"]
+sparsity = "2:4"
+calib = "{calib}"
+nsamples = 2
+seqlen = 32
+
+[train]
+method = "spp"
+data = "{alpaca}"
+max_steps = 2
+batch_size = 2
+micro_batch_size = 2
+cutoff = 48
+val_size = 0
+r = 4
+
+[eval]
+ppl_text = "{wiki}"
+seqlen = 32
+max_windows = 2
+tasks = ["rte", "arc_easy"]
+limit = 2
+data_dir = "{eval}"
+"#,
+        model = s(&dir("qwen2-tied")),
+        calib = common::shared("c4/c4_sample.jsonl"),
+        alpaca = common::shared("alpaca/alpaca_gpt4_en_demo.json"),
+        wiki = common::shared("wikitext2/wiki.test.raw"),
+        eval = common::shared("eval"),
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let out = tmp.path().join("run");
+    let o = spp(&["run", &s(&recipe), "--out", &s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "wanda 2:4 + spp",
+        "sparsegpt 2:4 + spp",
+        "every zero kept",
+        "11 of 11 done",
+    ] {
+        assert!(report.contains(needle), "report lacks {needle}:\n{report}");
+    }
+}
+
+#[test]
+fn written_configs_name_the_family_and_others_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(dir("qwen3-headdim").join("config.json")).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
+        edit(v.as_object_mut().unwrap());
+        let p = tmp.path().join("config.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        spp::model::LlamaConfig::load(&p)
+    };
+    // Either key alone names the family, and the writer fills in the other.
+    for (drop, family) in [("architectures", "qwen3"), ("model_type", "qwen3")] {
+        let cfg = with(&|m| {
+            m.remove(drop);
+        })
+        .unwrap();
+        let out = tmp.path().join(format!("w-{drop}"));
+        std::fs::create_dir_all(&out).unwrap();
+        spp::model::checkpoint::write_config(&out, &cfg, DType::F32).unwrap();
+        let back = spp::model::LlamaConfig::load(&out.join("config.json")).unwrap();
+        assert_eq!(back.model_type.as_deref(), Some(family));
+        assert_eq!(back.architectures, ["Qwen3ForCausalLM"]);
+    }
+    let err = with(&|m| {
+        m.insert("model_type".into(), "gemma2".into());
+        m.remove("architectures");
+    })
+    .unwrap_err()
+    .to_string();
+    for needle in ["gemma2", "\"llama\", \"mistral\", \"qwen2\", \"qwen3\""] {
+        assert!(err.contains(needle), "{err}");
+    }
+    let err = with(&|m| {
+        m.insert("model_type".into(), "qwen2".into());
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different families"), "{err}");
+}

@@ -121,9 +121,12 @@ fn shard_writer_writes_planned_shards_and_refuses_surprises() {
     w.finish().unwrap();
 }
 
-/// The real SmolLM2 model when it exists (scripts/setup.sh makes it), else the tiny GGUF model.
+/// The tiny GGUF model, the tiny Qwen2 (biases, a windowed block) and Qwen3 (q/k norms) models,
+/// and the real SmolLM2 model when it exists (scripts/setup.sh makes it).
 fn model_dirs(tmp: &Path) -> Vec<PathBuf> {
     let mut v = vec![common::converted_tiny(tmp)];
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny");
+    v.extend(["qwen2-tied", "qwen3-headdim"].map(|f| tiny.join(f)));
     let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m");
     if real.join("model.safetensors").exists() {
         v.push(real);

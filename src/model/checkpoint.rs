@@ -504,10 +504,12 @@ pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
 pub fn write_config(dir: &Path, cfg: &LlamaConfig, dtype: DType) -> Result<()> {
     let mut cfg = cfg.clone();
     set_dtype(&mut cfg, dtype);
+    let family = cfg.family()?;
     if cfg.architectures.is_empty() {
-        cfg.architectures = vec!["LlamaForCausalLM".into()];
+        cfg.architectures = vec![family.architecture().into()];
     }
-    cfg.model_type.get_or_insert_with(|| "llama".into());
+    cfg.model_type
+        .get_or_insert_with(|| family.model_type().into());
     write_json(&dir.join("config.json"), &cfg)
 }
 
