@@ -61,6 +61,9 @@ enum Cmd {
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Write a Hugging Face model directory in another format.
+    #[command(subcommand)]
+    Export(ExportCmd),
     /// Generate text (streaming, KV-cached).
     Generate(GenerateArgs),
     /// Show architecture, parameter counts, dtype and per-linear sparsity / N:M validity.
@@ -255,6 +258,30 @@ struct PruneArgs {
 enum ConvertCmd {
     /// A llama-architecture GGUF file (v2/v3) → a Hugging Face directory.
     Gguf(GgufArgs),
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// A GGUF file for llama.cpp / Ollama (architectures llama, qwen2, qwen3).
+    Gguf(ExportGgufArgs),
+}
+
+#[derive(Args)]
+struct ExportGgufArgs {
+    /// The Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output .gguf file (written under a temporary name, renamed when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// Type of the 2-D weights: f32, f16, bf16 or q8_0 (norms and biases stay f32).
+    #[arg(long = "type", default_value = "f16")]
+    precision: spp::gguf::export::Precision,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -498,6 +525,31 @@ fn convert_gguf(a: GgufArgs) -> Result<()> {
             report.source_types,
             report.tokenizer,
             report.tied_embeddings
+        );
+    }
+    Ok(())
+}
+
+fn export_gguf(a: ExportGgufArgs) -> Result<()> {
+    let t = std::time::Instant::now();
+    let r = spp::gguf::export::export(&a.model, &a.out, a.precision, a.force)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "exported {} -> {}: {} architecture, {} tensors {:?}, tokenizer {}{}, {:.1} MB in {:.1} s",
+            a.model.display(),
+            a.out.display(),
+            r.architecture,
+            r.tensors,
+            r.tensor_types,
+            r.tokenizer,
+            r.pre_tokenizer.as_deref().map_or(String::new(), |p| format!(" ({p})")),
+            r.bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64()
         );
     }
     Ok(())
@@ -1304,13 +1356,14 @@ fn main() {
     // activations over and over and keep theirs.
     let streams = matches!(
         cli.cmd,
-        Cmd::Prune(_) | Cmd::Merge(_) | Cmd::Inspect(_) | Cmd::Convert(_)
+        Cmd::Prune(_) | Cmd::Merge(_) | Cmd::Inspect(_) | Cmd::Convert(_) | Cmd::Export(_)
     );
     if !streams {
         spp::keep_freed_memory();
     }
     let result = match cli.cmd {
         Cmd::Convert(ConvertCmd::Gguf(a)) => convert_gguf(a),
+        Cmd::Export(ExportCmd::Gguf(a)) => export_gguf(a),
         Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a),
         Cmd::Eval(EvalCmd::Tasks(a)) => eval_tasks(a),
         Cmd::Run(a) => run_recipe(a),

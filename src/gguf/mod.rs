@@ -6,6 +6,7 @@
 //! result uses Hugging Face's `rotate_half` layout. The tokenizer is rebuilt from the GGUF
 //! vocabulary (see [`tokenizer`]).
 
+pub mod export;
 pub mod tokenizer;
 
 use crate::bail;

@@ -63,7 +63,7 @@ const SUPPORTED_PRE: &str =
                              \"llama-bpe\", \"llama3\", \"llama-v3\"";
 
 /// LLaMA-3's split regex (`tokenizer.json` of Meta-Llama-3; llama.cpp's "llama-bpe").
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Build `tokenizer.json` and `tokenizer_config.json` from a GGUF file's metadata.
 pub fn tokenizer_files(content: &Content) -> Result<TokenizerFiles> {
