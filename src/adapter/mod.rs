@@ -288,7 +288,7 @@ impl Adapter {
                 )
             }
             Method::Lora | Method::LoraMask => {
-                let base = crate::model::ops::frozen_matmul(x, w)?;
+                let base = crate::cpu::frozen_matmul(x, w)?;
                 let xd = match Self::mask_tensor(drop, x)? {
                     Some(m) => (x * m)?,
                     None => x.clone(),
@@ -607,7 +607,7 @@ impl Stored {
                 t.dims()
             );
         }
-        if crate::model::finite::has_non_finite(t)? {
+        if crate::cpu::has_non_finite(t)? {
             bail!(
                 "{}: tensor {name} holds NaN or infinite values; the adapter is corrupt — retrain it (a lower --lr) or restore its files",
                 self.path.display()
@@ -703,7 +703,7 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
         };
         let before = lin.weight.eq(0f32)?;
         let merged = ad.merged(&lin.weight)?;
-        if crate::model::finite::has_non_finite(&merged)? {
+        if crate::cpu::has_non_finite(&merged)? {
             bail!("model.layers.{i}.{full}: the merged weight holds NaN or infinite values (the adapter's are not finite); nothing was written — retrain the adapter (a lower --lr) or check its files");
         }
         let after = merged.eq(0f32)?;
@@ -765,7 +765,7 @@ impl WeightsHasher {
                 .narrow(0, start, len)?
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?;
-            let hashes = crate::model::ops::with_f32(&part, |v| {
+            let hashes = crate::cpu::with_f32(&part, |v| {
                 v.par_chunks(CHUNK)
                     .map(|c| {
                         let mut s = 0x9E37_79B9_7F4A_7C15u64;

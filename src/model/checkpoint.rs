@@ -131,9 +131,7 @@ impl SafetensorsSource {
         for f in &files {
             std::fs::File::open(f).at(f)?;
         }
-        // SAFETY: the files are opened read-only; like every mmap-based loader we rely on them
-        // not being modified while the model is loaded.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+        let st = crate::cpu::map_safetensors(&files).map_err(|e| {
             Error::Msg(format!(
                 "{}: not a readable safetensors file set ({e}); the file may be truncated or corrupt — \
                  re-download or re-convert it",
@@ -181,7 +179,7 @@ impl SafetensorsSource {
         };
         let view = self.st.get(name).map_err(|e| corrupt(&e))?;
         let (data, shape) = (view.data(), view.shape().to_vec());
-        use super::finite::copy_checked;
+        use crate::cpu::copy_checked;
         let (t, bad) = match view.dtype() {
             safetensors::Dtype::F32 => {
                 let (v, bad) = copy_checked::<4, f32>(data, 0x7f80_0000, f32::from_bits);
@@ -199,7 +197,7 @@ impl SafetensorsSource {
             }
             _ => {
                 let t = self.st.load(name, &Device::Cpu).map_err(|e| corrupt(&e))?;
-                let bad = super::finite::has_non_finite(&t)?;
+                let bad = crate::cpu::has_non_finite(&t)?;
                 (Ok(t), bad)
             }
         };

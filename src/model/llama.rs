@@ -174,7 +174,7 @@ impl Loader<'_> {
 /// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
 /// numbers (a NaN in one attention head can vanish behind the softmax's masking).
 pub fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
-    if super::finite::has_non_finite(t)? {
+    if crate::cpu::has_non_finite(t)? {
         return Err(non_finite(name, src));
     }
     Ok(())
@@ -196,7 +196,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::ops::rms_norm(x, &self.weight, self.eps)
+        crate::cpu::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -367,13 +367,13 @@ impl Rope {
     /// Rotates `x` of shape `[B, H, T, D]` for positions `offset .. offset + T`.
     fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (cos, sin) = self.tables(offset, x.dims()[2])?;
-        super::ops::rope(x, &cos, &sin)
+        crate::cpu::rope(x, &cos, &sin)
     }
 
     /// Rotates `x` of shape `[B, H, T, D]` for the given positions (`[T]`, u32).
     fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let (cos, sin) = self.tables_at(positions)?;
-        super::ops::rope(x, &cos, &sin)
+        crate::cpu::rope(x, &cos, &sin)
     }
 }
 
@@ -563,8 +563,8 @@ impl Attention {
             // transformers' eager attention does.
             let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end - lo))?;
             let att = match mask {
-                Some((_, m)) => super::ops::masked_softmax(&att, m)?,
-                None => super::ops::causal_softmax(&att, offset + c0)?,
+                Some((_, m)) => crate::cpu::masked_softmax(&att, m)?,
+                None => crate::cpu::causal_softmax(&att, offset + c0)?,
             }
             .reshape((b, kvh, rep * c, end - lo))?;
             outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
@@ -588,7 +588,7 @@ impl Mlp {
     /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
     fn hidden(&self, x: &Tensor) -> Result<Tensor> {
         let gu = self.gate_up(x)?;
-        super::ops::silu_mul(&gu[0], &gu[1])
+        crate::cpu::silu_mul(&gu[0], &gu[1])
     }
 
     /// `down(silu(gate(x)) * up(x))`.
@@ -1014,14 +1014,14 @@ impl Llama {
             for start in (0..t).step_by(LOGIT_CHUNK) {
                 let n = LOGIT_CHUNK.min(t - start);
                 let logits = self.logits(&hidden.narrow(0, start, n)?)?;
-                parts.push(super::ops::token_nll(
+                parts.push(crate::cpu::token_nll(
                     &logits,
                     &targets.narrow(0, start, n)?,
                 )?);
             }
             return Ok(Tensor::cat(&parts, 0)?);
         }
-        super::ops::lm_head_nll(hidden, self.output_weight(), targets)
+        crate::cpu::lm_head_nll(hidden, self.output_weight(), targets)
     }
 
     /// Logits for every position: `[B, T]` → `[B, T, vocab]`.

@@ -3,11 +3,8 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
-pub mod finite;
-pub mod gemm;
 pub mod linear;
 pub mod llama;
-pub mod ops;
 pub mod stream;
 
 pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};

@@ -290,10 +290,7 @@ pub const FREEZE_ENV: &str = "SPP_TEST_FREEZE_AFTER_CHECKPOINT";
 
 fn freeze_for_tests(step: usize) {
     if std::env::var(FREEZE_ENV).ok().and_then(|v| v.parse().ok()) == Some(step) {
-        // SAFETY: raise has no memory-safety preconditions.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-        }
+        crate::cpu::stop_self();
     }
 }
 
