@@ -64,10 +64,7 @@ fn main() {
             let m = layer.post_attention_layernorm.forward(&x).unwrap();
             parts[2] += secs(|| {
                 let mlp = &layer.mlp;
-                let h = spp::cpu::silu_mul(
-                    &mlp.gate_proj.forward(&m)?,
-                    &mlp.up_proj.forward(&m)?,
-                )?;
+                let h = spp::cpu::silu_mul(&mlp.gate_proj.forward(&m)?, &mlp.up_proj.forward(&m)?)?;
                 mlp.down_proj.forward(&h)
             });
             x = model.block_forward(i, &x).unwrap();

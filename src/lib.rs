@@ -5,11 +5,15 @@
 
 pub mod adapter;
 pub mod cpu;
+pub mod data;
 pub mod error;
+pub mod fsio;
 pub mod gguf;
 pub mod model;
 pub mod outpath;
 pub mod par;
+pub mod rng;
+pub mod sys;
 
 pub use cpu::{keep_freed_memory, return_freed_memory};
 pub use error::{Error, Result};

@@ -124,7 +124,12 @@ pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> V
 }
 
 /// [`gemm_abt_many`] for any [`Lhs`].
-pub(crate) fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+pub(crate) fn gemm_lhs_abt_many(
+    a: Lhs,
+    m: usize,
+    k: usize,
+    bs: &[(&[f32], usize)],
+) -> Vec<Vec<f32>> {
     assert!(
         a.holds(m, k) && bs.iter().all(|(b, n)| b.len() >= n * k),
         "gemm: slice too short"

@@ -18,8 +18,8 @@ pub use ops::{
     rms_norm_reference, rope, rope_reference, silu_mul, silu_mul_reference, token_nll,
     token_nll_reference,
 };
-pub(crate) use os::{map_safetensors, stop_self};
 pub use os::{keep_freed_memory, return_freed_memory};
+pub(crate) use os::{map_safetensors, stop_self};
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;

@@ -395,7 +395,6 @@ struct RmsNormOp {
     eps: f32,
 }
 
-
 impl CustomOp2 for RmsNormOp {
     fn name(&self) -> &'static str {
         "rms-norm"

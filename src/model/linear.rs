@@ -4,6 +4,27 @@
 use crate::error::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The seven linears of a block: the short name `--targets` takes and the checkpoint name
+/// (`model.layers.{i}.{name}.weight`), in checkpoint order.
+pub const LINEARS: [(&str, &str); 7] = [
+    ("q", "self_attn.q_proj"),
+    ("k", "self_attn.k_proj"),
+    ("v", "self_attn.v_proj"),
+    ("o", "self_attn.o_proj"),
+    ("gate", "mlp.gate_proj"),
+    ("up", "mlp.up_proj"),
+    ("down", "mlp.down_proj"),
+];
+
+/// A trainable branch on a frozen linear, run in place of the plain product. The model only
+/// calls it; the adapters (`crate::adapter`) implement it and reach their own type back through
+/// `Any`, so the model does not depend on them.
+pub trait LinearAdapter: std::any::Any + std::fmt::Debug + Send + Sync {
+    /// `y` `[rows, out]` for `x` `[rows, in]` and the frozen weight `[out, in]`.
+    fn forward(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor>;
+}
 
 #[derive(Debug, Clone)]
 pub struct SparseLinear {
@@ -11,7 +32,7 @@ pub struct SparseLinear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     /// A trainable adapter (SPP or LoRA) applied on top of the frozen weight.
-    pub adapter: Option<crate::adapter::Adapter>,
+    pub adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl SparseLinear {

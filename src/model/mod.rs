@@ -3,12 +3,17 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod dtype;
+pub mod hash;
 pub mod linear;
 pub mod llama;
+pub mod shards;
 pub mod stream;
 
-pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
+pub use checkpoint::{load_model, save_model, LoadedModel, SaveOptions};
 pub use config::LlamaConfig;
-pub use linear::SparseLinear;
+pub use dtype::DTypeChoice;
+pub use linear::{LinearAdapter, SparseLinear, LINEARS};
 pub use llama::{Block, KvCache, Llama, PackedRow, Packing, Taps, TensorSource};
-pub use stream::{ShardWriter, StreamedModel};
+pub use shards::ShardWriter;
+pub use stream::StreamedModel;

@@ -22,8 +22,8 @@
 //! - A Cholesky failure is retried with 10× the damping (3 times) instead of raising.
 
 use crate::bail;
-use crate::error::Result;
 use crate::cpu::syrk_lower;
+use crate::error::Result;
 use crate::prune::mask::{self, Sparsity};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
