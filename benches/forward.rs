@@ -103,7 +103,7 @@ fn main() {
 
 /// All layers' worth of the fused attention kernel alone on random projections of `t` tokens.
 fn attention_core(model: &spp::model::Llama, t: usize) -> f64 {
-    use spp::model::attention::{attention, Heads, Visibility};
+    use spp::cpu::attention::{attention, Heads, Visibility};
     let cfg = &model.cfg;
     let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
     let dev = Device::Cpu;

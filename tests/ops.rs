@@ -395,7 +395,7 @@ fn fused_attention_matches_the_definition_with_wide_heads() {
 /// One shape of [`fused_attention_matches_the_definition_with_wide_heads`] (head sizes above
 /// the GEMM's 576-deep slices included).
 fn wide_heads_case(t: usize, h: usize, kvh: usize, d: usize) {
-    use spp::model::attention::{attention, Heads, Visibility, Visible};
+    use spp::cpu::attention::{attention, Heads, Visibility, Visible};
     let heads = Heads {
         n_heads: h,
         n_kv: kvh,

@@ -3,9 +3,10 @@
 //! attention, the non-finite scan, and the few calls into the OS and the allocator. The rest of
 //! the crate sees only the safe functions re-exported here.
 
+pub mod attention;
 mod finite;
-pub(crate) mod gemm;
-pub(crate) mod kernels;
+mod gemm;
+mod kernels;
 mod ops;
 mod os;
 
@@ -37,13 +38,13 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Resul
 
 /// A pointer that tasks writing disjoint rows may share.
 #[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub(crate) *mut f32);
+struct SharedOut(*mut f32);
 // SAFETY: the users (attention tasks, GEMM threads) each write a disjoint set of elements.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
+    fn at(&self, offset: usize) -> *mut f32 {
         // SAFETY (of the callers): offsets stay inside the buffer the pointer came from.
         self.0.wrapping_add(offset)
     }
@@ -56,7 +57,7 @@ impl SharedOut {
 ///
 /// # Safety
 /// `fill` writes every element of `dst` before reading it.
-pub(crate) unsafe fn par_fill(
+unsafe fn par_fill(
     n: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync + Send,

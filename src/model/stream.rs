@@ -8,8 +8,9 @@
 
 use super::config::LlamaConfig;
 use super::dtype::DTypeChoice;
+pub use super::layout::{block_bytes, layout, linear_shapes};
 use super::llama::{read_block, Block, Llama, TensorSource};
-pub use super::shards::{block_bytes, layout, linear_shapes, ShardWriter};
+pub use super::shards::ShardWriter;
 use crate::bail;
 use crate::error::Result;
 pub use crate::sys::{gib, proc_status_bytes, rss_anon, rss_anon_of, AnonPeak};

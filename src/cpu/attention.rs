@@ -20,8 +20,8 @@
 //! `dQ` rows belong to their task; each task's `dK`, `dV` over its visible keys are summed per
 //! (sequence, KV head) afterwards. RoPE is undone on `dQ` and `dK` (rotation by −θ).
 
-use crate::cpu::kernels::{exp_shifted, softmax_inplace};
-use crate::cpu::{f32_slice, f32_tensor, with_f32, SharedOut};
+use super::kernels::{exp_shifted, softmax_inplace};
+use super::{f32_slice, f32_tensor, with_f32, SharedOut};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -56,7 +56,7 @@ fn par_rows(rows: usize, d: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Sen
     const CHUNK: usize = 128;
     // SAFETY: every row of every chunk is written.
     unsafe {
-        crate::cpu::par_fill(rows * d, CHUNK * d, |c, dst| {
+        super::par_fill(rows * d, CHUNK * d, |c, dst| {
             for (r, row) in dst.chunks_exact_mut(d).enumerate() {
                 fill(c * CHUNK + r, row);
             }
@@ -444,7 +444,7 @@ impl FusedAttention {
 
     fn forward(&self, r: &Rotated, b: usize, t: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
-        if let Some(out) = self.forward_on(crate::cpu::gemm::Kernel::best(), r, b, t) {
+        if let Some(out) = self.forward_on(super::gemm::Kernel::best(), r, b, t) {
             return out;
         }
         self.forward_faer(r, b, t)
@@ -475,12 +475,12 @@ impl FusedAttention {
     #[cfg(target_arch = "x86_64")]
     fn forward_on(
         &self,
-        kernel: Option<crate::cpu::gemm::Kernel>,
+        kernel: Option<super::gemm::Kernel>,
         r: &Rotated,
         b: usize,
         t: usize,
     ) -> Option<Vec<f32>> {
-        use crate::cpu::gemm::{kernel_6x16, kernel_8x32, Kernel};
+        use super::gemm::{kernel_6x16, kernel_8x32, Kernel};
         let d = self.heads.head_dim;
         match kernel? {
             Kernel::Avx512 if d.is_multiple_of(32) => {
@@ -501,12 +501,12 @@ impl FusedAttention {
     #[cfg(target_arch = "x86_64")]
     fn forward_micro<const KP: usize, const QP: usize>(
         &self,
-        kern: crate::cpu::gemm::MicroKernel,
+        kern: super::gemm::MicroKernel,
         r: &Rotated,
         b: usize,
         t: usize,
     ) -> Vec<f32> {
-        use crate::cpu::gemm::pack_panel;
+        use super::gemm::pack_panel;
         // Keys per block (a multiple of 6 and of 8): its Sᵀ and V stay in L2.
         const KEY_STEP: usize = 240;
         let (_, kvh, d, rep) = self.heads.split();
@@ -596,7 +596,7 @@ impl FusedAttention {
                             }
                         }
                     }
-                    let rescale = crate::cpu::kernels::exp_shifted_cols(
+                    let rescale = super::kernels::exp_shifted_cols(
                         &mut s.p[..kc * width],
                         &mut s.max,
                         &mut s.sums,
