@@ -6,7 +6,7 @@
 //! `model.layers.3.self_attn.q_proj.weight`.
 
 use super::config::LlamaConfig;
-use super::linear::SparseLinear;
+use super::linear::{SparseLinear, LINEARS};
 use super::packing::ATTN_CHUNK;
 pub use super::packing::{PackedRow, Packing};
 use super::rope::Rope;
@@ -509,14 +509,16 @@ impl Block {
 
     /// The seven linears with their names, in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let [q, k, v, o, gate, up, down] = LINEARS.map(|l| l.1);
         [
-            ("self_attn.q_proj", &self.self_attn.q_proj),
-            ("self_attn.k_proj", &self.self_attn.k_proj),
-            ("self_attn.v_proj", &self.self_attn.v_proj),
-            ("self_attn.o_proj", &self.self_attn.o_proj),
-            ("mlp.gate_proj", &self.mlp.gate_proj),
-            ("mlp.up_proj", &self.mlp.up_proj),
-            ("mlp.down_proj", &self.mlp.down_proj),
+            (q, &a.q_proj),
+            (k, &a.k_proj),
+            (v, &a.v_proj),
+            (o, &a.o_proj),
+            (gate, &m.gate_proj),
+            (up, &m.up_proj),
+            (down, &m.down_proj),
         ]
     }
 
@@ -537,14 +539,15 @@ impl Block {
 
     pub fn linears_mut(&mut self) -> [(&'static str, &mut SparseLinear); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        let [q, k, v, o, gate, up, down] = LINEARS.map(|l| l.1);
         [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
+            (q, &mut a.q_proj),
+            (k, &mut a.k_proj),
+            (v, &mut a.v_proj),
+            (o, &mut a.o_proj),
+            (gate, &mut m.gate_proj),
+            (up, &mut m.up_proj),
+            (down, &mut m.down_proj),
         ]
     }
 }
