@@ -10,8 +10,6 @@ from pathlib import Path
 MAX_LINES = 900
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-# The binary is the top of the graph (nothing refers to it); the library is rooted at lib.rs.
-ENTRY_POINTS = {("main",)}
 
 
 def module_of(path: Path) -> tuple:
@@ -87,16 +85,15 @@ def expand(tree: str):
         yield from expand(prefix + p)
 
 
-def resolve(path: str, here: tuple, modules: set, is_mod_file: bool):
+def resolve(path: str, here: tuple, modules: set):
+    """The file module a path leads to (its longest prefix that is one), or None outside the
+    crate. `super` is taken as the file's parent; inside a file's inline `mod tests` it means the
+    file itself, whose items then resolve to the parent, which is not counted as an edge."""
     segs = path.split("::")
     if segs[0] == "crate":
         base, segs = (), segs[1:]
     elif segs[0] == "super":
-        # `super` of a file module is its parent; inside a file's inline `mod tests` the same
-        # file is meant, which is dropped below as a self-edge.
-        base = here if is_mod_file else here[:-1]
-        base = base[:-1] if is_mod_file else base
-        segs = segs[1:]
+        base, segs = here[:-1], segs[1:]
         while segs and segs[0] == "super":
             base, segs = base[:-1], segs[1:]
     else:
@@ -113,12 +110,13 @@ def resolve(path: str, here: tuple, modules: set, is_mod_file: bool):
 def main() -> int:
     files = sorted(p for p in SRC.rglob("*.rs"))
     modules = {module_of(p): p for p in files}
+    names = set(modules)
     graph = {m: set() for m in modules}
     for m, p in modules.items():
         code = strip_comments(p.read_text())
         mod_file = p.name in ("mod.rs", "lib.rs")
         for path in use_paths(code):
-            t = resolve(path, m, set(modules), mod_file)
+            t = resolve(path, m, names)
             # An edge to the crate root or to one's own parent module (its re-exports and
             # `mod` declarations) is not a dependency between siblings.
             if t is None or t == m or t == () or m[: len(t)] == t:
@@ -140,7 +138,6 @@ def main() -> int:
     print("cycles:", "none" if not cycles else "")
     for c in cycles:
         print("  " + " -> ".join(name(m) for m in c + [c[0]]))
-    long = []
     print(f"files by length (limit {MAX_LINES}):")
     for p in sorted(files, key=lambda p: -len(p.read_text().splitlines()))[:15]:
         n = len(p.read_text().splitlines())
