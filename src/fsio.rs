@@ -1,5 +1,6 @@
 //! Files written so that a reader never sees half of one: whole directories built beside their
-//! destination and renamed into place, single files through a temporary sibling, JSON pretty-printed.
+//! destination and renamed into place, single files through a temporary sibling; JSON
+//! pretty-printed.
 
 use crate::error::{Error, IoContext, Result};
 use std::path::Path;

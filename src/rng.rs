@@ -1,4 +1,5 @@
-//! The one pseudo-random generator of the crate: seeded, reproducible, no dependency.
+//! SplitMix64: the seeded generator of adapter initialisation and dropout, the training data
+//! order and the weights hash (calibration sampling and generation use `rand`'s).
 
 /// SplitMix64: advances `state` and returns the next 64-bit output.
 pub fn splitmix64(state: &mut u64) -> u64 {

@@ -7,6 +7,7 @@ use crate::rng::splitmix64;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+/// [`WeightsHasher`] over every tensor of `model`, in checkpoint order.
 pub fn weights_hash(model: &Llama) -> Result<String> {
     let mut h = WeightsHasher::default();
     for (name, t) in model.named_tensors() {
