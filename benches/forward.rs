@@ -64,10 +64,7 @@ fn main() {
             let m = layer.post_attention_layernorm.forward(&x).unwrap();
             parts[2] += secs(|| {
                 let mlp = &layer.mlp;
-                let h = spp::model::ops::silu_mul(
-                    &mlp.gate_proj.forward(&m)?,
-                    &mlp.up_proj.forward(&m)?,
-                )?;
+                let h = spp::cpu::silu_mul(&mlp.gate_proj.forward(&m)?, &mlp.up_proj.forward(&m)?)?;
                 mlp.down_proj.forward(&h)
             });
             x = model.block_forward(i, &x).unwrap();
@@ -106,7 +103,7 @@ fn main() {
 
 /// All layers' worth of the fused attention kernel alone on random projections of `t` tokens.
 fn attention_core(model: &spp::model::Llama, t: usize) -> f64 {
-    use spp::model::attention::{attention, Heads, Visibility};
+    use spp::cpu::attention::{attention, Heads, Visibility};
     let cfg = &model.cfg;
     let (h, kvh, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
     let dev = Device::Cpu;

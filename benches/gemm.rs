@@ -1,6 +1,6 @@
 //! `cargo bench --bench gemm`: f32 GEMM throughput for SmolLM2's linear shapes (2047 tokens; the
 //! down projection also over 8192, an `eval tasks` pass),
-//! candle's matmul, faer's and spp's own (`spp::model::gemm`), all on rayon's threads. The three
+//! candle's matmul, faer's and spp's own (`spp::cpu::gemm_abt`), all on rayon's threads. The three
 //! run interleaved, `REPS` rounds each, and the table gives each one's median: this machine's
 //! speed drifts from minute to minute, and interleaving exposes all three to the same drift.
 //! A second table: SparseGPT's Hessian update xᵀx over one 2048-token window, faer's full
@@ -55,7 +55,7 @@ fn main() {
                         1.0f32,
                         faer::Par::rayon(0),
                     ),
-                    _ => spp::model::gemm::gemm_abt(&xv, &wv, &mut out, m, k, n),
+                    _ => spp::cpu::gemm_abt(&xv, &wv, &mut out, m, k, n),
                 }
                 if round > 0 {
                     t.push(gflops(m, k, n, s.elapsed().as_secs_f64()));
@@ -95,7 +95,7 @@ fn main() {
                         faer::Par::rayon(0),
                     );
                 } else {
-                    spp::model::gemm::syrk_lower(&x, (t, n), &mut c, 1.0);
+                    spp::cpu::syrk_lower(&x, (t, n), &mut c, 1.0);
                 }
                 if round > 0 {
                     times.push(s.elapsed().as_secs_f64() * 1e3);

@@ -174,13 +174,7 @@ pub fn recipe_value(section: &str, key: &str, value: &str) -> Result<(), String>
     }
 }
 
-/// Memory the machine can still give now (Linux `MemAvailable`), in bytes.
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub use crate::sys::available_memory;
 
 /// Refuses work whose predicted peak memory `bytes` exceeds what the machine has available,
 /// before anything large is allocated; `what` names it, `hint` says which flag lowers it.

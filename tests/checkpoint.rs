@@ -219,7 +219,7 @@ fn shape_mismatch_names_the_tensor() {
 
 #[test]
 fn copy_checked_copies_exactly_and_finds_any_non_finite_value() {
-    use spp::model::finite::copy_checked;
+    use spp::cpu::copy_checked;
     // More than one 65536-value chunk, so the bad value may sit in any chunk.
     let n = 150_001;
     let f: Vec<f32> = (0..n).map(|i| (i as f32 - 7.5) * 0.37).collect();

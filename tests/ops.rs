@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use spp::model::ops;
+use spp::cpu as ops;
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -71,19 +71,6 @@ fn token_nll_matches_reference() {
     assert!(common::max_diff(&fast, &slow) < 1e-4);
     let bad = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 6, 7, 1000], &Device::Cpu).unwrap();
     assert!(ops::token_nll(&logits, &bad).is_err());
-}
-
-#[test]
-fn exp_fast_is_accurate() {
-    let mut worst = 0f64;
-    for i in 0..=200_000 {
-        let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-        let (a, b) = (ops::exp_fast(x) as f64, (x as f64).exp());
-        worst = worst.max(((a - b) / b).abs());
-    }
-    assert!(worst < 5e-7, "worst relative error {worst}");
-    assert_eq!(ops::exp_fast(0.0), 1.0);
-    assert!(ops::exp_fast(f32::NEG_INFINITY) >= 0.0 && ops::exp_fast(f32::NEG_INFINITY) < 1e-37);
 }
 
 #[test]
@@ -169,7 +156,7 @@ fn token_nll_gradient_matches_reference() {
 
 #[test]
 fn gemm_matches_the_triple_loop() {
-    use spp::model::gemm::{gemm_abt, gemm_abt_reference};
+    use spp::cpu::{gemm_abt, gemm_abt_reference};
     // Partial tiles on both sides, one and two K slices, a thread's columns spanning two packed
     // blocks of B (n > 2 × 1024), a short A that goes to faer, and two K slices over so many rows
     // that the product runs in row blocks (the second one shorter, ending in a partial panel).
@@ -205,36 +192,8 @@ fn gemm_matches_the_triple_loop() {
 }
 
 #[test]
-fn transposed_left_operands_equal_explicit_transposes() {
-    use spp::model::gemm::{gemm_abt_reference, gemm_lhs_abt_many, Lhs};
-    // A = 0.5·xᵀ read from x `[k, ld]` (its first m columns): the blocked path (m ≥ 24) and the
-    // faer one (m < 24).
-    for (i, &(m, k, ld, n)) in [(40, 30, 50, 20), (7, 12, 9, 5)].iter().enumerate() {
-        let x: Vec<f32> = rand(&[k * ld], 70 + i as u64).to_vec1().unwrap();
-        let b: Vec<f32> = rand(&[n * k], 80 + i as u64).to_vec1().unwrap();
-        let a: Vec<f32> = (0..m * k).map(|e| 0.5 * x[(e % k) * ld + e / k]).collect();
-        let mut want = vec![0f32; m * n];
-        gemm_abt_reference(&a, &b, &mut want, m, k, n);
-        let cols = Lhs::Cols {
-            x: &x,
-            ld,
-            alpha: 0.5,
-        };
-        let got = gemm_lhs_abt_many(cols, m, k, &[(&b, n)]).remove(0);
-        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-3,
-                "m {m}: ({}, {}) {g} vs {w}",
-                e / n,
-                e % n
-            );
-        }
-    }
-}
-
-#[test]
 fn syrk_adds_the_lower_triangle_of_the_gram_matrix() {
-    use spp::model::gemm::{gemm_abt_reference, syrk_lower};
+    use spp::cpu::{gemm_abt_reference, syrk_lower};
     // x `[t, n]`: partial tiles, several K slices over so many columns that the product runs in
     // row blocks (the diagonal offset carried into each), and a width short enough for faer.
     for (i, &(t, n)) in [(50, 37), (1000, 100), (1300, 2600), (40, 17)]
@@ -309,7 +268,7 @@ fn down_projection_with_silu_in_the_packing_matches_silu_then_matmul() {
 
 #[test]
 fn gemm_over_several_weights_matches_one_product_each() {
-    use spp::model::gemm::{gemm_abt_many, gemm_abt_reference};
+    use spp::cpu::{gemm_abt_many, gemm_abt_reference};
     // Widths that leave partial panels inside each weight (17, 5) beside a whole one (32), one
     // and two K slices, two slices over enough rows for row blocks, and a short A (7 rows) that
     // goes to faer.
@@ -436,7 +395,7 @@ fn fused_attention_matches_the_definition_with_wide_heads() {
 /// One shape of [`fused_attention_matches_the_definition_with_wide_heads`] (head sizes above
 /// the GEMM's 576-deep slices included).
 fn wide_heads_case(t: usize, h: usize, kvh: usize, d: usize) {
-    use spp::model::attention::{attention, Heads, Visibility, Visible};
+    use spp::cpu::attention::{attention, Heads, Visibility, Visible};
     let heads = Heads {
         n_heads: h,
         n_kv: kvh,

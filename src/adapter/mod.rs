@@ -10,9 +10,10 @@ pub mod op;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::{write_dir_atomically, write_json};
-use crate::model::{Block, Llama, SparseLinear};
-use crate::prune::LINEARS;
+use crate::fsio::{write_dir_atomically, write_json};
+pub use crate::model::hash::{weights_hash, WeightsHasher};
+use crate::model::{Block, LinearAdapter, Llama, SparseLinear, LINEARS};
+pub use crate::rng::splitmix64;
 use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -139,14 +140,6 @@ pub struct DropoutCtl {
     /// it records no graph (which would keep every activation of a pass alive until its output
     /// is dropped).
     pub frozen: AtomicBool,
-}
-
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Inverted-dropout mask of `len` entries: 0 with probability `p`, else `1/(1−p)`. Entry `i` comes
@@ -288,7 +281,7 @@ impl Adapter {
                 )
             }
             Method::Lora | Method::LoraMask => {
-                let base = crate::model::ops::frozen_matmul(x, w)?;
+                let base = crate::cpu::frozen_matmul(x, w)?;
                 let xd = match Self::mask_tensor(drop, x)? {
                     Some(m) => (x * m)?,
                     None => x.clone(),
@@ -379,6 +372,18 @@ fn param_names(i: usize, full: &str, method: Method) -> (String, String) {
     }
 }
 
+impl LinearAdapter for Adapter {
+    fn forward(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        Adapter::forward(self, x, weight)
+    }
+}
+
+/// The adapter on `lin`, if it has one of this module's.
+fn adapter_of(lin: &SparseLinear) -> Option<&Adapter> {
+    let ad: &dyn std::any::Any = lin.adapter.as_deref()?;
+    ad.downcast_ref()
+}
+
 /// Adapted linears of the model: `(layer, full name, linear)`.
 fn adapted(model: &Llama) -> impl Iterator<Item = (usize, &'static str, &SparseLinear)> {
     model
@@ -450,7 +455,7 @@ fn attach_block(
         };
         let (av, bv) = init((&an, (spec.r, n)), (&bn, b_shape))?;
         let bv = bv.unwrap_or_else(|| vec![0f32; b_shape.0 * b_shape.1]);
-        lin.adapter = Some(Adapter {
+        lin.adapter = Some(Arc::new(Adapter {
             method: spec.method,
             a: Var::from_tensor(&Tensor::from_vec(av, (spec.r, n), dev)?)?,
             b: Var::from_tensor(&Tensor::from_vec(bv, b_shape, dev)?)?,
@@ -458,7 +463,7 @@ fn attach_block(
             dropout: spec.dropout as f32,
             id: (i * 7 + j) as u64,
             ctl: ctl.clone(),
-        });
+        }));
     }
     Ok(())
 }
@@ -467,7 +472,7 @@ fn attach_block(
 pub fn trainable(model: &Llama) -> Vec<(String, Var)> {
     let mut out = Vec::new();
     for (i, full, lin) in adapted(model) {
-        if let Some(ad) = &lin.adapter {
+        if let Some(ad) = adapter_of(lin) {
             let (an, bn) = param_names(i, full, ad.method);
             out.push((an, ad.a.clone()));
             out.push((bn, ad.b.clone()));
@@ -607,7 +612,7 @@ impl Stored {
                 t.dims()
             );
         }
-        if crate::model::finite::has_non_finite(t)? {
+        if crate::cpu::has_non_finite(t)? {
             bail!(
                 "{}: tensor {name} holds NaN or infinite values; the adapter is corrupt — retrain it (a lower --lr) or restore its files",
                 self.path.display()
@@ -698,12 +703,13 @@ pub fn merge(model: &mut Llama) -> Result<Vec<MergedLinear>> {
 fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
     let mut out = Vec::new();
     for (full, lin) in block.linears_mut() {
-        let Some(ad) = lin.adapter.take() else {
+        let Some(ad) = adapter_of(lin).cloned() else {
             continue;
         };
+        lin.adapter = None;
         let before = lin.weight.eq(0f32)?;
         let merged = ad.merged(&lin.weight)?;
-        if crate::model::finite::has_non_finite(&merged)? {
+        if crate::cpu::has_non_finite(&merged)? {
             bail!("model.layers.{i}.{full}: the merged weight holds NaN or infinite values (the adapter's are not finite); nothing was written — retrain the adapter (a lower --lr) or check its files");
         }
         let after = merged.eq(0f32)?;
@@ -722,68 +728,4 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
         lin.weight = merged;
     }
     Ok(out)
-}
-
-pub fn weights_hash(model: &Llama) -> Result<String> {
-    let mut h = WeightsHasher::default();
-    for (name, t) in model.named_tensors() {
-        h.add(&name, &t)?;
-    }
-    Ok(h.finish())
-}
-
-/// [`weights_hash`] fed one tensor at a time, in checkpoint order.
-pub struct WeightsHasher {
-    h: u64,
-}
-
-impl Default for WeightsHasher {
-    fn default() -> Self {
-        Self {
-            h: 0xcbf2_9ce4_8422_2325,
-        }
-    }
-}
-
-impl WeightsHasher {
-    fn mix(&mut self, v: u64) {
-        let mut s = self.h ^ v;
-        self.h = splitmix64(&mut s);
-    }
-
-    /// Mixes in `name`, the shape and the values as f32 (one hash per 2^16 values). A 16-bit
-    /// tensor is converted a slice at a time, so no f32 copy of a whole embedding table exists.
-    pub fn add(&mut self, name: &str, t: &Tensor) -> Result<()> {
-        const CHUNK: usize = 1 << 16;
-        name.bytes().for_each(|b| self.mix(b as u64));
-        t.dims().iter().for_each(|&d| self.mix(d as u64));
-        let flat = t.flatten_all()?;
-        let n = flat.elem_count();
-        for start in (0..n).step_by(CHUNK * 64) {
-            let len = (CHUNK * 64).min(n - start);
-            let part = flat
-                .narrow(0, start, len)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?;
-            let hashes = crate::model::ops::with_f32(&part, |v| {
-                v.par_chunks(CHUNK)
-                    .map(|c| {
-                        let mut s = 0x9E37_79B9_7F4A_7C15u64;
-                        for x in c {
-                            s = (s ^ x.to_bits() as u64)
-                                .wrapping_mul(0x0100_0000_01B3)
-                                .rotate_left(23);
-                        }
-                        s
-                    })
-                    .collect::<Vec<u64>>()
-            })?;
-            hashes.into_iter().for_each(|v| self.mix(v));
-        }
-        Ok(())
-    }
-
-    pub fn finish(&self) -> String {
-        format!("{:016x}", self.h)
-    }
 }

@@ -26,7 +26,7 @@
 //! with m·n beyond the fixed scratch.
 
 use super::dropped_rows;
-use crate::model::ops::{axpy, dot, f32_slice, f32_tensor, with_f32};
+use crate::cpu::{axpy, dot, f32_slice, f32_tensor, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;

@@ -11,7 +11,8 @@ pub mod tokenizer;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::{torch_dtype_name, write_config, write_dir_atomically, write_json};
+use crate::fsio::{write_dir_atomically, write_json};
+use crate::model::checkpoint::{torch_dtype_name, write_config};
 use crate::model::{LlamaConfig, ShardWriter, StreamedModel};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};

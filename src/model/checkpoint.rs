@@ -6,9 +6,13 @@
 //! always into a temporary sibling directory renamed into place when complete.
 
 use super::config::LlamaConfig;
+pub use super::dtype::{set_dtype, torch_dtype_name, DTypeChoice};
 use super::llama::{Llama, TensorSource};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
+pub use crate::fsio::{
+    write_dir_atomically, write_file_atomically, write_json, write_json_atomically,
+};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashSet;
@@ -65,56 +69,6 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
-/// The dtype a model is loaded in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DTypeChoice {
-    /// The dtype of the weights on disk.
-    #[default]
-    Auto,
-    F32,
-    F16,
-    Bf16,
-}
-
-impl std::str::FromStr for DTypeChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "f16" | "float16" => Ok(Self::F16),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(format!("unknown dtype {s:?}: use auto, f32, f16 or bf16")),
-        }
-    }
-}
-
-impl DTypeChoice {
-    pub fn resolve(self, on_disk: DType) -> DType {
-        match self {
-            Self::Auto => on_disk,
-            Self::F32 => DType::F32,
-            Self::F16 => DType::F16,
-            Self::Bf16 => DType::BF16,
-        }
-    }
-}
-
-/// The name transformers uses for a dtype in `config.json`.
-pub fn torch_dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        _ => "float32",
-    }
-}
-
-/// Records `d` under both names transformers has used for it (`torch_dtype` < 5, `dtype` ≥ 5).
-pub fn set_dtype(cfg: &mut LlamaConfig, d: DType) {
-    cfg.torch_dtype = Some(torch_dtype_name(d).to_string());
-    cfg.extra.insert("dtype".into(), torch_dtype_name(d).into());
-}
-
 /// Memory-mapped safetensors files of one model directory.
 pub struct SafetensorsSource {
     st: MmapedSafetensors,
@@ -131,9 +85,7 @@ impl SafetensorsSource {
         for f in &files {
             std::fs::File::open(f).at(f)?;
         }
-        // SAFETY: the files are opened read-only; like every mmap-based loader we rely on them
-        // not being modified while the model is loaded.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+        let st = crate::cpu::map_safetensors(&files).map_err(|e| {
             Error::Msg(format!(
                 "{}: not a readable safetensors file set ({e}); the file may be truncated or corrupt — \
                  re-download or re-convert it",
@@ -181,7 +133,7 @@ impl SafetensorsSource {
         };
         let view = self.st.get(name).map_err(|e| corrupt(&e))?;
         let (data, shape) = (view.data(), view.shape().to_vec());
-        use super::finite::copy_checked;
+        use crate::cpu::copy_checked;
         let (t, bad) = match view.dtype() {
             safetensors::Dtype::F32 => {
                 let (v, bad) = copy_checked::<4, f32>(data, 0x7f80_0000, f32::from_bits);
@@ -199,7 +151,7 @@ impl SafetensorsSource {
             }
             _ => {
                 let t = self.st.load(name, &Device::Cpu).map_err(|e| corrupt(&e))?;
-                let bad = super::finite::has_non_finite(&t)?;
+                let bad = crate::cpu::has_non_finite(&t)?;
                 (Ok(t), bad)
             }
         };
@@ -369,55 +321,6 @@ pub fn load_model(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Loa
     })
 }
 
-/// Runs `write` on a fresh temporary directory beside `out` and renames it to `out` when it
-/// succeeds; on failure nothing is left behind. An existing `out` is replaced only with `force`,
-/// and never when it is a file. Leftovers of interrupted writes to `out` are removed first
-/// ([`crate::outpath`]).
-pub fn write_dir_atomically(
-    out: &Path,
-    force: bool,
-    write: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    use crate::outpath;
-    outpath::check(out, outpath::OutKind::Dir, force, &[])?;
-    let parent = outpath::parent_of(out);
-    std::fs::create_dir_all(&parent).at(&parent)?;
-    outpath::clean_leftovers(out)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&outpath::partial_prefix(out))
-        .tempdir_in(&parent)
-        .at(&parent)?;
-    write(tmp.path())?;
-    make_readable(tmp.path())?;
-    let tmp = tmp.keep();
-    if out.exists() {
-        let old = outpath::old_name(out);
-        std::fs::rename(out, &old).at(out)?;
-        std::fs::rename(&tmp, out).at(out)?;
-        std::fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        std::fs::rename(&tmp, out).at(out)?;
-    }
-    Ok(())
-}
-
-/// Temporary directories and some writers create owner-only files; a model directory is meant
-/// to be shared like any other output (0755 directory, 0644 files).
-fn make_readable(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).at(dir)?;
-        for e in std::fs::read_dir(dir).at(dir)? {
-            let p = e.at(dir)?.path();
-            if p.is_file() {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).at(&p)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Writes `tensors` as safetensors files in `dir` with `{"format": "pt"}` metadata: one
 /// `model.safetensors`, or `model-0000i-of-0000n.safetensors` shards of at most `max_shard_bytes`
 /// plus `model.safetensors.index.json`.
@@ -430,43 +333,11 @@ pub fn write_safetensors(
         .iter()
         .map(|(n, t)| (n.clone(), t.dtype(), t.dims().to_vec()))
         .collect();
-    let mut w = super::stream::ShardWriter::new(dir, plan, max_shard_bytes)?;
+    let mut w = super::shards::ShardWriter::new(dir, plan, max_shard_bytes)?;
     for (name, t) in tensors {
         w.write(name, t)?;
     }
     w.finish()
-}
-
-fn json_text(path: &Path, v: &impl serde::Serialize) -> Result<String> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
-    Ok(text + "\n")
-}
-
-pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    std::fs::write(path, json_text(path, v)?).at(path)
-}
-
-/// Writes `bytes` into a temporary sibling and renames it over `path`, so a reader sees the old
-/// file or the new one, never part of one. A directory at `path` is refused.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use crate::outpath;
-    outpath::check_kind(path, outpath::OutKind::File)?;
-    outpath::clean_leftovers(path)?;
-    let tmp = outpath::parent_of(path).join(format!("{}0", outpath::partial_prefix(path)));
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-/// [`write_json`], atomically.
-pub fn write_json_atomically(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    write_file_atomically(path, json_text(path, v)?.as_bytes())
 }
 
 /// How to save a model directory.

@@ -4,6 +4,27 @@
 use crate::error::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The seven linears of a block: the short name `--targets` takes and the checkpoint name
+/// (`model.layers.{i}.{name}.weight`), in checkpoint order.
+pub const LINEARS: [(&str, &str); 7] = [
+    ("q", "self_attn.q_proj"),
+    ("k", "self_attn.k_proj"),
+    ("v", "self_attn.v_proj"),
+    ("o", "self_attn.o_proj"),
+    ("gate", "mlp.gate_proj"),
+    ("up", "mlp.up_proj"),
+    ("down", "mlp.down_proj"),
+];
+
+/// A trainable branch on a frozen linear, run in place of the plain product. The model only
+/// calls it; the adapters (`crate::adapter`) implement it and reach their own type back through
+/// `Any`, so the model does not depend on them.
+pub trait LinearAdapter: std::any::Any + std::fmt::Debug + Send + Sync {
+    /// `y` `[rows, out]` for `x` `[rows, in]` and the frozen weight `[out, in]`.
+    fn forward(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor>;
+}
 
 #[derive(Debug, Clone)]
 pub struct SparseLinear {
@@ -11,7 +32,7 @@ pub struct SparseLinear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     /// A trainable adapter (SPP or LoRA) applied on top of the frozen weight.
-    pub adapter: Option<crate::adapter::Adapter>,
+    pub adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl SparseLinear {
@@ -38,7 +59,7 @@ impl SparseLinear {
         let (dims, x) = flatten(x)?;
         let y = match &self.adapter {
             Some(ad) => ad.forward(&x, &self.weight)?,
-            None => super::ops::frozen_matmul(&x, &self.weight)?,
+            None => crate::cpu::frozen_matmul(&x, &self.weight)?,
         };
         self.finish(y, &dims)
     }
@@ -55,14 +76,14 @@ impl SparseLinear {
     }
 
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
-    /// adapters, one GEMM over all their weights ([`super::ops::frozen_matmul_many`]).
+    /// adapters, one GEMM over all their weights ([`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
         if lins.iter().any(|l| l.adapter.is_some()) {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
         let (dims, x) = flatten(x)?;
         let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
-        super::ops::frozen_matmul_many(&x, &ws)?
+        crate::cpu::frozen_matmul_many(&x, &ws)?
             .into_iter()
             .zip(lins)
             .map(|(y, l)| l.finish(y, &dims))
@@ -70,25 +91,25 @@ impl SparseLinear {
     }
 
     /// `forward(silu(g) ⊙ u)` (down_proj of the SwiGLU MLP); without an adapter through
-    /// [`super::ops::frozen_matmul_silu`], which never stores the product.
+    /// [`crate::cpu::frozen_matmul_silu`], which never stores the product.
     pub fn forward_silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         if self.adapter.is_some() {
-            return self.forward(&super::ops::silu_mul(g, u)?);
+            return self.forward(&crate::cpu::silu_mul(g, u)?);
         }
         let ((dims, g), (_, u)) = (flatten(g)?, flatten(u)?);
-        let y = super::ops::frozen_matmul_silu(&g, &u, &self.weight)?;
+        let y = crate::cpu::frozen_matmul_silu(&g, &u, &self.weight)?;
         self.finish(y, &dims)
     }
 
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
-        Ok(super::ops::with_f32(&self.weight, zero_fraction)?)
+        Ok(crate::cpu::with_f32(&self.weight, zero_fraction)?)
     }
 
     /// Whether every group of `m` consecutive inputs of every row has at most `n` non-zeros.
     pub fn satisfies_n_m(&self, n: usize, m: usize) -> Result<bool> {
         let cols = self.in_features();
-        Ok(super::ops::with_f32(&self.weight, |w| {
+        Ok(crate::cpu::with_f32(&self.weight, |w| {
             satisfies_n_m(w, cols, n, m)
         })?)
     }

@@ -5,10 +5,13 @@
 //! Field names are the checkpoint's key segments: `layers[3].self_attn.q_proj` is
 //! `model.layers.3.self_attn.q_proj.weight`.
 
-use super::attention::{Heads, Visibility, Visible};
 use super::config::LlamaConfig;
-use super::linear::SparseLinear;
+use super::linear::{SparseLinear, LINEARS};
+use super::packing::ATTN_CHUNK;
+pub use super::packing::{PackedRow, Packing};
+use super::rope::Rope;
 use crate::bail;
+use crate::cpu::attention::{Heads, Visibility};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -174,7 +177,7 @@ impl Loader<'_> {
 /// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
 /// numbers (a NaN in one attention head can vanish behind the softmax's masking).
 pub fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
-    if super::finite::has_non_finite(t)? {
+    if crate::cpu::has_non_finite(t)? {
         return Err(non_finite(name, src));
     }
     Ok(())
@@ -196,7 +199,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::ops::rms_norm(x, &self.weight, self.eps)
+        crate::cpu::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -272,182 +275,6 @@ impl KvCache {
     }
 }
 
-/// Rotary tables for every position up to `max_position_embeddings`, `[positions, head_dim/2]`.
-#[derive(Debug, Clone)]
-pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-/// Inverse frequencies as `transformers` computes them (in f32), with the configured scaling.
-pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let d = cfg.head_dim();
-    let base = cfg.rope_theta as f32;
-    let mut inv: Vec<f32> = (0..d)
-        .step_by(2)
-        .map(|i| 1.0 / base.powf(i as f32 / d as f32))
-        .collect();
-    if let Some(rs) = &cfg.rope_scaling {
-        let factor = rs.factor.unwrap_or(1.0) as f32;
-        match rs.rope_type.as_str() {
-            "linear" => inv.iter_mut().for_each(|f| *f /= factor),
-            "llama3" => {
-                let low = rs.low_freq_factor.unwrap_or(1.0) as f32;
-                let high = rs.high_freq_factor.unwrap_or(4.0) as f32;
-                let old_ctx = rs.original_max_position_embeddings.unwrap_or(8192) as f32;
-                let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
-                for f in inv.iter_mut() {
-                    let wavelen = 2.0 * std::f32::consts::PI / *f;
-                    if wavelen > low_wavelen {
-                        *f /= factor;
-                    } else if wavelen >= high_wavelen {
-                        // Medium band: interpolate between the scaled and the original frequency.
-                        let smooth = (old_ctx / wavelen - low) / (high - low);
-                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    inv
-}
-
-/// The most positions a rotary table is built for (2²⁰: 0.5 GiB of tables at head_dim 128).
-pub const MAX_ROPE_POSITIONS: usize = 1 << 20;
-
-impl Rope {
-    pub fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
-        let inv = inv_freq(cfg);
-        let n = cfg.max_position_embeddings.max(1);
-        let half = inv.len();
-        if n > MAX_ROPE_POSITIONS {
-            bail!(
-                "config.json: max_position_embeddings {n} would need rotary tables of {:.1} GiB; spp supports up to {MAX_ROPE_POSITIONS} positions — set max_position_embeddings to the context you use",
-                (8.0 * n as f64 * half as f64) / (1u64 << 30) as f64
-            );
-        }
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?;
-        Ok(Self { cos, sin })
-    }
-
-    /// The tables `[T, D/2]` of positions `offset .. offset + T`.
-    fn tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        if offset + t > self.cos.dims()[0] {
-            bail!(
-                "position {} is beyond max_position_embeddings {}: use a shorter sequence",
-                offset + t,
-                self.cos.dims()[0]
-            );
-        }
-        Ok((
-            self.cos.narrow(0, offset, t)?,
-            self.sin.narrow(0, offset, t)?,
-        ))
-    }
-
-    /// The tables `[T, D/2]` of the given positions (`[T]`, u32).
-    fn tables_at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.cos.index_select(positions, 0)?,
-            self.sin.index_select(positions, 0)?,
-        ))
-    }
-
-    /// Rotates `x` of shape `[B, H, T, D]` for positions `offset .. offset + T`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (cos, sin) = self.tables(offset, x.dims()[2])?;
-        super::ops::rope(x, &cos, &sin)
-    }
-
-    /// Rotates `x` of shape `[B, H, T, D]` for the given positions (`[T]`, u32).
-    fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (cos, sin) = self.tables_at(positions)?;
-        super::ops::rope(x, &cos, &sin)
-    }
-}
-
-/// Several short sequences packed into one row so that one forward pass serves them all: each
-/// token has its own position, and query `i` sees exactly the keys `shared.0 .. shared.1` plus
-/// `own ..= i` (its own causal segment). With `shared` empty this is plain packing of
-/// independent sequences; with `shared` pointing at a context, several continuations share the
-/// context's keys without recomputing it (prefix sharing, used by zero-shot evaluation).
-#[derive(Debug, Clone)]
-pub struct Packing {
-    positions: Tensor,
-    rows: Vec<PackedRow>,
-    /// The rows' key ranges as the fused attention takes them.
-    visible: Visibility,
-    /// Per attention chunk: its first visible key and its additive mask (built once, used by
-    /// every layer).
-    masks: Vec<(usize, Tensor)>,
-}
-
-/// The keys a packed query sees: `shared.0 .. shared.1` and `own ..= itself`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PackedRow {
-    pub position: u32,
-    pub shared: (u32, u32),
-    pub own: u32,
-}
-
-impl Packing {
-    pub fn new(rows: Vec<PackedRow>, device: &Device) -> Result<Self> {
-        for (i, r) in rows.iter().enumerate() {
-            let (i, (s0, s1)) = (i as u32, r.shared);
-            if r.own > i || s0 > s1 || (s1 > r.own && s0 < s1) {
-                bail!("internal: packed row {i} has an invalid key range {r:?}");
-            }
-        }
-        let positions = Tensor::from_vec(
-            rows.iter().map(|r| r.position).collect::<Vec<_>>(),
-            rows.len(),
-            device,
-        )?;
-        let visible = Visibility::Rows(
-            rows.iter()
-                .map(|r| Visible {
-                    shared: (r.shared.0 as usize, r.shared.1 as usize),
-                    own: r.own as usize,
-                })
-                .collect(),
-        );
-        let mut p = Self {
-            positions,
-            rows,
-            visible,
-            masks: Vec::new(),
-        };
-        for c0 in (0..p.rows.len()).step_by(ATTN_CHUNK) {
-            let c = ATTN_CHUNK.min(p.rows.len() - c0);
-            p.masks.push(p.visible.chunk_mask(0, c0, c, device)?);
-        }
-        Ok(p)
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-}
-
-/// Query rows per attention chunk: keys beyond a chunk's last query are never scored (causal),
-/// and the score temporaries stay small (`[H, CHUNK, S]`).
-const ATTN_CHUNK: usize = 256;
-
 /// Where a block's tokens stand: the rotary tables, the KV-cache slot of the block (generation),
 /// the position of the first token, and the packing of several sequences into one row.
 struct At<'a> {
@@ -515,7 +342,7 @@ impl Attention {
                 n_kv: kvh,
                 head_dim: d,
             };
-            return super::attention::attention(q, k, v, &cos, &sin, heads, visible);
+            return crate::cpu::attention::attention(q, k, v, &cos, &sin, heads, visible);
         }
         let q = q.reshape((b, t, h, d))?.transpose(1, 2)?;
         let k = k.reshape((b, t, kvh, d))?.transpose(1, 2)?;
@@ -563,8 +390,8 @@ impl Attention {
             // transformers' eager attention does.
             let att = qc.matmul(&kc.t()?)?.reshape((b, kvh, rep, c, end - lo))?;
             let att = match mask {
-                Some((_, m)) => super::ops::masked_softmax(&att, m)?,
-                None => super::ops::causal_softmax(&att, offset + c0)?,
+                Some((_, m)) => crate::cpu::masked_softmax(&att, m)?,
+                None => crate::cpu::causal_softmax(&att, offset + c0)?,
             }
             .reshape((b, kvh, rep * c, end - lo))?;
             outs.push(att.matmul(&vc)?.reshape((b, kvh, rep, c, d))?);
@@ -588,7 +415,7 @@ impl Mlp {
     /// Returns the input of down_proj, `silu(gate(x)) * up(x)`.
     fn hidden(&self, x: &Tensor) -> Result<Tensor> {
         let gu = self.gate_up(x)?;
-        super::ops::silu_mul(&gu[0], &gu[1])
+        crate::cpu::silu_mul(&gu[0], &gu[1])
     }
 
     /// `down(silu(gate(x)) * up(x))`.
@@ -682,14 +509,16 @@ impl Block {
 
     /// The seven linears with their names, in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &SparseLinear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let [q, k, v, o, gate, up, down] = LINEARS.map(|l| l.1);
         [
-            ("self_attn.q_proj", &self.self_attn.q_proj),
-            ("self_attn.k_proj", &self.self_attn.k_proj),
-            ("self_attn.v_proj", &self.self_attn.v_proj),
-            ("self_attn.o_proj", &self.self_attn.o_proj),
-            ("mlp.gate_proj", &self.mlp.gate_proj),
-            ("mlp.up_proj", &self.mlp.up_proj),
-            ("mlp.down_proj", &self.mlp.down_proj),
+            (q, &a.q_proj),
+            (k, &a.k_proj),
+            (v, &a.v_proj),
+            (o, &a.o_proj),
+            (gate, &m.gate_proj),
+            (up, &m.up_proj),
+            (down, &m.down_proj),
         ]
     }
 
@@ -710,14 +539,15 @@ impl Block {
 
     pub fn linears_mut(&mut self) -> [(&'static str, &mut SparseLinear); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        let [q, k, v, o, gate, up, down] = LINEARS.map(|l| l.1);
         [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
+            (q, &mut a.q_proj),
+            (k, &mut a.k_proj),
+            (v, &mut a.v_proj),
+            (o, &mut a.o_proj),
+            (gate, &mut m.gate_proj),
+            (up, &mut m.up_proj),
+            (down, &mut m.down_proj),
         ]
     }
 }
@@ -909,7 +739,7 @@ impl Llama {
     /// from disk when a block runs (see `Block::adopt_adapters`).
     pub fn stand_in_blocks(&mut self) -> Result<()> {
         let shapes: std::collections::HashMap<String, Vec<usize>> =
-            super::stream::layout(&self.cfg).into_iter().collect();
+            super::layout::layout(&self.cfg).into_iter().collect();
         let src = StandIns {
             shapes,
             dtype: self.dtype,
@@ -1014,14 +844,14 @@ impl Llama {
             for start in (0..t).step_by(LOGIT_CHUNK) {
                 let n = LOGIT_CHUNK.min(t - start);
                 let logits = self.logits(&hidden.narrow(0, start, n)?)?;
-                parts.push(super::ops::token_nll(
+                parts.push(crate::cpu::token_nll(
                     &logits,
                     &targets.narrow(0, start, n)?,
                 )?);
             }
             return Ok(Tensor::cat(&parts, 0)?);
         }
-        super::ops::lm_head_nll(hidden, self.output_weight(), targets)
+        crate::cpu::lm_head_nll(hidden, self.output_weight(), targets)
     }
 
     /// Logits for every position: `[B, T]` → `[B, T, vocab]`.

@@ -1,17 +1,22 @@
 //! The LLaMA model, its linears and its checkpoints.
 
-pub mod attention;
 pub mod checkpoint;
 pub mod config;
-pub mod finite;
-pub mod gemm;
+pub mod dtype;
+pub mod hash;
+pub mod layout;
 pub mod linear;
 pub mod llama;
-pub mod ops;
+pub mod packing;
+pub mod rope;
+pub mod shards;
 pub mod stream;
 
-pub use checkpoint::{load_model, save_model, DTypeChoice, LoadedModel, SaveOptions};
+pub use checkpoint::{load_model, save_model, LoadedModel, SaveOptions};
 pub use config::LlamaConfig;
-pub use linear::SparseLinear;
-pub use llama::{Block, KvCache, Llama, PackedRow, Packing, Taps, TensorSource};
-pub use stream::{ShardWriter, StreamedModel};
+pub use dtype::DTypeChoice;
+pub use linear::{LinearAdapter, SparseLinear, LINEARS};
+pub use llama::{Block, KvCache, Llama, Taps, TensorSource};
+pub use packing::{PackedRow, Packing};
+pub use shards::ShardWriter;
+pub use stream::StreamedModel;

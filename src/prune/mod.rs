@@ -22,6 +22,7 @@ pub use mask::Sparsity;
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::model::{Block, Llama, LlamaConfig, SparseLinear};
+pub use crate::sys::{peak_rss_bytes, peak_rss_of};
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 
@@ -59,16 +60,27 @@ impl Method {
     }
 }
 
-/// The seven linears of a block by short name, with the input they read.
-pub const LINEARS: [(&str, &str, Tap); 7] = [
-    ("q", "self_attn.q_proj", Tap::Attn),
-    ("k", "self_attn.k_proj", Tap::Attn),
-    ("v", "self_attn.v_proj", Tap::Attn),
-    ("o", "self_attn.o_proj", Tap::O),
-    ("gate", "mlp.gate_proj", Tap::Mlp),
-    ("up", "mlp.up_proj", Tap::Mlp),
-    ("down", "mlp.down_proj", Tap::Down),
-];
+/// The seven linears of a block ([`crate::model::LINEARS`]) with the input they read.
+pub const LINEARS: [(&str, &str, Tap); 7] = with_taps([
+    Tap::Attn,
+    Tap::Attn,
+    Tap::Attn,
+    Tap::O,
+    Tap::Mlp,
+    Tap::Mlp,
+    Tap::Down,
+]);
+
+const fn with_taps(taps: [Tap; 7]) -> [(&'static str, &'static str, Tap); 7] {
+    let l = crate::model::LINEARS;
+    let mut out = [("", "", Tap::Attn); 7];
+    let mut i = 0;
+    while i < 7 {
+        out[i] = (l[i].0, l[i].1, taps[i]);
+        i += 1;
+    }
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tap {
@@ -518,14 +530,4 @@ pub fn prune_blocks(
         estimated_bytes: memory_estimate(cfg, shell.dtype(), opts, nsamples, seqlen),
         warnings,
     })
-}
-
-/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    peak_rss_of("self")
-}
-
-/// Peak resident memory (`VmHWM`) of process `pid` (a number or `self`); Linux only.
-pub fn peak_rss_of(pid: &str) -> Option<u64> {
-    crate::model::stream::proc_status_bytes(pid, "VmHWM")
 }

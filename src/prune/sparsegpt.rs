@@ -22,8 +22,8 @@
 //! - A Cholesky failure is retried with 10× the damping (3 times) instead of raising.
 
 use crate::bail;
+use crate::cpu::syrk_lower;
 use crate::error::Result;
-use crate::model::gemm::syrk_lower;
 use crate::prune::mask::{self, Sparsity};
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
@@ -91,7 +91,7 @@ impl Hessian {
     /// one sample.
     pub fn add_tensor(&mut self, x: &Tensor) -> Result<()> {
         let tokens = x.elem_count() / self.n.max(1);
-        crate::model::ops::with_f32(x, |v| self.add(v, tokens))?
+        crate::cpu::with_f32(x, |v| self.add(v, tokens))?
     }
 }
 

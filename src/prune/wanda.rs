@@ -59,7 +59,7 @@ impl InputNorms {
     /// data, [`Self::add_on_device`] elsewhere.
     pub fn add_tensor(&mut self, x: &Tensor) -> Result<()> {
         if x.device().is_cpu() {
-            return Ok(crate::model::ops::with_f32(x, |v| self.add(v))?);
+            return Ok(crate::cpu::with_f32(x, |v| self.add(v))?);
         }
         self.add_on_device(x)
     }

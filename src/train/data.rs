@@ -2,10 +2,10 @@
 //! `docs/METHOD.md` §4.1 (EOS appended as alpaca-lora does) or plain-text records cut into
 //! blocks; the seeded validation split and epoch order; micro-batches packed into one row.
 
-use crate::adapter::splitmix64;
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{PackedRow, Packing};
+use crate::rng::splitmix64;
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
 use std::path::Path;

@@ -7,7 +7,7 @@ pub mod plot;
 use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::{write_dir_atomically, write_json};
+use crate::fsio::{write_dir_atomically, write_json};
 use crate::model::llama::Block;
 use crate::model::{Llama, Packing, StreamedModel};
 use candle_core::{DType, Device, Tensor, Var};
@@ -290,10 +290,7 @@ pub const FREEZE_ENV: &str = "SPP_TEST_FREEZE_AFTER_CHECKPOINT";
 
 fn freeze_for_tests(step: usize) {
     if std::env::var(FREEZE_ENV).ok().and_then(|v| v.parse().ok()) == Some(step) {
-        // SAFETY: raise has no memory-safety preconditions.
-        unsafe {
-            libc::raise(libc::SIGSTOP);
-        }
+        crate::cpu::stop_self();
     }
 }
 
@@ -452,7 +449,7 @@ pub fn keep_blocks(sm: &StreamedModel, keep: Option<usize>) -> Result<(Vec<Block
     let keep = match keep {
         Some(k) => k.min(n),
         None if cpu => {
-            let half = crate::validate::available_memory().map_or(0, |m| m / 2);
+            let half = crate::sys::available_memory().map_or(0, |m| m / 2);
             (half / sm.block_bytes().max(1)).min(n as u64) as usize
         }
         None => 0,
@@ -468,7 +465,7 @@ pub fn keep_blocks(sm: &StreamedModel, keep: Option<usize>) -> Result<(Vec<Block
     };
     let line = format!(
         "keeps {keep} of {n} blocks ({:.2} GiB) in memory{}; {read}",
-        crate::model::stream::gib(keep as u64 * sm.block_bytes()),
+        crate::sys::gib(keep as u64 * sm.block_bytes()),
         if cpu { "" } else { " on the device" },
     );
     Ok((kept, line))
@@ -616,7 +613,7 @@ impl Trainer<'_> {
             for micro in 0..accum {
                 let mut seed = opts.seed ^ ((step as u64) << 20) ^ micro as u64;
                 ctl.base
-                    .store(adapter::splitmix64(&mut seed), Ordering::Relaxed);
+                    .store(crate::rng::splitmix64(&mut seed), Ordering::Relaxed);
                 let exs: Vec<&Example> = (0..opts.micro_batch_size)
                     .map(|k| &ds.examples[stream.get(pos + k)])
                     .collect();
@@ -732,7 +729,7 @@ impl Trainer<'_> {
             tokens: timings.iter().map(|t| t.0).sum(),
             seconds: t_run.elapsed().as_secs_f64(),
             tokens_per_second: throughput(&timings),
-            peak_rss_bytes: crate::prune::peak_rss_bytes(),
+            peak_rss_bytes: crate::sys::peak_rss_bytes(),
             adapter: if val.is_empty() {
                 "final"
             } else {

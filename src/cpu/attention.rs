@@ -20,7 +20,8 @@
 //! `dQ` rows belong to their task; each task's `dK`, `dV` over its visible keys are summed per
 //! (sequence, KV head) afterwards. RoPE is undone on `dQ` and `dK` (rotation by −θ).
 
-use super::ops::{exp_shifted, f32_slice, f32_tensor, softmax_inplace, with_f32, SharedOut};
+use super::kernels::{exp_shifted, softmax_inplace};
+use super::{f32_slice, f32_tensor, with_f32, SharedOut};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -55,7 +56,7 @@ fn par_rows(rows: usize, d: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Sen
     const CHUNK: usize = 128;
     // SAFETY: every row of every chunk is written.
     unsafe {
-        super::ops::par_fill(rows * d, CHUNK * d, |c, dst| {
+        super::par_fill(rows * d, CHUNK * d, |c, dst| {
             for (r, row) in dst.chunks_exact_mut(d).enumerate() {
                 fill(c * CHUNK + r, row);
             }
@@ -595,7 +596,7 @@ impl FusedAttention {
                             }
                         }
                     }
-                    let rescale = super::ops::exp_shifted_cols(
+                    let rescale = super::kernels::exp_shifted_cols(
                         &mut s.p[..kc * width],
                         &mut s.max,
                         &mut s.sums,
@@ -769,7 +770,7 @@ mod tests {
         for (b, t) in [(2, 75), (1, 301)] {
             // Entries in [−2, 2): scores small enough that softmax weighs many keys.
             let values = |n: usize, seed: u32| -> Vec<f32> {
-                let v = crate::model::gemm::tests::values(n, seed + t as u32);
+                let v = crate::cpu::gemm::tests::values(n, seed + t as u32);
                 v.into_iter().map(|x| 0.4 * x).collect()
             };
             let (q, k, v) = (
@@ -802,11 +803,11 @@ mod tests {
                 };
                 let r = op.rotate(&q, &k, &v, b, t);
                 let want = op.forward_faer(&r, b, t);
-                for kernel in crate::model::gemm::Kernel::available() {
+                for kernel in crate::cpu::gemm::Kernel::available() {
                     let Some(got) = op.forward_on(Some(kernel), &r, b, t) else {
                         panic!("{kernel:?} did not run on head size {d}");
                     };
-                    let worst = crate::model::gemm::tests::max_abs_diff(&got, &want);
+                    let worst = crate::cpu::gemm::tests::max_abs_diff(&got, &want);
                     assert!(
                         worst < 1e-5,
                         "{kernel:?} b {b} t {t} {visible:?}: error {worst}"

@@ -11,7 +11,7 @@
 //! `gemm_abt_reference` is the plain triple loop it is tested against; machines without AVX2/FMA
 //! and small `m` go through faer.
 //!
-//! Where it is used: every frozen linear (`ops::frozen_matmul`) and the language-model head. The
+//! Where it is used: every frozen linear (`cpu::frozen_matmul`) and the language-model head. The
 //! head — a few hundred rows times a very wide weight (SmolLM2: 49,152 × 576) — runs at 1.2–1.4×
 //! faer's speed (`cargo bench --bench gemm`: each thread streams its half of the weight once
 //! against one shared packed A). On the block linears' shapes the two are within the machine's
@@ -70,7 +70,7 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
 /// The left operand of a product: a row-major `[m, k]` matrix, or `silu(g) ⊙ u` of two such
 /// matrices (the MLP's down_proj input), computed while A is packed instead of stored first.
 #[derive(Clone, Copy)]
-pub enum Lhs<'a> {
+pub(crate) enum Lhs<'a> {
     Rows(&'a [f32]),
     SiluMul(&'a [f32], &'a [f32]),
     /// `alpha` times the transpose of a row-major `[k, ld]` matrix: row i of A is column i of x
@@ -124,7 +124,12 @@ pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> V
 }
 
 /// [`gemm_abt_many`] for any [`Lhs`].
-pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+pub(crate) fn gemm_lhs_abt_many(
+    a: Lhs,
+    m: usize,
+    k: usize,
+    bs: &[(&[f32], usize)],
+) -> Vec<Vec<f32>> {
     assert!(
         a.holds(m, k) && bs.iter().all(|(b, n)| b.len() >= n * k),
         "gemm: slice too short"
@@ -150,7 +155,7 @@ pub fn gemm_lhs_abt_many(a: Lhs, m: usize, k: usize, bs: &[(&[f32], usize)]) -> 
         Lhs::Rows(a) => a,
         Lhs::SiluMul(g, u) => {
             let mut h = vec![0f32; m * k];
-            crate::model::ops::silu_mul_chunk(&g[..m * k], &u[..m * k], &mut h);
+            super::kernels::silu_mul_chunk(&g[..m * k], &u[..m * k], &mut h);
             materialised = h;
             &materialised
         }
@@ -271,7 +276,7 @@ pub fn gemm_abt_reference(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usiz
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Kernel, MicroKernel};
-    use crate::model::ops::silu_mul_chunk;
+    use crate::cpu::kernels::silu_mul_chunk;
     use rayon::prelude::*;
 
     /// Longest depth of one packed slice (SmolLM2's 576 in one, 1536 in three of 512). Chosen by
@@ -296,7 +301,7 @@ mod x86 {
 
     /// Where one output matrix starts (row-major, its weight's `n` columns); the threads write
     /// disjoint column ranges of it.
-    pub(super) use crate::model::ops::SharedOut as Out;
+    pub(super) use crate::cpu::SharedOut as Out;
 
     /// `c = a·bᵀ` (`c += a·bᵀ` when `accumulate`) for each part `(b, n, c)`; every element of
     /// every `c` is written. With `lower = Some(r)` only the tiles that reach column `r + i` in
@@ -360,7 +365,7 @@ mod x86 {
         let mp = m.div_ceil(MR);
         // SAFETY: pack writes the first kc_of(s)·MR floats of each panel, the rest is zeroed.
         let ap = unsafe {
-            crate::model::ops::par_fill(slices * mp * kc * MR, kc * MR, |i, panel| {
+            crate::cpu::par_fill(slices * mp * kc * MR, kc * MR, |i, panel| {
                 let (s, q) = (i / mp, i % mp);
                 let (r0, rows, p0, kcs) = (q * MR, MR.min(m - q * MR), s * kc, kc_of(s));
                 match a {
@@ -685,7 +690,7 @@ mod x86 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
@@ -711,6 +716,7 @@ pub(crate) mod tests {
     /// Every kernel this CPU runs, through the whole blocked driver (partial tiles on both sides,
     /// several K slices, two weights in one product, the lower-triangle mode), gives the triple
     /// loop's result, and all kernels give the same bits.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_kernel_matches_the_triple_loop_and_the_others() {
         let kernels = Kernel::available();
@@ -779,5 +785,32 @@ pub(crate) mod tests {
             );
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn transposed_left_operands_equal_explicit_transposes() {
+        // A = 0.5·xᵀ read from x `[k, ld]` (its first m columns): the blocked path (m ≥ 24) and the
+        // faer one (m < 24).
+        for (i, &(m, k, ld, n)) in [(40, 30, 50, 20), (7, 12, 9, 5)].iter().enumerate() {
+            let x = values(k * ld, 70 + i as u32);
+            let b = values(n * k, 80 + i as u32);
+            let a: Vec<f32> = (0..m * k).map(|e| 0.5 * x[(e % k) * ld + e / k]).collect();
+            let mut want = vec![0f32; m * n];
+            gemm_abt_reference(&a, &b, &mut want, m, k, n);
+            let cols = Lhs::Cols {
+                x: &x,
+                ld,
+                alpha: 0.5,
+            };
+            let got = gemm_lhs_abt_many(cols, m, k, &[(&b, n)]).remove(0);
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-3,
+                    "m {m}: ({}, {}) {g} vs {w}",
+                    e / n,
+                    e % n
+                );
+            }
+        }
     }
 }
