@@ -132,8 +132,14 @@ pub fn config_from_gguf(c: &Content, file: &mut std::fs::File) -> Result<LlamaCo
         Some(t) => t.shape.dims()[0],
         None => bail!("GGUF file has no token_embd.weight tensor"),
     };
-    // Written when config.json had `head_dim` (Qwen3's is not hidden / heads).
-    let head_dim = meta_usize(c, &format!("{p}.attention.key_length"))?;
+    // Written when config.json had `head_dim` (Qwen3's is not hidden / heads). transformers'
+    // Qwen attention takes a `"head_dim": null` in config.json for the head size itself, so Qwen
+    // configs always get the number.
+    let head_dim = meta_usize(c, &format!("{p}.attention.key_length"))?.or_else(|| {
+        matches!(family, Family::Qwen2 | Family::Qwen3)
+            .then(|| hidden.checked_div(heads))
+            .flatten()
+    });
     // Mistral's window; llama.cpp's converter does not write it today (it runs Mistral as
     // LLaMA), but a file that has it describes a Mistral model.
     let window = meta_usize(c, &format!("{p}.attention.sliding_window"))?.filter(|&w| w > 0);
