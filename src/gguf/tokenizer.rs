@@ -463,11 +463,11 @@ struct ByteLevelSplit {
 /// * `"qwen2"` (Qwen1.5, Qwen2, Qwen2.5, Qwen3): NFC, then Qwen2's regex split (LLaMA-3's with
 ///   single digits), then `ByteLevel` without its own regex.
 fn byte_level_split(pre: Option<&str>) -> Result<ByteLevelSplit> {
-    let byte_level = |use_regex: bool, trim_offsets: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim_offsets, "use_regex": use_regex});
-    let regex_then_bytes = |regex: &str, trim_offsets: bool| {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let regex_then_bytes = |regex: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            byte_level(false, trim_offsets),
+            byte_level(false),
         ]})
     };
     let split = |normalizer: Json, pre_tokenizer: Json, ignore_merges: bool| ByteLevelSplit {
@@ -476,21 +476,21 @@ fn byte_level_split(pre: Option<&str>) -> Result<ByteLevelSplit> {
         ignore_merges,
     };
     Ok(match pre {
-        None | Some("default" | "gpt2" | "gpt-2") => split(Json::Null, byte_level(true, true), false),
+        None | Some("default" | "gpt2" | "gpt-2") => split(Json::Null, byte_level(true), false),
         Some("smollm" | "starcoder") => split(
             Json::Null,
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true},
-                byte_level(true, true),
+                byte_level(true),
             ]}),
             false,
         ),
         Some("llama-bpe" | "llama3" | "llama-v3") => {
-            split(Json::Null, regex_then_bytes(LLAMA3_SPLIT, true), true)
+            split(Json::Null, regex_then_bytes(LLAMA3_SPLIT), true)
         }
         Some("qwen2") => split(
             json!({"type": "NFC"}),
-            regex_then_bytes(QWEN2_SPLIT, false),
+            regex_then_bytes(QWEN2_SPLIT),
             false,
         ),
         Some(other) => bail!(
