@@ -183,3 +183,72 @@ fn bad_exports_are_refused_without_output() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// The other families through export + convert: the same logits (f32, exactly), the same token
+/// ids. Sliding windows, which llama.cpp's `llama` and `qwen2` architectures do not have, are
+/// named in a warning and lost: the logits agree over the first window only.
+#[test]
+fn families_survive_export_and_convert() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Characters of the tiny vocabulary only (it has no byte tokens for the others).
+    let text = "Hello there, 123 apples!\n  Spaces   and more.";
+    for (name, arch) in [
+        ("qwen2-tied", "qwen2"),
+        ("qwen3-headdim", "qwen3"),
+        ("llama32-tied", "llama"),
+        ("mistral-window", "llama"),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/tiny")
+            .join(name);
+        let file = tmp.path().join(format!("{name}.gguf"));
+        let back = tmp.path().join(name);
+        let o = ok(&[
+            "export",
+            "gguf",
+            "--model",
+            &s(&dir),
+            "--out",
+            &s(&file),
+            "--type",
+            "f32",
+            "--json",
+        ]);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["architecture"], arch, "{name}");
+        let warned = String::from_utf8_lossy(&o.stderr).contains("sliding window");
+        let window = a_window(&dir);
+        assert_eq!(warned, window.is_some(), "{name}");
+        ok(&["convert", "gguf", &s(&file), "--out", &s(&back)]);
+        let load = |d: &Path| load_model(d, DTypeChoice::F32, &Device::Cpu).unwrap();
+        let (a, b) = (load(&dir), load(&back));
+        let ids = Tensor::new(common::ids(12, 256, 4).as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let n = window.unwrap_or(12);
+        let logits = |m: &spp::model::Llama| m.forward(&ids).unwrap().narrow(1, 0, n).unwrap();
+        let d = common::max_diff(&logits(&a.model), &logits(&b.model));
+        assert_eq!(
+            d, 0.0,
+            "{name}: logits differ by {d} after export + convert"
+        );
+        let enc = |d: &Path, cfg| {
+            spp::tokenizer::Tokenizer::load(d, cfg)
+                .unwrap()
+                .encode(text, true)
+                .unwrap()
+        };
+        assert_eq!(
+            enc(&dir, &a.model.cfg),
+            enc(&back, &b.model.cfg),
+            "{name}: token ids"
+        );
+    }
+}
+
+/// The sliding window of some block of the model in `dir`, if any.
+fn a_window(dir: &Path) -> Option<usize> {
+    let cfg = spp::model::LlamaConfig::load(&dir.join("config.json")).unwrap();
+    (0..cfg.num_hidden_layers).find_map(|i| cfg.sliding_window(i))
+}

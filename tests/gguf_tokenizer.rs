@@ -259,12 +259,15 @@ fn missing_or_mistyped_metadata_is_a_clear_error() {
 
     let unknown_pre = gguf_with(&[
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", Value::String("qwen2".into())),
+        ("tokenizer.ggml.pre", Value::String("deepseek-llm".into())),
         ("tokenizer.ggml.tokens", strings(&["a", "b", "ab"])),
         ("tokenizer.ggml.merges", strings(&["a b"])),
     ]);
     let msg = error_of(&unknown_pre);
-    assert!(msg.contains("\"qwen2\"") && msg.contains("smollm"), "{msg}");
+    assert!(
+        msg.contains("\"deepseek-llm\"") && msg.contains("smollm") && msg.contains("qwen2"),
+        "{msg}"
+    );
 
     let foreign_merge = gguf_with(&[
         ("tokenizer.ggml.model", Value::String("gpt2".into())),

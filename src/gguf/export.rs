@@ -5,7 +5,7 @@
 //! written as GGUF vocabulary metadata. One tensor is in memory at a time; the file is written
 //! under a temporary name and renamed when complete.
 
-use super::tokenizer::LLAMA3_SPLIT;
+use super::tokenizer::{LLAMA3_SPLIT, QWEN2_SPLIT};
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::Family;
@@ -90,37 +90,6 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// The llama.cpp name of a Hugging Face tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.into());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, kind) = rest.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
-}
-
 /// llama.cpp's q/k row order for the `llama` architecture (`[heads, 2, d/2]` → `[heads, d/2, 2]`):
 /// the inverse of [`super::unpermute_rows`].
 pub fn permute_rows(t: &Tensor, n_heads: usize) -> Result<Tensor> {
@@ -177,10 +146,6 @@ fn llama3_rope_freqs(cfg: &LlamaConfig) -> Option<Vec<f32>> {
             .collect(),
     )
 }
-
-/// Qwen2's split regex (Qwen2 / 2.5 / 3 `tokenizer.json`; llama.cpp's "qwen2"): LLaMA 3's with
-/// single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A metadata value.
 enum Meta {
@@ -545,6 +510,19 @@ pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Resu
             Meta::F32(rs.factor.unwrap_or(1.0) as f32),
         ));
     }
+    // LLaMA-3 scaling travels as rope_freqs; its original context (which llama.cpp reads only for
+    // YaRN) lets `convert gguf` recover the config from the frequencies.
+    if let Some(rs) = cfg
+        .rope_scaling
+        .as_ref()
+        .filter(|r| r.rope_type == "llama3")
+    {
+        let original = rs.original_max_position_embeddings.unwrap_or(8192) as u32;
+        meta.push((
+            key("rope.scaling.original_context_length"),
+            Meta::U32(original),
+        ));
+    }
     if precision == Precision::Q8_0 {
         meta.push(("general.quantization_version".into(), Meta::U32(2)));
     }
@@ -568,7 +546,7 @@ pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Resu
         });
     }
     for (hf, shape) in crate::model::stream::layout(&cfg) {
-        let Some(name) = gguf_name(&hf) else {
+        let Some(name) = super::gguf_name(&hf) else {
             bail!("internal: tensor {hf} has no GGUF name");
         };
         let ty = match (shape.len(), precision) {

@@ -16,9 +16,9 @@
 //!   pipeline from a GGUF (`Metaspace` with `prepend_scheme = "first"`), which adds no "▁" before
 //!   text that already starts with a space and so departs from SentencePiece there; we follow
 //!   SentencePiece.
-//! * `"gpt2"` — GPT-2-style byte-level BPE (SmolLM2, LLaMA-3, StarCoder): tokens spelled in the
+//! * `"gpt2"` — GPT-2-style byte-level BPE (SmolLM2, LLaMA-3, Qwen, StarCoder): tokens spelled in the
 //!   byte-to-unicode alphabet plus the merge list. The pre-tokenizer depends on
-//!   `tokenizer.ggml.pre`; see [`byte_level_pre_tokenizer`] for the values understood. Unknown
+//!   `tokenizer.ggml.pre`; see [`byte_level_split`] for the values understood. Unknown
 //!   values are an error: a wrong split silently changes the ids.
 //!
 //! In both, tokens typed CONTROL (3) become special added tokens, USER_DEFINED (4) plain added
@@ -60,10 +60,14 @@ const SUPPORTED_MODELS: &str = "\"llama\" (SentencePiece BPE) and \"gpt2\" (byte
 /// The values `tokenizer.ggml.pre` may take with `tokenizer.ggml.model = "gpt2"`.
 const SUPPORTED_PRE: &str =
     "\"default\", \"gpt2\", \"gpt-2\" (or no key), \"smollm\", \"starcoder\", \
-                             \"llama-bpe\", \"llama3\", \"llama-v3\"";
+                             \"llama-bpe\", \"llama3\", \"llama-v3\", \"qwen2\"";
 
 /// LLaMA-3's split regex (`tokenizer.json` of Meta-Llama-3; llama.cpp's "llama-bpe").
 pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen2's split regex (`tokenizer.json` of Qwen2, Qwen2.5 and Qwen3; llama.cpp's "qwen2"): LLaMA-3's
+/// with every number character alone.
+pub(crate) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Build `tokenizer.json` and `tokenizer_config.json` from a GGUF file's metadata.
 pub fn tokenizer_files(content: &Content) -> Result<TokenizerFiles> {
@@ -440,32 +444,54 @@ fn merges_json(merges: &[(String, String)]) -> Json {
     Json::Array(merges.iter().map(|(l, r)| json!([l, r])).collect())
 }
 
-/// The pre-tokenizer for a byte-level vocabulary, from `tokenizer.ggml.pre` (llama.cpp's
-/// pre-tokenizer type), spelled as the model's own `tokenizer.json` has it:
+/// How a byte-level vocabulary splits text before BPE, as the model's own `tokenizer.json` has it.
+struct ByteLevelSplit {
+    normalizer: Json,
+    pre_tokenizer: Json,
+    /// Take a pre-token that is already a whole token as is (LLaMA-3's BPE).
+    ignore_merges: bool,
+}
+
+/// The split for a byte-level vocabulary, from `tokenizer.ggml.pre` (llama.cpp's pre-tokenizer
+/// type):
 ///
 /// * absent, `"default"`, `"gpt2"`, `"gpt-2"`: GPT-2's `ByteLevel` regex split;
 /// * `"smollm"`, `"starcoder"`: every number character alone (`Digits`), then GPT-2's split —
 ///   SmolLM2's and StarCoder's `tokenizer.json`, and llama.cpp's `\p{N}` + GPT-2 regexes;
 /// * `"llama-bpe"`, `"llama3"`, `"llama-v3"`: LLaMA-3's regex split, then `ByteLevel` without its
-///   own regex; LLaMA-3's BPE also takes a pre-token that is already a whole token as is
-///   (`ignore_merges`), returned as the second value.
-fn byte_level_pre_tokenizer(pre: Option<&str>) -> Result<(Json, bool)> {
+///   own regex, and `ignore_merges`;
+/// * `"qwen2"` (Qwen1.5, Qwen2, Qwen2.5, Qwen3): NFC, then Qwen2's regex split (LLaMA-3's with
+///   single digits), then `ByteLevel` without its own regex.
+fn byte_level_split(pre: Option<&str>) -> Result<ByteLevelSplit> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let regex_then_bytes = |regex: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            byte_level(false),
+        ]})
+    };
+    let split = |normalizer: Json, pre_tokenizer: Json, ignore_merges: bool| ByteLevelSplit {
+        normalizer,
+        pre_tokenizer,
+        ignore_merges,
+    };
     Ok(match pre {
-        None | Some("default" | "gpt2" | "gpt-2") => (byte_level(true), false),
-        Some("smollm" | "starcoder") => (
+        None | Some("default" | "gpt2" | "gpt-2") => split(Json::Null, byte_level(true), false),
+        Some("smollm" | "starcoder") => split(
+            Json::Null,
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true},
                 byte_level(true),
             ]}),
             false,
         ),
-        Some("llama-bpe" | "llama3" | "llama-v3") => (
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-                byte_level(false),
-            ]}),
-            true,
+        Some("llama-bpe" | "llama3" | "llama-v3") => {
+            split(Json::Null, regex_then_bytes(LLAMA3_SPLIT), true)
+        }
+        Some("qwen2") => split(
+            json!({"type": "NFC"}),
+            regex_then_bytes(QWEN2_SPLIT),
+            false,
         ),
         Some(other) => bail!(
             "GGUF metadata tokenizer.ggml.pre = {other:?} names a pre-tokenizer this converter does not know; \
@@ -482,7 +508,7 @@ fn byte_level_bpe(
     added_tokens: Vec<Json>,
     post: &Post,
 ) -> Result<Json> {
-    let (pre_tokenizer, ignore_merges) = byte_level_pre_tokenizer(pre)?;
+    let split = byte_level_split(pre)?;
     let Some(merges) = meta.str_array("tokenizer.ggml.merges")? else {
         bail!(
             "GGUF metadata tokenizer.ggml.merges is missing: a byte-level BPE (tokenizer.ggml.model = \"gpt2\") \
@@ -499,7 +525,7 @@ fn byte_level_bpe(
         "end_of_word_suffix": null,
         "fuse_unk": false,
         "byte_fallback": false,
-        "ignore_merges": ignore_merges,
+        "ignore_merges": split.ignore_merges,
         "vocab": vocab_map(tokens),
         "merges": merges_json(&merges),
     });
@@ -511,8 +537,8 @@ fn byte_level_bpe(
     let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
     Ok(tokenizer_json(
         added_tokens,
-        Json::Null,
-        pre_tokenizer,
+        split.normalizer,
+        split.pre_tokenizer,
         post_processor,
         decoder,
         model,

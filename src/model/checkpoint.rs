@@ -5,6 +5,7 @@
 //! loads unchanged (safetensors with `{"format": "pt"}` metadata, sharded above a size limit),
 //! always into a temporary sibling directory renamed into place when complete.
 
+use super::config::Family;
 use super::config::LlamaConfig;
 pub use super::dtype::{set_dtype, torch_dtype_name, DTypeChoice};
 use super::llama::{Llama, TensorSource};
@@ -376,6 +377,11 @@ pub fn write_config(dir: &Path, cfg: &LlamaConfig, dtype: DType) -> Result<()> {
     let mut cfg = cfg.clone();
     set_dtype(&mut cfg, dtype);
     let family = cfg.family()?;
+    // transformers' Qwen attention reads head_dim as a number: `null` (what an absent value
+    // serialises to, and LLaMA configs carry) would not load there.
+    if matches!(family, Family::Qwen2 | Family::Qwen3) {
+        cfg.head_dim = Some(cfg.head_dim());
+    }
     if cfg.architectures.is_empty() {
         cfg.architectures = vec![family.architecture().into()];
     }
