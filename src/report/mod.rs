@@ -19,11 +19,16 @@
 
 pub mod svg;
 
+use crate::adapter::AdapterConfig;
 use crate::bail;
 use crate::error::{IoContext, Result};
+use crate::inspect::Report as Inspect;
+use crate::prune::Sparsity;
+use crate::record::{
+    MergeRecord, PplRecord, PruneRecord, RunRecord, StageRecord, TasksRecord, TrainRecord,
+};
+use crate::run::quote_argv;
 use crate::train::Metric;
-use serde::Deserialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -69,187 +74,67 @@ pub fn build(dir: &Path) -> Result<ReportPaths> {
 // ---------------------------------------------------------------------------------------------
 // What the run directory holds.
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RunMeta {
-    recipe: Option<String>,
-    name: Option<String>,
-    spp_version: Option<String>,
-    stages: Vec<String>,
-    started_unix: Option<i64>,
-    command: Vec<String>,
+/// Two perplexities are comparable when they score the same tokens the same way.
+fn protocol_key(p: &PplRecord) -> (Option<&str>, usize, usize, usize, usize, bool) {
+    let r = &p.result;
+    (
+        p.text.as_deref(),
+        r.seqlen,
+        r.windows,
+        stride(p),
+        r.tokens,
+        r.bos,
+    )
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct StageMeta {
-    kind: Option<String>,
-    model: Option<String>,
-    commands: Vec<Vec<String>>,
-    status: Option<String>,
-    seconds: Option<f64>,
-    peak_rss_bytes: Option<u64>,
-    started_unix: Option<i64>,
-}
-
-/// `spp eval ppl --json`.
-#[derive(Debug, Deserialize)]
-struct Ppl {
-    /// `null` when the mean NLL overflowed.
-    ppl: Option<f64>,
-    windows: usize,
-    seqlen: usize,
-    #[serde(default)]
-    stride: Option<usize>,
-    #[serde(default)]
-    scored_tokens: Option<usize>,
-    tokens: usize,
-    #[serde(default)]
-    text_tokens: Option<usize>,
-    #[serde(default)]
-    bos: Option<bool>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    protocol: Option<String>,
-}
-
-impl Ppl {
-    /// Two perplexities are comparable when they score the same tokens the same way.
-    fn protocol_key(
-        &self,
-    ) -> (
-        Option<&str>,
-        usize,
-        usize,
-        Option<usize>,
-        usize,
-        Option<bool>,
-    ) {
-        (
-            self.text.as_deref(),
-            self.seqlen,
-            self.windows,
-            self.stride,
-            self.tokens,
-            self.bos,
-        )
+/// The window stride (a record without one: the window length, the only stride spp uses).
+fn stride(p: &PplRecord) -> usize {
+    match p.result.stride {
+        0 => p.result.seqlen,
+        s => s,
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct TaskSettings {
-    tasks: Vec<String>,
-    data_dir: Option<String>,
-    dtype: Option<String>,
-    limit: Option<usize>,
-    num_fewshot: Option<usize>,
-    protocol: Option<String>,
-    spp_version: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TaskResult {
-    #[serde(default)]
-    n: Option<usize>,
-    acc: Option<f64>,
-    #[serde(default)]
-    acc_stderr: Option<f64>,
-    #[serde(default)]
-    acc_norm: Option<f64>,
-    #[serde(default)]
-    acc_norm_stderr: Option<f64>,
-}
-
-/// `spp eval tasks --out` (the per-document predictions are skipped while parsing).
-#[derive(Debug, Deserialize)]
-struct TasksFile {
-    #[serde(default)]
-    settings: TaskSettings,
-    #[serde(default)]
-    mean_acc: Option<f64>,
-    #[serde(default)]
-    mean_acc_norm: Option<f64>,
-    tasks: BTreeMap<String, TaskResult>,
-}
-
-struct Tasks {
-    settings: TaskSettings,
-    mean_acc: Option<f64>,
-    mean_acc_norm: Option<f64>,
-    /// In the order of `settings.tasks`, then any others by name.
-    results: Vec<(String, TaskResult)>,
-}
-
-impl Tasks {
-    fn from_file(mut f: TasksFile) -> Self {
-        let mut results = Vec::new();
-        for t in &f.settings.tasks {
-            if let Some(r) = f.tasks.remove(t) {
-                results.push((t.clone(), r));
-            }
-        }
-        results.extend(f.tasks);
-        Tasks {
-            settings: f.settings,
-            mean_acc: f.mean_acc,
-            mean_acc_norm: f.mean_acc_norm,
-            results,
+/// `tasks.json` with its tasks in the order of `settings.tasks`, then any others by name.
+fn tasks_in_order(mut f: TasksRecord) -> TasksRecord {
+    let mut ordered = Vec::new();
+    for t in &f.settings.tasks {
+        if let Some(i) = f.tasks.iter().position(|r| &r.task == t) {
+            ordered.push(f.tasks.remove(i));
         }
     }
+    f.tasks.sort_by(|a, b| a.task.cmp(&b.task));
+    ordered.append(&mut f.tasks);
+    f.tasks = ordered;
+    f
+}
 
-    fn get(&self, task: &str) -> Option<&TaskResult> {
-        self.results.iter().find(|(t, _)| t == task).map(|(_, r)| r)
+/// A metric as a number, `None` where the record held none (`null` or missing).
+fn metric(x: f64) -> Option<f64> {
+    (!x.is_nan()).then_some(x)
+}
+
+/// A count as a number, `None` where the record held none (0 is never a real count here).
+fn count(n: usize) -> Option<usize> {
+    (n > 0).then_some(n)
+}
+
+/// Zeros / weights of each block's linears, by block index.
+fn per_layer(inspect: &Inspect) -> BTreeMap<usize, f64> {
+    let mut acc: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for l in &inspect.linears {
+        let Some(i) = layer_index(&l.name) else {
+            continue;
+        };
+        let n = l.shape.iter().map(|&d| d as f64).product::<f64>();
+        let e = acc.entry(i).or_default();
+        e.0 += l.sparsity * n;
+        e.1 += n;
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct InspectLinear {
-    name: String,
-    #[serde(default)]
-    shape: Vec<usize>,
-    sparsity: f64,
-}
-
-/// `spp inspect --json`.
-#[derive(Debug, Deserialize)]
-struct Inspect {
-    #[serde(default)]
-    parameters: Option<u64>,
-    linear_sparsity: f64,
-    #[serde(default)]
-    all_linears_2_4: Option<bool>,
-    #[serde(default)]
-    all_linears_4_8: Option<bool>,
-    #[serde(default)]
-    dtype: Option<String>,
-    #[serde(default)]
-    linears: Vec<InspectLinear>,
-}
-
-impl Inspect {
-    /// Zeros / weights of each block's linears, by block index.
-    fn per_layer(&self) -> BTreeMap<usize, f64> {
-        let mut acc: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
-        for l in &self.linears {
-            let Some(i) = layer_index(&l.name) else {
-                continue;
-            };
-            let n = if l.shape.is_empty() {
-                1.0
-            } else {
-                l.shape.iter().map(|&d| d as f64).product::<f64>()
-            };
-            let e = acc.entry(i).or_default();
-            e.0 += l.sparsity * n;
-            e.1 += n;
-        }
-        acc.into_iter()
-            .filter(|(_, (_, n))| *n > 0.0)
-            .map(|(i, (z, n))| (i, z / n))
-            .collect()
-    }
+    acc.into_iter()
+        .filter(|(_, (_, n))| *n > 0.0)
+        .map(|(i, (z, n))| (i, z / n))
+        .collect()
 }
 
 /// `model.layers.12.mlp.up_proj` -> 12.
@@ -283,15 +168,15 @@ impl Status {
 
 struct Stage {
     name: String,
-    meta: Option<StageMeta>,
+    meta: Option<StageRecord>,
     status: Status,
-    ppl: Option<Ppl>,
-    tasks: Option<Tasks>,
+    ppl: Option<PplRecord>,
+    tasks: Option<TasksRecord>,
     inspect: Option<Inspect>,
-    prune: Option<Value>,
-    train: Option<Value>,
-    adapter_config: Option<Value>,
-    merge: Option<Value>,
+    prune: Option<PruneRecord>,
+    train: Option<TrainRecord>,
+    adapter_config: Option<AdapterConfig>,
+    merge: Option<MergeRecord>,
     metrics: Vec<Metric>,
 }
 
@@ -302,8 +187,8 @@ impl Stage {
     fn kind(&self) -> &str {
         self.meta
             .as_ref()
-            .and_then(|m| m.kind.as_deref())
-            .unwrap_or("?")
+            .and_then(|m| m.kind)
+            .map_or("?", |k| k.as_str())
     }
     fn label(&self) -> Option<&str> {
         self.meta.as_ref().and_then(|m| m.model.as_deref())
@@ -319,34 +204,27 @@ impl Stage {
         self.meta
             .as_ref()
             .and_then(|m| m.peak_rss_bytes)
-            .or_else(|| {
-                self.prune
-                    .as_ref()
-                    .and_then(|v| u64_at(v, &["peak_rss_bytes"]))
-            })
-            .or_else(|| {
-                self.train
-                    .as_ref()
-                    .and_then(|v| u64_at(v, &["report", "peak_rss_bytes"]))
-            })
+            .or_else(|| self.prune.as_ref().and_then(|r| r.peak_rss_bytes))
+            .or_else(|| self.train.as_ref().and_then(|r| r.report.peak_rss_bytes))
     }
     fn trainable(&self) -> Option<u64> {
         self.train
             .as_ref()
-            .and_then(|v| u64_at(v, &["report", "trainable_parameters"]))
+            .and_then(|r| count(r.report.trainable_parameters))
+            .map(|n| n as u64)
     }
     /// The `--model` path the stage's command read, from its record.
     fn source_path(&self) -> Option<&str> {
-        [&self.train, &self.merge, &self.prune]
-            .into_iter()
-            .flatten()
-            .find_map(|v| str_at(v, &["model"]))
+        let train = self.train.as_ref().and_then(|r| r.model.as_deref());
+        let merge = self.merge.as_ref().and_then(|r| r.model.as_deref());
+        let prune = self.prune.as_ref().and_then(|r| r.model.as_deref());
+        train.or(merge).or(prune)
     }
 }
 
 struct Run {
     dir: PathBuf,
-    meta: RunMeta,
+    meta: RunRecord,
     stages: Vec<Stage>,
     warnings: Vec<String>,
 }
@@ -375,7 +253,7 @@ fn load(dir: &Path) -> Result<Run> {
         );
     }
     let text = std::fs::read_to_string(&run_json).at(&run_json)?;
-    let meta: RunMeta = match serde_json::from_str(&text) {
+    let meta: RunRecord = match serde_json::from_str(&text) {
         Ok(m) => m,
         Err(e) => bail!(
             "{}: cannot read the run record: {e}; it should be the JSON object `spp run` writes (recipe, name, spp_version, stages, started_unix, command)",
@@ -473,7 +351,7 @@ fn load_stage(dir: &Path, name: String, warnings: &mut Vec<String>) -> Stage {
     }
     let meta = std::fs::read_to_string(&sj)
         .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<StageMeta>(&t).map_err(|e| e.to_string()));
+        .and_then(|t| serde_json::from_str::<StageRecord>(&t).map_err(|e| e.to_string()));
     let meta = match meta {
         Ok(m) => m,
         Err(e) => {
@@ -492,8 +370,7 @@ fn load_stage(dir: &Path, name: String, warnings: &mut Vec<String>) -> Stage {
         return st;
     }
     st.ppl = read_json(&sdir.join("ppl.json"), dir, warnings);
-    st.tasks =
-        read_json::<TasksFile>(&sdir.join("tasks.json"), dir, warnings).map(Tasks::from_file);
+    st.tasks = read_json(&sdir.join("tasks.json"), dir, warnings).map(tasks_in_order);
     st.inspect = read_json(&sdir.join("inspect.json"), dir, warnings);
     st.prune = read_json(&sdir.join("model/prune.json"), dir, warnings);
     st.merge = read_json(&sdir.join("model/merge.json"), dir, warnings);
@@ -523,22 +400,6 @@ fn load_stage(dir: &Path, name: String, warnings: &mut Vec<String>) -> Stage {
     st
 }
 
-fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, k| v.get(k))
-}
-fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
-    at(v, path)?.as_f64()
-}
-fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
-    at(v, path)?.as_u64()
-}
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    at(v, path)?.as_str()
-}
-fn bool_at(v: &Value, path: &[&str]) -> Option<bool> {
-    at(v, path)?.as_bool()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rows of the main table: one per model label, in stage order.
 
@@ -551,10 +412,10 @@ impl<'a> Row<'a> {
     fn done(&self) -> impl Iterator<Item = &&'a Stage> {
         self.stages.iter().filter(|s| s.done())
     }
-    fn ppl(&self) -> Option<&'a Ppl> {
+    fn ppl(&self) -> Option<&'a PplRecord> {
         self.done().filter_map(|s| s.ppl.as_ref()).last()
     }
-    fn tasks(&self) -> Option<&'a Tasks> {
+    fn tasks(&self) -> Option<&'a TasksRecord> {
         self.done().filter_map(|s| s.tasks.as_ref()).last()
     }
     fn inspect(&self) -> Option<&'a Inspect> {
@@ -563,19 +424,22 @@ impl<'a> Row<'a> {
     /// Linear sparsity and the 2:4 / 4:8 checks: inspect.json, else the merge or prune record.
     fn sparsity(&self) -> Option<(f64, Option<bool>, Option<bool>)> {
         if let Some(i) = self.inspect() {
-            return Some((i.linear_sparsity, i.all_linears_2_4, i.all_linears_4_8));
+            return Some((
+                i.linear_sparsity,
+                Some(i.all_linears_2_4),
+                Some(i.all_linears_4_8),
+            ));
         }
         self.stages.iter().rev().filter(|s| s.done()).find_map(|s| {
-            let (v, base): (&Value, &[&str]) = match (&s.merge, &s.prune) {
-                (Some(m), _) => (m, &[]),
-                (None, Some(p)) => (p, &["result"]),
+            let r = match (&s.merge, &s.prune) {
+                (Some(m), _) => m.sparsity,
+                (None, Some(p)) => p.result?,
                 _ => return None,
             };
-            let get = |k: &'static str| [base, &[k]].concat();
             Some((
-                f64_at(v, &get("linear_sparsity"))?,
-                bool_at(v, &get("all_linears_2_4")),
-                bool_at(v, &get("all_linears_4_8")),
+                r.linear_sparsity,
+                Some(r.all_linears_2_4),
+                Some(r.all_linears_4_8),
             ))
         })
     }
@@ -660,14 +524,14 @@ fn parent(run: &Run, rows: &[Row], i: usize) -> Option<usize> {
 
 /// Mean acc over the tasks every given row measured on the same number of documents.
 fn common_mean_acc(rows: &[&Row]) -> Option<(Vec<f64>, Vec<String>)> {
-    let all: Vec<&Tasks> = rows.iter().map(|r| r.tasks()).collect::<Option<_>>()?;
+    let all: Vec<&TasksRecord> = rows.iter().map(|r| r.tasks()).collect::<Option<_>>()?;
     let mut names = Vec::new();
-    for (t, r0) in &all[0].results {
-        let same = all.iter().all(|ts| {
-            ts.get(t)
-                .is_some_and(|r| r.n == r0.n && r.acc.is_some_and(f64::is_finite))
-        });
-        if same && r0.acc.is_some() {
+    for r0 in &all[0].tasks {
+        let t = &r0.task;
+        let same = all
+            .iter()
+            .all(|ts| ts.get(t).is_some_and(|r| r.n == r0.n && r.acc.is_finite()));
+        if same {
             names.push(t.clone());
         }
     }
@@ -679,7 +543,7 @@ fn common_mean_acc(rows: &[&Row]) -> Option<(Vec<f64>, Vec<String>)> {
         .map(|ts| {
             names
                 .iter()
-                .filter_map(|t| ts.get(t).and_then(|r| r.acc))
+                .filter_map(|t| ts.get(t).and_then(|r| metric(r.acc)))
                 .sum::<f64>()
                 / names.len() as f64
         })
@@ -689,13 +553,13 @@ fn common_mean_acc(rows: &[&Row]) -> Option<(Vec<f64>, Vec<String>)> {
 
 /// Perplexities of the given rows when all were measured with the same protocol.
 fn common_ppl(rows: &[&Row]) -> Option<Vec<f64>> {
-    let all: Vec<&Ppl> = rows.iter().map(|r| r.ppl()).collect::<Option<_>>()?;
-    let key = all[0].protocol_key();
-    if all.iter().any(|p| p.protocol_key() != key) {
+    let all: Vec<&PplRecord> = rows.iter().map(|r| r.ppl()).collect::<Option<_>>()?;
+    let key = protocol_key(all[0]);
+    if all.iter().any(|p| protocol_key(p) != key) {
         return None;
     }
     all.iter()
-        .map(|p| p.ppl.filter(|x| x.is_finite()))
+        .map(|p| Some(p.result.ppl).filter(|x| x.is_finite()))
         .collect()
 }
 
@@ -779,23 +643,10 @@ fn fmt_unix(t: i64) -> String {
     )
 }
 
-/// POSIX shell quoting: bare when only safe characters, else single quotes.
-pub fn shell_quote(arg: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
-    if !arg.is_empty() && arg.chars().all(safe) {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-fn fmt_sparsity_opt(v: &Value) -> String {
-    if let (Some(n), Some(m)) = (u64_at(v, &["n"]), u64_at(v, &["m"])) {
-        return format!("{n}:{m}");
-    }
-    match f64_at(v, &["ratio"]) {
-        Some(r) => format!("{}%", pct(r)),
-        None => v.to_string(),
+fn fmt_sparsity_opt(s: &Sparsity) -> String {
+    match s {
+        Sparsity::NM { n, m } => format!("{n}:{m}"),
+        Sparsity::Unstructured { ratio } => format!("{}%", pct(*ratio)),
     }
 }
 
@@ -961,16 +812,16 @@ fn summary(run: &Run) -> Vec<Vec<Span>> {
 }
 
 fn main_table(rows: &[Row], doc: &mut Vec<Block>) {
-    let ppls: Vec<&Ppl> = rows.iter().filter_map(|r| r.ppl()).collect();
+    let ppls: Vec<&PplRecord> = rows.iter().filter_map(|r| r.ppl()).collect();
     let has_ppl = !ppls.is_empty();
     let same_protocol = ppls
         .iter()
-        .all(|p| p.protocol_key() == ppls[0].protocol_key());
+        .all(|p| protocol_key(p) == protocol_key(ppls[0]));
     let mut task_names: Vec<String> = Vec::new();
     for r in rows {
-        for (t, _) in r.tasks().map_or(&[][..], |t| &t.results[..]) {
-            if !task_names.contains(t) {
-                task_names.push(t.clone());
+        for t in r.tasks().map_or(&[][..], |t| &t.tasks[..]) {
+            if !task_names.contains(&t.task) {
+                task_names.push(t.task.clone());
             }
         }
     }
@@ -1014,10 +865,10 @@ fn main_table(rows: &[Row], doc: &mut Vec<Block>) {
     for r in rows {
         let mut row = vec![r.label.clone()];
         if has_ppl {
-            row.push(r.ppl().map_or_else(dash, |p| fmt_ppl(p.ppl)));
+            row.push(r.ppl().map_or_else(dash, |p| fmt_ppl(Some(p.result.ppl))));
             if !same_protocol {
                 row.push(r.ppl().map_or_else(dash, |p| {
-                    format!("seqlen {} × {} windows", p.seqlen, p.windows)
+                    format!("seqlen {} × {} windows", p.result.seqlen, p.result.windows)
                 }));
             }
         }
@@ -1031,8 +882,8 @@ fn main_table(rows: &[Row], doc: &mut Vec<Block>) {
                 };
                 format!(
                     "{} / {}",
-                    one(x.acc, x.acc_stderr),
-                    one(x.acc_norm, x.acc_norm_stderr)
+                    one(metric(x.acc), metric(x.acc_stderr)),
+                    one(metric(x.acc_norm), metric(x.acc_norm_stderr))
                 )
             });
             row.push(cell);
@@ -1056,7 +907,7 @@ fn main_table(rows: &[Row], doc: &mut Vec<Block>) {
         }
         if has_train {
             row.push(r.trainable().map_or_else(dash, |n| {
-                match r.inspect().and_then(|i| i.parameters).filter(|&p| p > 0) {
+                match r.inspect().and_then(|i| count(i.parameters)) {
                     Some(p) => format!("{} ({:.2}%)", fmt_int(n), 100.0 * n as f64 / p as f64),
                     None => fmt_int(n),
                 }
@@ -1115,30 +966,29 @@ fn main_table(rows: &[Row], doc: &mut Vec<Block>) {
     }
 }
 
-fn ppl_protocol(p: &Ppl) -> String {
+fn ppl_protocol(pr: &PplRecord) -> String {
+    let p = &pr.result;
     let mut s = format!(
         "Perplexity: {} non-overlapping windows of {} tokens (stride {}, tail dropped), {} tokens",
         p.windows,
         p.seqlen,
-        p.stride.unwrap_or(p.seqlen),
+        stride(pr),
         fmt_int(p.tokens as u64),
     );
-    if let Some(sc) = p.scored_tokens {
+    if let Some(sc) = count(p.scored_tokens) {
         let _ = write!(s, " ({} predictions scored)", fmt_int(sc as u64));
     }
-    if let Some(text) = &p.text {
+    if let Some(text) = &pr.text {
         let _ = write!(s, " of {text}");
     }
-    if let Some(tt) = p.text_tokens {
+    if let Some(tt) = count(p.text_tokens) {
         let _ = write!(s, " ({} tokens in all", fmt_int(tt as u64));
         if p.tokens.saturating_add(p.seqlen) <= tt {
             s.push_str(": a prefix only, not comparable with full-file numbers");
         }
         s.push(')');
     }
-    if let Some(bos) = p.bos {
-        let _ = write!(s, "; BOS {}", if bos { "added" } else { "not added" });
-    }
+    let _ = write!(s, "; BOS {}", if p.bos { "added" } else { "not added" });
     s.push('.');
     s
 }
@@ -1154,8 +1004,9 @@ fn tasks_note(rows: &[Row]) -> String {
             if !limits.contains(&ts.settings.limit) {
                 limits.push(ts.settings.limit);
             }
-            for (tn, x) in &ts.results {
-                let e = format!("{tn} {}", x.n.map_or("?".into(), |n| n.to_string()));
+            for x in &ts.tasks {
+                let n = count(x.n).map_or("?".into(), |n| n.to_string());
+                let e = format!("{} {n}", x.task);
                 if !ns.contains(&e) {
                     ns.push(e);
                 }
@@ -1317,52 +1168,46 @@ fn recovery(run: &Run, rows: &[Row], doc: &mut Vec<Block>) {
 fn stage_details(s: &Stage) -> String {
     let mut d = Vec::new();
     if let Some(v) = &s.prune {
+        let opts = v.options.as_ref();
         let mut x = format!(
             "{} {}",
-            str_at(v, &["options", "method"]).unwrap_or("?"),
-            at(v, &["options", "sparsity"]).map_or("?".into(), fmt_sparsity_opt)
+            opts.map_or("?", |o| o.method.name()),
+            opts.map_or("?".into(), |o| fmt_sparsity_opt(&o.sparsity))
         );
-        if let (Some(n), Some(l)) = (
-            u64_at(v, &["calibration", "nsamples"]),
-            u64_at(v, &["calibration", "seqlen"]),
-        ) {
-            let _ = write!(x, ", calibration {n} × {l} tokens");
+        if let Some(c) = &v.calibration {
+            let _ = write!(x, ", calibration {} × {} tokens", c.nsamples, c.seqlen);
         }
-        if let Some(sp) = f64_at(v, &["result", "linear_sparsity"]) {
-            let _ = write!(x, ", sparsity {}%", pct(sp));
+        if let Some(r) = &v.result {
+            let _ = write!(x, ", sparsity {}%", pct(r.linear_sparsity));
         }
         d.push(x);
     }
     if let Some(v) = &s.train {
         let cfg = s.adapter_config.as_ref();
+        let opts = v.options.as_ref();
         let method = cfg
-            .and_then(|c| str_at(c, &["method"]))
-            .or_else(|| str_at(v, &["options", "method"]))
-            .unwrap_or("?");
-        let mut x = method.to_string();
-        if let Some(r) = cfg
-            .and_then(|c| u64_at(c, &["r"]))
-            .or_else(|| u64_at(v, &["options", "r"]))
-        {
+            .map(|c| c.method)
+            .or_else(|| opts.map(|o| o.method))
+            .map_or("?".into(), |m| m.to_string());
+        let mut x = method;
+        if let Some(r) = cfg.map(|c| c.r).or_else(|| opts.map(|o| o.r)) {
             let _ = write!(x, " r {r}");
         }
-        if let Some(n) = u64_at(v, &["report", "steps"]) {
+        let rep = &v.report;
+        if let Some(n) = count(rep.steps) {
             let _ = write!(x, ", {n} steps");
         }
-        if let (Some(a), Some(z)) = (
-            f64_at(v, &["report", "first_loss"]),
-            f64_at(v, &["report", "last_loss"]),
-        ) {
+        if let (Some(a), Some(z)) = (rep.first_loss, rep.last_loss) {
             let _ = write!(x, ", loss {a:.4} → {z:.4}");
         }
-        if let Some(bv) = f64_at(v, &["report", "best_val_loss"]) {
+        if let Some(bv) = rep.best_val_loss {
             let _ = write!(x, ", best val loss {bv:.4}");
-            if let Some(st) = u64_at(v, &["report", "best_step"]) {
+            if let Some(st) = rep.best_step {
                 let _ = write!(x, " at step {st}");
             }
         }
-        if let Some(tps) = f64_at(v, &["report", "tokens_per_second"]) {
-            let _ = write!(x, ", {tps:.0} tok/s");
+        if rep.tokens_per_second > 0.0 {
+            let _ = write!(x, ", {:.0} tok/s", rep.tokens_per_second);
         }
         if let Some(n) = s.trainable() {
             let _ = write!(x, ", {} trainable", fmt_int(n));
@@ -1372,23 +1217,21 @@ fn stage_details(s: &Stage) -> String {
     if let Some(v) = &s.merge {
         let mut x = format!(
             "{} linears merged",
-            u64_at(v, &["merged_linears"]).map_or("?".into(), |n| n.to_string())
+            v.merged_linears.map_or("?".into(), |n| n.to_string())
         );
-        match bool_at(v, &["all_zeros_kept"]) {
+        match v.all_zeros_kept {
             Some(true) => x.push_str(", every zero kept"),
             Some(false) => x.push_str(", zeros NOT kept"),
             None => {}
         }
-        if let Some(sp) = f64_at(v, &["linear_sparsity"]) {
-            let _ = write!(x, ", sparsity {}%", pct(sp));
-        }
+        let _ = write!(x, ", sparsity {}%", pct(v.sparsity.linear_sparsity));
         d.push(x);
     }
     if let Some(pp) = &s.ppl {
-        d.push(format!("ppl {}", fmt_ppl(pp.ppl)));
+        d.push(format!("ppl {}", fmt_ppl(Some(pp.result.ppl))));
     }
     if let Some(ts) = &s.tasks {
-        let mut x = format!("{} tasks", ts.results.len());
+        let mut x = format!("{} tasks", ts.tasks.len());
         if let Some(m) = ts.mean_acc {
             let _ = write!(x, ", mean acc {}%", pct(m));
         }
@@ -1398,7 +1241,7 @@ fn stage_details(s: &Stage) -> String {
         d.push(format!(
             "inspect: sparsity {}%, 2:4 {}",
             pct(i.linear_sparsity),
-            yes_no(i.all_linears_2_4)
+            yes_no(Some(i.all_linears_2_4))
         ));
     }
     if let Status::Unreadable(e) = &s.status {
@@ -1469,7 +1312,7 @@ fn plots(run: &Run, rows: &[Row], doc: &mut Vec<Block>, figures: &mut Vec<(Strin
 
     let layered: Vec<(&Row, BTreeMap<usize, f64>)> = rows
         .iter()
-        .filter_map(|r| Some((r, r.inspect()?.per_layer())))
+        .filter_map(|r| Some((r, per_layer(r.inspect()?))))
         .filter(|(_, m)| !m.is_empty())
         .collect();
     if !layered.is_empty() {
@@ -1496,29 +1339,32 @@ fn plots(run: &Run, rows: &[Row], doc: &mut Vec<Block>, figures: &mut Vec<(Strin
         );
     }
 
-    let with_tasks: Vec<(&Row, &Tasks)> =
+    let with_tasks: Vec<(&Row, &TasksRecord)> =
         rows.iter().filter_map(|r| Some((r, r.tasks()?))).collect();
     if !with_tasks.is_empty() {
         let mut cats: Vec<String> = Vec::new();
         for (_, ts) in &with_tasks {
-            for (tn, _) in &ts.results {
-                if !cats.contains(tn) {
-                    cats.push(tn.clone());
+            for t in &ts.tasks {
+                if !cats.contains(&t.task) {
+                    cats.push(t.task.clone());
                 }
             }
         }
         // A "mean" group only when every model has the same task set.
         let same_set = with_tasks.iter().all(|(_, ts)| {
-            ts.results.len() == cats.len() && cats.iter().all(|c| ts.get(c).is_some())
+            ts.tasks.len() == cats.len() && cats.iter().all(|c| ts.get(c).is_some())
         });
         let mut series: Vec<svg::Series> = with_tasks
             .iter()
             .map(|(r, ts)| svg::Series {
                 name: r.label.clone(),
-                values: cats.iter().map(|c| ts.get(c).and_then(|x| x.acc)).collect(),
+                values: cats
+                    .iter()
+                    .map(|c| ts.get(c).and_then(|x| metric(x.acc)))
+                    .collect(),
                 errors: cats
                     .iter()
-                    .map(|c| ts.get(c).and_then(|x| x.acc_stderr))
+                    .map(|c| ts.get(c).and_then(|x| metric(x.acc_stderr)))
                     .collect(),
             })
             .collect();
@@ -1561,14 +1407,6 @@ fn commands(run: &Run, doc: &mut Vec<Block>) {
     doc.push(Block::Code(text));
 }
 
-/// argv as one shell line.
-pub fn quote_argv(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn versions(run: &Run, rows: &[Row], doc: &mut Vec<Block>) {
     let mut by_version: Vec<(String, Vec<String>)> = Vec::new();
     let mut note = |v: Option<&str>, src: String| {
@@ -1581,18 +1419,21 @@ fn versions(run: &Run, rows: &[Row], doc: &mut Vec<Block>) {
     };
     note(run.meta.spp_version.as_deref(), "run.json".into());
     for s in &run.stages {
-        for (rec, file) in [
-            (&s.prune, "model/prune.json"),
-            (&s.merge, "model/merge.json"),
-            (&s.train, "adapter/train.json"),
+        for (version, file) in [
+            (s.prune.as_ref().map(|r| &r.spp_version), "model/prune.json"),
+            (s.merge.as_ref().map(|r| &r.spp_version), "model/merge.json"),
+            (
+                s.train.as_ref().map(|r| &r.spp_version),
+                "adapter/train.json",
+            ),
         ] {
-            if let Some(v) = rec {
-                note(str_at(v, &["spp_version"]), format!("{}/{file}", s.name));
+            if let Some(v) = version {
+                note(v.as_deref(), format!("{}/{file}", s.name));
             }
         }
         if let Some(c) = &s.adapter_config {
             note(
-                str_at(c, &["created_by"]),
+                Some(&c.created_by),
                 format!("{}/adapter/adapter_config.json", s.name),
             );
         }
@@ -1643,7 +1484,7 @@ fn versions(run: &Run, rows: &[Row], doc: &mut Vec<Block>) {
                 items.push(vec![b("Zero-shot settings: "), t(desc)]);
             }
         }
-        if let Some(dt) = r.inspect().and_then(|i| i.dtype.as_deref()) {
+        if let Some(dt) = r.inspect().map(|i| i.dtype.as_str()) {
             let desc = format!("dtype {dt}");
             if !seen.contains(&desc) {
                 seen.push(desc.clone());
@@ -1663,22 +1504,20 @@ fn how_to_read(rows: &[Row], doc: &mut Vec<Block>) {
     let mut s = String::from(
         "Perplexity is exp(mean negative log-likelihood per predicted token); lower is better. The evaluation text is tokenised once and cut into non-overlapping windows of seqlen tokens (stride = seqlen, the tail dropped); every position of every window is scored (seqlen − 1 predictions per window), the protocol of the Wanda and SparseGPT papers. The text is the WikiText-2 test file exactly as given (its non-empty rows), close to but not identical with the joined string behind published numbers, and llama.cpp's perplexity (which scores only the second half of each window) is a different protocol.",
     );
-    if let Some(pp) = ppl {
+    if let Some(pp) = ppl.map(|p| &p.result) {
+        let text_tokens = count(pp.text_tokens);
         let _ = write!(
             s,
             " Here: {} windows of {} tokens = {} tokens{}.",
             pp.windows,
             pp.seqlen,
             fmt_int(pp.tokens as u64),
-            pp.text_tokens.map_or(String::new(), |tt| format!(
+            text_tokens.map_or(String::new(), |tt| format!(
                 " of the file's {}",
                 fmt_int(tt as u64)
             ))
         );
-        if pp
-            .text_tokens
-            .is_some_and(|tt| pp.tokens.saturating_add(pp.seqlen) <= tt)
-        {
+        if text_tokens.is_some_and(|tt| pp.tokens.saturating_add(pp.seqlen) <= tt) {
             s.push_str(" Fewer windows than the file holds were scored (--max-windows): compare such numbers only with numbers measured on the same windows.");
         }
     }
@@ -1903,16 +1742,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shell_quote_quotes_only_what_needs_it() {
-        assert_eq!(shell_quote("--model"), "--model");
-        assert_eq!(shell_quote("runs/a-b_c.toml"), "runs/a-b_c.toml");
-        assert_eq!(shell_quote("two words"), "'two words'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-    }
-
-    #[test]
     fn dates_and_durations() {
         assert_eq!(fmt_unix(0), "1970-01-01 00:00 UTC");
         assert_eq!(fmt_unix(1_764_300_000), "2025-11-28 03:20 UTC");
@@ -1938,8 +1767,9 @@ mod tests {
 
     #[test]
     fn sparsity_options_read_both_kinds() {
-        let nm = serde_json::json!({"kind": "n_m", "n": 2, "m": 4});
-        let r = serde_json::json!({"kind": "unstructured", "ratio": 0.5});
+        let read = |v| serde_json::from_value::<Sparsity>(v).unwrap();
+        let nm = read(serde_json::json!({"kind": "n_m", "n": 2, "m": 4}));
+        let r = read(serde_json::json!({"kind": "unstructured", "ratio": 0.5}));
         assert_eq!(fmt_sparsity_opt(&nm), "2:4");
         assert_eq!(fmt_sparsity_opt(&r), "50.0%");
     }

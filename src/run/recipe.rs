@@ -272,7 +272,7 @@ impl Recipe {
                     );
                 }
                 for m in &methods {
-                    if let Err(e) = m.parse::<crate::prune::Method>() {
+                    if let Err(e) = m.parse::<crate::prune::PruneMethod>() {
                         errors.push(format!("prune.method: {e}"));
                     }
                 }
