@@ -122,8 +122,8 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
             inputs.extend(
                 flags
                     .iter()
-                    .filter(|f| f.0 == "data_dir")
-                    .filter_map(|f| f.1.clone())
+                    .filter(|f| f.key == "data_dir")
+                    .filter_map(|f| f.value.clone())
                     .map(PathBuf::from),
             );
         }
@@ -135,11 +135,11 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
             inputs,
         });
     };
-    let flag_inputs = |flags: &[(String, Option<String>)]| -> Vec<PathBuf> {
+    let flag_inputs = |flags: &[recipe::Flag]| -> Vec<PathBuf> {
         flags
             .iter()
-            .filter(|(k, _)| ["calib", "data"].contains(&k.as_str()))
-            .filter_map(|(_, v)| v.clone().map(PathBuf::from))
+            .filter(|f| ["calib", "data"].contains(&f.key.as_str()))
+            .filter_map(|f| f.value.clone().map(PathBuf::from))
             .collect()
     };
 
