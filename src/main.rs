@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use spp::job::{self, GgufArgs, MergeArgs, ModelArgs, PplArgs, PruneArgs, TasksArgs, TrainArgs};
+use spp::model::stream::gib;
 use spp::tokenizer::{Message, Tokenizer};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -197,10 +198,6 @@ impl job::Log for Stderr {
             b.finish_and_clear();
         }
     }
-}
-
-fn gib(bytes: u64) -> f64 {
-    spp::model::stream::gib(bytes)
 }
 
 fn prune(j: Json<PruneArgs>, log: &mut Stderr) -> Result<()> {

@@ -26,6 +26,17 @@ pub struct PplArgs {
     pub max_windows: Option<usize>,
 }
 
+impl PplArgs {
+    /// Perplexity of `model` on `text`, every other option at its default.
+    pub fn new(model: impl Into<PathBuf>, text: impl Into<PathBuf>) -> Self {
+        Self {
+            m: ModelArgs::new(model),
+            text: text.into(),
+            ..super::with_defaults(&["--model", ".", "--text", "."])
+        }
+    }
+}
+
 /// Perplexity of `a.m.model` on `a.text` (non-overlapping windows, every position scored).
 pub fn eval_ppl(a: &PplArgs, log: &mut dyn Log) -> Result<PplRecord> {
     let encode =
@@ -124,13 +135,20 @@ pub struct TasksArgs {
     pub force: bool,
 }
 
+impl TasksArgs {
+    /// Zero-shot accuracy of `model`, every other option at its default.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            m: ModelArgs::new(model),
+            ..super::with_defaults(&["--model", "."])
+        }
+    }
+}
+
 /// Zero-shot accuracy of `a.m.model` on the tasks; writes `a.out` when given.
 pub fn eval_tasks(a: &TasksArgs, log: &mut dyn Log) -> Result<TasksRecord> {
     let names = tasks::parse_names(&a.tasks)?;
-    let data_dir = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| super::data_dir().join("eval"));
+    let data_dir = super::data_path(a.data_dir.as_deref(), "eval", "--data-dir DIR")?;
     if a.batch_size == 0 {
         crate::bail!("--batch-size must be at least 1");
     }

@@ -27,6 +27,22 @@ pub struct MergeArgs {
     pub max_shard_size: crate::model::checkpoint::ByteSize,
 }
 
+impl MergeArgs {
+    /// Merges `adapter` into `model`, written to `out`, every other option at its default.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        adapter: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            model: model.into(),
+            adapter: adapter.into(),
+            out: out.into(),
+            ..super::with_defaults(&["--model", ".", "--adapter", ".", "--out", "."])
+        }
+    }
+}
+
 /// Folds the adapter `a.adapter` into `a.model`'s weights and writes `a.out` (a Hugging Face
 /// directory with `merge.json`); returns `merge.json`'s record.
 pub fn merge(a: &MergeArgs, log: &mut dyn Log) -> Result<MergeRecord> {

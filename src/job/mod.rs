@@ -20,7 +20,7 @@ use crate::outpath::{self, OutKind};
 use crate::record::ConvertRecord;
 use candle_core::{DType, Device};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a job reports progress.
 pub trait Log {
@@ -72,10 +72,30 @@ impl ModelArgs {
     }
 }
 
-/// The data directory: `$SPP_DATA_DIR`, else `data` under the working directory. Defaults of
-/// the jobs' data files live under it (`eval/*.jsonl`, `c4/c4_sample.jsonl`, …).
-pub fn data_dir() -> PathBuf {
-    std::env::var_os("SPP_DATA_DIR").map_or_else(|| PathBuf::from("../shared/data"), PathBuf::from)
+/// `T` with every option at the default its flag declares; `required` gives the flags that have
+/// none (their values are then replaced by the caller). One definition per option: the flag's.
+fn with_defaults<T: Args + clap::FromArgMatches>(required: &[&str]) -> T {
+    let cmd = T::augment_args(clap::Command::new("spp").no_binary_name(true));
+    cmd.try_get_matches_from(required)
+        .and_then(|m| T::from_arg_matches(&m))
+        .expect("the required flags of an options struct are given")
+}
+
+/// The setting that names the data directory, where the jobs find the data files their flags
+/// default to (README, Data).
+pub const DATA_DIR_VAR: &str = "SPP_DATA_DIR";
+
+/// `given` (a flag's value), else `rel` under the data directory `$SPP_DATA_DIR`.
+pub fn data_path(given: Option<&Path>, rel: &str, flag: &str) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var_os(DATA_DIR_VAR) {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join(rel)),
+        _ => bail!(
+            "{DATA_DIR_VAR} is not set and no {flag} was given: set {DATA_DIR_VAR} to the data directory (for its {rel}) or pass {flag}"
+        ),
+    }
 }
 
 /// `cpu`, `cuda` or `cuda:N`.
@@ -197,6 +217,17 @@ pub struct GgufArgs {
     pub max_shard_size: crate::model::checkpoint::ByteSize,
 }
 
+impl GgufArgs {
+    /// Converts `file` into `out`, every other option at its default.
+    pub fn new(file: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            file: file.into(),
+            out: out.into(),
+            ..with_defaults(&[".", "--out", "."])
+        }
+    }
+}
+
 /// `spp convert gguf`: a llama-architecture GGUF file → a Hugging Face directory.
 pub fn convert_gguf(a: &GgufArgs) -> Result<ConvertRecord> {
     // A GGUF has no single stored dtype: auto means f32.
@@ -209,4 +240,31 @@ pub fn convert_gguf(a: &GgufArgs) -> Result<ConvertRecord> {
         seconds: t.elapsed().as_secs_f64(),
         out: a.out.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_take_the_flags_defaults() {
+        let p = PruneArgs::new(
+            "m",
+            crate::prune::PruneMethod::Wanda,
+            "2:4".parse().unwrap(),
+            "o",
+        );
+        assert_eq!((p.nsamples, p.seqlen, p.blocksize), (128, 2048, 128));
+        assert_eq!((p.m.model.to_str(), p.out.to_str()), (Some("m"), Some("o")));
+        let t = TrainArgs::new("m", "d", "o");
+        assert_eq!((t.lr, t.epochs, t.batch_size, t.r), (4e-3, 3, 128, None));
+        assert!(t.train_on_inputs);
+        assert_eq!(
+            MergeArgs::new("m", "a", "o").max_shard_size.0,
+            5_000_000_000
+        );
+        assert_eq!(PplArgs::new("m", "t").seqlen, 2048);
+        assert_eq!(TasksArgs::new("m").tasks, "all");
+        assert_eq!(GgufArgs::new("f", "o").file.to_str(), Some("f"));
+    }
 }

@@ -58,6 +58,33 @@ pub struct PruneArgs {
     pub max_shard_size: crate::model::checkpoint::ByteSize,
 }
 
+impl PruneArgs {
+    /// Prunes `model` into `out`, every other option at its default.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        method: PruneMethod,
+        sparsity: Sparsity,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            m: ModelArgs::new(model),
+            method,
+            sparsity,
+            out: out.into(),
+            ..super::with_defaults(&[
+                "--model",
+                ".",
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--out",
+                ".",
+            ])
+        }
+    }
+}
+
 /// Prunes `a.m.model` block by block into `a.out` (a Hugging Face directory with `prune.json`
 /// and, for calibrated methods, `calibration.safetensors`); returns `prune.json`'s record.
 pub fn prune(a: &PruneArgs, log: &mut dyn Log) -> Result<PruneRecord> {
@@ -79,10 +106,7 @@ pub fn prune(a: &PruneArgs, log: &mut dyn Log) -> Result<PruneRecord> {
     let model = open_streamed(&a.m, log)?;
     let cfg = model.cfg().clone();
     let calibration = if a.method.needs_calibration() {
-        let path = a
-            .calib
-            .clone()
-            .unwrap_or_else(|| super::data_dir().join("c4/c4_sample.jsonl"));
+        let path = super::data_path(a.calib.as_deref(), "c4/c4_sample.jsonl", "--calib FILE")?;
         if !path.exists() {
             bail!("calibration corpus {} not found: pass --calib FILE (JSONL with a \"text\" field, or plain text)", path.display());
         }

@@ -111,6 +111,22 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
 }
 
+impl TrainArgs {
+    /// Trains adapters on `model` with `data` into `out`, every other option at its default.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        data: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            m: ModelArgs::new(model),
+            data: data.into(),
+            out: out.into(),
+            ..super::with_defaults(&["--model", ".", "--data", ".", "--out", "."])
+        }
+    }
+}
+
 struct TrainProgress<'a>(&'a mut dyn Log);
 
 impl crate::train::Progress for TrainProgress<'_> {
