@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use spp::job::{self, GgufArgs, MergeArgs, ModelArgs, PplArgs, PruneArgs, TasksArgs, TrainArgs};
 use spp::model::stream::gib;
+use spp::record::{ConvertRecord, MergeRecord, PruneRecord, TrainRecord};
 use spp::tokenizer::{Message, Tokenizer};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -159,27 +160,24 @@ struct InspectArgs {
 /// Progress on stderr: a bar per step on a terminal, plain lines otherwise.
 struct Stderr {
     tty: bool,
-    start: std::time::Instant,
+    /// When each step started.
+    starts: HashMap<String, std::time::Instant>,
     bars: HashMap<String, indicatif::ProgressBar>,
-}
-
-impl Stderr {
-    fn new() -> Self {
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            start: std::time::Instant::now(),
-            bars: HashMap::new(),
-        }
-    }
 }
 
 impl job::Log for Stderr {
     fn line(&mut self, line: &str) {
         eprintln!("{line}");
     }
+    fn start(&mut self, label: &str) {
+        self.starts.insert(label.into(), std::time::Instant::now());
+    }
     fn progress(&mut self, label: &str, done: usize, total: usize) {
         if !self.tty {
-            let secs = self.start.elapsed().as_secs_f64();
+            let secs = self
+                .starts
+                .get(label)
+                .map_or(0.0, |t| t.elapsed().as_secs_f64());
             eprintln!("{label} {done}/{total} {secs:.1} s");
             return;
         }
@@ -200,15 +198,25 @@ impl job::Log for Stderr {
     }
 }
 
-fn prune(j: Json<PruneArgs>, log: &mut Stderr) -> Result<()> {
-    let (a, r) = (&j.a, job::prune(&j.a, log)?);
-    if j.json {
+/// Prints a job's record: one JSON line with `--json`, else `summary` of it.
+fn show<R: serde::Serialize>(
+    json: bool,
+    record: spp::Result<R>,
+    summary: impl FnOnce(&R) -> String,
+) -> Result<()> {
+    let r = record?;
+    if json {
         println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
+    } else {
+        print!("{}", summary(&r));
     }
+    Ok(())
+}
+
+fn pruned(a: &PruneArgs, r: &PruneRecord) -> String {
     let s = r.result.unwrap_or_default();
-    println!(
-        "pruned {} -> {}: {:?} {} sparsity {:.4} (2:4 {}, 4:8 {}) in {:.1} s, peak memory {:.2} GiB",
+    format!(
+        "pruned {} -> {}: {:?} {} sparsity {:.4} (2:4 {}, 4:8 {}) in {:.1} s, peak memory {:.2} GiB\n",
         a.m.model.display(),
         a.out.display(),
         a.method,
@@ -218,19 +226,13 @@ fn prune(j: Json<PruneArgs>, log: &mut Stderr) -> Result<()> {
         s.all_linears_4_8,
         r.report.as_ref().map_or(0.0, |p| p.total_seconds),
         gib(r.peak_anon_bytes)
-    );
-    Ok(())
+    )
 }
 
-fn train(j: Json<TrainArgs>, log: &mut Stderr) -> Result<()> {
-    let (a, r) = (&j.a, job::train(&j.a, log)?);
-    if j.json {
-        println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
-    }
+fn trained(a: &TrainArgs, r: &TrainRecord) -> String {
     let rep = &r.report;
-    println!(
-        "trained {} adapter ({} parameters) on {} for {} steps: loss {:.4} -> {:.4}, best val_loss {} at step {}, {:.0} tok/s, peak memory {:.2} GiB -> {}",
+    format!(
+        "trained {} adapter ({} parameters) on {} for {} steps: loss {:.4} -> {:.4}, best val_loss {} at step {}, {:.0} tok/s, peak memory {:.2} GiB -> {}\n",
         a.method,
         rep.trainable_parameters,
         a.data.display(),
@@ -242,16 +244,10 @@ fn train(j: Json<TrainArgs>, log: &mut Stderr) -> Result<()> {
         rep.tokens_per_second,
         gib(rep.peak_rss_bytes.unwrap_or(0)),
         a.out.display()
-    );
-    Ok(())
+    )
 }
 
-fn merge(j: Json<MergeArgs>, log: &mut Stderr) -> Result<()> {
-    let (a, r) = (&j.a, job::merge(&j.a, log)?);
-    if j.json {
-        println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
-    }
+fn merged(a: &MergeArgs, r: &MergeRecord) -> String {
     let method = r.adapter_config.as_ref().map(|c| c.method);
     let (before, after, numel) = (r.zeros_before, r.zeros_after, r.adapted_weights);
     if method == Some(spp::adapter::Method::Lora) {
@@ -262,8 +258,8 @@ fn merge(j: Json<MergeArgs>, log: &mut Stderr) -> Result<()> {
             100.0 * after as f64 / numel.max(1) as f64
         );
     }
-    println!(
-        "merged {} adapter into {} -> {}: {} linears; zeros {} -> {} of {} ({}); model sparsity {:.4}, 2:4 {}, 4:8 {}",
+    format!(
+        "merged {} adapter into {} -> {}: {} linears; zeros {} -> {} of {} ({}); model sparsity {:.4}, 2:4 {}, 4:8 {}\n",
         method.map_or("?".into(), |m| m.to_string()),
         a.model.display(),
         a.out.display(),
@@ -275,19 +271,13 @@ fn merge(j: Json<MergeArgs>, log: &mut Stderr) -> Result<()> {
         r.sparsity.linear_sparsity,
         r.sparsity.all_linears_2_4,
         r.sparsity.all_linears_4_8
-    );
-    Ok(())
+    )
 }
 
-fn convert_gguf(j: Json<GgufArgs>) -> Result<()> {
-    let (a, r) = (&j.a, job::convert_gguf(&j.a)?);
-    if j.json {
-        println!("{}", serde_json::to_string(&r)?);
-        return Ok(());
-    }
+fn converted(a: &GgufArgs, r: &ConvertRecord) -> String {
     let c = &r.report;
-    println!(
-        "converted {} -> {}: {} tensors, {} parameters, {} (from {:?}), tokenizer {}, tied {} in {:.1} s",
+    format!(
+        "converted {} -> {}: {} tensors, {} parameters, {} (from {:?}), tokenizer {}, tied {} in {:.1} s\n",
         a.file.display(),
         a.out.display(),
         c.tensors,
@@ -297,18 +287,7 @@ fn convert_gguf(j: Json<GgufArgs>) -> Result<()> {
         c.tokenizer,
         c.tied_embeddings,
         r.seconds
-    );
-    Ok(())
-}
-
-fn eval_ppl(j: Json<PplArgs>, log: &mut Stderr) -> Result<()> {
-    let r = job::eval_ppl(&j.a, log)?;
-    if j.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!("{}", r.result.line());
-    }
-    Ok(())
+    )
 }
 
 fn inspect(a: InspectArgs, log: &mut Stderr) -> Result<()> {
@@ -317,16 +296,6 @@ fn inspect(a: InspectArgs, log: &mut Stderr) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", r.text(&a.m.model, a.all));
-    }
-    Ok(())
-}
-
-fn eval_tasks(j: Json<TasksArgs>, log: &mut Stderr) -> Result<()> {
-    let r = job::eval_tasks(&j.a, log)?;
-    if j.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        print!("{}", r.table());
     }
     Ok(())
 }
@@ -428,20 +397,28 @@ fn main() {
     if !streams {
         spp::keep_freed_memory();
     }
-    let log = &mut Stderr::new();
+    let log = &mut Stderr {
+        tty: std::io::stderr().is_terminal(),
+        starts: HashMap::new(),
+        bars: HashMap::new(),
+    };
     let result = match cli.cmd {
-        Cmd::Convert(ConvertCmd::Gguf(a)) => convert_gguf(a),
-        Cmd::Eval(EvalCmd::Ppl(a)) => eval_ppl(a, log),
-        Cmd::Eval(EvalCmd::Tasks(a)) => eval_tasks(a, log),
+        Cmd::Convert(ConvertCmd::Gguf(j)) => {
+            show(j.json, job::convert_gguf(&j.a), |r| converted(&j.a, r))
+        }
+        Cmd::Eval(EvalCmd::Ppl(j)) => show(j.json, job::eval_ppl(&j.a, log), |r| {
+            format!("{}\n", r.result.line())
+        }),
+        Cmd::Eval(EvalCmd::Tasks(j)) => show(j.json, job::eval_tasks(&j.a, log), |r| r.table()),
         Cmd::Run(a) => run_recipe(a),
         Cmd::Report(a) => spp::report::build(&a.dir)
             .map(|p| println!("{}\n{}", p.markdown.display(), p.html.display()))
             .map_err(Into::into),
         Cmd::Generate(a) => generate(a, log),
         Cmd::Inspect(a) => inspect(a, log),
-        Cmd::Prune(a) => prune(a, log),
-        Cmd::Train(a) => train(a, log),
-        Cmd::Merge(a) => merge(a, log),
+        Cmd::Prune(j) => show(j.json, job::prune(&j.a, log), |r| pruned(&j.a, r)),
+        Cmd::Train(j) => show(j.json, job::train(&j.a, log), |r| trained(&j.a, r)),
+        Cmd::Merge(j) => show(j.json, job::merge(&j.a, log), |r| merged(&j.a, r)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -54,6 +54,7 @@ pub fn eval_ppl(a: &PplArgs, log: &mut dyn Log) -> Result<PplRecord> {
             );
             Ok((ids, tok.bos_id))
         };
+    log.start("ppl");
     // Without an adapter the blocks stay on disk and are read one at a time.
     let result = if a.m.adapter.is_none() {
         let m = open_streamed(&a.m, log)?;
@@ -199,7 +200,10 @@ pub fn eval_tasks(a: &TasksArgs, log: &mut dyn Log) -> Result<TasksRecord> {
         share: !a.no_prefix_sharing,
     };
     let start = std::time::Instant::now();
-    // One progress line per task; the passes of all tasks run together, in task order.
+    // Progress per task; the passes of all tasks run together, in task order.
+    for t in &loaded {
+        log.start(t.name);
+    }
     let results = zeroshot::evaluate(source, &tok, &loaded, opts, &mut |t, done, total| {
         log.progress(loaded[t].name, done, total)
     })?;

@@ -26,15 +26,10 @@ use std::path::{Path, PathBuf};
 pub trait Log {
     /// A line of progress, a note or a warning.
     fn line(&mut self, line: &str);
+    /// The step named `label` starts (its progress is timed from here).
+    fn start(&mut self, _label: &str) {}
     /// `done` of `total` units of the step named `label`.
     fn progress(&mut self, _label: &str, _done: usize, _total: usize) {}
-}
-
-/// Discards everything (a library caller that wants no progress).
-pub struct Quiet;
-
-impl Log for Quiet {
-    fn line(&mut self, _line: &str) {}
 }
 
 /// `log.line(format!(…))`.

@@ -392,7 +392,7 @@ impl Recipe {
             let pick = |opts: Vec<Arg>| -> Flags {
                 let keys = keys(&opts);
                 all.iter()
-                    .filter(|f| f.key != "ppl_text" && keys.contains(&f.key.as_str()))
+                    .filter(|f| keys.contains(&f.key.as_str()))
                     .cloned()
                     .collect()
             };
