@@ -34,7 +34,7 @@ pub struct PruneArgs {
     /// Calibration window length in tokens (recorded in prune.json).
     #[arg(long, default_value_t = 2048, allow_negative_numbers = true, value_parser = crate::validate::seqlen)]
     pub seqlen: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::validate::seed)]
     pub seed: u64,
     /// Re-collect statistics after each group (q/k/v, o, gate/up, down), as SparseGPT's option.
     #[arg(long)]
@@ -46,7 +46,7 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = crate::validate::percdamp)]
     pub percdamp: f64,
     /// Linears to prune: any of q,k,v,o,gate,up,down (or all).
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", value_parser = crate::validate::targets)]
     pub targets: String,
     /// Output directory (a Hugging Face directory plus prune.json and calibration.safetensors).
     #[arg(long)]

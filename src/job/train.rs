@@ -35,7 +35,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "spp")]
     pub method: Method,
     /// Linears to adapt: any of q,k,v,o,gate,up,down (or all).
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", value_parser = crate::validate::targets)]
     pub targets: String,
     /// Rows of A: SPP's r (the paper's code uses 16) [default: 16 for spp, 8 for LoRA].
     #[arg(long, allow_negative_numbers = true, value_parser = crate::validate::positive_usize)]
@@ -74,10 +74,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 256, allow_negative_numbers = true, value_parser = crate::validate::positive_usize)]
     pub cutoff: usize,
     /// Compute the loss on the prompt too (the paper's setting).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_parser = crate::validate::boolean)]
     pub train_on_inputs: bool,
     /// Held-out examples for validation [default: min(2000, a tenth of the data)].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::validate::count)]
     pub val_size: Option<usize>,
     /// Validate every N optimizer steps (and at the end).
     #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = crate::validate::positive_usize)]
@@ -88,7 +88,7 @@ pub struct TrainArgs {
     /// Clip the global gradient norm (off by default, as the paper).
     #[arg(long, allow_negative_numbers = true, value_parser = crate::validate::positive)]
     pub max_grad_norm: Option<f64>,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, value_parser = crate::validate::seed)]
     pub seed: u64,
     /// Gradient checkpointing: keep only each block's input and re-run the block in the
     /// backward (less memory, about one more forward per step).

@@ -497,7 +497,7 @@ fn section_flags(
         let Some(mut value) = value else {
             continue;
         };
-        if let Err(e) = crate::validate::recipe_value(section, k, &value) {
+        if let Err(e) = check_value(arg, &value) {
             errors.push(format!("{key} = {}: {e}", toml_value(v)));
             continue;
         }
@@ -511,6 +511,24 @@ fn section_flags(
         out.push(flag(Some(value)));
     }
     out
+}
+
+/// `value` checked as the flag checks it on the command line (its range, its names); a path
+/// is checked to exist instead.
+fn check_value(arg: &Arg, value: &str) -> std::result::Result<(), String> {
+    if is_path(arg) {
+        return Ok(());
+    }
+    let cmd = clap::Command::new("spp")
+        .no_binary_name(true)
+        .arg(arg.clone().required(false));
+    let long = arg.get_long().unwrap_or(arg.get_id().as_str());
+    // `--flag=value`: a value starting with `-` stays a value.
+    let parsed = cmd.try_get_matches_from([format!("--{long}={value}")]);
+    // The flag's own message (clap wraps it with the flag's usage).
+    parsed
+        .map(|_| ())
+        .map_err(|e| std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()))
 }
 
 /// A value as the recipe wrote it.
@@ -571,6 +589,26 @@ mod tests {
                 "false"
             ]
         );
+    }
+
+    #[test]
+    fn values_are_checked_as_their_flags_check_them() {
+        let train = train_options();
+        let arg = |id: &str| train.iter().find(|a| a.get_id() == id).unwrap();
+        assert!(check_value(arg("max_steps"), "two")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(check_value(arg("r"), "-3").is_err());
+        assert!(check_value(arg("seed"), "-1")
+            .unwrap_err()
+            .contains("\"-1\""));
+        assert!(check_value(arg("targets"), "q,xyz")
+            .unwrap_err()
+            .contains("unknown target"));
+        assert!(check_value(arg("schedule"), "step")
+            .unwrap_err()
+            .contains("linear or cosine"));
+        assert!(check_value(arg("lr"), "1e-4").is_ok() && check_value(arg("data"), "").is_ok());
     }
 
     #[test]
