@@ -28,7 +28,8 @@
 //! Every key of a section is a field of the subcommand's options struct (`spp::job::PruneArgs`,
 //! `TrainArgs`, `PplArgs` and `TasksArgs`; `ppl_text` is `PplArgs`' `text`) and becomes its flag
 //! (`max_steps` → `--max-steps`): the struct's flag definitions decide which keys a section
-//! takes, which are switches and which are paths, except the flags `spp run` sets itself.
+//! takes, which are switches and which are paths, and check the values, except the flags
+//! `spp run` sets itself.
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
