@@ -52,7 +52,8 @@ def main():
     text = os.path.join(args.data_dir, "wikitext2/wiki.test.raw")
     work = tempfile.mkdtemp(prefix="spp-bench-train-")
     if not os.path.exists(args.model):
-        run([args.spp, "prune", "--model", args.dense, "--method", "wanda", "--sparsity", "2:4", "--out", args.model], env)
+        run([args.spp, "prune", "--model", args.dense, "--method", "wanda", "--sparsity", "2:4",
+             "--calib", os.path.join(args.data_dir, "c4/c4_sample.jsonl"), "--out", args.model], env)
     ppl = lambda m: json.loads(run([args.spp, "eval", "ppl", "--model", m, "--text", text,
                                     "--max-windows", str(args.eval_windows), "--json"], env)[0].stdout)
     eval_every = args.eval_every or args.steps

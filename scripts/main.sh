@@ -9,6 +9,7 @@
 # The recipe reads ../shared/data (paths relative to recipes/); edit it to point elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export SPP_DATA_DIR=${SPP_DATA_DIR:-$(cd .. && pwd)/shared/data}
 bash scripts/setup.sh
 SPP=target/release/spp
 M=models/smollm2-135m

@@ -128,6 +128,24 @@ pub struct GenerationStats {
     pub decode_tokens_per_second: f64,
 }
 
+impl GenerationStats {
+    /// `[N prompt tokens, M generated, prefill S s, T tok/s]`.
+    pub fn line(&self) -> String {
+        format!(
+            "[{} prompt tokens, {} generated{}, prefill {:.2} s, {:.1} tok/s]",
+            self.prompt_tokens,
+            self.generated_tokens,
+            if self.stopped_at_eos {
+                ", stopped at EOS"
+            } else {
+                ""
+            },
+            self.prefill_seconds,
+            self.decode_tokens_per_second
+        )
+    }
+}
+
 /// Generates after `prompt`, calling `on_token` with each new token (EOS is not passed on).
 pub fn generate(
     model: &Llama,

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::model::{Block, Llama, LlamaConfig, StreamedModel};
 use candle_core::DType;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LinearReport {
     pub name: String,
     pub shape: [usize; 2],
@@ -14,7 +14,7 @@ pub struct LinearReport {
     pub n4m8: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// The architecture's `model_type` (llama, mistral, qwen2, qwen3).
     pub family: String,
@@ -45,6 +45,61 @@ pub struct Report {
     pub all_linears_2_4: bool,
     pub all_linears_4_8: bool,
     pub linears: Vec<LinearReport>,
+}
+
+/// Rows of the linears table that `spp inspect` prints without `--all`.
+const SHOWN_LINEARS: usize = 7;
+
+impl Report {
+    /// The text `spp inspect` prints for the model at `model`: the summary and the first
+    /// linears (every one with `all`).
+    pub fn text(&self, model: &std::path::Path, all: bool) -> String {
+        use std::fmt::Write;
+        let r = self;
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut s = String::new();
+        let _ = writeln!(s, "model       {}", model.display());
+        let _ = writeln!(s, "arch        {}", r.arch_line());
+        let _ = writeln!(s, "dtype       {}", r.dtype);
+        let _ = writeln!(
+            s,
+            "parameters  {} total, {} in block linears",
+            r.parameters, r.linear_parameters
+        );
+        let _ = writeln!(
+            s,
+            "sparsity    {:.4} of block-linear weights are zero ({} zeros); 2:4 {}; 4:8 {}",
+            r.linear_sparsity,
+            r.linear_zeros,
+            yes(r.all_linears_2_4),
+            yes(r.all_linears_4_8)
+        );
+        let shown = if all { r.linears.len() } else { SHOWN_LINEARS };
+        let _ = writeln!(
+            s,
+            "{:<40} {:>12} {:>9} {:>5} {:>5}",
+            "linear", "shape", "sparsity", "2:4", "4:8"
+        );
+        for l in r.linears.iter().take(shown) {
+            let _ = writeln!(
+                s,
+                "{:<40} {:>12} {:>9.4} {:>5} {:>5}",
+                l.name,
+                format!("{}x{}", l.shape[0], l.shape[1]),
+                l.sparsity,
+                yes(l.n2m4),
+                yes(l.n4m8)
+            );
+        }
+        if r.linears.len() > shown {
+            let _ = writeln!(
+                s,
+                "… {} more linears (--all to list them)",
+                r.linears.len() - shown
+            );
+        }
+        s
+    }
 }
 
 pub fn inspect(model: &Llama) -> Result<Report> {

@@ -1,5 +1,5 @@
-//! Ranges of the numeric settings, checked where a value enters: the command line (as clap
-//! value parsers) and recipes (by key, at parse time, through [`recipe_value`]).
+//! Ranges of the numeric settings, checked where a value enters: the command line and recipes,
+//! both through the flags' clap value parsers (`spp::job`'s options structs).
 
 /// A whole number ≥ 1.
 pub fn positive_usize(s: &str) -> Result<usize, String> {
@@ -137,41 +137,11 @@ pub fn boolean(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Checks a recipe value by its key (the flag's name with `_`): `Ok` for keys whose values are
-/// checked elsewhere (methods, paths, names) or have no range.
-pub fn recipe_value(section: &str, key: &str, value: &str) -> Result<(), String> {
-    fn ok<T>(r: Result<T, String>) -> Result<(), String> {
-        r.map(|_| ())
-    }
-    match (section, key) {
-        ("prune", "nsamples") => ok(nsamples(value)),
-        ("prune" | "eval", "seqlen") => ok(seqlen(value)),
-        (_, "seed") => ok(seed(value)),
-        ("prune", "blocksize") => ok(positive_usize(value)),
-        ("prune", "percdamp") => ok(percdamp(value)),
-        ("prune" | "train", "targets") => {
-            ok(crate::prune::parse_targets(value).map_err(|e| e.to_string()))
-        }
-        ("train", "r") => ok(positive_usize(value)),
-        ("train", "scale" | "lora_alpha" | "max_grad_norm") => ok(positive(value)),
-        ("train", "dropout") => ok(dropout(value)),
-        ("train", "lr") => ok(learning_rate(value)),
-        ("train", "warmup_ratio") => ok(fraction(value)),
-        ("train", "weight_decay") => ok(non_negative(value)),
-        ("train", "epochs") => ok(epochs(value)),
-        ("train", "max_steps") => ok(max_steps(value)),
-        ("train", "schedule") => ok(value
-            .parse::<crate::train::Schedule>()
-            .map_err(|e| e.to_string())),
-        ("train", "train_on_inputs") => ok(boolean(value)),
-        ("train", "val_size") => ok(count(value)),
-        ("train", "batch_size" | "micro_batch_size" | "cutoff" | "eval_every" | "save_every") => {
-            ok(positive_usize(value))
-        }
-        ("eval", "max_windows") => ok(max_windows(value)),
-        ("eval", "limit" | "batch_size" | "batch_tokens") => ok(positive_usize(value)),
-        _ => Ok(()),
-    }
+/// `--targets`: any of q,k,v,o,gate,up,down (or all).
+pub fn targets(s: &str) -> Result<String, String> {
+    crate::prune::parse_targets(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 pub use crate::sys::available_memory;
@@ -206,8 +176,8 @@ mod tests {
         assert!(dropout("1.5").is_err() && dropout("-0.1").is_err() && dropout("1").is_err());
         assert!(dropout("0").is_ok());
         assert!(max_steps("0").is_err() && epochs("0").is_err() && max_windows("0").is_err());
-        assert!(recipe_value("train", "max_steps", "two").is_err());
-        assert!(recipe_value("train", "r", "-3").is_err());
-        assert!(recipe_value("train", "method", "anything").is_ok());
+        assert!(targets("q,xyz").is_err() && targets("").is_err());
+        assert_eq!(targets("q,v").as_deref(), Ok("q,v"));
+        assert!(seed("-1").is_err() && count("x").is_err() && boolean("yes").is_err());
     }
 }

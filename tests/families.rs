@@ -11,7 +11,7 @@ use common::{max_diff, s, spp};
 use spp::adapter::{self, AdapterSpec, Method as AdapterMethod};
 use spp::model::llama::{Llama, PackedRow, Packing};
 use spp::model::{load_model, DTypeChoice, KvCache};
-use spp::prune::{prune_model, Method, PruneOptions};
+use spp::prune::{prune_model, PruneMethod, PruneOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -304,7 +304,7 @@ fn wanda_2_4_spp_merge_round_trip_keeps_every_zero() {
         let before = frozen(&m);
         let calib: Vec<Vec<u32>> = (0..4).map(|i| common::ids(32, 256, 100 + i)).collect();
         let opts = PruneOptions {
-            method: Method::Wanda,
+            method: PruneMethod::Wanda,
             sparsity: "2:4".parse().unwrap(),
             targets: spp::prune::parse_targets("all").unwrap(),
             true_sequential: true,

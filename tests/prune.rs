@@ -6,9 +6,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use spp::prune::mask::{select, Sparsity};
-use spp::prune::{magnitude, prune_model, wanda, Method, PruneOptions};
+use spp::prune::{magnitude, prune_model, wanda, PruneMethod, PruneOptions};
 
-fn opts(method: Method, sparsity: &str) -> PruneOptions {
+fn opts(method: PruneMethod, sparsity: &str) -> PruneOptions {
     PruneOptions {
         method,
         sparsity: sparsity.parse().unwrap(),
@@ -147,21 +147,25 @@ fn wanda_matches_the_independent_golden() {
     }
 }
 
-fn run(method: Method, sparsity: &str, dev: &Device) -> spp::model::Llama {
+fn run(method: PruneMethod, sparsity: &str, dev: &Device) -> spp::model::Llama {
     let mut m = common::tiny_model(false, false, dev);
     prune_model(&mut m, &calib(4, 48), &opts(method, sparsity), &mut |_| {}).unwrap();
     m
 }
 
 fn exact_counts_body(dev: &Device) {
-    for method in [Method::Magnitude, Method::Wanda, Method::SparseGpt] {
+    for method in [
+        PruneMethod::Magnitude,
+        PruneMethod::Wanda,
+        PruneMethod::SparseGpt,
+    ] {
         let m = run(method, "0.5", dev);
         for b in &m.layers {
             for (name, l) in b.linears() {
                 let w = weights(l);
                 let (rows, cols) = (l.out_features(), l.in_features());
                 match method {
-                    Method::Wanda => {
+                    PruneMethod::Wanda => {
                         for r in 0..rows {
                             assert_eq!(
                                 w[r * cols..(r + 1) * cols]
@@ -173,13 +177,13 @@ fn exact_counts_body(dev: &Device) {
                             );
                         }
                     }
-                    Method::Magnitude => assert_eq!(
+                    PruneMethod::Magnitude => assert_eq!(
                         w.iter().filter(|v| **v == 0.0).count(),
                         rows * cols / 2,
                         "{name}"
                     ),
                     // SparseGPT: exactly half of every rows × 16 block.
-                    Method::SparseGpt => {
+                    PruneMethod::SparseGpt => {
                         for c0 in (0..cols).step_by(16) {
                             let zeros = (0..rows)
                                 .flat_map(|r| (c0..c0 + 16).map(move |c| (r, c)))
@@ -223,7 +227,7 @@ fn block_inputs_come_from_the_pruned_blocks_before() {
     let dev = Device::Cpu;
     let base = common::tiny_model(false, false, &dev);
     let cal = calib(3, 40);
-    let o = opts(Method::Wanda, "0.5");
+    let o = opts(PruneMethod::Wanda, "0.5");
     let mut pruned = base.clone();
     prune_model(&mut pruned, &cal, &o, &mut |_| {}).unwrap();
     // Recompute block 1's statistics by hand, from the outputs of the *pruned* block 0 ...
@@ -320,9 +324,9 @@ fn sparsegpt_reconstructs_best() {
             recon_error(&dense, &m, &cal)
         };
         let (s, w, mg) = (
-            err(Method::SparseGpt),
-            err(Method::Wanda),
-            err(Method::Magnitude),
+            err(PruneMethod::SparseGpt),
+            err(PruneMethod::Wanda),
+            err(PruneMethod::Magnitude),
         );
         assert!(
             s < w && s < mg,
@@ -350,7 +354,7 @@ fn bad_options_are_rejected_before_pruning() {
     let err = prune_model(
         &mut m,
         &calib(1, 16),
-        &opts(Method::Wanda, "2:64"),
+        &opts(PruneMethod::Wanda, "2:64"),
         &mut |_| {},
     )
     .unwrap_err()
@@ -364,7 +368,7 @@ fn bad_options_are_rejected_before_pruning() {
         before,
         "nothing may be pruned after a rejected option"
     );
-    let err = prune_model(&mut m, &[], &opts(Method::Wanda, "0.5"), &mut |_| {})
+    let err = prune_model(&mut m, &[], &opts(PruneMethod::Wanda, "0.5"), &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("calibration"), "{err}");

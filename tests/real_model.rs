@@ -146,7 +146,7 @@ fn magnitude_2_4_on_the_real_model() {
     };
     let dense = ppl(&m);
     let opts = spp::prune::PruneOptions {
-        method: spp::prune::Method::Magnitude,
+        method: spp::prune::PruneMethod::Magnitude,
         sparsity: "2:4".parse().unwrap(),
         targets: spp::prune::parse_targets("all").unwrap(),
         true_sequential: false,

@@ -290,7 +290,7 @@ fn streamed_merge_equals_the_in_memory_merge() {
             .map(|k| common::ids(16, m.cfg.vocab_size, k))
             .collect();
         let opts = spp::prune::PruneOptions {
-            method: spp::prune::Method::Wanda,
+            method: spp::prune::PruneMethod::Wanda,
             sparsity: "2:4".parse().unwrap(),
             targets: spp::prune::parse_targets("all").unwrap(),
             true_sequential: false,

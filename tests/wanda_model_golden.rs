@@ -9,7 +9,7 @@ use safetensors::SafeTensors;
 use spp::model::llama::Llama;
 use spp::model::{load_model, DTypeChoice};
 use spp::prune::wanda::InputNorms;
-use spp::prune::{prune_model, Method, PruneOptions};
+use spp::prune::{prune_model, PruneMethod, PruneOptions};
 use std::path::PathBuf;
 
 const LINEARS: [&str; 7] = [
@@ -126,7 +126,7 @@ fn pruned_masks_match_with_and_without_true_sequential() {
         for seq in [false, true] {
             let mut m = model();
             let opts = PruneOptions {
-                method: Method::Wanda,
+                method: PruneMethod::Wanda,
                 sparsity: pattern.parse().unwrap(),
                 targets: spp::prune::parse_targets("all").unwrap(),
                 true_sequential: seq,

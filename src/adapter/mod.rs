@@ -680,7 +680,7 @@ pub fn merge_streamed(
 }
 
 /// Per-linear outcome of a merge.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MergedLinear {
     pub name: String,
     pub zeros_before: usize,

@@ -14,25 +14,36 @@ use std::path::Path;
 
 pub use crate::data::read_documents;
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// Read back (from `ppl.json`), `null` (an overflowed mean, which JSON cannot hold as a number)
+/// is NaN, and a field other than the window counts may be missing (0, false or empty then).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PplResult {
+    #[serde(deserialize_with = "crate::record::null_as_nan")]
     pub ppl: f64,
+    #[serde(default, deserialize_with = "crate::record::null_as_nan")]
     pub mean_nll: f64,
     pub windows: usize,
     pub seqlen: usize,
+    #[serde(default)]
     pub stride: usize,
     /// Positions scored: windows × (seqlen − 1).
+    #[serde(default)]
     pub scored_tokens: usize,
     /// Tokens in the windows: windows × seqlen.
     pub tokens: usize,
     /// Tokens in the whole text (the tail beyond the last full window is dropped).
+    #[serde(default)]
     pub text_tokens: usize,
     /// Whether the token stream starts with the BOS token.
+    #[serde(default)]
     pub bos: bool,
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub tokens_per_second: f64,
     /// Seconds of each window, in order. On the CPU windows run concurrently (one per core), so
     /// these add up to more than `seconds`.
+    #[serde(default)]
     pub window_seconds: Vec<f64>,
 }
 

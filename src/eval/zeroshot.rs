@@ -266,31 +266,56 @@ pub struct ScoreOptions {
     pub share: bool,
 }
 
-/// Per-task result with the harness's metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+/// Per-task result with the harness's metrics. Read back (from `tasks.json`), a metric that JSON
+/// held as `null` (not finite) is NaN, and the other fields may be missing.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskResult {
+    #[serde(default)]
     pub task: String,
+    #[serde(default)]
     pub n: usize,
+    #[serde(
+        default = "crate::record::nan",
+        deserialize_with = "crate::record::null_as_nan"
+    )]
     pub acc: f64,
+    #[serde(
+        default = "crate::record::nan",
+        deserialize_with = "crate::record::null_as_nan"
+    )]
     pub acc_stderr: f64,
+    #[serde(
+        default = "crate::record::nan",
+        deserialize_with = "crate::record::null_as_nan"
+    )]
     pub acc_norm: f64,
+    #[serde(
+        default = "crate::record::nan",
+        deserialize_with = "crate::record::null_as_nan"
+    )]
     pub acc_norm_stderr: f64,
     /// Compute time of the task's passes ([`Scores::seconds`]).
+    #[serde(default)]
     pub seconds: f64,
     /// Requests whose context was cut from the left to fit the model.
+    #[serde(default)]
     pub truncated: usize,
+    #[serde(default)]
     pub requests: usize,
     /// Tokens run through the model (after prefix sharing).
+    #[serde(default)]
     pub tokens: usize,
+    #[serde(default)]
     pub docs: Vec<DocResult>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DocResult {
     pub index: usize,
     pub gold: usize,
     pub pred: usize,
     pub pred_norm: usize,
+    #[serde(deserialize_with = "crate::record::nulls_as_nan")]
     pub loglikelihoods: Vec<f64>,
 }
 

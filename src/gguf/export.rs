@@ -19,7 +19,7 @@ use std::io::{BufWriter, Seek, Write};
 use std::path::Path;
 
 /// The type the 2-D weights are stored in; norms, biases and `rope_freqs` are always F32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
     F32,
     F16,
@@ -63,7 +63,7 @@ const Q8_BLOCK: usize = 32;
 const ALIGNMENT: usize = 32;
 
 /// What an export wrote.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExportReport {
     pub architecture: String,
     pub tensors: usize,
@@ -74,6 +74,7 @@ pub struct ExportReport {
     pub tokenizer: String,
     pub pre_tokenizer: Option<String>,
     pub warnings: Vec<String>,
+    pub seconds: f64,
 }
 
 /// Q8_0 as ggml's reference quantiser makes it: per block of 32, the scale `max|x| / 127` as f16,
@@ -418,6 +419,7 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
 
 /// Writes the model in `dir` as one GGUF file `out`.
 pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Result<ExportReport> {
+    let start = std::time::Instant::now();
     outpath::check(out, outpath::OutKind::File, force, &[dir])?;
     let sm = StreamedModel::open(dir, DTypeChoice::F32, &Device::Cpu)?;
     let cfg = sm.cfg().clone();
@@ -648,5 +650,6 @@ pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Resu
         tokenizer: vocab.model.into(),
         pre_tokenizer: vocab.pre.map(String::from),
         warnings,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// What a conversion did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConvertReport {
     pub tensors: usize,
     pub parameters: usize,

@@ -14,7 +14,7 @@ use crate::tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Calibration {
     #[serde(skip)]
     pub windows: Vec<Vec<u32>>,
@@ -25,7 +25,7 @@ pub struct Calibration {
     pub documents: usize,
     pub stream_tokens: usize,
     pub starts: Vec<usize>,
-    pub formation: &'static str,
+    pub formation: String,
 }
 
 /// Draws `nsamples` windows of `seqlen` tokens from `documents`.
@@ -76,6 +76,6 @@ pub fn sample_windows(
         documents: documents.len(),
         stream_tokens: stream.len(),
         starts,
-        formation: "documents tokenised without special tokens, concatenated with EOS between them; uniform random window starts (StdRng seeded)",
+        formation: "documents tokenised without special tokens, concatenated with EOS between them; uniform random window starts (StdRng seeded)".into(),
     })
 }

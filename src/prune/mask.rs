@@ -9,7 +9,7 @@ use crate::bail;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Sparsity {
     /// Zero this fraction of each comparison group (0 < ratio < 1).

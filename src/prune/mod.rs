@@ -26,36 +26,44 @@ pub use crate::sys::{peak_rss_bytes, peak_rss_of};
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Method {
+pub enum PruneMethod {
     Magnitude,
     Wanda,
     SparseGpt,
 }
 
-impl std::str::FromStr for Method {
+impl std::str::FromStr for PruneMethod {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "magnitude" => Ok(Method::Magnitude),
-            "wanda" => Ok(Method::Wanda),
-            "sparsegpt" => Ok(Method::SparseGpt),
+            "magnitude" => Ok(PruneMethod::Magnitude),
+            "wanda" => Ok(PruneMethod::Wanda),
+            "sparsegpt" => Ok(PruneMethod::SparseGpt),
             _ => bail!("unknown pruning method {s:?}: use magnitude, wanda or sparsegpt"),
         }
     }
 }
 
-impl Method {
+impl PruneMethod {
+    /// The name `--method` takes and `prune.json` records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PruneMethod::Magnitude => "magnitude",
+            PruneMethod::Wanda => "wanda",
+            PruneMethod::SparseGpt => "sparsegpt",
+        }
+    }
     pub fn needs_calibration(&self) -> bool {
-        *self != Method::Magnitude
+        *self != PruneMethod::Magnitude
     }
     /// The comparison group of unstructured pruning, as recorded in `prune.json`.
     pub fn group(&self) -> &'static str {
         match self {
-            Method::Magnitude => "whole matrix",
-            Method::Wanda => "output row",
-            Method::SparseGpt => "rows x blocksize column block",
+            PruneMethod::Magnitude => "whole matrix",
+            PruneMethod::Wanda => "output row",
+            PruneMethod::SparseGpt => "rows x blocksize column block",
         }
     }
 }
@@ -111,9 +119,9 @@ pub fn parse_targets(s: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PruneOptions {
-    pub method: Method,
+    pub method: PruneMethod,
     pub sparsity: Sparsity,
     pub targets: Vec<String>,
     pub true_sequential: bool,
@@ -121,8 +129,8 @@ pub struct PruneOptions {
     pub percdamp: f64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LinearReport {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PrunedLinear {
     pub name: String,
     pub sparsity_before: f64,
     pub sparsity: f64,
@@ -134,9 +142,9 @@ pub struct LinearReport {
     pub dead_inputs: Option<usize>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PruneReport {
-    pub linears: Vec<LinearReport>,
+    pub linears: Vec<PrunedLinear>,
     pub blocks: Vec<BlockTiming>,
     pub total_seconds: f64,
     /// Memory the calibration activations and one block's statistics need (estimate, bytes).
@@ -145,7 +153,7 @@ pub struct PruneReport {
 }
 
 /// Where one block's time went, in seconds.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct BlockTiming {
     /// Forward passes collecting the linears' input statistics.
     pub statistics: f64,
@@ -190,7 +198,7 @@ pub fn memory_estimate(
     let acts = (n + cores.min(n)) * t * h * b;
     let taps = cores.min(n.max(1)) * t * (3 * h + i) * b.max(4);
     let stats = match opts.method {
-        Method::SparseGpt => {
+        PruneMethod::SparseGpt => {
             let f64_inputs = sparsegpt::F64_MAX_INPUTS as u64;
             let w = [h, i]
                 .into_iter()
@@ -199,8 +207,8 @@ pub fn memory_estimate(
                 .unwrap_or(0);
             (3 * h * h + i * i) * 4 + 28 * w * w
         }
-        Method::Wanda => (3 * h + i) * 8,
-        Method::Magnitude => 0,
+        PruneMethod::Wanda => (3 * h + i) * 8,
+        PruneMethod::Magnitude => 0,
     };
     acts + taps + stats + 4 * h * i * 4
 }
@@ -216,7 +224,7 @@ pub fn streamed_peak_estimate(
     seqlen: usize,
 ) -> u64 {
     let b = dtype.size_in_bytes() as u64;
-    let ahead = if opts.method == Method::SparseGpt {
+    let ahead = if opts.method == PruneMethod::SparseGpt {
         1
     } else {
         2
@@ -262,11 +270,11 @@ fn prune_linear(
     name: String,
     stats: &Stats,
     opts: &PruneOptions,
-) -> Result<LinearReport> {
+) -> Result<PrunedLinear> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
     let w = to_f32_vec(&lin.weight)?;
     let before = crate::model::linear::zero_fraction(&w);
-    let mut report = LinearReport {
+    let mut report = PrunedLinear {
         name: name.clone(),
         sparsity_before: before,
         sparsity: 0.0,
@@ -276,9 +284,9 @@ fn prune_linear(
         dead_inputs: None,
     };
     let pruned = match (opts.method, stats) {
-        (Method::Magnitude, _) => magnitude::prune(&w, rows, cols, &opts.sparsity),
-        (Method::Wanda, Stats::Norms(n)) => wanda::prune(&w, rows, cols, n, &opts.sparsity),
-        (Method::SparseGpt, Stats::Factor(f)) => {
+        (PruneMethod::Magnitude, _) => magnitude::prune(&w, rows, cols, &opts.sparsity),
+        (PruneMethod::Wanda, Stats::Norms(n)) => wanda::prune(&w, rows, cols, n, &opts.sparsity),
+        (PruneMethod::SparseGpt, Stats::Factor(f)) => {
             let out = sparsegpt::prune_factored(w, rows, cols, f, &opts.sparsity, opts.blocksize)
                 .map_err(|e| Error::Msg(format!("{name}: {e}")))?;
             report.obs_loss = Some(out.obs_loss);
@@ -370,7 +378,7 @@ pub fn prune_blocks(
                 .check_layer(&format!("model.layers.{i}.{full} ({short})"), width)?;
         }
     }
-    if opts.method == Method::SparseGpt {
+    if opts.method == PruneMethod::SparseGpt {
         if opts.blocksize == 0 {
             bail!("--blocksize must be positive");
         }
@@ -423,12 +431,14 @@ pub fn prune_blocks(
                 }
                 let width = block.linear(l.1).map_or(0, |x| x.in_features());
                 let s = match opts.method {
-                    Method::Magnitude => Stats::None,
-                    Method::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
-                    Method::SparseGpt if shell.device().is_cpu() => {
+                    PruneMethod::Magnitude => Stats::None,
+                    PruneMethod::Wanda => Stats::Norms(wanda::InputNorms::new(width)),
+                    PruneMethod::SparseGpt if shell.device().is_cpu() => {
                         Stats::Hessian(sparsegpt::Hessian::new(width))
                     }
-                    Method::SparseGpt => Stats::DeviceHessian(sparsegpt::DeviceHessian::new(width)),
+                    PruneMethod::SparseGpt => {
+                        Stats::DeviceHessian(sparsegpt::DeviceHessian::new(width))
+                    }
                 };
                 stats.push((l.2, s));
             }
@@ -450,7 +460,7 @@ pub fn prune_blocks(
                 // Windows at once, one per core (crate::par); the norms still add up in window
                 // order. (SparseGPT's Hessian products are parallel themselves.)
                 crate::par::items_in_order(
-                    opts.method == Method::Wanda && shell.device().is_cpu(),
+                    opts.method == PruneMethod::Wanda && shell.device().is_cpu(),
                     xs.len(),
                     |w| shell.taps_of(block, &xs[w]),
                     |_, taps| add(taps),

@@ -15,6 +15,7 @@ pub mod recipe;
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::write_json_atomically;
+use crate::record::{RunRecord, StageKind as Kind, StageRecord};
 use crate::report::fmt_secs;
 use recipe::{args, Recipe};
 use serde::{Deserialize, Serialize};
@@ -23,15 +24,6 @@ use std::hash::Hasher;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Prune,
-    Train,
-    Merge,
-    Eval,
-}
 
 /// One command of a stage: argv (argv[0] is `spp`) and, where the result comes on stdout, the
 /// file in the stage directory that receives it.
@@ -52,21 +44,6 @@ pub struct Stage {
     pub commands: Vec<Cmd>,
     /// Files and directories the stage reads (hashed into its key).
     pub inputs: Vec<PathBuf>,
-}
-
-/// What `stage.json` records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageRecord {
-    pub name: String,
-    pub kind: Kind,
-    pub model: String,
-    pub commands: Vec<Vec<String>>,
-    pub key: String,
-    /// running, done or failed.
-    pub status: String,
-    pub seconds: Option<f64>,
-    pub peak_rss_bytes: Option<u64>,
-    pub started_unix: u64,
 }
 
 /// `wanda 2:4 + spp` → `wanda-2-4-spp`.
@@ -145,8 +122,8 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
             inputs.extend(
                 flags
                     .iter()
-                    .filter(|f| f.0 == "data_dir")
-                    .filter_map(|f| f.1.clone())
+                    .filter(|f| f.key == "data_dir")
+                    .filter_map(|f| f.value.clone())
                     .map(PathBuf::from),
             );
         }
@@ -158,11 +135,11 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
             inputs,
         });
     };
-    let flag_inputs = |flags: &[(String, Option<String>)]| -> Vec<PathBuf> {
+    let flag_inputs = |flags: &[recipe::Flag]| -> Vec<PathBuf> {
         flags
             .iter()
-            .filter(|(k, _)| ["calib", "data"].contains(&k.as_str()))
-            .filter_map(|(_, v)| v.clone().map(PathBuf::from))
+            .filter(|f| ["calib", "data"].contains(&f.key.as_str()))
+            .filter_map(|f| f.value.clone().map(PathBuf::from))
             .collect()
     };
 
@@ -314,11 +291,28 @@ fn stage_key(s: &Stage, seen: &mut HashMap<PathBuf, u64>) -> Result<String> {
     Ok(format!("{:016x}", h.finish()))
 }
 
-fn unix_now() -> u64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// POSIX shell quoting: bare when only safe characters, else single quotes.
+pub fn shell_quote(arg: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// argv as one shell line.
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn read_record(dir: &Path) -> Option<StageRecord> {
@@ -469,30 +463,16 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         bail!(
             "stopped by {}: `{}` was stopped",
             signal_name(stop_signal()),
-            crate::report::quote_argv(&cmd.argv)
+            quote_argv(&cmd.argv)
         );
     }
     if !status.success() {
-        bail!(
-            "`{}` failed ({status})",
-            crate::report::quote_argv(&cmd.argv)
-        );
+        bail!("`{}` failed ({status})", quote_argv(&cmd.argv));
     }
     if let (Some(p), Some(f)) = (part, &cmd.stdout) {
         std::fs::rename(&p, dir.join(f)).at(dir.join(f))?;
     }
     Ok(peak)
-}
-
-/// What `run.json` records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub recipe: String,
-    pub name: String,
-    pub spp_version: String,
-    pub stages: Vec<String>,
-    pub started_unix: u64,
-    pub command: Vec<String>,
 }
 
 /// Runs (or resumes) every stage of `recipe` into `out`. `exe` is the `spp` binary.
@@ -526,15 +506,16 @@ pub fn run(
     let started_unix = std::fs::read_to_string(&run_json)
         .ok()
         .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
-        .map_or_else(unix_now, |r| r.started_unix);
+        .and_then(|r| r.started_unix)
+        .unwrap_or_else(unix_now);
     write_json_atomically(
         &run_json,
         &RunRecord {
-            recipe: recipe.path.display().to_string(),
-            name: recipe.name.clone(),
-            spp_version: env!("CARGO_PKG_VERSION").into(),
+            recipe: Some(recipe.path.display().to_string()),
+            name: Some(recipe.name.clone()),
+            spp_version: crate::record::spp_version(),
             stages: stages.iter().map(|s| s.name.clone()).collect(),
-            started_unix,
+            started_unix: Some(started_unix),
             command,
         },
     )?;
@@ -553,7 +534,10 @@ pub fn run(
         let dir = out.join(&s.name);
         let key = stage_key(s, &mut fingerprints)?;
         let old = read_record(&dir);
-        if let Some(r) = old.as_ref().filter(|r| r.status == "done" && r.key == key) {
+        if let Some(r) = old
+            .as_ref()
+            .filter(|r| r.status.as_deref() == Some("done") && r.key == key)
+        {
             eprintln!(
                 "[{}/{}] {} · done earlier, inputs unchanged: skipped",
                 i + 1,
@@ -592,14 +576,14 @@ pub fn run(
         );
         let mut rec = StageRecord {
             name: s.name.clone(),
-            kind: s.kind,
-            model: s.model.clone(),
+            kind: Some(s.kind),
+            model: Some(s.model.clone()),
             commands: s.commands.iter().map(|c| c.argv.clone()).collect(),
             key,
-            status: "running".into(),
+            status: Some("running".into()),
             seconds: None,
             peak_rss_bytes: None,
-            started_unix: unix_now(),
+            started_unix: Some(unix_now()),
         };
         write_json_atomically(&dir.join("stage.json"), &rec)?;
         let t = Instant::now();
@@ -611,11 +595,11 @@ pub fn run(
             match execute(exe, &c, &dir) {
                 Ok(peak) => rec.peak_rss_bytes = rec.peak_rss_bytes.max(peak),
                 Err(e) => {
-                    rec.status = if stop_signal() != 0 {
+                    rec.status = Some(if stop_signal() != 0 {
                         "interrupted".into()
                     } else {
                         "failed".into()
-                    };
+                    });
                     rec.seconds = Some(t.elapsed().as_secs_f64());
                     write_json_atomically(&dir.join("stage.json"), &rec)?;
                     bail!(
@@ -626,7 +610,7 @@ pub fn run(
                 }
             }
         }
-        rec.status = "done".into();
+        rec.status = Some("done".into());
         rec.seconds = Some(t.elapsed().as_secs_f64());
         durations.push((s.kind, t.elapsed().as_secs_f64()));
         write_json_atomically(&dir.join("stage.json"), &rec)?;
@@ -659,4 +643,19 @@ fn eta(left: &[Stage], done: &[(Kind, f64)]) -> Option<f64> {
             .map(|s| avg(Some(s.kind)).or(avg(None)).unwrap_or(0.0))
             .sum(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_quotes_only_what_needs_it() {
+        assert_eq!(shell_quote("--model"), "--model");
+        assert_eq!(shell_quote("runs/a-b_c.toml"), "runs/a-b_c.toml");
+        assert_eq!(shell_quote("two words"), "'two words'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
 }

@@ -8,89 +8,95 @@
 //! [prune]                               # optional: without it the dense model is fine-tuned
 //! method = "wanda"                      # or a list: ["wanda", "sparsegpt"]
 //! sparsity = ["2:4", 0.5]               # one or a list
-//! calib = "../../shared/data/c4/c4_sample.jsonl"
+//! calib = "../data/c4/c4_sample.jsonl"  # default: $SPP_DATA_DIR/c4/c4_sample.jsonl
 //! nsamples = 16                         # any other `spp prune` option by its flag name
 //!
 //! [train]                               # optional
 //! method = "spp"                        # spp | lora | lora-mask, or a list
-//! data = "../../shared/data/alpaca/alpaca_gpt4_en_demo.json"
+//! data = "../data/alpaca/alpaca_gpt4_en_demo.json"
 //! max_steps = 12                        # any other `spp train` option by its flag name
 //!
 //! [eval]                                # optional
-//! ppl_text = "../../shared/data/wikitext2/wiki.test.raw"
+//! ppl_text = "../data/wikitext2/wiki.test.raw"
 //! seqlen = 2048
 //! max_windows = 4
 //! tasks = "all"                         # or a list of names
 //! limit = 20
-//! data_dir = "../../shared/data/eval"
+//! data_dir = "../data/eval"             # default: $SPP_DATA_DIR/eval
 //! ```
 //!
-//! Every key of a section maps to the subcommand's flag of the same name (`max_steps` →
-//! `--max-steps`), so the recipe accepts exactly what the subcommands accept.
+//! Every key of a section is a field of the subcommand's options struct (`spp::job::PruneArgs`,
+//! `TrainArgs`, `PplArgs` and `TasksArgs`; `ppl_text` is `PplArgs`' `text`) and becomes its flag
+//! (`max_steps` → `--max-steps`): the struct's flag definitions decide which keys a section
+//! takes, which are switches and which are paths, and check the values, except the flags
+//! `spp run` sets itself.
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
+use crate::job::{PplArgs, PruneArgs, TasksArgs, TrainArgs};
 use crate::model::LlamaConfig;
 use crate::prune::Sparsity;
+use clap::Arg;
 use std::path::{Path, PathBuf};
 use toml::Value;
 
 const TOP: &[&str] = &["name", "model", "dtype", "device", "prune", "train", "eval"];
-/// `spp prune` flags (`method` and `sparsity` may be lists).
-const PRUNE: &[&str] = &[
-    "method",
-    "sparsity",
-    "calib",
-    "nsamples",
-    "seqlen",
-    "seed",
-    "true_sequential",
-    "blocksize",
-    "percdamp",
-    "targets",
-];
-/// `spp train` flags (`method` may be a list).
-const TRAIN: &[&str] = &[
-    "method",
-    "data",
-    "targets",
-    "r",
-    "scale",
-    "lora_alpha",
-    "dropout",
-    "lr",
-    "warmup_ratio",
-    "schedule",
-    "weight_decay",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "micro_batch_size",
-    "cutoff",
-    "train_on_inputs",
-    "val_size",
-    "eval_every",
-    "save_every",
-    "max_grad_norm",
-    "seed",
-    "grad_checkpoint",
-];
-/// Perplexity (`ppl_text`, `seqlen`, `max_windows`) and task (`tasks`, `limit`, `data_dir`,
-/// `batch_size`, `batch_tokens`) settings.
-const EVAL: &[&str] = &[
-    "ppl_text",
-    "seqlen",
-    "max_windows",
-    "tasks",
-    "limit",
-    "data_dir",
-    "batch_size",
-    "batch_tokens",
-];
-/// Keys holding paths (resolved against the recipe's directory, checked to exist).
-const PATHS: &[&str] = &["calib", "data", "ppl_text", "data_dir"];
-/// Boolean switches (a flag without a value when true).
-const SWITCHES: &[&str] = &["true_sequential", "grad_checkpoint"];
+/// The flags of every model command: `spp run` sets them from the recipe's top level.
+const MODEL_FLAGS: &[&str] = &["model", "dtype", "device", "adapter"];
+
+/// The flags of `T` a recipe section sets: all but the model flags, `owned` (those `spp run`
+/// sets itself) and hidden ones.
+fn options<T: clap::Args>(owned: &[&str]) -> Vec<Arg> {
+    T::augment_args(clap::Command::new("spp"))
+        .get_arguments()
+        .filter(|a| {
+            let id = a.get_id().as_str();
+            !MODEL_FLAGS.contains(&id) && !owned.contains(&id) && !a.is_hide_set()
+        })
+        .cloned()
+        .collect()
+}
+
+/// `[prune]`: `spp prune`'s options (`method` and `sparsity` may be lists).
+fn prune_options() -> Vec<Arg> {
+    options::<PruneArgs>(&["out", "force", "max_shard_size"])
+}
+
+/// `[train]`: `spp train`'s options (`method` may be a list).
+fn train_options() -> Vec<Arg> {
+    options::<TrainArgs>(&["out", "stream_blocks", "keep_blocks", "resume"])
+}
+
+/// `[eval]`: `ppl_text` (`spp eval ppl --text`), its `seqlen` and `max_windows`, and the task
+/// settings of `spp eval tasks`.
+fn eval_options() -> Vec<Arg> {
+    let ppl = options::<PplArgs>(&[]);
+    let text = ppl.iter().filter(|a| a.get_id() == "text");
+    let mut all: Vec<Arg> = text.map(|a| a.clone().id("ppl_text")).collect();
+    all.extend(ppl.iter().filter(|a| a.get_id() != "text").cloned());
+    all.extend(options::<TasksArgs>(&[
+        "no_prefix_sharing",
+        "stream_blocks",
+        "out",
+        "force",
+    ]));
+    all
+}
+
+/// The recipe keys of a section's options.
+fn keys(opts: &[Arg]) -> Vec<&str> {
+    opts.iter().map(|a| a.get_id().as_str()).collect()
+}
+
+/// A flag without a value (true in the recipe: given; false: left out).
+fn is_switch(a: &Arg) -> bool {
+    !a.get_action().takes_values()
+}
+
+/// A path: resolved against the recipe's directory and checked to exist.
+fn is_path(a: &Arg) -> bool {
+    a.get_value_parser().type_id() == clap::value_parser!(PathBuf).type_id()
+}
 
 /// A checked recipe.
 #[derive(Debug, Clone)]
@@ -106,8 +112,16 @@ pub struct Recipe {
     pub eval: Eval,
 }
 
-/// `--flag value` pairs as given (a switch has no value).
-pub type Flags = Vec<(String, Option<String>)>;
+/// A recipe key, the flag it becomes, and its value as given (a switch has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    pub key: String,
+    pub flag: String,
+    pub value: Option<String>,
+}
+
+/// A section's flags in the recipe's (sorted) key order.
+pub type Flags = Vec<Flag>;
 
 /// One section: the methods (× sparsities for pruning) to run, and the other flags as given.
 #[derive(Debug, Clone)]
@@ -200,13 +214,14 @@ impl Recipe {
             }
         };
         let (prune_t, train_t, eval_t) = (section("prune"), section("train"), section("eval"));
-        for (t, known, name) in [
-            (prune_t, PRUNE, "prune."),
-            (train_t, TRAIN, "train."),
-            (eval_t, EVAL, "eval."),
+        let (prune_o, train_o, eval_o) = (prune_options(), train_options(), eval_options());
+        for (t, opts, name) in [
+            (prune_t, &prune_o, "prune."),
+            (train_t, &train_o, "train."),
+            (eval_t, &eval_o, "eval."),
         ] {
             if let Some(t) = t {
-                unknown.extend(unknown_keys(t, known, name));
+                unknown.extend(unknown_keys(t, &keys(opts), name));
             }
         }
         if !unknown.is_empty() {
@@ -272,7 +287,7 @@ impl Recipe {
                     );
                 }
                 for m in &methods {
-                    if let Err(e) = m.parse::<crate::prune::Method>() {
+                    if let Err(e) = m.parse::<crate::prune::PruneMethod>() {
                         errors.push(format!("prune.method: {e}"));
                     }
                 }
@@ -302,7 +317,13 @@ impl Recipe {
                 Some(Variants {
                     methods,
                     sparsities,
-                    flags: section_flags(t, &["method", "sparsity"], "prune", base, &mut errors),
+                    flags: section_flags(
+                        t,
+                        &["method", "sparsity"],
+                        ("prune", &prune_o),
+                        base,
+                        &mut errors,
+                    ),
                 })
             }
         };
@@ -324,19 +345,18 @@ impl Recipe {
                             .into(),
                     );
                 }
-                let flags = section_flags(t, &["method"], "train", base, &mut errors);
-                let r = flags
-                    .iter()
-                    .find(|(k, _)| k == "r")
-                    .and_then(|(_, v)| v.as_deref()?.parse::<usize>().ok());
+                let flags = section_flags(t, &["method"], ("train", &train_o), base, &mut errors);
+                let value = |key: &str| {
+                    flags
+                        .iter()
+                        .find(|f| f.key == key)
+                        .and_then(|f| f.value.as_deref())
+                };
+                let r = value("r").and_then(|v| v.parse::<usize>().ok());
                 if let (Some(r), Some(cfg)) = (r, &cfg) {
                     if methods.iter().any(|m| m == "spp") {
                         let head = cfg.head_dim();
-                        let targets = flags
-                            .iter()
-                            .find(|(k, _)| k == "targets")
-                            .and_then(|(_, v)| v.as_deref())
-                            .unwrap_or("all");
+                        let targets = value("targets").unwrap_or("all");
                         let targets = crate::prune::parse_targets(targets).unwrap_or_default();
                         let bad: Vec<String> = [
                             ("q", cfg.num_attention_heads * head),
@@ -368,19 +388,26 @@ impl Recipe {
         };
         let mut eval = Eval::default();
         if let Some(t) = eval_t {
-            let all = section_flags(t, &[], "eval", base, &mut errors);
-            let pick = |keys: &[&str]| -> Flags {
+            let all = section_flags(t, &[], ("eval", &eval_o), base, &mut errors);
+            // Each command takes the keys that are its options.
+            let pick = |opts: Vec<Arg>| -> Flags {
+                let keys = keys(&opts);
                 all.iter()
-                    .filter(|(k, _)| keys.contains(&k.as_str()))
+                    .filter(|f| keys.contains(&f.key.as_str()))
                     .cloned()
                     .collect()
             };
-            if let Some((_, Some(text))) = all.iter().find(|(k, _)| k == "ppl_text") {
-                eval.ppl = Some((PathBuf::from(text), pick(&["seqlen", "max_windows"])));
+            let ppl_text = all.iter().find(|f| f.key == "ppl_text");
+            if let Some(text) = ppl_text.and_then(|f| f.value.as_deref()) {
+                eval.ppl = Some((PathBuf::from(text), pick(options::<PplArgs>(&[]))));
             }
             if t.contains_key("tasks") {
-                let tasks = pick(&["tasks", "limit", "data_dir", "batch_size", "batch_tokens"]);
-                if let Some((_, Some(names))) = tasks.iter().find(|(k, _)| k == "tasks") {
+                let tasks = pick(options::<TasksArgs>(&[]));
+                if let Some(names) = tasks
+                    .iter()
+                    .find(|f| f.key == "tasks")
+                    .and_then(|f| f.value.as_deref())
+                {
                     if let Err(e) = crate::eval::tasks::parse_names(names) {
                         errors.push(format!("eval.tasks: {e}"));
                     }
@@ -434,21 +461,30 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// The flags of a section, with paths resolved against `base`; a missing path and a value of
-/// the wrong type or out of range are added to `errors`.
+/// The flags of a section (its options `opts`; unknown keys are reported before), with paths
+/// resolved against `base`; a missing path and a value of the wrong type or out of range are
+/// added to `errors`.
 fn section_flags(
     t: &toml::Table,
     skip: &[&str],
-    section: &str,
+    (section, opts): (&str, &[Arg]),
     base: &Path,
     errors: &mut Vec<String>,
 ) -> Flags {
     let mut out = Vec::new();
     for (k, v) in t.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        let Some(arg) = opts.iter().find(|a| a.get_id() == k.as_str()) else {
+            continue;
+        };
         let key = format!("{section}.{k}");
-        if SWITCHES.contains(&k.as_str()) {
+        let flag = |value| Flag {
+            key: k.clone(),
+            flag: format!("--{}", arg.get_long().unwrap_or(k)),
+            value,
+        };
+        if is_switch(arg) {
             match v {
-                Value::Boolean(true) => out.push((k.clone(), None)),
+                Value::Boolean(true) => out.push(flag(None)),
                 Value::Boolean(false) => {}
                 _ => errors.push(format!("{key}: expected true or false")),
             }
@@ -462,20 +498,38 @@ fn section_flags(
         let Some(mut value) = value else {
             continue;
         };
-        if let Err(e) = crate::validate::recipe_value(section, k, &value) {
+        if let Err(e) = check_value(arg, &value) {
             errors.push(format!("{key} = {}: {e}", toml_value(v)));
             continue;
         }
-        if PATHS.contains(&k.as_str()) {
+        if is_path(arg) {
             let p = base.join(&value);
             if !p.exists() {
                 errors.push(format!("{key} = {value:?}: {} does not exist", p.display()));
             }
             value = p.display().to_string();
         }
-        out.push((k.clone(), Some(value)));
+        out.push(flag(Some(value)));
     }
     out
+}
+
+/// `value` checked as the flag checks it on the command line (its range, its names); a path
+/// is checked to exist instead.
+fn check_value(arg: &Arg, value: &str) -> std::result::Result<(), String> {
+    if is_path(arg) {
+        return Ok(());
+    }
+    let cmd = clap::Command::new("spp")
+        .no_binary_name(true)
+        .arg(arg.clone().required(false));
+    let long = arg.get_long().unwrap_or(arg.get_id().as_str());
+    // `--flag=value`: a value starting with `-` stays a value.
+    let parsed = cmd.try_get_matches_from([format!("--{long}={value}")]);
+    // The flag's own message (clap wraps it with the flag's usage).
+    parsed
+        .map(|_| ())
+        .map_err(|e| std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()))
 }
 
 /// A value as the recipe wrote it.
@@ -486,12 +540,12 @@ fn toml_value(v: &Value) -> String {
     }
 }
 
-/// `--flag value` arguments for `(key, value)` pairs (`max_steps` → `--max-steps`).
-pub fn args(flags: &[(String, Option<String>)]) -> Vec<String> {
+/// The command-line arguments of `flags`: each flag, then its value if it has one.
+pub fn args(flags: &[Flag]) -> Vec<String> {
     let mut out = Vec::new();
-    for (k, v) in flags {
-        out.push(format!("--{}", k.replace('_', "-")));
-        out.extend(v.clone());
+    for f in flags {
+        out.push(f.flag.clone());
+        out.extend(f.value.clone());
     }
     out
 }
@@ -504,7 +558,7 @@ mod tests {
     fn nearest_key_is_suggested() {
         assert_eq!(distance("max_step", "max_steps"), 1);
         let t: toml::Table = "max_step = 3\nzzzzzzzzzz = 1".parse().unwrap();
-        let u = unknown_keys(&t, TRAIN, "train.");
+        let u = unknown_keys(&t, &keys(&train_options()), "train.");
         assert!(
             u.contains(&"train.max_step (did you mean train.max_steps?)".to_string()),
             "{u:?}"
@@ -514,10 +568,68 @@ mod tests {
 
     #[test]
     fn flags_become_arguments() {
-        let f = vec![
-            ("max_steps".to_string(), Some("3".to_string())),
-            ("grad_checkpoint".to_string(), None),
-        ];
-        assert_eq!(args(&f), ["--max-steps", "3", "--grad-checkpoint"]);
+        let t: toml::Table = "max_steps = 3\ngrad_checkpoint = true\ntrain_on_inputs = false"
+            .parse()
+            .unwrap();
+        let mut errors = Vec::new();
+        let f = section_flags(
+            &t,
+            &[],
+            ("train", &train_options()),
+            Path::new("."),
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            args(&f),
+            [
+                "--grad-checkpoint",
+                "--max-steps",
+                "3",
+                "--train-on-inputs",
+                "false"
+            ]
+        );
+    }
+
+    #[test]
+    fn values_are_checked_as_their_flags_check_them() {
+        let train = train_options();
+        let arg = |id: &str| train.iter().find(|a| a.get_id() == id).unwrap();
+        assert!(check_value(arg("max_steps"), "two")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(check_value(arg("r"), "-3").is_err());
+        assert!(check_value(arg("seed"), "-1")
+            .unwrap_err()
+            .contains("\"-1\""));
+        assert!(check_value(arg("targets"), "q,xyz")
+            .unwrap_err()
+            .contains("unknown target"));
+        assert!(check_value(arg("schedule"), "step")
+            .unwrap_err()
+            .contains("linear or cosine"));
+        assert!(check_value(arg("lr"), "1e-4").is_ok() && check_value(arg("data"), "").is_ok());
+    }
+
+    #[test]
+    fn sections_take_the_subcommands_options() {
+        let prune = keys(&prune_options()).join(",");
+        assert_eq!(
+            prune,
+            "method,sparsity,calib,nsamples,seqlen,seed,true_sequential,blocksize,percdamp,targets"
+        );
+        let eval = eval_options();
+        assert_eq!(
+            keys(&eval).join(","),
+            "ppl_text,seqlen,max_windows,tasks,data_dir,limit,batch_size,batch_tokens"
+        );
+        let paths: Vec<&str> = eval
+            .iter()
+            .filter(|a| is_path(a))
+            .map(|a| a.get_id().as_str())
+            .collect();
+        assert_eq!(paths, ["ppl_text", "data_dir"]);
+        assert_eq!(keys(&train_options()).len(), 23);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Linear,
@@ -37,7 +37,7 @@ impl std::str::FromStr for Schedule {
 }
 
 /// Everything that decides a run (saved in checkpoints; a resume must match it).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainOptions {
     pub method: adapter::Method,
     pub targets: Vec<String>,
@@ -241,8 +241,10 @@ pub struct Metric {
     pub grad_norm: Option<f64>,
 }
 
-/// What a run did.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a run did. Read back field by field: a record that lacks one (written by hand or by an
+/// older spp) still reads, with that field at its default.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TrainReport {
     pub steps: usize,
     pub resumed_from: Option<usize>,
