@@ -299,21 +299,6 @@ fn converted(a: &GgufArgs, r: &ConvertRecord) -> String {
     )
 }
 
-fn exported(a: &job::ExportGgufArgs, r: &spp::gguf::export::ExportReport) -> String {
-    format!(
-        "exported {} -> {}: {} architecture, {} tensors {:?}, tokenizer {}{}, {:.1} MB in {:.1} s\n",
-        a.model.display(),
-        a.out.display(),
-        r.architecture,
-        r.tensors,
-        r.tensor_types,
-        r.tokenizer,
-        r.pre_tokenizer.as_deref().map_or(String::new(), |p| format!(" ({p})")),
-        r.bytes as f64 / 1e6,
-        r.seconds
-    )
-}
-
 fn inspect(a: InspectArgs, log: &mut Stderr) -> Result<()> {
     let r = job::inspect(&a.m, log)?;
     if a.json {
@@ -435,7 +420,7 @@ fn main() {
             for w in r.iter().flat_map(|r| &r.warnings) {
                 eprintln!("warning: {w}");
             }
-            show(j.json, r, |r| exported(&j.a, r))
+            show(j.json, r, |r| r.line(&j.a.model, &j.a.out))
         }
         Cmd::Eval(EvalCmd::Ppl(j)) => show(j.json, job::eval_ppl(&j.a, log), |r| {
             format!("{}\n", r.result.line())

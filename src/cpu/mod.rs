@@ -21,6 +21,8 @@ pub use ops::{
 };
 pub use os::{keep_freed_memory, return_freed_memory};
 pub(crate) use os::{map_safetensors, stop_self};
+#[cfg(unix)]
+pub(crate) use os::{on_interrupt, send_signal};
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;

@@ -1,5 +1,5 @@
 //! The calls into the OS and the allocator that need `unsafe`: the allocator's purge option,
-//! stopping this process, mapping checkpoint files.
+//! stopping this process, signalling a child, catching signals, mapping checkpoint files.
 
 use candle_core::safetensors::MmapedSafetensors;
 use std::path::PathBuf;
@@ -39,6 +39,26 @@ pub(crate) fn stop_self() {
     // SAFETY: raise has no memory-safety preconditions.
     unsafe {
         libc::raise(libc::SIGSTOP);
+    }
+}
+
+/// Sends signal `sig` to process `pid` (a child of ours).
+#[cfg(unix)]
+pub(crate) fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Routes SIGINT and SIGTERM to `handler`, which must be async-signal-safe (e.g. an atomic store).
+#[cfg(unix)]
+pub(crate) fn on_interrupt(handler: extern "C" fn(libc::c_int)) {
+    let handler = handler as libc::sighandler_t;
+    // SAFETY: installs a handler the caller guarantees to be async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
     }
 }
 

@@ -77,6 +77,26 @@ pub struct ExportReport {
     pub seconds: f64,
 }
 
+impl ExportReport {
+    /// The line `spp export gguf` prints for an export of `model` into `out`.
+    pub fn line(&self, model: &Path, out: &Path) -> String {
+        format!(
+            "exported {} -> {}: {} architecture, {} tensors {:?}, tokenizer {}{}, {:.1} MB in {:.1} s\n",
+            model.display(),
+            out.display(),
+            self.architecture,
+            self.tensors,
+            self.tensor_types,
+            self.tokenizer,
+            self.pre_tokenizer
+                .as_deref()
+                .map_or(String::new(), |p| format!(" ({p})")),
+            self.bytes as f64 / 1e6,
+            self.seconds
+        )
+    }
+}
+
 /// Q8_0 as ggml's reference quantiser makes it: per block of 32, the scale `max|x| / 127` as f16,
 /// then `round(x / scale)` (half away from zero) as i8.
 pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {

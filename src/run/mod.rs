@@ -333,14 +333,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// the running stage receives them and the stage is recorded as interrupted.
 fn catch_signals() {
     #[cfg(unix)]
-    {
-        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installs a handler that only stores into an atomic.
-        unsafe {
-            libc::signal(libc::SIGINT, handler);
-            libc::signal(libc::SIGTERM, handler);
-        }
-    }
+    crate::cpu::on_interrupt(on_signal);
 }
 
 fn stop_signal() -> i32 {
@@ -439,10 +432,7 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         if sig != 0 && !forwarded {
             forwarded = true;
             #[cfg(unix)]
-            // SAFETY: a plain kill(2) of our own child.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
+            crate::cpu::send_signal(child.id(), sig);
             #[cfg(not(unix))]
             let _ = child.kill();
         }
