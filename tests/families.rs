@@ -428,6 +428,46 @@ fn cli_pipeline_runs_on_every_family() {
             "--out",
             &s(&merged),
         ]);
+        // LoRA with the pruning mask: trained and merged, the zeros kept too.
+        let (lora, lora_merged) = (out.join("lora"), out.join("lora-merged"));
+        ok(&[
+            "train",
+            "--model",
+            &s(&pruned),
+            "--data",
+            &s(&data),
+            "--out",
+            &s(&lora),
+            "--method",
+            "lora-mask",
+            "--r",
+            "4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--micro-batch-size",
+            "2",
+            "--cutoff",
+            "48",
+            "--val-size",
+            "0",
+        ]);
+        ok(&[
+            "merge",
+            "--model",
+            &s(&pruned),
+            "--adapter",
+            &s(&lora),
+            "--out",
+            &s(&lora_merged),
+        ]);
+        let o = ok(&["inspect", "--model", &s(&lora_merged), "--json"]);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            r["all_linears_2_4"], true,
+            "{name}: LoRA + mask merge lost 2:4"
+        );
         let o = ok(&["inspect", "--model", &s(&merged), "--json"]);
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let family = spp::model::LlamaConfig::load(&dir(name).join("config.json"))
