@@ -28,7 +28,8 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
 }
 
-fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
+/// The text of a special token as tokenizer_config.json gives it: a string or `{"content": …}`.
+pub(crate) fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),

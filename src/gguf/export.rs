@@ -225,19 +225,19 @@ impl Meta {
     }
 }
 
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
+
 /// The GGUF vocabulary metadata of a model directory's `tokenizer.json`.
 struct Vocabulary {
     meta: Vec<(String, Meta)>,
     model: &'static str,
     pre: Option<&'static str>,
-}
-
-fn token_text(v: &Json) -> Option<&str> {
-    match v {
-        Json::String(s) => Some(s),
-        Json::Object(o) => o.get("content").and_then(|c| c.as_str()),
-        _ => None,
-    }
 }
 
 /// llama.cpp's pre-tokenizer type for a byte-level `tokenizer.json` whose pre-tokenizer is one of
@@ -291,9 +291,9 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
             ))
         })?;
         let ty = if t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') {
-            6
+            BYTE
         } else {
-            1
+            NORMAL
         };
         tokens.insert(id as u32, (t.clone(), ty));
     }
@@ -302,9 +302,9 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
             bail!("{}: an added token lacks its id or content", path.display());
         };
         let ty = if added["special"].as_bool().unwrap_or(false) {
-            3
+            CONTROL
         } else {
-            4
+            USER_DEFINED
         };
         tokens.insert(id as u32, (content.to_string(), ty));
     }
@@ -315,9 +315,7 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
         Err(_) => Json::Null,
     };
     let named = |key: &str| {
-        tc.get(key)
-            .and_then(token_text)
-            .and_then(|t| tok.inner.token_to_id(t))
+        crate::tokenizer::token_text(tc.get(key)).and_then(|t| tok.inner.token_to_id(&t))
     };
     let unk = model["unk_token"]
         .as_str()
@@ -330,7 +328,7 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
         .filter(|_| sentencepiece)
         .and_then(|u| tokens.get_mut(&u))
     {
-        e.1 = 2;
+        e.1 = UNKNOWN;
     }
     // llama.cpp takes the vocabulary size from the token list: a model whose embedding has more
     // rows than its tokenizer has tokens (padded for speed, as Qwen's) gets UNUSED placeholders,
@@ -353,7 +351,7 @@ fn vocabulary(dir: &Path, cfg: &LlamaConfig) -> Result<Vocabulary> {
     for id in 0..n as u32 {
         let (t, ty) = tokens
             .remove(&id)
-            .unwrap_or_else(|| (format!("[PAD{id}]"), 5));
+            .unwrap_or_else(|| (format!("[PAD{id}]"), UNUSED));
         list.push(t);
         types.push(ty);
     }
@@ -446,14 +444,14 @@ pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Resu
     let family = cfg.family()?;
     let arch = architecture(family);
     let mut warnings = Vec::new();
-    let windows = (0..cfg.num_hidden_layers)
+    let windows: Vec<usize> = (0..cfg.num_hidden_layers)
         .filter_map(|i| cfg.sliding_window(i))
-        .count();
-    if windows > 0 {
+        .collect();
+    if let Some(w) = windows.first() {
         warnings.push(format!(
-            "{windows} blocks have a sliding window of {}: llama.cpp's `{arch}` architecture attends to \
+            "{} blocks have a sliding window of {w}: llama.cpp's `{arch}` architecture attends to \
              every earlier token, so beyond the window its outputs differ from spp's and transformers'",
-            cfg.sliding_window((0..cfg.num_hidden_layers).find(|&i| cfg.sliding_window(i).is_some()).unwrap_or(0)).unwrap_or(0)
+            windows.len()
         ));
     }
     if let Some(rs) = cfg
