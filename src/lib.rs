@@ -25,6 +25,7 @@ pub mod prune;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod shell;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;

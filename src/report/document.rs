@@ -1,11 +1,11 @@
 //! The document: every section of the report as [`Block`]s, rendered by [`super::render`].
 
 use super::analysis::{baseline, common_mean_acc, common_ppl, parent, rows, Row};
+use super::format::*;
 use super::load::{count, metric, per_layer, protocol_key, stride, Run, Stage, Status};
-use super::render::*;
 use super::svg;
 use crate::record::{PplRecord, TasksRecord};
-use crate::run::quote_argv;
+use crate::shell::quote_argv;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

@@ -21,10 +21,11 @@ pub mod svg;
 
 mod analysis;
 mod document;
+mod format;
 mod load;
 mod render;
 
-pub(crate) use render::fmt_secs;
+pub(crate) use format::fmt_secs;
 
 use crate::error::{IoContext, Result};
 use document::compose;
@@ -73,6 +74,7 @@ pub fn build(dir: &Path) -> Result<ReportPaths> {
 #[cfg(test)]
 mod tests {
     use super::document::{c, t};
+    use super::format::*;
     use super::load::layer_index;
     use super::render::*;
     use crate::prune::Sparsity;

@@ -297,24 +297,6 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// POSIX shell quoting: bare when only safe characters, else single quotes.
-pub fn shell_quote(arg: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
-    if !arg.is_empty() && arg.chars().all(safe) {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-/// argv as one shell line.
-pub fn quote_argv(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 pub fn read_record(dir: &Path) -> Option<StageRecord> {
     let text = std::fs::read_to_string(dir.join("stage.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -453,11 +435,14 @@ fn execute(exe: &Path, cmd: &Cmd, dir: &Path) -> Result<Option<u64>> {
         bail!(
             "stopped by {}: `{}` was stopped",
             signal_name(stop_signal()),
-            quote_argv(&cmd.argv)
+            crate::shell::quote_argv(&cmd.argv)
         );
     }
     if !status.success() {
-        bail!("`{}` failed ({status})", quote_argv(&cmd.argv));
+        bail!(
+            "`{}` failed ({status})",
+            crate::shell::quote_argv(&cmd.argv)
+        );
     }
     if let (Some(p), Some(f)) = (part, &cmd.stdout) {
         std::fs::rename(&p, dir.join(f)).at(dir.join(f))?;
@@ -633,19 +618,4 @@ fn eta(left: &[Stage], done: &[(Kind, f64)]) -> Option<f64> {
             .map(|s| avg(Some(s.kind)).or(avg(None)).unwrap_or(0.0))
             .sum(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quote_quotes_only_what_needs_it() {
-        assert_eq!(shell_quote("--model"), "--model");
-        assert_eq!(shell_quote("runs/a-b_c.toml"), "runs/a-b_c.toml");
-        assert_eq!(shell_quote("two words"), "'two words'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-    }
 }
