@@ -125,14 +125,20 @@ pub struct GenerationStats {
     pub generated_tokens: usize,
     pub stopped_at_eos: bool,
     pub prefill_seconds: f64,
+    pub prefill_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
+    /// Bytes of weights each decode step reads ([`Llama::decode_weight_bytes`]).
+    pub weight_bytes_per_token: u64,
 }
 
 impl GenerationStats {
-    /// `[N prompt tokens, M generated, prefill S s, T tok/s]`.
+    /// `[N prompt tokens, M generated, prefill S s (P tok/s), decode T tok/s, W MB of weights per
+    /// token, G GB/s]`.
     pub fn line(&self) -> String {
+        let mb = self.weight_bytes_per_token as f64 / 1e6;
         format!(
-            "[{} prompt tokens, {} generated{}, prefill {:.2} s, {:.1} tok/s]",
+            "[{} prompt tokens, {} generated{}, prefill {:.2} s ({:.1} tok/s), decode {:.1} tok/s, \
+             {mb:.1} MB of weights per token, {:.2} GB/s]",
             self.prompt_tokens,
             self.generated_tokens,
             if self.stopped_at_eos {
@@ -141,7 +147,9 @@ impl GenerationStats {
                 ""
             },
             self.prefill_seconds,
-            self.decode_tokens_per_second
+            self.prefill_tokens_per_second,
+            self.decode_tokens_per_second,
+            mb * self.decode_tokens_per_second / 1e3
         )
     }
 }
@@ -197,6 +205,8 @@ pub fn generate(
         generated_tokens: generated,
         stopped_at_eos,
         prefill_seconds,
+        prefill_tokens_per_second: prompt.len() as f64 / prefill_seconds.max(1e-9),
         decode_tokens_per_second: generated as f64 / t1.elapsed().as_secs_f64().max(1e-9),
+        weight_bytes_per_token: model.decode_weight_bytes(),
     })
 }

@@ -607,3 +607,28 @@ fn written_configs_name_the_family_and_others_are_refused() {
     .to_string();
     assert!(err.contains("different families"), "{err}");
 }
+
+/// What `spp generate` reports as the weights one decode step reads: every weight once (a tied
+/// head is the embedding table) plus one embedding row.
+#[test]
+fn decode_reads_every_weight_once_and_one_embedding_row() {
+    for name in ["qwen2-tied", "qwen3-headdim"] {
+        let m = model(name, &Device::Cpu);
+        let cfg = &m.cfg;
+        let total: usize = spp::model::stream::layout(cfg)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let embedding = cfg.vocab_size * cfg.hidden_size;
+        let read = if cfg.tie_word_embeddings {
+            total
+        } else {
+            total - embedding
+        };
+        assert_eq!(
+            m.decode_weight_bytes(),
+            4 * (read + cfg.hidden_size) as u64,
+            "{name}"
+        );
+    }
+}

@@ -820,6 +820,18 @@ impl Llama {
         }
     }
 
+    /// Bytes of weights one decode step reads: every block's tensors, the final norm, the output
+    /// embedding, and one row of the input embedding. Decoding is bound by these bytes.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let blocks: u64 = (0..self.layers.len())
+            .flat_map(|i| self.layers[i].named_tensors(i))
+            .map(|(_, t)| bytes(&t))
+            .sum();
+        let row = (self.cfg.hidden_size * self.dtype.size_in_bytes()) as u64;
+        blocks + bytes(&self.norm.weight) + bytes(self.output_weight()) + row
+    }
+
     /// Logits from hidden states: `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
