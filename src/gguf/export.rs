@@ -135,39 +135,6 @@ fn architecture(family: Family) -> &'static str {
     }
 }
 
-/// The per-frequency divisors llama.cpp applies for LLaMA-3 rope scaling (`rope_freqs.weight`),
-/// computed as its converter does, in double precision from the f32 base frequencies.
-fn llama3_rope_freqs(cfg: &LlamaConfig) -> Option<Vec<f32>> {
-    let rs = cfg
-        .rope_scaling
-        .as_ref()
-        .filter(|r| r.rope_type == "llama3")?;
-    let d = cfg.head_dim();
-    let factor = rs.factor.unwrap_or(8.0);
-    let low = rs.low_freq_factor.unwrap_or(1.0);
-    let high = rs.high_freq_factor.unwrap_or(4.0);
-    let old = rs.original_max_position_embeddings.unwrap_or(8192) as f64;
-    let (low_wavelen, high_wavelen) = (old / low, old / high);
-    Some(
-        (0..d)
-            .step_by(2)
-            .map(|i| {
-                let freq = 1.0 / (cfg.rope_theta as f32).powf(i as f32 / d as f32);
-                let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
-                let f = if wavelen < high_wavelen {
-                    1.0
-                } else if wavelen > low_wavelen {
-                    factor
-                } else {
-                    let smooth = (old / wavelen - low) / (high - low);
-                    1.0 / ((1.0 - smooth) / factor + smooth)
-                };
-                f as f32
-            })
-            .collect(),
-    )
-}
-
 /// A metadata value.
 enum Meta {
     U32(u32),
@@ -556,7 +523,12 @@ pub fn export(dir: &Path, out: &Path, precision: Precision, force: bool) -> Resu
         ty: GgmlType,
     }
     let mut entries = Vec::new();
-    let rope_freqs = llama3_rope_freqs(&cfg);
+    // LLaMA-3 scaling is a per-frequency divisor in llama.cpp (`rope_freqs`).
+    let rope_freqs = cfg
+        .rope_scaling
+        .as_ref()
+        .filter(|r| r.rope_type == "llama3")
+        .map(|_| crate::model::rope::frequency_divisors(&cfg));
     if let Some(f) = &rope_freqs {
         entries.push(Entry {
             hf: None,

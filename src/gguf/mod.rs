@@ -256,7 +256,6 @@ fn llama3_scaling(c: &Content, cfg: &LlamaConfig, freqs: &[f32]) -> Result<RopeS
         meta_usize(c, "llama.rope.scaling.original_context_length")?,
         Some(8192),
     ];
-    let base = crate::model::rope::inv_freq(cfg);
     let mut tried = vec![];
     for factor in factors.into_iter().flatten() {
         for original in originals.into_iter().flatten() {
@@ -272,9 +271,9 @@ fn llama3_scaling(c: &Content, cfg: &LlamaConfig, freqs: &[f32]) -> Result<RopeS
                 rope_scaling: Some(scaling.clone()),
                 ..cfg.clone()
             };
-            let scaled = crate::model::rope::inv_freq(&candidate);
-            let same = base.iter().zip(&scaled).zip(freqs).all(|((b, s), want)| {
-                let got = (b / s) as f64;
+            let divisors = crate::model::rope::frequency_divisors(&candidate);
+            let same = divisors.iter().zip(freqs).all(|(&got, want)| {
+                let got = got as f64;
                 (got - *want as f64).abs() <= ROPE_FREQS_TOLERANCE * got.abs()
             });
             if same {

@@ -13,6 +13,20 @@ pub struct Rope {
     sin: Tensor,
 }
 
+/// What `cfg`'s rope scaling divides each base frequency by (llama.cpp's `rope_freqs`): the
+/// unscaled frequencies over the scaled ones.
+pub fn frequency_divisors(cfg: &LlamaConfig) -> Vec<f32> {
+    let unscaled = inv_freq(&LlamaConfig {
+        rope_scaling: None,
+        ..cfg.clone()
+    });
+    unscaled
+        .iter()
+        .zip(inv_freq(cfg))
+        .map(|(b, s)| b / s)
+        .collect()
+}
+
 /// Inverse frequencies as `transformers` computes them (in f32), with the configured scaling.
 pub fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
     let d = cfg.head_dim();
