@@ -247,24 +247,6 @@ fn logits(model: &Llama) -> Tensor {
     model.forward(&ids).unwrap()
 }
 
-fn zero_masks(model: &Llama) -> Vec<Vec<u8>> {
-    model
-        .layers
-        .iter()
-        .flat_map(|b| {
-            b.linears().map(|(_, l)| {
-                l.weight
-                    .eq(0f32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<u8>()
-                    .unwrap()
-            })
-        })
-        .collect()
-}
-
 #[test]
 fn zero_init_adapter_keeps_the_pruned_model() {
     let mut model = common::tiny_model(false, false, &Device::Cpu);
@@ -286,7 +268,7 @@ fn merge_body(dev: &Device) {
     for nm in [true, false] {
         let mut model = common::tiny_model(true, false, dev);
         prune_tiny(&mut model, nm);
-        let (base, mask) = (logits(&model), zero_masks(&model));
+        let (base, mask) = (logits(&model), common::zero_masks(&model));
         adapter::attach(&mut model, &spec(Method::Spp, 4, 1.7), 3).unwrap();
         randomise(&model);
         let adapted = logits(&model);
@@ -310,7 +292,7 @@ fn merge_body(dev: &Device) {
         );
         assert_eq!(
             mask,
-            zero_masks(&model),
+            common::zero_masks(&model),
             "the merged mask must be bit-identical"
         );
         if nm {
@@ -327,7 +309,7 @@ fn lora_mask_merge_keeps_zeros_and_plain_lora_does_not() {
     for method in [Method::Lora, Method::LoraMask] {
         let mut model = common::tiny_model(false, false, &Device::Cpu);
         prune_tiny(&mut model, false);
-        let mask = zero_masks(&model);
+        let mask = common::zero_masks(&model);
         adapter::attach(&mut model, &spec(method, 4, 2.0), 5).unwrap();
         randomise(&model);
         let adapted = logits(&model);
@@ -339,7 +321,7 @@ fn lora_mask_merge_keeps_zeros_and_plain_lora_does_not() {
             assert!(common::max_diff(&adapted, &logits(&model)) <= 1e-4);
         } else {
             assert!(report.iter().all(|l| l.zeros_kept));
-            assert_eq!(mask, zero_masks(&model));
+            assert_eq!(mask, common::zero_masks(&model));
         }
     }
 }

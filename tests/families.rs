@@ -259,23 +259,6 @@ fn adapter_gradients_equal_the_reference_path() {
     }
 }
 
-fn zeros(m: &Llama) -> Vec<Vec<u8>> {
-    m.layers
-        .iter()
-        .flat_map(|b| {
-            b.linears().map(|(_, l)| {
-                l.weight
-                    .eq(0f32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<u8>()
-                    .unwrap()
-            })
-        })
-        .collect()
-}
-
 /// Wanda 2:4 with calibration, SPP adapters made active, the merge: every zero kept, the 2:4
 /// pattern valid, the merged model computing what the adapted one did, biases and q/k norms
 /// untouched throughout.
@@ -312,7 +295,7 @@ fn wanda_2_4_spp_merge_round_trip_keeps_every_zero() {
             percdamp: 0.01,
         };
         prune_model(&mut m, &calib, &opts, &mut |_| {}).unwrap();
-        let mask = zeros(&m);
+        let mask = common::zero_masks(&m);
         adapter::attach(&mut m, &spec(), 3).unwrap();
         for (i, (n, v)) in adapter::trainable(&m).into_iter().enumerate() {
             if n.ends_with("spp_b.weight") {
@@ -332,7 +315,7 @@ fn wanda_2_4_spp_merge_round_trip_keeps_every_zero() {
         );
         assert_eq!(
             mask,
-            zeros(&m),
+            common::zero_masks(&m),
             "{name}: the merged mask must be bit-identical"
         );
         assert!(m.layers.iter().all(|b| b
@@ -396,72 +379,45 @@ fn cli_pipeline_runs_on_every_family() {
             "--out",
             &s(&pruned),
         ]);
-        ok(&[
-            "train",
-            "--model",
-            &s(&pruned),
-            "--data",
-            &s(&data),
-            "--out",
-            &s(&adapter),
-            "--method",
-            "spp",
-            "--r",
-            "4",
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--micro-batch-size",
-            "2",
-            "--cutoff",
-            "48",
-            "--val-size",
-            "0",
-        ]);
-        ok(&[
-            "merge",
-            "--model",
-            &s(&pruned),
-            "--adapter",
-            &s(&adapter),
-            "--out",
-            &s(&merged),
-        ]);
-        // LoRA with the pruning mask: trained and merged, the zeros kept too.
+        // SPP, and LoRA with the pruning mask: each trained and merged, every zero kept.
         let (lora, lora_merged) = (out.join("lora"), out.join("lora-merged"));
-        ok(&[
-            "train",
-            "--model",
-            &s(&pruned),
-            "--data",
-            &s(&data),
-            "--out",
-            &s(&lora),
-            "--method",
-            "lora-mask",
-            "--r",
-            "4",
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--micro-batch-size",
-            "2",
-            "--cutoff",
-            "48",
-            "--val-size",
-            "0",
-        ]);
-        ok(&[
-            "merge",
-            "--model",
-            &s(&pruned),
-            "--adapter",
-            &s(&lora),
-            "--out",
-            &s(&lora_merged),
-        ]);
+        for (method, adapter, merged) in [
+            ("spp", &adapter, &merged),
+            ("lora-mask", &lora, &lora_merged),
+        ] {
+            ok(&[
+                "train",
+                "--model",
+                &s(&pruned),
+                "--data",
+                &s(&data),
+                "--out",
+                &s(adapter),
+                "--method",
+                method,
+                "--r",
+                "4",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--micro-batch-size",
+                "2",
+                "--cutoff",
+                "48",
+                "--val-size",
+                "0",
+            ]);
+            ok(&[
+                "merge",
+                "--model",
+                &s(&pruned),
+                "--adapter",
+                &s(adapter),
+                "--out",
+                &s(merged),
+            ]);
+        }
         let o = ok(&["inspect", "--model", &s(&lora_merged), "--json"]);
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(

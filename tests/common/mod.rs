@@ -201,3 +201,23 @@ pub fn smollm2_dir() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// Per linear of every block (checkpoint order), 1 where the weight is zero: the mask a
+/// sparsity-preserving merge must leave bit-identical.
+pub fn zero_masks(model: &Llama) -> Vec<Vec<u8>> {
+    model
+        .layers
+        .iter()
+        .flat_map(|b| {
+            b.linears().map(|(_, l)| {
+                l.weight
+                    .eq(0f32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<u8>()
+                    .unwrap()
+            })
+        })
+        .collect()
+}
