@@ -295,7 +295,7 @@ const ROPE_FREQS_TOLERANCE: f64 = 1e-6;
 
 /// The Hugging Face name of a llama.cpp tensor name, if it is one spp uses.
 fn hf_name(gguf: &str) -> Option<String> {
-    translate(gguf, 1)
+    translate(gguf, true)
 }
 
 /// llama.cpp's names of the tensors outside the blocks and of each block's modules, beside the
@@ -319,27 +319,32 @@ const BLOCK_NAMES: [(&str, &str); 11] = [
     ("ffn_down", "mlp.down_proj"),
 ];
 
-/// A tensor name in the other convention: `to` 1 maps llama.cpp → Hugging Face, 0 the reverse.
-fn translate(name: &str, to: usize) -> Option<String> {
-    let side = |p: (&'static str, &'static str), i: usize| if i == 0 { p.0 } else { p.1 };
-    if let Some(&p) = NAMES.iter().find(|&&p| side(p, 1 - to) == name) {
-        return Some(side(p, to).to_string());
+/// A tensor name in the other convention: llama.cpp → Hugging Face with `to_hf`, else the reverse.
+fn translate(name: &str, to_hf: bool) -> Option<String> {
+    type Pair = (&'static str, &'static str);
+    // (from, to) for this direction.
+    let orient = |(gguf, hf): Pair| if to_hf { (gguf, hf) } else { (hf, gguf) };
+    if let Some((_, to)) = NAMES
+        .into_iter()
+        .map(orient)
+        .find(|(from, _)| *from == name)
+    {
+        return Some(to.to_string());
     }
-    let (prefix, other) = if to == 1 {
-        ("blk.", "model.layers.")
-    } else {
-        ("model.layers.", "blk.")
-    };
+    let (prefix, other) = orient(("blk.", "model.layers."));
     let (layer, rest) = name.strip_prefix(prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let &p = BLOCK_NAMES.iter().find(|&&p| side(p, 1 - to) == module)?;
-    Some(format!("{other}{layer}.{}.{kind}", side(p, to)))
+    let (_, to) = BLOCK_NAMES
+        .into_iter()
+        .map(orient)
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{other}{layer}.{to}.{kind}"))
 }
 
 /// The llama.cpp name of a Hugging Face tensor name.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    translate(hf, 0)
+    translate(hf, false)
 }
 
 /// Undoes llama.cpp's row permutation of q/k (`[heads, 2, d/2]` → `[heads, d/2, 2]` on disk):
