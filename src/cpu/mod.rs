@@ -9,6 +9,7 @@ mod gemm;
 mod kernels;
 mod ops;
 mod os;
+mod sparse;
 
 pub use finite::{copy_checked, has_non_finite};
 pub use gemm::{gemm_abt, gemm_abt_many, gemm_abt_reference, syrk_lower};
@@ -18,6 +19,9 @@ pub use ops::{
     frozen_matmul_reference, frozen_matmul_silu, lm_head_nll, masked_softmax, rms_norm,
     rms_norm_reference, rope, rope_reference, silu_mul, silu_mul_reference, token_nll,
     token_nll_reference,
+};
+pub use sparse::{
+    packed_matmul, PackedMatrix, PackedValues, SparseKernel, SparseLayout, ValueKind, UNPACK_ROWS,
 };
 pub use os::{keep_freed_memory, return_freed_memory};
 pub(crate) use os::{map_safetensors, stop_self};

@@ -1,0 +1,759 @@
+//! Packed sparse weights and the products over them.
+//!
+//! A [`PackedMatrix`] holds an `[rows, cols]` weight as its kept values plus where they sit:
+//! - N:M ([`SparseLayout::NM`]): every group of `m` consecutive columns keeps exactly `n` values
+//!   (a group with fewer non-zeros stores explicit zeros), each with its position in the group as
+//!   a code of 2 (m ≤ 4), 4 (m ≤ 16) or 8 bits, packed low bits first;
+//! - bitmask ([`SparseLayout::Bitmask`]): one bit per column (low bit first) says whether the
+//!   column is kept; the kept values follow in column order.
+//!
+//! Values are f32, bf16, f16, or 8-bit integers with one f32 scale per row (round to nearest of
+//! `w / (max|w| / 127)`).
+//!
+//! Every product sums in one fixed order, whatever the kernel: sixteen lanes, then the lanes
+//! pairwise (8, 4, 2, 1 apart). N:M puts the `j`-th kept value of a row in lane `j mod 16`; bitmask
+//! puts column `c` in lane `c mod 16` (a dropped column adds `0 · x`). Each step is one fused
+//! multiply-add, so the AVX-512 kernel, the AVX2 kernel and the portable loop give the same bits.
+
+use candle_core::{DType, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// Where the kept values of a packed weight sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseLayout {
+    /// `n` values kept in every group of `m` columns.
+    NM { n: usize, m: usize },
+    /// One bit per column.
+    Bitmask,
+}
+
+impl SparseLayout {
+    /// Bits of one N:M position code.
+    pub fn code_bits(m: usize) -> Option<usize> {
+        match m {
+            2..=4 => Some(2),
+            5..=16 => Some(4),
+            17..=256 => Some(8),
+            _ => None,
+        }
+    }
+
+    /// Bytes of index (codes or mask bits) per row of `cols` columns.
+    pub fn index_bytes(self, cols: usize) -> usize {
+        match self {
+            SparseLayout::NM { n, m } => {
+                (cols / m * n * Self::code_bits(m).unwrap_or(8)).div_ceil(8)
+            }
+            SparseLayout::Bitmask => cols.div_ceil(8),
+        }
+    }
+}
+
+/// The kept values, in one of the stored types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PackedValues {
+    F32(Vec<f32>),
+    /// Raw bf16 bits.
+    Bf16(Vec<u16>),
+    /// Raw f16 bits.
+    F16(Vec<u16>),
+    /// 8-bit integers, `w ≈ q · scale[row]`.
+    I8 { q: Vec<i8>, scale: Vec<f32> },
+}
+
+/// Values read past the last kept one by the vector kernels (zeros, never part of a product).
+const PAD: usize = 16;
+
+impl PackedValues {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::Bf16(v) | Self::F16(v) => v.len(),
+            Self::I8 { q, .. } => q.len(),
+        }
+    }
+
+    /// Value `i` as f32 (without the row scale of 8-bit values).
+    #[inline(always)]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Self::F32(v) => v[i],
+            Self::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
+            Self::F16(v) => f16::from_bits(v[i]).to_f32(),
+            Self::I8 { q, .. } => q[i] as f32,
+        }
+    }
+
+    fn scale(&self, row: usize) -> f32 {
+        match self {
+            Self::I8 { scale, .. } => scale[row],
+            _ => 1.0,
+        }
+    }
+
+    /// The stored type's name as config.json records it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::F32(_) => "f32",
+            Self::Bf16(_) => "bf16",
+            Self::F16(_) => "f16",
+            Self::I8 { .. } => "int8",
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Self::F32(_) => 4,
+            Self::Bf16(_) | Self::F16(_) => 2,
+            Self::I8 { .. } => 1,
+        }
+    }
+}
+
+/// What type to store the kept values in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    F32,
+    Bf16,
+    F16,
+    Int8,
+}
+
+/// A packed `[rows, cols]` weight (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub layout: SparseLayout,
+    /// Kept values of every row, one row after the other, plus [`PAD`] zeros.
+    pub values: PackedValues,
+    /// `index_bytes` per row.
+    pub index: Vec<u8>,
+    /// Where each row's values start (`rows + 1` entries).
+    starts: Vec<usize>,
+}
+
+impl PackedMatrix {
+    /// Packs a row-major f32 weight. Errors say why the layout does not fit.
+    pub fn pack(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        layout: SparseLayout,
+        kind: ValueKind,
+    ) -> Result<Self, String> {
+        if w.len() != rows * cols {
+            return Err(format!(
+                "{} values for a [{rows}, {cols}] weight",
+                w.len()
+            ));
+        }
+        let ib = layout.index_bytes(cols);
+        let mut index = vec![0u8; rows * ib];
+        let mut kept: Vec<f32> = Vec::new();
+        let mut starts = Vec::with_capacity(rows + 1);
+        match layout {
+            SparseLayout::NM { n, m } => {
+                let bits = SparseLayout::code_bits(m)
+                    .ok_or_else(|| format!("N:M with M = {m}: M must be 2 to 256"))?;
+                if n == 0 || n > m || !cols.is_multiple_of(m) {
+                    return Err(format!(
+                        "{n}:{m} needs 0 < N ≤ M and columns ({cols}) a multiple of M"
+                    ));
+                }
+                kept.reserve(rows * cols / m * n);
+                for (r, row) in w.chunks_exact(cols).enumerate() {
+                    starts.push(kept.len());
+                    let codes = &mut index[r * ib..(r + 1) * ib];
+                    let mut j = 0;
+                    for (g, group) in row.chunks_exact(m).enumerate() {
+                        let nz: Vec<usize> = (0..m).filter(|&i| group[i] != 0.0).collect();
+                        if nz.len() > n {
+                            return Err(format!(
+                                "row {r}, columns {}..{}: {} non-zeros where {n}:{m} keeps at most {n}",
+                                g * m,
+                                (g + 1) * m,
+                                nz.len()
+                            ));
+                        }
+                        // Positions: the non-zeros, then the first free slots (as zeros).
+                        let mut pos = nz.clone();
+                        pos.extend((0..m).filter(|i| !nz.contains(i)).take(n - nz.len()));
+                        pos.sort_unstable();
+                        for p in pos {
+                            kept.push(group[p]);
+                            let bit = j * bits;
+                            codes[bit / 8] |= (p as u8) << (bit % 8);
+                            j += 1;
+                        }
+                    }
+                }
+            }
+            SparseLayout::Bitmask => {
+                for (r, row) in w.chunks_exact(cols).enumerate() {
+                    starts.push(kept.len());
+                    let mask = &mut index[r * ib..(r + 1) * ib];
+                    for (c, &v) in row.iter().enumerate() {
+                        if v != 0.0 {
+                            mask[c / 8] |= 1 << (c % 8);
+                            kept.push(v);
+                        }
+                    }
+                }
+            }
+        }
+        starts.push(kept.len());
+        let nnz = kept.len();
+        kept.resize(nnz + PAD, 0.0);
+        let values = match kind {
+            ValueKind::F32 => PackedValues::F32(kept),
+            ValueKind::Bf16 => PackedValues::Bf16(
+                kept.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+            ),
+            ValueKind::F16 => {
+                PackedValues::F16(kept.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
+            }
+            ValueKind::Int8 => {
+                let scale: Vec<f32> = (0..rows)
+                    .map(|r| {
+                        let max = kept[starts[r]..starts[r + 1]]
+                            .iter()
+                            .fold(0f32, |a, v| a.max(v.abs()));
+                        max / 127.0
+                    })
+                    .collect();
+                let mut q = vec![0i8; nnz + PAD];
+                for r in 0..rows {
+                    for i in starts[r]..starts[r + 1] {
+                        if scale[r] > 0.0 {
+                            q[i] = (kept[i] / scale[r]).round().clamp(-127.0, 127.0) as i8;
+                        }
+                    }
+                }
+                PackedValues::I8 { q, scale }
+            }
+        };
+        Ok(Self {
+            rows,
+            cols,
+            layout,
+            values,
+            index,
+            starts,
+        })
+    }
+
+    /// Rebuilds a packed weight from its stored parts (`values` holds exactly the kept values),
+    /// checking that they fit together.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        layout: SparseLayout,
+        mut values: PackedValues,
+        index: Vec<u8>,
+    ) -> Result<Self, String> {
+        let ib = layout.index_bytes(cols);
+        if index.len() != rows * ib {
+            return Err(format!(
+                "index has {} bytes, a [{rows}, {cols}] weight in this layout needs {}",
+                index.len(),
+                rows * ib
+            ));
+        }
+        let mut starts = Vec::with_capacity(rows + 1);
+        let mut at = 0usize;
+        for r in 0..rows {
+            starts.push(at);
+            at += match layout {
+                SparseLayout::NM { n, m } => {
+                    if m == 0 || !cols.is_multiple_of(m) || n == 0 || n > m {
+                        return Err(format!("{n}:{m} does not fit {cols} columns"));
+                    }
+                    cols / m * n
+                }
+                SparseLayout::Bitmask => {
+                    let row = &index[r * ib..(r + 1) * ib];
+                    if cols % 8 != 0 && row[ib - 1] >> (cols % 8) != 0 {
+                        return Err(format!("row {r}: mask bits set past column {cols}"));
+                    }
+                    row.iter().map(|b| b.count_ones() as usize).sum()
+                }
+            };
+        }
+        starts.push(at);
+        if values.len() != at {
+            return Err(format!(
+                "{} values stored, the index keeps {at}",
+                values.len()
+            ));
+        }
+        if let SparseLayout::NM { n, m } = layout {
+            let bits = SparseLayout::code_bits(m).unwrap_or(8);
+            // Positions within a group must be distinct and below m.
+            for r in 0..rows {
+                let codes = &index[r * ib..(r + 1) * ib];
+                for g in 0..cols / m {
+                    let mut seen = 0u64;
+                    for k in 0..n {
+                        let p = code(codes, g * n + k, bits);
+                        if p >= m || (m <= 64 && seen & (1 << p) != 0) {
+                            return Err(format!(
+                                "row {r}, group {g}: position {p} repeated or not below {m}"
+                            ));
+                        }
+                        if m <= 64 {
+                            seen |= 1 << p;
+                        }
+                    }
+                }
+            }
+        }
+        match &mut values {
+            PackedValues::F32(v) => v.resize(at + PAD, 0.0),
+            PackedValues::Bf16(v) | PackedValues::F16(v) => v.resize(at + PAD, 0),
+            PackedValues::I8 { q, scale } => {
+                if scale.len() != rows {
+                    return Err(format!("{} scales for {rows} rows", scale.len()));
+                }
+                q.resize(at + PAD, 0)
+            }
+        }
+        Ok(Self {
+            rows,
+            cols,
+            layout,
+            values,
+            index,
+            starts,
+        })
+    }
+
+    /// Number of stored values (explicit zeros of N:M groups included).
+    pub fn stored(&self) -> usize {
+        self.starts[self.rows]
+    }
+
+    /// The stored values without the padding, for writing.
+    pub fn values_unpadded(&self) -> PackedValues {
+        let n = self.stored();
+        match &self.values {
+            PackedValues::F32(v) => PackedValues::F32(v[..n].to_vec()),
+            PackedValues::Bf16(v) => PackedValues::Bf16(v[..n].to_vec()),
+            PackedValues::F16(v) => PackedValues::F16(v[..n].to_vec()),
+            PackedValues::I8 { q, scale } => PackedValues::I8 {
+                q: q[..n].to_vec(),
+                scale: scale.clone(),
+            },
+        }
+    }
+
+    /// Bytes a product reads: values, index and scales.
+    pub fn bytes(&self) -> u64 {
+        let scales = match &self.values {
+            PackedValues::I8 { scale, .. } => scale.len() * 4,
+            _ => 0,
+        };
+        (self.stored() * self.values.value_bytes() + self.index.len() + scales) as u64
+    }
+
+    /// Column of the `j`-th kept value of row `r`'s N:M codes.
+    fn nm_col(&self, codes: &[u8], j: usize, n: usize, m: usize, bits: usize) -> usize {
+        j / n * m + code(codes, j, bits)
+    }
+
+    /// The dense row-major f32 weight.
+    pub fn unpack(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        w.par_chunks_mut(self.cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| self.unpack_row(r, row));
+        w
+    }
+
+    fn unpack_row(&self, r: usize, row: &mut [f32]) {
+        let ib = self.layout.index_bytes(self.cols);
+        let idx = &self.index[r * ib..(r + 1) * ib];
+        let (s0, s1) = (self.starts[r], self.starts[r + 1]);
+        let scale = self.values.scale(r);
+        match self.layout {
+            SparseLayout::NM { n, m } => {
+                let bits = SparseLayout::code_bits(m).unwrap_or(8);
+                for j in 0..s1 - s0 {
+                    row[self.nm_col(idx, j, n, m, bits)] = self.values.get(s0 + j) * scale;
+                }
+            }
+            SparseLayout::Bitmask => {
+                let mut i = s0;
+                for (c, v) in row.iter_mut().enumerate() {
+                    if idx[c / 8] >> (c % 8) & 1 == 1 {
+                        *v = self.values.get(i) * scale;
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[t, r] = Σ_c w[r, c] · x[t, c]` for `x` `[t, cols]` (row-major), in the fixed order of
+    /// the module documentation, on the fastest kernel this CPU has (`kernel` forces one).
+    pub fn matvec(&self, x: &[f32], t: usize, kernel: Option<SparseKernel>) -> Vec<f32> {
+        assert_eq!(x.len(), t * self.cols, "packed product: input shape");
+        let kernel = kernel.unwrap_or_else(SparseKernel::best);
+        // Output rows in chunks per task; each chunk runs every input row against a weight row
+        // while it is in cache.
+        const CHUNK: usize = 32;
+        let mut by_row = vec![0f32; self.rows * t];
+        by_row
+            .par_chunks_mut(CHUNK * t)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                for (k, o) in out.chunks_mut(t).enumerate() {
+                    let r = ci * CHUNK + k;
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        *oi = self.row_dot(kernel, r, &x[i * self.cols..(i + 1) * self.cols]);
+                    }
+                }
+            });
+        if t == 1 {
+            return by_row;
+        }
+        let mut y = vec![0f32; t * self.rows];
+        for r in 0..self.rows {
+            for i in 0..t {
+                y[i * self.rows + r] = by_row[r * t + i];
+            }
+        }
+        y
+    }
+
+    /// `Σ_c w[r, c] · x[c]` for one row.
+    fn row_dot(&self, kernel: SparseKernel, r: usize, x: &[f32]) -> f32 {
+        let ib = self.layout.index_bytes(self.cols);
+        let idx = &self.index[r * ib..(r + 1) * ib];
+        let s0 = self.starts[r];
+        let mut acc = [0f32; 16];
+        #[cfg(target_arch = "x86_64")]
+        let done = match kernel {
+            // SAFETY: `best` / `available` only offer kernels the CPU runs; the slices hold what
+            // the kernels read (values are padded by PAD).
+            SparseKernel::Avx512 => unsafe { x86::row512(self, idx, s0, x, &mut acc) },
+            SparseKernel::Portable => 0,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = {
+            let _ = kernel;
+            0
+        };
+        self.row_portable(idx, s0, x, done, &mut acc);
+        reduce16(acc) * self.values.scale(r)
+    }
+
+    /// The fixed-order loop over the columns from `from` on (a multiple of the vector blocks).
+    fn row_portable(&self, idx: &[u8], s0: usize, x: &[f32], from: usize, acc: &mut [f32; 16]) {
+        match self.layout {
+            SparseLayout::NM { n, m } => {
+                let bits = SparseLayout::code_bits(m).unwrap_or(8);
+                let per_row = self.cols / m * n;
+                for j in from / m * n..per_row {
+                    let c = self.nm_col(idx, j, n, m, bits);
+                    acc[j % 16] = self.values.get(s0 + j).mul_add(x[c], acc[j % 16]);
+                }
+            }
+            SparseLayout::Bitmask => {
+                let mut i = s0
+                    + idx[..from / 8]
+                        .iter()
+                        .map(|b| b.count_ones() as usize)
+                        .sum::<usize>();
+                for c in from..self.cols {
+                    let v = if idx[c / 8] >> (c % 8) & 1 == 1 {
+                        i += 1;
+                        self.values.get(i - 1)
+                    } else {
+                        0.0
+                    };
+                    acc[c % 16] = v.mul_add(x[c], acc[c % 16]);
+                }
+            }
+        }
+    }
+}
+
+/// Code `j` of `bits` bits (2, 4 or 8) in a row's codes.
+#[inline(always)]
+fn code(codes: &[u8], j: usize, bits: usize) -> usize {
+    let bit = j * bits;
+    ((codes[bit / 8] >> (bit % 8)) as usize) & ((1 << bits) - 1)
+}
+
+/// The lanes summed pairwise: 8, 4, 2 then 1 apart.
+#[inline(always)]
+fn reduce16(mut a: [f32; 16]) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            a[l] += a[l + w];
+        }
+    }
+    a[0]
+}
+
+/// The kernels of the packed product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseKernel {
+    /// The fixed-order loop, on any CPU.
+    Portable,
+    /// AVX-512F: 2:4 by a two-register permute of the inputs, bitmask by expanding the values.
+    Avx512,
+}
+
+impl SparseKernel {
+    /// The kernels this CPU runs, portable first.
+    pub fn available() -> Vec<SparseKernel> {
+        let mut all = vec![SparseKernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            all.push(SparseKernel::Avx512);
+        }
+        all
+    }
+
+    /// The fastest kernel, unless `SPP_KERNEL` names a narrower one (`avx2` and `portable`
+    /// select the portable loop here).
+    pub fn best() -> SparseKernel {
+        static BEST: std::sync::OnceLock<SparseKernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| match std::env::var("SPP_KERNEL").as_deref() {
+            Ok("avx2") | Ok("portable") => SparseKernel::Portable,
+            _ => *Self::available().last().unwrap_or(&SparseKernel::Portable),
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PackedMatrix, PackedValues, SparseLayout};
+    use std::arch::x86_64::*;
+
+    /// Sixteen stored values from `at` on, as f32.
+    #[inline(always)]
+    unsafe fn load16(v: &PackedValues, at: usize) -> __m512 {
+        match v {
+            PackedValues::F32(v) => _mm512_loadu_ps(v.as_ptr().add(at)),
+            PackedValues::Bf16(v) => {
+                let h = _mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+            PackedValues::F16(v) => {
+                _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i))
+            }
+            PackedValues::I8 { q, .. } => {
+                let b = _mm_loadu_si128(q.as_ptr().add(at) as *const __m128i);
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+            }
+        }
+    }
+
+    /// Row `s0..` of `p` against `x` into `acc` for as many whole vector blocks as there are;
+    /// returns the first column not done (the portable loop finishes the row).
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; `idx` is the row's index, `x` has `p.cols` values, the values are
+    /// padded.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row512(
+        p: &PackedMatrix,
+        idx: &[u8],
+        s0: usize,
+        x: &[f32],
+        acc: &mut [f32; 16],
+    ) -> usize {
+        let mut a = _mm512_loadu_ps(acc.as_ptr());
+        let done = match p.layout {
+            SparseLayout::NM { n: 2, m: 4 } => {
+                // 32 columns (eight groups) per step: sixteen values, four bytes of codes.
+                let blocks = p.cols / 32;
+                let lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+                let three = _mm512_set1_epi32(3);
+                for b in 0..blocks {
+                    let codes = u32::from_le_bytes([idx[4 * b], idx[4 * b + 1], idx[4 * b + 2], idx[4 * b + 3]]);
+                    let pos = _mm512_add_epi32(
+                        base,
+                        _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(codes as i32), lane), three),
+                    );
+                    let xp = x.as_ptr().add(32 * b);
+                    let xs = _mm512_permutex2var_ps(_mm512_loadu_ps(xp), pos, _mm512_loadu_ps(xp.add(16)));
+                    a = _mm512_fmadd_ps(load16(&p.values, s0 + 16 * b), xs, a);
+                }
+                blocks * 32
+            }
+            SparseLayout::Bitmask => {
+                let blocks = p.cols / 16;
+                let mut at = s0;
+                for b in 0..blocks {
+                    let mask = u16::from_le_bytes([idx[2 * b], idx[2 * b + 1]]);
+                    let v = _mm512_maskz_expand_ps(mask, load16(&p.values, at));
+                    at += mask.count_ones() as usize;
+                    a = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(16 * b)), a);
+                }
+                blocks * 16
+            }
+            SparseLayout::NM { .. } => 0,
+        };
+        _mm512_storeu_ps(acc.as_mut_ptr(), a);
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A weight with `n` of every `m` values kept (the largest), or with about half zeroed.
+    fn sparse(rows: usize, cols: usize, layout: SparseLayout, seed: u64) -> Vec<f32> {
+        let mut w = values(rows * cols, seed);
+        match layout {
+            SparseLayout::NM { n, m } => {
+                for g in w.chunks_mut(m) {
+                    let mut order: Vec<usize> = (0..m).collect();
+                    order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+                    for &i in &order[n..] {
+                        g[i] = 0.0;
+                    }
+                }
+                // Some groups with fewer than n non-zeros, to exercise the stored zeros.
+                for v in w.iter_mut().step_by(7) {
+                    *v = 0.0;
+                }
+            }
+            SparseLayout::Bitmask => {
+                for (i, v) in w.iter_mut().enumerate() {
+                    if (i * 2654435761) % 7 < 4 {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    fn dense_product(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<f32> {
+        let mut y = vec![0f32; t * rows];
+        for i in 0..t {
+            for r in 0..rows {
+                y[i * rows + r] = (0..cols)
+                    .map(|c| w[r * cols + c] as f64 * x[i * cols + c] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    const LAYOUTS: [SparseLayout; 4] = [
+        SparseLayout::NM { n: 2, m: 4 },
+        SparseLayout::NM { n: 4, m: 8 },
+        SparseLayout::NM { n: 1, m: 4 },
+        SparseLayout::Bitmask,
+    ];
+    const KINDS: [ValueKind; 4] = [ValueKind::F32, ValueKind::Bf16, ValueKind::F16, ValueKind::Int8];
+
+    #[test]
+    fn pack_then_unpack_gives_the_weight_back() {
+        // Column counts with and without a whole vector block, and a ragged tail.
+        for (rows, cols) in [(5, 64), (3, 40), (7, 8)] {
+            for layout in LAYOUTS {
+                let w = sparse(rows, cols, layout, 3);
+                let p = PackedMatrix::pack(&w, rows, cols, layout, ValueKind::F32).unwrap();
+                assert_eq!(p.unpack(), w, "{layout:?} {rows}x{cols}");
+                let q = PackedMatrix::from_parts(rows, cols, layout, p.values_unpadded(), p.index.clone())
+                    .unwrap();
+                assert_eq!(q, p);
+                for kind in KINDS {
+                    let p = PackedMatrix::pack(&w, rows, cols, layout, kind).unwrap();
+                    let tol = if kind == ValueKind::Int8 { 1.0 / 127.0 } else { 1e-2 };
+                    for (a, b) in p.unpack().iter().zip(&w) {
+                        assert!((a - b).abs() <= tol * 1.01, "{kind:?} {a} vs {b}");
+                        assert_eq!(*a == 0.0, *b == 0.0 || kind == ValueKind::Int8 && b.abs() < tol);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_bits_and_the_dense_product() {
+        for (rows, cols, t) in [(33, 96, 1), (40, 64, 3), (9, 40, 2), (17, 48, 1)] {
+            for layout in LAYOUTS {
+                let w = sparse(rows, cols, layout, 11);
+                let x = values(t * cols, 5);
+                for kind in KINDS {
+                    let p = PackedMatrix::pack(&w, rows, cols, layout, kind).unwrap();
+                    let want = dense_product(&p.unpack(), &x, rows, cols, t);
+                    let outs: Vec<Vec<f32>> = SparseKernel::available()
+                        .into_iter()
+                        .map(|k| p.matvec(&x, t, Some(k)))
+                        .collect();
+                    for (y, k) in outs.iter().zip(SparseKernel::available()) {
+                        assert_eq!(
+                            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            outs[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{k:?} {layout:?} {kind:?} {rows}x{cols}"
+                        );
+                        for (a, b) in y.iter().zip(&want) {
+                            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{k:?} {layout:?} {kind:?}: {a} vs {b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parts_are_refused() {
+        let layout = SparseLayout::NM { n: 2, m: 4 };
+        let w = sparse(2, 8, layout, 1);
+        let p = PackedMatrix::pack(&w, 2, 8, layout, ValueKind::F32).unwrap();
+        // Too few values, a short index, a repeated position.
+        let PackedValues::F32(v) = p.values_unpadded() else { unreachable!() };
+        assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v[1..].to_vec()), p.index.clone()).is_err());
+        assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v.clone()), p.index[1..].to_vec()).is_err());
+        let mut idx = p.index.clone();
+        idx[0] = 0; // positions 0 and 0
+        assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v), idx).is_err());
+        // A dense weight does not fit 2:4.
+        let dense = values(16, 2);
+        assert!(PackedMatrix::pack(&dense, 2, 8, layout, ValueKind::F32).is_err());
+    }
+}
+
+/// Below this many input rows the packed product runs on the packed values ([`PackedMatrix::matvec`],
+/// where the weight's bytes dominate); from it on the weight is unpacked and multiplied densely.
+pub const UNPACK_ROWS: usize = 24;
+
+/// `x·Wᵀ` for x `[rows, cols]` and a packed `W`, as an f32 tensor `[rows, W.rows]`. Few rows
+/// (decoding) run on the packed values; many rows, or an input that needs a gradient, on the
+/// unpacked weight.
+pub fn packed_matmul(x: &Tensor, w: &PackedMatrix) -> crate::error::Result<Tensor> {
+    let (t, cols) = x.dims2()?;
+    if cols != w.cols {
+        crate::bail!("packed product: input has {cols} features, weight expects {}", w.cols);
+    }
+    let x = x.to_dtype(DType::F32)?;
+    if t >= UNPACK_ROWS || x.track_op() || !x.device().is_cpu() {
+        let dense = super::f32_tensor(w.unpack(), (w.rows, w.cols))?.to_device(x.device())?;
+        return super::frozen_matmul(&x, &dense);
+    }
+    let y = super::with_f32(&x, |xs| w.matvec(xs, t, None))?;
+    Ok(super::f32_tensor(y, (t, w.rows))?)
+}
