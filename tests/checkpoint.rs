@@ -21,7 +21,7 @@ fn roundtrip_body(dev: &Device, tied: bool, bias: bool, max_shard_bytes: u64) {
     )
     .unwrap();
     let back = load_model(&out, DTypeChoice::Auto, dev).unwrap().model;
-    let (a, b) = (m.named_tensors(), back.named_tensors());
+    let (a, b) = (m.named_tensors().unwrap(), back.named_tensors().unwrap());
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(b.iter()) {
         assert_eq!(na, nb);

@@ -657,7 +657,7 @@ pub fn merge_streamed(
     let mut blocks = model.blocks();
     for i in 0..model.n_layers() {
         let mut block = blocks.next_block()?;
-        for (name, t) in block.named_tensors(i) {
+        for (name, t) in block.named_tensors(i)? {
             hash.add(&name, &t)?;
         }
         attach_block(i, &mut block, &spec, &ctl, &dev, &mut |a, b| {
@@ -707,8 +707,9 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
             continue;
         };
         lin.adapter = None;
-        let before = lin.weight.eq(0f32)?;
-        let merged = ad.merged(&lin.weight)?;
+        let w = lin.dense_weight()?;
+        let before = w.eq(0f32)?;
+        let merged = ad.merged(&w)?;
         if crate::cpu::has_non_finite(&merged)? {
             bail!("model.layers.{i}.{full}: the merged weight holds NaN or infinite values (the adapter's are not finite); nothing was written — retrain the adapter (a lower --lr) or check its files");
         }
@@ -725,7 +726,7 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
             numel: merged.elem_count(),
             zeros_kept: kept == zb,
         });
-        lin.weight = merged;
+        lin.set_weight(merged);
     }
     Ok(out)
 }

@@ -367,7 +367,7 @@ impl Default for SaveOptions {
 pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
     write_dir_atomically(out, opts.force, |tmp| {
         write_config(tmp, &model.cfg, model.dtype())?;
-        write_safetensors(tmp, &model.named_tensors(), opts.max_shard_bytes)?;
+        write_safetensors(tmp, &model.named_tensors()?, opts.max_shard_bytes)?;
         write_side_files(tmp, opts)
     })
 }

@@ -10,8 +10,16 @@ use rayon::prelude::*;
 /// [`WeightsHasher`] over every tensor of `model`, in checkpoint order.
 pub fn weights_hash(model: &Llama) -> Result<String> {
     let mut h = WeightsHasher::default();
-    for (name, t) in model.named_tensors() {
-        h.add(&name, &t)?;
+    // Block by block: a packed model is unpacked one block at a time.
+    h.add("model.embed_tokens.weight", &model.embed_tokens)?;
+    for (i, b) in model.layers.iter().enumerate() {
+        for (name, t) in b.named_tensors(i)? {
+            h.add(&name, &t)?;
+        }
+    }
+    h.add("model.norm.weight", &model.norm.weight)?;
+    if let Some(head) = &model.lm_head {
+        h.add("lm_head.weight", &head.weight)?;
     }
     Ok(h.finish())
 }

@@ -1,8 +1,9 @@
-//! `SparseLinear`: a frozen `[out, in]` weight (zeros are the sparsity mask, never stored twice)
-//! an optional bias and an optional adapter.
+//! `SparseLinear`: a frozen `[out, in]` weight (zeros are the sparsity mask, never stored twice),
+//! dense or packed ([`crate::cpu::PackedMatrix`]), an optional bias and an optional adapter.
 
+use crate::cpu::PackedMatrix;
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -28,8 +29,12 @@ pub trait LinearAdapter: std::any::Any + std::fmt::Debug + Send + Sync {
 
 #[derive(Debug, Clone)]
 pub struct SparseLinear {
-    /// `[out_features, in_features]`, the Hugging Face layout.
+    /// `[out_features, in_features]`, the Hugging Face layout. For a packed weight a stand-in of
+    /// the right shape, dtype and device that holds no memory: read the values through
+    /// [`SparseLinear::dense_weight`], replace them through [`SparseLinear::set_weight`].
     pub weight: Tensor,
+    /// The weight in packed form, when it was loaded packed (products run on it).
+    pub packed: Option<Arc<PackedMatrix>>,
     pub bias: Option<Tensor>,
     /// A trainable adapter (SPP or LoRA) applied on top of the frozen weight.
     pub adapter: Option<Arc<dyn LinearAdapter>>,
@@ -39,8 +44,49 @@ impl SparseLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
             weight,
+            packed: None,
             bias,
             adapter: None,
+        }
+    }
+
+    /// A linear whose weight is `packed`; `dtype` and `device` are the model's.
+    pub fn from_packed(
+        packed: PackedMatrix,
+        bias: Option<Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let weight = Tensor::zeros(1, dtype, device)?.broadcast_as((packed.rows, packed.cols))?;
+        Ok(Self {
+            weight,
+            packed: Some(Arc::new(packed)),
+            bias,
+            adapter: None,
+        })
+    }
+
+    /// The weight as a dense tensor (unpacked when packed) in the weight's dtype and device.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.packed {
+            None => Ok(self.weight.clone()),
+            Some(p) => Ok(crate::cpu::f32_tensor(p.unpack(), (p.rows, p.cols))?
+                .to_dtype(self.weight.dtype())?
+                .to_device(self.weight.device())?),
+        }
+    }
+
+    /// Replaces the weight with the dense `w` (the packed form, if any, is dropped).
+    pub fn set_weight(&mut self, w: Tensor) {
+        self.weight = w;
+        self.packed = None;
+    }
+
+    /// Bytes of the weight a product reads: the packed form's, else the dense tensor's.
+    pub fn weight_bytes(&self) -> u64 {
+        match &self.packed {
+            Some(p) => p.bytes(),
+            None => (self.weight.elem_count() * self.weight.dtype().size_in_bytes()) as u64,
         }
     }
 
@@ -57,9 +103,10 @@ impl SparseLinear {
     /// is frozen (no gradient flows to it).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (dims, x) = flatten(x)?;
-        let y = match &self.adapter {
-            Some(ad) => ad.forward(&x, &self.weight)?,
-            None => crate::cpu::frozen_matmul(&x, &self.weight)?,
+        let y = match (&self.adapter, &self.packed) {
+            (Some(ad), _) => ad.forward(&x, &self.dense_weight()?)?,
+            (None, Some(p)) => crate::cpu::packed_matmul(&x, p)?.to_dtype(x.dtype())?,
+            (None, None) => crate::cpu::frozen_matmul(&x, &self.weight)?,
         };
         self.finish(y, &dims)
     }
@@ -78,7 +125,7 @@ impl SparseLinear {
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
     /// adapters, one GEMM over all their weights ([`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-        if lins.iter().any(|l| l.adapter.is_some()) {
+        if lins.iter().any(|l| l.adapter.is_some() || l.packed.is_some()) {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
         let (dims, x) = flatten(x)?;
@@ -93,7 +140,7 @@ impl SparseLinear {
     /// `forward(silu(g) ⊙ u)` (down_proj of the SwiGLU MLP); without an adapter through
     /// [`crate::cpu::frozen_matmul_silu`], which never stores the product.
     pub fn forward_silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
-        if self.adapter.is_some() {
+        if self.adapter.is_some() || self.packed.is_some() {
             return self.forward(&crate::cpu::silu_mul(g, u)?);
         }
         let ((dims, g), (_, u)) = (flatten(g)?, flatten(u)?);
@@ -103,13 +150,13 @@ impl SparseLinear {
 
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
-        Ok(crate::cpu::with_f32(&self.weight, zero_fraction)?)
+        Ok(crate::cpu::with_f32(&self.dense_weight()?, zero_fraction)?)
     }
 
     /// Whether every group of `m` consecutive inputs of every row has at most `n` non-zeros.
     pub fn satisfies_n_m(&self, n: usize, m: usize) -> Result<bool> {
         let cols = self.in_features();
-        Ok(crate::cpu::with_f32(&self.weight, |w| {
+        Ok(crate::cpu::with_f32(&self.dense_weight()?, |w| {
             satisfies_n_m(w, cols, n, m)
         })?)
     }

@@ -473,14 +473,15 @@ impl Block {
     }
 
     /// The block's tensors under their checkpoint names as block `i`, in checkpoint order.
-    pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
+    pub fn named_tensors(&self, i: usize) -> Result<Vec<(String, Tensor)>> {
         let p = format!("model.layers.{i}");
         let mut out = vec![(
             format!("{p}.input_layernorm.weight"),
             self.input_layernorm.weight.clone(),
         )];
         for (name, lin) in self.linears() {
-            out.push((format!("{p}.{name}.weight"), lin.weight.clone()));
+            // Packed weights unpacked: what is written or hashed is always the dense checkpoint.
+            out.push((format!("{p}.{name}.weight"), lin.dense_weight()?));
             if let Some(bias) = &lin.bias {
                 out.push((format!("{p}.{name}.bias"), bias.clone()));
             }
@@ -497,7 +498,7 @@ impl Block {
             format!("{p}.post_attention_layernorm.weight"),
             self.post_attention_layernorm.weight.clone(),
         ));
-        out
+        Ok(out)
     }
 
     /// Takes over the adapters attached to `other`'s linears (the same trainable variables).
@@ -662,19 +663,19 @@ impl Llama {
     }
 
     /// Every tensor under its checkpoint name, in checkpoint order (tied heads omitted).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
         )];
         for (i, b) in self.layers.iter().enumerate() {
-            out.extend(b.named_tensors(i));
+            out.extend(b.named_tensors(i)?);
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".into(), h.weight.clone()));
         }
-        out
+        Ok(out)
     }
 
     /// Token embeddings `[B, T, hidden]` for ids `[B, T]`.
@@ -824,9 +825,20 @@ impl Llama {
     /// embedding, and one row of the input embedding. Decoding is bound by these bytes.
     pub fn decode_weight_bytes(&self) -> u64 {
         let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-        let blocks: u64 = (0..self.layers.len())
-            .flat_map(|i| self.layers[i].named_tensors(i))
-            .map(|(_, t)| bytes(&t))
+        let blocks: u64 = self
+            .layers
+            .iter()
+            .map(|b| {
+                let norms = [&b.self_attn.q_norm, &b.self_attn.k_norm]
+                    .into_iter()
+                    .flatten()
+                    .chain([&b.input_layernorm, &b.post_attention_layernorm]);
+                b.linears()
+                    .into_iter()
+                    .map(|(_, l)| l.weight_bytes() + l.bias.as_ref().map_or(0, bytes))
+                    .chain(norms.map(|n| bytes(&n.weight)))
+                    .sum::<u64>()
+            })
             .sum();
         let row = (self.cfg.hidden_size * self.dtype.size_in_bytes()) as u64;
         blocks + bytes(&self.norm.weight) + bytes(self.output_weight()) + row

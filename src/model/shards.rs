@@ -181,7 +181,7 @@ impl ShardWriter {
 
     /// Writes the tensors of block `i` (they must be next).
     pub fn write_block(&mut self, i: usize, block: &Block) -> Result<()> {
-        for (name, t) in block.named_tensors(i) {
+        for (name, t) in block.named_tensors(i)? {
             self.write(&name, &t)?;
         }
         Ok(())

@@ -272,7 +272,7 @@ fn prune_linear(
     opts: &PruneOptions,
 ) -> Result<PrunedLinear> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
-    let w = to_f32_vec(&lin.weight)?;
+    let w = to_f32_vec(&lin.dense_weight()?)?;
     let before = crate::model::linear::zero_fraction(&w);
     let mut report = PrunedLinear {
         name: name.clone(),
@@ -297,7 +297,7 @@ fn prune_linear(
         _ => bail!("internal: {name} has no statistics for {:?}", opts.method),
     };
     let dev = lin.weight.device().clone();
-    lin.weight = Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?;
+    lin.set_weight(Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?);
     // Counted on the stored weight: a narrower dtype may round more entries to zero.
     report.sparsity = lin.sparsity()?;
     if let Sparsity::NM { n, m } = opts.sparsity {
