@@ -181,6 +181,12 @@ impl SafetensorsSource {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F32 => DType::F32,
+            // The index and the int8 values of packed linears (`super::packed`).
+            safetensors::Dtype::U8
+                if name.ends_with(".weight_index") || name.ends_with(".weight_values") =>
+            {
+                DType::U8
+            }
             other => bail!(
                 "{}: tensor {name} has dtype {other:?}; spp reads f32, f16 and bf16 weights",
                 self.dir.display()
@@ -303,6 +309,8 @@ pub fn open_source(
         );
     }
     let cfg = LlamaConfig::load(&cfg_path)?;
+    super::packed::check_config(&cfg)
+        .map_err(|e| crate::error::Error::Msg(format!("{}: {e}", dir.display())))?;
     let on_disk = src
         .dtype_of("model.embed_tokens.weight")?
         .unwrap_or(DType::F32);
@@ -374,7 +382,21 @@ pub fn save_model(model: &Llama, out: &Path, opts: &SaveOptions) -> Result<()> {
 
 /// Writes `config.json` of a model with `cfg` stored in `dtype` into `dir`.
 pub fn write_config(dir: &Path, cfg: &LlamaConfig, dtype: DType) -> Result<()> {
-    let mut cfg = cfg.clone();
+    write_config_packed(dir, cfg, dtype, None)
+}
+
+/// [`write_config`] with `sparsity` as the packed linears' entry ([`super::packed`]); any
+/// `sparsity` entry `cfg` carries is dropped (the weights written are dense unless one is given).
+pub fn write_config_packed(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    dtype: DType,
+    sparsity: Option<serde_json::Value>,
+) -> Result<()> {
+    let mut cfg = super::packed::dense_config(cfg);
+    if let Some(s) = sparsity {
+        cfg.extra.insert(super::packed::CONFIG_KEY.into(), s);
+    }
     set_dtype(&mut cfg, dtype);
     let family = cfg.family()?;
     // transformers' Qwen attention reads head_dim as a number: `null` (what an absent value

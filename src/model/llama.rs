@@ -123,13 +123,17 @@ impl Loader<'_> {
         in_f: usize,
     ) -> Result<SparseLinear> {
         let prefix = format!("model.layers.{i}.{name}");
-        let w = self.req(&format!("{prefix}.weight"), &[out_f, in_f])?;
         let b = if cfg.has_bias(name) {
             Some(self.req(&format!("{prefix}.bias"), &[out_f])?)
         } else {
             None
         };
-        Ok(SparseLinear::new(w, b))
+        let weight = format!("{prefix}.weight");
+        if let Some(k) = super::packed::packing_of(cfg, &weight) {
+            let m = super::packed::read(self.src, &prefix, out_f, in_f, k)?;
+            return SparseLinear::from_packed(m, b, self.dtype, self.device);
+        }
+        Ok(SparseLinear::new(self.req(&weight, &[out_f, in_f])?, b))
     }
 
     fn block(&self, cfg: &LlamaConfig, i: usize) -> Result<Block> {
@@ -746,8 +750,10 @@ impl Llama {
             dtype: self.dtype,
             device: self.device.clone(),
         };
+        // Stand-ins are dense, whatever the checkpoint stores.
+        let cfg = super::packed::dense_config(&self.cfg);
         self.layers = (0..self.cfg.num_hidden_layers)
-            .map(|i| self.load_block(&src, i))
+            .map(|i| read_block(&cfg, &src, self.dtype, &self.device, i))
             .collect::<Result<Vec<_>>>()?;
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod hash;
 pub mod layout;
 pub mod linear;
 pub mod llama;
+pub mod packed;
 pub mod packing;
 pub mod rope;
 pub mod shards;

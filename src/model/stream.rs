@@ -45,7 +45,11 @@ impl StreamedModel {
     ) -> Result<Self> {
         // Every tensor's presence, shape and dtype, from the headers, before any work.
         for (name, shape) in layout(&cfg) {
-            src.check_header(&name, &shape)?;
+            match super::packed::packing_of(&cfg, &name) {
+                // The parts' sizes depend on the values kept: checked when the block is read.
+                Some(_) => {}
+                None => src.check_header(&name, &shape)?,
+            }
         }
         let shell = Llama::load_shell(cfg, &*src, dtype, device, false)?;
         Ok(Self {
@@ -86,8 +90,20 @@ impl StreamedModel {
             .collect()
     }
 
-    /// Tensor `name` in the model's dtype on the CPU, read now (for copying into an output).
+    /// Tensor `name` in the model's dtype on the CPU, read now (for copying into an output); a
+    /// packed linear's weight unpacked.
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        if let Some(k) = super::packed::packing_of(self.cfg(), name) {
+            let p = name.strip_suffix(".weight").unwrap_or(name);
+            let (rows, cols) = layout(self.cfg())
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| (s[0], s[1]))
+                .unwrap_or_default();
+            let m = super::packed::read(&*self.src, p, rows, cols, k)?;
+            return Ok(Tensor::from_vec(m.unpack(), (rows, cols), &Device::Cpu)?
+                .to_dtype(self.shell.dtype())?);
+        }
         match self.src.get(name)? {
             Some(t) => Ok(t.to_dtype(self.shell.dtype())?),
             None => bail!("{}: tensor {name} is missing", self.dir.display()),
