@@ -75,6 +75,11 @@ enum Cmd {
     Train(Json<TrainArgs>),
     /// Fold an adapter into the weights and write a Hugging Face directory.
     Merge(Json<MergeArgs>),
+    /// Store the sparse linears packed (N:M codes or a bitmask plus the kept values): smaller
+    /// on disk, and faster to decode with.
+    Pack(Json<job::PackArgs>),
+    /// Write a packed model's dense checkpoint.
+    Unpack(job::UnpackArgs),
     /// The whole experiment from a recipe: prune → eval → train → merge → eval, and a report.
     Run(RunArgs),
     /// Rebuild report.md / report.html of a run directory from its stage records.
@@ -401,7 +406,13 @@ fn main() {
     // activations over and over and keep theirs.
     let streams = matches!(
         cli.cmd,
-        Cmd::Prune(_) | Cmd::Merge(_) | Cmd::Inspect(_) | Cmd::Convert(_) | Cmd::Export(_)
+        Cmd::Prune(_)
+            | Cmd::Merge(_)
+            | Cmd::Inspect(_)
+            | Cmd::Convert(_)
+            | Cmd::Export(_)
+            | Cmd::Pack(_)
+            | Cmd::Unpack(_)
     );
     if !streams {
         spp::keep_freed_memory();
@@ -435,6 +446,10 @@ fn main() {
         Cmd::Prune(j) => show(j.json, job::prune(&j.a, log), |r| pruned(&j.a, r)),
         Cmd::Train(j) => show(j.json, job::train(&j.a, log), |r| trained(&j.a, r)),
         Cmd::Merge(j) => show(j.json, job::merge(&j.a, log), |r| merged(&j.a, r)),
+        Cmd::Pack(j) => show(j.json, job::pack(&j.a, log), |r| r.line(&j.a.out)),
+        Cmd::Unpack(a) => job::unpack(&a, log)
+            .map(|()| println!("{}", a.out.display()))
+            .map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

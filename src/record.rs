@@ -271,3 +271,45 @@ pub struct RunRecord {
     pub started_unix: Option<i64>,
     pub command: Vec<String>,
 }
+
+/// `pack.json`, next to a packed model (`spp pack`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackRecord {
+    #[serde(default)]
+    pub spp_version: Option<String>,
+    pub model: String,
+    /// Type of the kept values: f32, bf16, f16 or int8.
+    pub values: String,
+    pub packed_linears: usize,
+    pub dense_linears: usize,
+    /// Bytes of the block linears stored dense in the model's dtype, and as written.
+    pub linear_bytes_dense: u64,
+    pub linear_bytes: u64,
+    pub linears: Vec<PackedLinear>,
+}
+
+/// One linear of [`PackRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackedLinear {
+    pub name: String,
+    /// `N:M` or `bitmask`; `None` when stored dense.
+    pub layout: Option<String>,
+    pub dense_bytes: u64,
+    pub bytes: u64,
+}
+
+impl PackRecord {
+    /// One line: what was packed and the size of the block linears against dense.
+    pub fn line(&self, out: &std::path::Path) -> String {
+        format!(
+            "packed {} of {} linears ({} values) → {}: block linears {:.1} MB, {:.3}× dense ({:.1} MB)\n",
+            self.packed_linears,
+            self.packed_linears + self.dense_linears,
+            self.values,
+            out.display(),
+            self.linear_bytes as f64 / 1e6,
+            self.linear_bytes as f64 / self.linear_bytes_dense.max(1) as f64,
+            self.linear_bytes_dense as f64 / 1e6
+        )
+    }
+}

@@ -31,7 +31,12 @@ fn sparsity_and_n_m_are_exact() {
         .flat_map(|b| b.linears().map(|(_, l)| l.weight.elem_count()))
         .sum();
     assert_eq!(r.linear_parameters, lin_params);
-    let all: usize = m.named_tensors().unwrap().iter().map(|(_, t)| t.elem_count()).sum();
+    let all: usize = m
+        .named_tensors()
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
     assert_eq!(r.parameters, all);
 
     // 2:4 everywhere: exactly half zero, 2:4 and 4:8 both hold.

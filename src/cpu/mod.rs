@@ -20,13 +20,13 @@ pub use ops::{
     rms_norm_reference, rope, rope_reference, silu_mul, silu_mul_reference, token_nll,
     token_nll_reference,
 };
-pub use sparse::{
-    packed_matmul, PackedMatrix, PackedValues, SparseKernel, SparseLayout, ValueKind, UNPACK_ROWS,
-};
 pub use os::{keep_freed_memory, return_freed_memory};
 pub(crate) use os::{map_safetensors, stop_self};
 #[cfg(unix)]
 pub(crate) use os::{on_interrupt, send_signal};
+pub use sparse::{
+    packed_matmul, PackedMatrix, PackedValues, SparseKernel, SparseLayout, ValueKind, UNPACK_ROWS,
+};
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;

@@ -59,7 +59,10 @@ pub enum PackedValues {
     /// Raw f16 bits.
     F16(Vec<u16>),
     /// 8-bit integers, `w ≈ q · scale[row]`.
-    I8 { q: Vec<i8>, scale: Vec<f32> },
+    I8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
 }
 
 /// Values read past the last kept one by the vector kernels (zeros, never part of a product).
@@ -145,10 +148,7 @@ impl PackedMatrix {
         kind: ValueKind,
     ) -> Result<Self, String> {
         if w.len() != rows * cols {
-            return Err(format!(
-                "{} values for a [{rows}, {cols}] weight",
-                w.len()
-            ));
+            return Err(format!("{} values for a [{rows}, {cols}] weight", w.len()));
         }
         let ib = layout.index_bytes(cols);
         let mut index = vec![0u8; rows * ib];
@@ -210,7 +210,9 @@ impl PackedMatrix {
         let values = match kind {
             ValueKind::F32 => PackedValues::F32(kept),
             ValueKind::Bf16 => PackedValues::Bf16(
-                kept.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+                kept.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect(),
             ),
             ValueKind::F16 => {
                 PackedValues::F16(kept.iter().map(|&v| f16::from_f32(v).to_bits()).collect())
@@ -401,18 +403,27 @@ impl PackedMatrix {
     pub fn matvec(&self, x: &[f32], t: usize, kernel: Option<SparseKernel>) -> Vec<f32> {
         assert_eq!(x.len(), t * self.cols, "packed product: input shape");
         let kernel = kernel.unwrap_or_else(SparseKernel::best);
-        // Output rows in chunks per task; each chunk runs every input row against a weight row
-        // while it is in cache.
+        // Output rows in chunks per task; each chunk runs every input row against its weight
+        // rows while they are in cache. `by_row` is `[rows, t]`.
         const CHUNK: usize = 32;
         let mut by_row = vec![0f32; self.rows * t];
         by_row
             .par_chunks_mut(CHUNK * t)
             .enumerate()
             .for_each(|(ci, out)| {
-                for (k, o) in out.chunks_mut(t).enumerate() {
-                    let r = ci * CHUNK + k;
-                    for (i, oi) in o.iter_mut().enumerate() {
-                        *oi = self.row_dot(kernel, r, &x[i * self.cols..(i + 1) * self.cols]);
+                let (r0, r1) = (ci * CHUNK, (ci * CHUNK + CHUNK).min(self.rows));
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `best` / `available` only offer kernels the CPU runs; the values
+                    // are padded by PAD for the vector loads.
+                    SparseKernel::Avx512 => unsafe { x86::rows512(self, r0, r1, x, t, out) },
+                    _ => {
+                        for r in r0..r1 {
+                            for i in 0..t {
+                                let xi = &x[i * self.cols..(i + 1) * self.cols];
+                                out[(r - r0) * t + i] = self.finish_row(r, xi, 0, [0.0; 16]);
+                            }
+                        }
                     }
                 }
             });
@@ -428,25 +439,11 @@ impl PackedMatrix {
         y
     }
 
-    /// `Σ_c w[r, c] · x[c]` for one row.
-    fn row_dot(&self, kernel: SparseKernel, r: usize, x: &[f32]) -> f32 {
+    /// Row `r` against `x`, from the lanes `acc` that hold the columns before `from`.
+    fn finish_row(&self, r: usize, x: &[f32], from: usize, mut acc: [f32; 16]) -> f32 {
         let ib = self.layout.index_bytes(self.cols);
         let idx = &self.index[r * ib..(r + 1) * ib];
-        let s0 = self.starts[r];
-        let mut acc = [0f32; 16];
-        #[cfg(target_arch = "x86_64")]
-        let done = match kernel {
-            // SAFETY: `best` / `available` only offer kernels the CPU runs; the slices hold what
-            // the kernels read (values are padded by PAD).
-            SparseKernel::Avx512 => unsafe { x86::row512(self, idx, s0, x, &mut acc) },
-            SparseKernel::Portable => 0,
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = {
-            let _ = kernel;
-            0
-        };
-        self.row_portable(idx, s0, x, done, &mut acc);
+        self.row_portable(idx, self.starts[r], x, from, &mut acc);
         reduce16(acc) * self.values.scale(r)
     }
 
@@ -535,74 +532,179 @@ mod x86 {
     use super::{PackedMatrix, PackedValues, SparseLayout};
     use std::arch::x86_64::*;
 
-    /// Sixteen stored values from `at` on, as f32.
-    #[inline(always)]
-    unsafe fn load16(v: &PackedValues, at: usize) -> __m512 {
-        match v {
-            PackedValues::F32(v) => _mm512_loadu_ps(v.as_ptr().add(at)),
-            PackedValues::Bf16(v) => {
-                let h = _mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i);
-                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-            }
-            PackedValues::F16(v) => {
-                _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i))
-            }
-            PackedValues::I8 { q, .. } => {
-                let b = _mm_loadu_si128(q.as_ptr().add(at) as *const __m128i);
-                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+    /// Sixteen stored values as f32.
+    trait Load {
+        type T;
+        unsafe fn load(p: *const Self::T) -> __m512;
+    }
+    struct F32s;
+    struct Bf16s;
+    struct F16s;
+    struct I8s;
+    impl Load for F32s {
+        type T = f32;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+    }
+    impl Load for Bf16s {
+        type T = u16;
+        #[inline(always)]
+        unsafe fn load(p: *const u16) -> __m512 {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        }
+    }
+    impl Load for F16s {
+        type T = u16;
+        #[inline(always)]
+        unsafe fn load(p: *const u16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        }
+    }
+    impl Load for I8s {
+        type T = i8;
+        #[inline(always)]
+        unsafe fn load(p: *const i8) -> __m512 {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+        }
+    }
+
+    /// Rows `r0..r1` of `p` against the `t` rows of `x` into `out` (`[r1 - r0, t]`).
+    ///
+    /// # Safety
+    /// The CPU runs AVX-512F; `x` holds `t · p.cols` values; the values are padded.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows512(
+        p: &PackedMatrix,
+        r0: usize,
+        r1: usize,
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        match &p.values {
+            PackedValues::F32(v) => rows::<F32s>(p, v.as_ptr(), r0, r1, x, t, out),
+            PackedValues::Bf16(v) => rows::<Bf16s>(p, v.as_ptr(), r0, r1, x, t, out),
+            PackedValues::F16(v) => rows::<F16s>(p, v.as_ptr(), r0, r1, x, t, out),
+            PackedValues::I8 { q, .. } => rows::<I8s>(p, q.as_ptr(), r0, r1, x, t, out),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<L: Load>(
+        p: &PackedMatrix,
+        vals: *const L::T,
+        r0: usize,
+        r1: usize,
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        // Four rows at a time: four independent chains of multiply-adds.
+        let mut r = r0;
+        while r + 4 <= r1 {
+            group::<L, 4>(p, vals, r, x, t, &mut out[(r - r0) * t..]);
+            r += 4;
+        }
+        while r < r1 {
+            group::<L, 1>(p, vals, r, x, t, &mut out[(r - r0) * t..]);
+            r += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn group<L: Load, const R: usize>(
+        p: &PackedMatrix,
+        vals: *const L::T,
+        r: usize,
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        let ib = p.layout.index_bytes(p.cols);
+        let codes: [*const u8; R] = std::array::from_fn(|k| p.index.as_ptr().add((r + k) * ib));
+        let starts: [*const L::T; R] = std::array::from_fn(|k| vals.add(p.starts[r + k]));
+        for i in 0..t {
+            let xi = &x[i * p.cols..(i + 1) * p.cols];
+            let mut acc = [_mm512_setzero_ps(); R];
+            let done = match p.layout {
+                SparseLayout::NM { n: 2, m: 4 } => nm24::<L, R>(xi, codes, starts, &mut acc),
+                SparseLayout::Bitmask => bitmask::<L, R>(xi, codes, starts, &mut acc),
+                SparseLayout::NM { .. } => 0,
+            };
+            for k in 0..R {
+                out[k * t + i] = if done == p.cols {
+                    reduce(acc[k]) * p.values.scale(r + k)
+                } else {
+                    let mut a = [0f32; 16];
+                    _mm512_storeu_ps(a.as_mut_ptr(), acc[k]);
+                    p.finish_row(r + k, xi, done, a)
+                };
             }
         }
     }
 
-    /// Row `s0..` of `p` against `x` into `acc` for as many whole vector blocks as there are;
-    /// returns the first column not done (the portable loop finishes the row).
-    ///
-    /// # Safety
-    /// The CPU runs AVX-512F; `idx` is the row's index, `x` has `p.cols` values, the values are
-    /// padded.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row512(
-        p: &PackedMatrix,
-        idx: &[u8],
-        s0: usize,
+    /// 2:4: 32 columns (eight groups, sixteen values, four bytes of codes) per step, the inputs
+    /// picked by a two-register permute. Returns the columns done.
+    #[inline(always)]
+    unsafe fn nm24<L: Load, const R: usize>(
         x: &[f32],
-        acc: &mut [f32; 16],
+        codes: [*const u8; R],
+        vals: [*const L::T; R],
+        acc: &mut [__m512; R],
     ) -> usize {
-        let mut a = _mm512_loadu_ps(acc.as_ptr());
-        let done = match p.layout {
-            SparseLayout::NM { n: 2, m: 4 } => {
-                // 32 columns (eight groups) per step: sixteen values, four bytes of codes.
-                let blocks = p.cols / 32;
-                let lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-                let base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
-                let three = _mm512_set1_epi32(3);
-                for b in 0..blocks {
-                    let codes = u32::from_le_bytes([idx[4 * b], idx[4 * b + 1], idx[4 * b + 2], idx[4 * b + 3]]);
-                    let pos = _mm512_add_epi32(
-                        base,
-                        _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(codes as i32), lane), three),
-                    );
-                    let xp = x.as_ptr().add(32 * b);
-                    let xs = _mm512_permutex2var_ps(_mm512_loadu_ps(xp), pos, _mm512_loadu_ps(xp.add(16)));
-                    a = _mm512_fmadd_ps(load16(&p.values, s0 + 16 * b), xs, a);
-                }
-                blocks * 32
+        let blocks = x.len() / 32;
+        let lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+        let three = _mm512_set1_epi32(3);
+        for b in 0..blocks {
+            let xp = x.as_ptr().add(32 * b);
+            let (lo, hi) = (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)));
+            for k in 0..R {
+                let c = (codes[k].add(4 * b) as *const i32).read_unaligned();
+                let pos = _mm512_add_epi32(
+                    base,
+                    _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(c), lane), three),
+                );
+                let xs = _mm512_permutex2var_ps(lo, pos, hi);
+                acc[k] = _mm512_fmadd_ps(L::load(vals[k].add(16 * b)), xs, acc[k]);
             }
-            SparseLayout::Bitmask => {
-                let blocks = p.cols / 16;
-                let mut at = s0;
-                for b in 0..blocks {
-                    let mask = u16::from_le_bytes([idx[2 * b], idx[2 * b + 1]]);
-                    let v = _mm512_maskz_expand_ps(mask, load16(&p.values, at));
-                    at += mask.count_ones() as usize;
-                    a = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.as_ptr().add(16 * b)), a);
-                }
-                blocks * 16
+        }
+        blocks * 32
+    }
+
+    /// Bitmask: sixteen columns per step, the kept values expanded into the mask's lanes.
+    #[inline(always)]
+    unsafe fn bitmask<L: Load, const R: usize>(
+        x: &[f32],
+        masks: [*const u8; R],
+        mut vals: [*const L::T; R],
+        acc: &mut [__m512; R],
+    ) -> usize {
+        let blocks = x.len() / 16;
+        for b in 0..blocks {
+            let xv = _mm512_loadu_ps(x.as_ptr().add(16 * b));
+            for k in 0..R {
+                let m = (masks[k].add(2 * b) as *const u16).read_unaligned();
+                let v = _mm512_maskz_expand_ps(m, L::load(vals[k]));
+                vals[k] = vals[k].add(m.count_ones() as usize);
+                acc[k] = _mm512_fmadd_ps(v, xv, acc[k]);
             }
-            SparseLayout::NM { .. } => 0,
-        };
-        _mm512_storeu_ps(acc.as_mut_ptr(), a);
-        done
+        }
+        blocks * 16
+    }
+
+    /// The lanes summed as [`super::reduce16`] sums them (8, 4, 2 then 1 apart).
+    #[inline(always)]
+    unsafe fn reduce(a: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(a);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 }
 
@@ -614,7 +716,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -666,7 +770,12 @@ mod tests {
         SparseLayout::NM { n: 1, m: 4 },
         SparseLayout::Bitmask,
     ];
-    const KINDS: [ValueKind; 4] = [ValueKind::F32, ValueKind::Bf16, ValueKind::F16, ValueKind::Int8];
+    const KINDS: [ValueKind; 4] = [
+        ValueKind::F32,
+        ValueKind::Bf16,
+        ValueKind::F16,
+        ValueKind::Int8,
+    ];
 
     #[test]
     fn pack_then_unpack_gives_the_weight_back() {
@@ -676,15 +785,28 @@ mod tests {
                 let w = sparse(rows, cols, layout, 3);
                 let p = PackedMatrix::pack(&w, rows, cols, layout, ValueKind::F32).unwrap();
                 assert_eq!(p.unpack(), w, "{layout:?} {rows}x{cols}");
-                let q = PackedMatrix::from_parts(rows, cols, layout, p.values_unpadded(), p.index.clone())
-                    .unwrap();
+                let q = PackedMatrix::from_parts(
+                    rows,
+                    cols,
+                    layout,
+                    p.values_unpadded(),
+                    p.index.clone(),
+                )
+                .unwrap();
                 assert_eq!(q, p);
                 for kind in KINDS {
                     let p = PackedMatrix::pack(&w, rows, cols, layout, kind).unwrap();
-                    let tol = if kind == ValueKind::Int8 { 1.0 / 127.0 } else { 1e-2 };
+                    let tol = if kind == ValueKind::Int8 {
+                        1.0 / 127.0
+                    } else {
+                        1e-2
+                    };
                     for (a, b) in p.unpack().iter().zip(&w) {
                         assert!((a - b).abs() <= tol * 1.01, "{kind:?} {a} vs {b}");
-                        assert_eq!(*a == 0.0, *b == 0.0 || kind == ValueKind::Int8 && b.abs() < tol);
+                        assert_eq!(
+                            *a == 0.0,
+                            *b == 0.0 || kind == ValueKind::Int8 && b.abs() < tol
+                        );
                     }
                 }
             }
@@ -711,7 +833,10 @@ mod tests {
                             "{k:?} {layout:?} {kind:?} {rows}x{cols}"
                         );
                         for (a, b) in y.iter().zip(&want) {
-                            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{k:?} {layout:?} {kind:?}: {a} vs {b}");
+                            assert!(
+                                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                                "{k:?} {layout:?} {kind:?}: {a} vs {b}"
+                            );
                         }
                     }
                 }
@@ -725,9 +850,25 @@ mod tests {
         let w = sparse(2, 8, layout, 1);
         let p = PackedMatrix::pack(&w, 2, 8, layout, ValueKind::F32).unwrap();
         // Too few values, a short index, a repeated position.
-        let PackedValues::F32(v) = p.values_unpadded() else { unreachable!() };
-        assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v[1..].to_vec()), p.index.clone()).is_err());
-        assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v.clone()), p.index[1..].to_vec()).is_err());
+        let PackedValues::F32(v) = p.values_unpadded() else {
+            unreachable!()
+        };
+        assert!(PackedMatrix::from_parts(
+            2,
+            8,
+            layout,
+            PackedValues::F32(v[1..].to_vec()),
+            p.index.clone()
+        )
+        .is_err());
+        assert!(PackedMatrix::from_parts(
+            2,
+            8,
+            layout,
+            PackedValues::F32(v.clone()),
+            p.index[1..].to_vec()
+        )
+        .is_err());
         let mut idx = p.index.clone();
         idx[0] = 0; // positions 0 and 0
         assert!(PackedMatrix::from_parts(2, 8, layout, PackedValues::F32(v), idx).is_err());
@@ -747,7 +888,10 @@ pub const UNPACK_ROWS: usize = 24;
 pub fn packed_matmul(x: &Tensor, w: &PackedMatrix) -> crate::error::Result<Tensor> {
     let (t, cols) = x.dims2()?;
     if cols != w.cols {
-        crate::bail!("packed product: input has {cols} features, weight expects {}", w.cols);
+        crate::bail!(
+            "packed product: input has {cols} features, weight expects {}",
+            w.cols
+        );
     }
     let x = x.to_dtype(DType::F32)?;
     if t >= UNPACK_ROWS || x.track_op() || !x.device().is_cpu() {

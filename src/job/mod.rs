@@ -5,11 +5,13 @@
 
 mod eval;
 mod merge;
+mod pack;
 mod prune;
 mod train;
 
 pub use eval::{eval_ppl, eval_tasks, PplArgs, TasksArgs};
 pub use merge::{merge, MergeArgs};
+pub use pack::{pack, unpack, LayoutChoice, PackArgs, UnpackArgs, ValuesChoice};
 pub use prune::{prune, PruneArgs};
 pub use train::{train, TrainArgs};
 

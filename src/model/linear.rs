@@ -125,7 +125,10 @@ impl SparseLinear {
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
     /// adapters, one GEMM over all their weights ([`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-        if lins.iter().any(|l| l.adapter.is_some() || l.packed.is_some()) {
+        if lins
+            .iter()
+            .any(|l| l.adapter.is_some() || l.packed.is_some())
+        {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
         let (dims, x) = flatten(x)?;

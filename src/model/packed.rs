@@ -95,16 +95,24 @@ pub fn check_config(cfg: &LlamaConfig) -> Result<()> {
         bail!("config.json: \"{CONFIG_KEY}\" {what}; re-pack the model with `spp pack`, or unpack it with `spp unpack`")
     };
     if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        return bad(format!("is not spp's packed format (\"format\": \"{FORMAT}\")"));
+        return bad(format!(
+            "is not spp's packed format (\"format\": \"{FORMAT}\")"
+        ));
     }
     if v.get("version").and_then(|f| f.as_u64()) != Some(VERSION) {
-        return bad(format!("has a version this spp does not read (it reads {VERSION})"));
+        return bad(format!(
+            "has a version this spp does not read (it reads {VERSION})"
+        ));
     }
     let Some(linears) = v.get("linears").and_then(|l| l.as_object()) else {
         return bad("has no \"linears\" object".into());
     };
     let known: std::collections::HashSet<String> = (0..cfg.num_hidden_layers)
-        .flat_map(|i| super::LINEARS.iter().map(move |(_, n)| format!("model.layers.{i}.{n}")))
+        .flat_map(|i| {
+            super::LINEARS
+                .iter()
+                .map(move |(_, n)| format!("model.layers.{i}.{n}"))
+        })
         .collect();
     for (p, e) in linears {
         if !known.contains(p) {
@@ -118,8 +126,14 @@ pub fn check_config(cfg: &LlamaConfig) -> Result<()> {
 }
 
 fn parse_entry(p: &str, e: &serde_json::Value) -> std::result::Result<PackedAs, String> {
-    let layout = e.get("layout").and_then(|s| s.as_str()).and_then(parse_layout);
-    let values = e.get("values").and_then(|s| s.as_str()).and_then(parse_values);
+    let layout = e
+        .get("layout")
+        .and_then(|s| s.as_str())
+        .and_then(parse_layout);
+    let values = e
+        .get("values")
+        .and_then(|s| s.as_str())
+        .and_then(parse_values);
     match (layout, values) {
         (Some(layout), Some(values)) => Ok(PackedAs { layout, values }),
         _ => Err(format!(
@@ -252,7 +266,9 @@ pub fn read(
     };
     let finite = match &values {
         PackedValues::F32(v) => v.iter().all(|x| x.is_finite()),
-        PackedValues::Bf16(v) => v.iter().all(|&x| f32::from_bits((x as u32) << 16).is_finite()),
+        PackedValues::Bf16(v) => v
+            .iter()
+            .all(|&x| f32::from_bits((x as u32) << 16).is_finite()),
         PackedValues::F16(v) => v.iter().all(|&x| half::f16::from_bits(x).is_finite()),
         PackedValues::I8 { scale, .. } => scale.iter().all(|x| x.is_finite()),
     };
