@@ -396,3 +396,34 @@ fn smollm2_packed_equals_dense() {
     assert!(((pp - pd) / pd).abs() <= 1e-5, "ppl dense {pd} packed {pp}");
     assert_eq!(gd, gp);
 }
+
+/// `spp prune --pack` leaves a packed model with its record, which the other jobs read.
+#[test]
+fn prune_with_pack_writes_a_packed_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dense = common::converted_tiny(tmp.path());
+    let out = tmp.path().join("pruned");
+    let o = spp(&[
+        "prune",
+        "--model",
+        &s(&dense),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "2:4",
+        "--out",
+        &s(&out),
+        "--pack",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["sparsity"]["linears"].as_object().unwrap().len(), 7);
+    for f in ["prune.json", "pack.json", "tokenizer.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let o = spp(&["inspect", "--model", &s(&out), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["all_linears_2_4"], true);
+}

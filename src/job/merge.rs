@@ -22,6 +22,10 @@ pub struct MergeArgs {
     /// Merge even if the adapter's base-model hash differs; replace an existing --out.
     #[arg(long)]
     pub force: bool,
+    /// Then store the linears packed, as `spp pack` does (N:M codes or a bitmask plus the kept
+    /// values): a smaller model that decodes faster.
+    #[arg(long)]
+    pub pack: bool,
     /// Largest safetensors shard of the output (e.g. 5GB, 500MB); more shards get an index.
     #[arg(long, default_value = "5GB")]
     pub max_shard_size: crate::model::checkpoint::ByteSize,
@@ -92,6 +96,9 @@ pub fn merge(a: &MergeArgs, log: &mut dyn Log) -> Result<MergeRecord> {
     };
     if let Some(w) = warning {
         log.line(&format!("warning: {w}"));
+    }
+    if a.pack {
+        super::pack_in_place(&a.out, log)?;
     }
     Ok(record)
 }

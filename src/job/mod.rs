@@ -11,7 +11,7 @@ mod train;
 
 pub use eval::{eval_ppl, eval_tasks, PplArgs, TasksArgs};
 pub use merge::{merge, MergeArgs};
-pub use pack::{pack, unpack, LayoutChoice, PackArgs, UnpackArgs, ValuesChoice};
+pub use pack::{pack, pack_in_place, unpack, LayoutChoice, PackArgs, UnpackArgs, ValuesChoice};
 pub use prune::{prune, PruneArgs};
 pub use train::{train, TrainArgs};
 

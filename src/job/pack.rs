@@ -135,6 +135,23 @@ fn pack_block(
 /// over the blocks, one to size the output, one to write it; one block in memory at a time.
 pub fn pack(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
     outpath::check(&a.out, OutKind::Dir, a.force, &[&a.model])?;
+    write_packed(a, log)
+}
+
+/// Packs the model directory `dir` in place (`--pack` of `spp prune` and `spp merge`): the
+/// packed directory replaces it once complete.
+pub fn pack_in_place(dir: &std::path::Path, log: &mut dyn Log) -> Result<PackRecord> {
+    let mut a = PackArgs::new(dir, dir);
+    a.force = true;
+    let r = write_packed(&a, log)?;
+    log.line(r.line(dir).trim_end());
+    Ok(r)
+}
+
+/// The records of the jobs that wrote a model, kept beside its packed form.
+const RECORDS: [&str; 2] = ["prune.json", "merge.json"];
+
+fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
     let sm = StreamedModel::open(&a.model, DTypeChoice::Auto, &Device::Cpu)?;
     let dtype = sm.dtype();
     let values = match a.values {
@@ -228,6 +245,12 @@ pub fn pack(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
             Some(packed::config_entry(&entry)),
         )?;
         crate::model::checkpoint::copy_side_files(&a.model, tmp)?;
+        for f in RECORDS {
+            let p = a.model.join(f);
+            if p.exists() {
+                std::fs::copy(&p, tmp.join(f)).map_err(|e| Error::io(&p, e))?;
+            }
+        }
         let json = serde_json::to_vec_pretty(&record).map_err(json_error)?;
         std::fs::write(tmp.join("pack.json"), json)
             .map_err(|e| Error::io(&tmp.join("pack.json"), e))?;

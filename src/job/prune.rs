@@ -53,6 +53,10 @@ pub struct PruneArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub force: bool,
+    /// Then store the linears packed, as `spp pack` does (N:M codes or a bitmask plus the kept
+    /// values): a smaller model that decodes faster.
+    #[arg(long)]
+    pub pack: bool,
     /// Largest safetensors shard of the output (e.g. 5GB, 500MB); more shards get an index.
     #[arg(long, default_value = "5GB")]
     pub max_shard_size: crate::model::checkpoint::ByteSize,
@@ -250,5 +254,8 @@ pub fn prune(a: &PruneArgs, log: &mut dyn Log) -> Result<PruneRecord> {
     let Some(record) = record else {
         bail!("internal: the pruned model was written without a record");
     };
+    if a.pack {
+        super::pack_in_place(&a.out, log)?;
+    }
     Ok(record)
 }
