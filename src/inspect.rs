@@ -12,6 +12,9 @@ pub struct LinearReport {
     pub sparsity: f64,
     pub n2m4: bool,
     pub n4m8: bool,
+    /// How the weight is stored when packed: its layout and value type (`2:4 f32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -77,18 +80,19 @@ impl Report {
         let shown = if all { r.linears.len() } else { SHOWN_LINEARS };
         let _ = writeln!(
             s,
-            "{:<40} {:>12} {:>9} {:>5} {:>5}",
-            "linear", "shape", "sparsity", "2:4", "4:8"
+            "{:<40} {:>12} {:>9} {:>5} {:>5}  {}",
+            "linear", "shape", "sparsity", "2:4", "4:8", "stored"
         );
         for l in r.linears.iter().take(shown) {
             let _ = writeln!(
                 s,
-                "{:<40} {:>12} {:>9.4} {:>5} {:>5}",
+                "{:<40} {:>12} {:>9.4} {:>5} {:>5}  {}",
                 l.name,
                 format!("{}x{}", l.shape[0], l.shape[1]),
                 l.sparsity,
                 yes(l.n2m4),
-                yes(l.n4m8)
+                yes(l.n4m8),
+                l.packed.as_deref().unwrap_or("dense")
             );
         }
         if r.linears.len() > shown {
@@ -134,6 +138,13 @@ pub fn block_linears(i: usize, block: &Block) -> Result<Vec<LinearReport>> {
                 sparsity: lin.sparsity()?,
                 n2m4: lin.satisfies_n_m(2, 4)?,
                 n4m8: lin.satisfies_n_m(4, 8)?,
+                packed: lin.packed.as_ref().map(|p| {
+                    format!(
+                        "{} {}",
+                        crate::model::packed::layout_name(p.layout),
+                        p.values.kind()
+                    )
+                }),
             })
         })
         .collect()

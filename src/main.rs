@@ -139,8 +139,15 @@ struct GenerateArgs {
     #[command(flatten)]
     m: ModelArgs,
     /// The prompt; without it (and with --chat) an interactive loop reads lines from stdin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts")]
     prompt: Option<String>,
+    /// A file of prompts, one per line, each continued on its own.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Print one JSON line per prompt (prompt, token ids, text and the rates) instead of the
+    /// streamed text.
+    #[arg(long)]
+    json: bool,
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -341,23 +348,46 @@ fn generate(a: GenerateArgs, log: &mut Stderr) -> Result<()> {
         };
         let mut stream = tok.inner.decode_stream(true);
         let mut answer = String::new();
+        let mut tokens = Vec::new();
         let stats = spp::generate::generate(&model, &ids, &tok.eos_ids, &opts, &mut |id| {
+            tokens.push(id);
             if let Some(piece) = stream
                 .step(id)
                 .map_err(|e| spp::Error::Msg(format!("tokenizer: {e}")))?
             {
                 answer.push_str(&piece);
-                print!("{piece}");
+                if !a.json {
+                    print!("{piece}");
+                }
             }
             Ok(())
         })?;
-        println!();
+        if a.json {
+            let line = serde_json::json!({
+                "prompt": user, "tokens": tokens, "text": answer, "stats": stats,
+            });
+            println!("{line}");
+        } else {
+            println!();
+            eprintln!("{}", stats.line());
+        }
         if a.chat {
             history.push(message("assistant", answer));
         }
-        eprintln!("{}", stats.line());
         Ok(())
     };
+    if let Some(path) = &a.prompts {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --prompts {}", path.display()))?;
+        let prompts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if prompts.is_empty() {
+            bail!("{} holds no prompts: write one per line", path.display());
+        }
+        for p in prompts {
+            run(p, &mut history)?;
+        }
+        return Ok(());
+    }
     match &a.prompt {
         Some(p) => run(p, &mut history),
         None => {

@@ -361,7 +361,13 @@ fn smollm2_packed_equals_dense() {
         "The history of the city begins with a small settlement by the river. ".repeat(30),
     )
     .unwrap();
-    let run = |m: &Path| -> (f64, String) {
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "The history of the city\n\nOnce upon a time\nThe capital of France is\n",
+    )
+    .unwrap();
+    let run = |m: &Path| -> (f64, Vec<serde_json::Value>) {
         let o = spp(&[
             "eval",
             "ppl",
@@ -381,16 +387,20 @@ fn smollm2_packed_equals_dense() {
             "generate",
             "--model",
             &s(m),
-            "--prompt",
-            "The history of the city",
+            "--prompts",
+            &s(&prompts),
             "-n",
             "24",
+            "--json",
         ]);
         assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
-        (
-            r["ppl"].as_f64().unwrap(),
-            String::from_utf8_lossy(&g.stdout).into_owned(),
-        )
+        let tokens: Vec<serde_json::Value> = String::from_utf8_lossy(&g.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].clone())
+            .collect();
+        assert_eq!(tokens.len(), 3, "one line per prompt");
+        assert_eq!(tokens[0].as_array().unwrap().len(), 24);
+        (r["ppl"].as_f64().unwrap(), tokens)
     };
     let ((pd, gd), (pp, gp)) = (run(&dense), run(&p));
     assert!(((pp - pd) / pd).abs() <= 1e-5, "ppl dense {pd} packed {pp}");
@@ -426,4 +436,5 @@ fn prune_with_pack_writes_a_packed_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["all_linears_2_4"], true);
+    assert_eq!(r["linears"][0]["packed"], "2:4 f32");
 }
