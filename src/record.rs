@@ -285,6 +285,9 @@ pub struct PackRecord {
     /// Bytes of the block linears stored dense in the model's dtype, and as written.
     pub linear_bytes_dense: u64,
     pub linear_bytes: u64,
+    /// Bytes of the output head stored in 8 bits (`--int8-head`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_bytes: Option<u64>,
     pub linears: Vec<PackedLinear>,
 }
 

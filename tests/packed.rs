@@ -23,8 +23,8 @@ enum Pattern {
 }
 
 /// The tiny model (biases on) with every linear pruned to `pattern` by magnitude, saved in `dir`.
-fn pruned_tiny(dir: &Path, pattern: Pattern) -> PathBuf {
-    let mut m = common::tiny_model(false, true, &Device::Cpu);
+fn pruned_tiny(dir: &Path, pattern: Pattern, tied: bool) -> PathBuf {
+    let mut m = common::tiny_model(tied, true, &Device::Cpu);
     for b in &mut m.layers {
         for (_, lin) in b.linears_mut() {
             let (rows, cols) = (lin.out_features(), lin.in_features());
@@ -43,19 +43,34 @@ fn pruned_tiny(dir: &Path, pattern: Pattern) -> PathBuf {
             lin.set_weight(Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap());
         }
     }
-    let out = dir.join(match pattern {
-        Pattern::TwoFour => "dense-2-4",
-        Pattern::Half => "dense-half",
-    });
+    let out = dir.join(format!(
+        "{}-{}",
+        match pattern {
+            Pattern::TwoFour => "dense-2-4",
+            Pattern::Half => "dense-half",
+        },
+        if tied { "tied" } else { "untied" }
+    ));
     let _ = std::fs::remove_dir_all(&out);
     save_model(&m, &out, &SaveOptions::default()).unwrap();
     out
 }
 
 fn packed(src: &Path, out: &Path, layout: LayoutChoice, values: ValuesChoice) -> PathBuf {
+    packed_head(src, out, layout, values, false)
+}
+
+fn packed_head(
+    src: &Path,
+    out: &Path,
+    layout: LayoutChoice,
+    values: ValuesChoice,
+    int8_head: bool,
+) -> PathBuf {
     let mut a = PackArgs::new(src, out);
     a.layout = layout;
     a.values = values;
+    a.int8_head = int8_head;
     pack(&a, &mut Quiet).unwrap();
     out.to_path_buf()
 }
@@ -130,7 +145,7 @@ fn packed_models_compute_what_the_dense_ones_do() {
             5e-2,
         ),
     ] {
-        let dense_dir = pruned_tiny(tmp.path(), pattern);
+        let dense_dir = pruned_tiny(tmp.path(), pattern, false);
         let out = tmp.path().join("packed");
         let _ = std::fs::remove_dir_all(&out);
         let dir = packed(&dense_dir, &out, layout, values);
@@ -167,7 +182,7 @@ fn packed_models_compute_what_the_dense_ones_do() {
 fn pack_then_unpack_gives_the_checkpoint_back_and_is_smaller() {
     let tmp = tempfile::tempdir().unwrap();
     for pattern in [Pattern::TwoFour, Pattern::Half] {
-        let dense = pruned_tiny(tmp.path(), pattern);
+        let dense = pruned_tiny(tmp.path(), pattern, false);
         let p = tmp.path().join("p");
         let back = tmp.path().join("back");
         for d in [&p, &back] {
@@ -232,7 +247,7 @@ fn fails_with(o: &std::process::Output, needles: &[&str]) {
 #[test]
 fn bad_packed_checkpoints_are_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let half = pruned_tiny(tmp.path(), Pattern::Half);
+    let half = pruned_tiny(tmp.path(), Pattern::Half, false);
     // A layout the weights do not fit: nothing is written.
     let out = tmp.path().join("p24");
     fails_with(
@@ -437,4 +452,52 @@ fn prune_with_pack_writes_a_packed_model() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["all_linears_2_4"], true);
     assert_eq!(r["linears"][0]["packed"], "2:4 f32");
+}
+
+/// `--int8-head`: the output head in 8 bits, untied and tied (a copy beside the input embedding):
+/// logits within int8 rounding, the head's bytes a quarter, and unpacking gives the checkpoint
+/// back (a tied model's copy dropped).
+#[test]
+fn int8_heads_tied_and_untied() {
+    let tmp = tempfile::tempdir().unwrap();
+    for tied in [false, true] {
+        let dense_dir = pruned_tiny(tmp.path(), Pattern::TwoFour, tied);
+        let out = tmp.path().join(format!("head-{tied}"));
+        let dir = packed_head(
+            &dense_dir,
+            &out,
+            LayoutChoice::Auto,
+            ValuesChoice::Auto,
+            true,
+        );
+        let (dense, pk) = (load(&dense_dir), load(&dir));
+        assert!(pk.lm_head.as_ref().unwrap().packed.is_some());
+        let ((df, ds), (pf, ps)) = (logits(&dense), logits(&pk));
+        assert!(
+            max_rel(&pf, &df) <= 2e-2,
+            "tied {tied}: {}",
+            max_rel(&pf, &df)
+        );
+        assert!(
+            max_rel(&ps, &ds) <= 2e-2,
+            "tied {tied}: {}",
+            max_rel(&ps, &ds)
+        );
+        let head = |m: &Llama| m.decode_weight_bytes();
+        assert!(head(&pk) < head(&dense));
+        // The blocks are f32 still: the hash over what would be written is the dense model's.
+        assert_eq!(
+            spp::model::hash::weights_hash(&pk).unwrap()
+                == spp::model::hash::weights_hash(&dense).unwrap(),
+            tied,
+            "a tied model writes its embedding, not the 8-bit head; an untied one writes the head"
+        );
+        let back = tmp.path().join(format!("back-{tied}"));
+        let o = spp(&["unpack", "--model", &s(&dir), "--out", &s(&back)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            load(&back).named_tensors().unwrap().len(),
+            dense.named_tensors().unwrap().len()
+        );
+    }
 }

@@ -5,7 +5,9 @@
 //!   (a group with fewer non-zeros stores explicit zeros), each with its position in the group as
 //!   a code of 2 (m ≤ 4), 4 (m ≤ 16) or 8 bits, packed low bits first;
 //! - bitmask ([`SparseLayout::Bitmask`]): one bit per column (low bit first) says whether the
-//!   column is kept; the kept values follow in column order.
+//!   column is kept; the kept values follow in column order;
+//! - dense ([`SparseLayout::Dense`]): every value, no index (a weight that is not sparse, stored
+//!   in 8 bits).
 //!
 //! Values are f32, bf16, f16, or 8-bit integers with one f32 scale per row (round to nearest of
 //! `w / (max|w| / 127)`).
@@ -26,6 +28,8 @@ pub enum SparseLayout {
     NM { n: usize, m: usize },
     /// One bit per column.
     Bitmask,
+    /// Every column, no index.
+    Dense,
 }
 
 impl SparseLayout {
@@ -46,6 +50,7 @@ impl SparseLayout {
                 (cols / m * n * Self::code_bits(m).unwrap_or(8)).div_ceil(8)
             }
             SparseLayout::Bitmask => cols.div_ceil(8),
+            SparseLayout::Dense => 0,
         }
     }
 }
@@ -191,6 +196,12 @@ impl PackedMatrix {
                     }
                 }
             }
+            SparseLayout::Dense => {
+                for row in w.chunks_exact(cols) {
+                    starts.push(kept.len());
+                    kept.extend_from_slice(row);
+                }
+            }
             SparseLayout::Bitmask => {
                 for (r, row) in w.chunks_exact(cols).enumerate() {
                     starts.push(kept.len());
@@ -282,6 +293,7 @@ impl PackedMatrix {
                     }
                     row.iter().map(|b| b.count_ones() as usize).sum()
                 }
+                SparseLayout::Dense => cols,
             };
         }
         starts.push(at);
@@ -386,6 +398,11 @@ impl PackedMatrix {
                     row[self.nm_col(idx, j, n, m, bits)] = self.values.get(s0 + j) * scale;
                 }
             }
+            SparseLayout::Dense => {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = self.values.get(s0 + c) * scale;
+                }
+            }
             SparseLayout::Bitmask => {
                 let mut i = s0;
                 for (c, v) in row.iter_mut().enumerate() {
@@ -477,6 +494,11 @@ impl PackedMatrix {
                         0.0
                     };
                     acc[c % 16] = v.mul_add(x[c], acc[c % 16]);
+                }
+            }
+            SparseLayout::Dense => {
+                for c in from..self.cols {
+                    acc[c % 16] = self.values.get(s0 + c).mul_add(x[c], acc[c % 16]);
                 }
             }
         }
@@ -632,6 +654,11 @@ mod x86 {
             vals: [*const L::T; R],
             acc: &mut [Self::Acc; R],
         ) -> usize;
+        unsafe fn dense<L: Load, const R: usize>(
+            x: &[f32],
+            vals: [*const L::T; R],
+            acc: &mut [Self::Acc; R],
+        ) -> usize;
         /// The lanes summed as [`super::reduce16`] sums them.
         unsafe fn reduce(a: Self::Acc) -> f32;
         unsafe fn spill(a: Self::Acc) -> [f32; 16];
@@ -709,6 +736,23 @@ mod x86 {
                     let v = _mm512_maskz_expand_ps(m, L::load16(vals[k]));
                     vals[k] = vals[k].add(m.count_ones() as usize);
                     acc[k] = _mm512_fmadd_ps(v, xv, acc[k]);
+                }
+            }
+            blocks * 16
+        }
+        /// Sixteen columns per step.
+        #[inline(always)]
+        unsafe fn dense<L: Load, const R: usize>(
+            x: &[f32],
+            vals: [*const L::T; R],
+            acc: &mut [__m512; R],
+        ) -> usize {
+            let blocks = x.len() / 16;
+            for b in 0..blocks {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(16 * b));
+                for k in 0..R {
+                    prefetch(vals[k].add(R * x.len() + 16 * b));
+                    acc[k] = _mm512_fmadd_ps(L::load16(vals[k].add(16 * b)), xv, acc[k]);
                 }
             }
             blocks * 16
@@ -835,6 +879,25 @@ mod x86 {
             blocks * 16
         }
         #[inline(always)]
+        unsafe fn dense<L: Load, const R: usize>(
+            x: &[f32],
+            vals: [*const L::T; R],
+            acc: &mut [[__m256; 2]; R],
+        ) -> usize {
+            let blocks = x.len() / 16;
+            for b in 0..blocks {
+                let xp = x.as_ptr().add(16 * b);
+                let (xlo, xhi) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
+                for k in 0..R {
+                    let v = vals[k].add(16 * b);
+                    prefetch(v.add(R * x.len()));
+                    acc[k][0] = _mm256_fmadd_ps(L::load8(v), xlo, acc[k][0]);
+                    acc[k][1] = _mm256_fmadd_ps(L::load8(v.add(8)), xhi, acc[k][1]);
+                }
+            }
+            blocks * 16
+        }
+        #[inline(always)]
         unsafe fn reduce(a: [__m256; 2]) -> f32 {
             reduce8(_mm256_add_ps(a[0], a[1]))
         }
@@ -936,6 +999,7 @@ mod x86 {
             let done = match p.layout {
                 SparseLayout::NM { n: 2, m: 4 } => I::nm24::<L, R>(xi, codes, starts, &mut acc),
                 SparseLayout::Bitmask => I::bitmask::<L, R>(xi, codes, starts, &mut acc),
+                SparseLayout::Dense => I::dense::<L, R>(xi, starts, &mut acc),
                 SparseLayout::NM { .. } => 0,
             };
             for k in 0..R {
@@ -982,7 +1046,7 @@ mod tests {
                     *v = 0.0;
                 }
             }
-            SparseLayout::Bitmask => {
+            SparseLayout::Bitmask | SparseLayout::Dense => {
                 for (i, v) in w.iter_mut().enumerate() {
                     if (i * 2654435761) % 7 < 4 {
                         *v = 0.0;
@@ -1005,11 +1069,12 @@ mod tests {
         y
     }
 
-    const LAYOUTS: [SparseLayout; 4] = [
+    const LAYOUTS: [SparseLayout; 5] = [
         SparseLayout::NM { n: 2, m: 4 },
         SparseLayout::NM { n: 4, m: 8 },
         SparseLayout::NM { n: 1, m: 4 },
         SparseLayout::Bitmask,
+        SparseLayout::Dense,
     ];
     const KINDS: [ValueKind; 4] = [
         ValueKind::F32,

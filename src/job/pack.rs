@@ -29,6 +29,11 @@ pub struct PackArgs {
     /// per output row, round to nearest).
     #[arg(long, default_value = "auto", value_parser = parse_values_choice)]
     pub values: ValuesChoice,
+    /// Also store the output head (the embedding matrix, when tied) in 8 bits, dense, with a
+    /// scale per row (beside the input embedding when tied): in a small model the head is a large
+    /// share of the bytes each decoded token reads.
+    #[arg(long)]
+    pub int8_head: bool,
     /// Replace an existing --out.
     #[arg(long)]
     pub force: bool,
@@ -102,7 +107,7 @@ fn pack_block(
     i: usize,
     a: &PackArgs,
     values: ValueKind,
-) -> Result<Vec<(String, Option<PackedMatrix>)>> {
+) -> Result<Vec<(String, [usize; 2], Option<PackedMatrix>)>> {
     let block = sm.block(i)?;
     let mut out = Vec::new();
     for (name, lin) in block.linears() {
@@ -114,7 +119,9 @@ fn pack_block(
             .flatten_all()?
             .to_vec1::<f32>()?;
         let layout = match a.layout {
-            LayoutChoice::Auto => packed::choose(&w, cols),
+            // 8-bit values pay off without zeros too.
+            LayoutChoice::Auto => packed::choose(&w, cols)
+                .or((values == ValueKind::Int8).then_some(SparseLayout::Dense)),
             LayoutChoice::All(l) => Some(l),
         };
         let m = match layout {
@@ -126,7 +133,7 @@ fn pack_block(
             })?),
             None => None,
         };
-        out.push((p, m));
+        out.push((p, [rows, cols], m));
     }
     Ok(out)
 }
@@ -166,15 +173,8 @@ fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
     let mut parts: HashMap<String, Vec<(String, DType, Vec<usize>)>> = HashMap::new();
     let mut linears = Vec::new();
     for i in 0..n {
-        for (p, m) in pack_block(&sm, i, a, values)? {
-            let dense_bytes = {
-                let (r, c) = crate::model::layout::linear_shapes(&cfg)
-                    .into_iter()
-                    .find(|(name, _, _)| p.ends_with(name))
-                    .map(|(_, r, c)| (r, c))
-                    .unwrap_or_default();
-                (r * c * dtype.size_in_bytes()) as u64
-            };
+        for (p, [rows, cols], m) in pack_block(&sm, i, a, values)? {
+            let dense_bytes = (rows * cols * dtype.size_in_bytes()) as u64;
             let packing = m.as_ref().map(|m| PackedAs {
                 layout: m.layout,
                 values,
@@ -192,23 +192,57 @@ fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
         }
         log.progress("sizing", i + 1, n);
     }
+    let tied = cfg.tie_word_embeddings;
+    let head = match a.int8_head {
+        true => {
+            let name = if tied {
+                "model.embed_tokens.weight"
+            } else {
+                "lm_head.weight"
+            };
+            let w = sm.tensor(name)?.to_dtype(DType::F32)?;
+            let (rows, cols) = w.dims2()?;
+            let w = w.flatten_all()?.to_vec1::<f32>()?;
+            let m = PackedMatrix::pack(&w, rows, cols, SparseLayout::Dense, ValueKind::Int8)
+                .map_err(|e| Error::Msg(format!("the output head: {e}")))?;
+            let ps = packed::part_layout(packed::HEAD, &m);
+            match tied {
+                true => parts.insert(String::new(), ps),
+                false => parts.insert("lm_head.weight".into(), ps),
+            };
+            Some(m)
+        }
+        false => None,
+    };
+    // A tied model's packed head comes after everything else.
+    let tail = parts.remove("").unwrap_or_default();
     let tensors: Vec<(String, DType, Vec<usize>)> = crate::model::layout::layout(&cfg)
         .into_iter()
         .flat_map(|(name, shape)| match parts.remove(&name) {
             Some(ps) => ps,
             None => vec![(name, dtype, shape)],
         })
+        .chain(tail)
         .collect();
-    let entry: Vec<(String, PackedAs)> = linears
+    let mut entry: Vec<(String, PackedAs)> = linears
         .iter()
         .filter_map(|l| Some((l.name.clone(), plans.get(&l.name).copied().flatten()?)))
         .collect();
+    let packed_linears = entry.len();
+    if head.is_some() {
+        let k = PackedAs {
+            layout: SparseLayout::Dense,
+            values: ValueKind::Int8,
+        };
+        entry.push((packed::HEAD.into(), k));
+    }
     let record = PackRecord {
         spp_version: crate::record::spp_version(),
         model: a.model.display().to_string(),
         values: packed::value_name(values).into(),
-        packed_linears: entry.len(),
-        dense_linears: linears.len() - entry.len(),
+        packed_linears,
+        dense_linears: linears.len() - packed_linears,
+        head_bytes: head.as_ref().map(|m| m.bytes()),
         linear_bytes_dense: linears.iter().map(|l| l.dense_bytes).sum(),
         linear_bytes: linears.iter().map(|l| l.bytes).sum(),
         linears,
@@ -221,7 +255,7 @@ fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
             let block = sm.block(i)?;
             let mut packed_now: HashMap<String, PackedMatrix> = pack_block(&sm, i, a, values)?
                 .into_iter()
-                .filter_map(|(p, m)| Some((format!("{p}.weight"), m?)))
+                .filter_map(|(p, _, m)| Some((format!("{p}.weight"), m?)))
                 .collect();
             for (name, t) in block.named_tensors(i)? {
                 match packed_now.remove(&name) {
@@ -236,7 +270,16 @@ fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
             }
             log.progress("writing", i + 1, n);
         }
-        sm.write_tail_tensors(&mut w)?;
+        w.write("model.norm.weight", &sm.tensor("model.norm.weight")?)?;
+        match &head {
+            Some(m) => {
+                for (part, t) in packed::parts(packed::HEAD, m)? {
+                    w.write(&part, &t)?;
+                }
+            }
+            None if !tied => w.write("lm_head.weight", &sm.tensor("lm_head.weight")?)?,
+            None => {}
+        }
         w.finish()?;
         crate::model::checkpoint::write_config_packed(
             tmp,

@@ -18,8 +18,8 @@ pub fn weights_hash(model: &Llama) -> Result<String> {
         }
     }
     h.add("model.norm.weight", &model.norm.weight)?;
-    if let Some(head) = &model.lm_head {
-        h.add("lm_head.weight", &head.weight)?;
+    if let Some(head) = model.untied_head() {
+        h.add("lm_head.weight", &head.dense_weight()?)?;
     }
     Ok(h.finish())
 }

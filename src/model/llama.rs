@@ -639,7 +639,18 @@ impl Llama {
         if input || (output && tied) {
             self.embed_tokens = l.req("model.embed_tokens.weight", &[v, hd])?;
         }
-        if output && !tied {
+        if let (true, Some(k)) = (
+            output,
+            super::packed::packing_of(&self.cfg, "lm_head.weight"),
+        ) {
+            let m = super::packed::read(src, super::packed::HEAD, v, hd, k)?;
+            self.lm_head = Some(SparseLinear::from_packed(
+                m,
+                None,
+                self.dtype,
+                &self.device,
+            )?);
+        } else if output && !tied {
             self.lm_head = Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None));
         }
         Ok(())
@@ -676,8 +687,8 @@ impl Llama {
             out.extend(b.named_tensors(i)?);
         }
         out.push(("model.norm.weight".into(), self.norm.weight.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".into(), h.weight.clone()));
+        if let Some(h) = self.untied_head() {
+            out.push(("lm_head.weight".into(), h.dense_weight()?));
         }
         Ok(out)
     }
@@ -819,12 +830,20 @@ impl Llama {
         self.norm.forward(&x)
     }
 
-    /// The output embedding `[vocab, hidden]` (`embed_tokens` when tied).
-    fn output_weight(&self) -> &Tensor {
+    /// The output embedding `[vocab, hidden]` (`embed_tokens` when tied), dense.
+    fn output_weight(&self) -> Result<Tensor> {
         match &self.lm_head {
-            Some(h) => &h.weight,
-            None => &self.embed_tokens,
+            Some(h) => h.dense_weight(),
+            None => Ok(self.embed_tokens.clone()),
         }
+    }
+
+    /// The head when the checkpoint stores it apart from the input embedding (a packed head of a
+    /// tied model is the embedding's packed copy, not a tensor of its own).
+    pub fn untied_head(&self) -> Option<&SparseLinear> {
+        self.lm_head
+            .as_ref()
+            .filter(|_| !self.cfg.tie_word_embeddings)
     }
 
     /// Bytes of weights one decode step reads: every block's tensors, the final norm, the output
@@ -847,7 +866,11 @@ impl Llama {
             })
             .sum();
         let row = (self.cfg.hidden_size * self.dtype.size_in_bytes()) as u64;
-        blocks + bytes(&self.norm.weight) + bytes(self.output_weight()) + row
+        let head = match &self.lm_head {
+            Some(h) => h.weight_bytes(),
+            None => bytes(&self.embed_tokens),
+        };
+        blocks + bytes(&self.norm.weight) + head + row
     }
 
     /// Logits from hidden states: `[..., hidden]` → `[..., vocab]`.
@@ -881,7 +904,7 @@ impl Llama {
             }
             return Ok(Tensor::cat(&parts, 0)?);
         }
-        crate::cpu::lm_head_nll(hidden, self.output_weight(), targets)
+        crate::cpu::lm_head_nll(hidden, &self.output_weight()?, targets)
     }
 
     /// Logits for every position: `[B, T]` → `[B, T, vocab]`.

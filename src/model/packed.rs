@@ -4,7 +4,9 @@
 //! A packed linear `{p}` (e.g. `model.layers.0.self_attn.q_proj`) has, instead of `{p}.weight`:
 //! `{p}.weight_values` (1-D, the kept values: F32, BF16, F16, or U8 holding two's-complement
 //! int8), `{p}.weight_index` (U8 `[rows, index bytes]`: N:M position codes or the bitmask) and,
-//! for int8 values, `{p}.weight_scale` (F32 `[rows]`). `config.json`:
+//! for int8 values, `{p}.weight_scale` (F32 `[rows]`); a `dense` layout has no index. The output
+//! head may be stored so too, as `lm_head` (beside the input embedding when they are tied).
+//! `config.json`:
 //! `"sparsity": {"format": "spp-packed", "version": 1, "linears": {"{p}": {"layout": "2:4",
 //! "values": "f32"}, …}}`; a linear not listed is stored dense.
 
@@ -14,6 +16,9 @@ use crate::bail;
 use crate::cpu::{PackedMatrix, PackedValues, SparseLayout, ValueKind};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
+
+/// The name under which a packed output head is listed and stored.
+pub const HEAD: &str = "lm_head";
 
 /// The key of `config.json` that lists the packed linears.
 pub const CONFIG_KEY: &str = "sparsity";
@@ -31,12 +36,15 @@ pub fn layout_name(l: SparseLayout) -> String {
     match l {
         SparseLayout::NM { n, m } => format!("{n}:{m}"),
         SparseLayout::Bitmask => "bitmask".into(),
+        SparseLayout::Dense => "dense".into(),
     }
 }
 
 pub fn parse_layout(s: &str) -> Option<SparseLayout> {
-    if s == "bitmask" {
-        return Some(SparseLayout::Bitmask);
+    match s {
+        "bitmask" => return Some(SparseLayout::Bitmask),
+        "dense" => return Some(SparseLayout::Dense),
+        _ => {}
     }
     let (n, m) = s.split_once(':')?;
     let (n, m) = (n.parse().ok()?, m.parse().ok()?);
@@ -113,6 +121,7 @@ pub fn check_config(cfg: &LlamaConfig) -> Result<()> {
                 .iter()
                 .map(move |(_, n)| format!("model.layers.{i}.{n}"))
         })
+        .chain([HEAD.to_string()])
         .collect();
     for (p, e) in linears {
         if !known.contains(p) {
@@ -164,14 +173,14 @@ pub fn part_layout(p: &str, m: &PackedMatrix) -> Vec<(String, DType, Vec<usize>)
         PackedValues::F16(_) => (DType::F16, false),
         PackedValues::I8 { .. } => (DType::U8, true),
     };
-    let mut out = vec![
-        (format!("{p}.weight_values"), dtype, vec![m.stored()]),
-        (
+    let mut out = vec![(format!("{p}.weight_values"), dtype, vec![m.stored()])];
+    if m.layout != SparseLayout::Dense {
+        out.push((
             format!("{p}.weight_index"),
             DType::U8,
             vec![m.rows, m.layout.index_bytes(m.cols)],
-        ),
-    ];
+        ));
+    }
     if scale {
         out.push((format!("{p}.weight_scale"), DType::F32, vec![m.rows]));
     }
@@ -195,13 +204,13 @@ pub fn parts(p: &str, m: &PackedMatrix) -> Result<Vec<(String, Tensor)>> {
         }
     };
     let ib = m.layout.index_bytes(m.cols);
-    let mut out = vec![
-        (format!("{p}.weight_values"), values),
-        (
+    let mut out = vec![(format!("{p}.weight_values"), values)];
+    if m.layout != SparseLayout::Dense {
+        out.push((
             format!("{p}.weight_index"),
             Tensor::from_vec(m.index.clone(), (m.rows, ib), cpu)?,
-        ),
-    ];
+        ));
+    }
     if let PackedValues::I8 { scale, .. } = &m.values {
         out.push((
             format!("{p}.weight_scale"),
@@ -275,7 +284,10 @@ pub fn read(
     if !finite {
         return Err(super::llama::non_finite(&format!("{p}.weight_values"), src));
     }
-    let index = get("weight_index", DType::U8)?.to_vec1::<u8>()?;
+    let index = match k.layout {
+        SparseLayout::Dense => Vec::new(),
+        _ => get("weight_index", DType::U8)?.to_vec1::<u8>()?,
+    };
     PackedMatrix::from_parts(rows, cols, k.layout, values, index).map_err(|e| {
         crate::error::Error::Msg(format!(
             "{}: packed linear {p} ([{rows}, {cols}], {}): {e}; the checkpoint is corrupt — re-pack it with `spp pack`",
