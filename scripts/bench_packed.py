@@ -10,7 +10,8 @@ Usage (from the repository root, after `cargo build --release`; the llama.cpp ro
         [--llama-cpp]
 
 Each --model is a pruned model stored dense (`spp prune` / `spp merge` output). It is packed twice
-with `spp pack` (values as stored; and int8) into a temporary directory. Per variant: `spp generate
+with `spp pack` (values as stored; and int8 with the output head in int8 too) into a temporary
+directory. Per variant: `spp generate
 -n TOKENS` greedy (median of --rounds, variants alternating) for the decode rate, the bytes of
 weights a decode step reads and the bandwidth that makes; a 2048-token prompt for the prefill rate;
 `spp eval ppl` on --windows windows of WikiText-2; and --prompts prompts (lines of WikiText-2)
@@ -91,7 +92,7 @@ def main():
             name = os.path.basename(os.path.normpath(model))
             variants = {"dense": model}
             sizes = {}
-            for label, extra in (("packed", []), ("packed-int8", ["--values", "int8"])):
+            for label, extra in (("packed", []), ("packed-int8", ["--values", "int8", "--int8-head"])):
                 out = os.path.join(tmp, f"{name}-{label}")
                 rec = json.loads(run([a.spp, "pack", "--model", model, "--out", out, "--json"] + extra))
                 variants[label] = out
