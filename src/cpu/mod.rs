@@ -25,7 +25,8 @@ pub(crate) use os::{map_safetensors, stop_self};
 #[cfg(unix)]
 pub(crate) use os::{on_interrupt, send_signal};
 pub use sparse::{
-    packed_matmul, PackedMatrix, PackedValues, SparseKernel, SparseLayout, ValueKind, UNPACK_ROWS,
+    matvec_many, packed_matmul, packed_matmul_many, PackedMatrix, PackedValues, SparseKernel,
+    SparseLayout, ValueKind, UNPACK_ROWS,
 };
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};

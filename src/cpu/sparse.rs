@@ -418,47 +418,35 @@ impl PackedMatrix {
     /// `y[t, r] = Σ_c w[r, c] · x[t, c]` for `x` `[t, cols]` (row-major), in the fixed order of
     /// the module documentation, on the fastest kernel this CPU has (`kernel` forces one).
     pub fn matvec(&self, x: &[f32], t: usize, kernel: Option<SparseKernel>) -> Vec<f32> {
-        assert_eq!(x.len(), t * self.cols, "packed product: input shape");
-        let kernel = kernel.unwrap_or_else(SparseKernel::best);
-        // Output rows in a few chunks per thread (each task costs about a microsecond to hand
-        // out, a 576-row 2:4 linear takes about twenty); each chunk runs every input row against
-        // its weight rows while they are in cache. `by_row` is `[rows, t]`.
-        let tasks = 4 * rayon::current_num_threads();
-        let chunk = self.rows.div_ceil(tasks).next_multiple_of(4).max(16);
-        let mut by_row = vec![0f32; self.rows * t];
-        by_row
-            .par_chunks_mut(chunk * t)
-            .enumerate()
-            .for_each(|(ci, out)| {
-                let (r0, r1) = (ci * chunk, (ci * chunk + chunk).min(self.rows));
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `best` / `available` only offer kernels the CPU runs; the values
-                    // are padded by PAD for the vector loads.
-                    SparseKernel::Avx512 => unsafe { x86::rows512(self, r0, r1, x, t, out) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    SparseKernel::Avx2 => unsafe { x86::rows256(self, r0, r1, x, t, out) },
-                    _ => {
-                        for r in r0..r1 {
-                            for i in 0..t {
-                                let xi = &x[i * self.cols..(i + 1) * self.cols];
-                                out[(r - r0) * t + i] = self.finish_row(r, xi, 0, [0.0; 16]);
-                            }
-                        }
+        matvec_many(&[self], x, t, kernel).remove(0)
+    }
+
+    /// Rows `r0..r1` against the `t` rows of `x` into `out` (`[r1 - r0, t]`).
+    fn rows_into(
+        &self,
+        kernel: SparseKernel,
+        (r0, r1): (usize, usize),
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+    ) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `best` / `available` only offer kernels the CPU runs; the values are padded
+            // by PAD for the vector loads.
+            SparseKernel::Avx512 => unsafe { x86::rows512(self, r0, r1, x, t, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            SparseKernel::Avx2 => unsafe { x86::rows256(self, r0, r1, x, t, out) },
+            _ => {
+                for r in r0..r1 {
+                    for i in 0..t {
+                        let xi = &x[i * self.cols..(i + 1) * self.cols];
+                        out[(r - r0) * t + i] = self.finish_row(r, xi, 0, [0.0; 16]);
                     }
                 }
-            });
-        if t == 1 {
-            return by_row;
-        }
-        let mut y = vec![0f32; t * self.rows];
-        for r in 0..self.rows {
-            for i in 0..t {
-                y[i * self.rows + r] = by_row[r * t + i];
             }
         }
-        y
     }
 
     /// Row `r` against `x`, from the lanes `acc` that hold the columns before `from`.
@@ -503,6 +491,70 @@ impl PackedMatrix {
             }
         }
     }
+}
+
+/// [`PackedMatrix::matvec`] of several weights that read the same input (q, k, v; gate, up) in
+/// one parallel pass: one hand-out of tasks instead of one per weight.
+pub fn matvec_many(
+    ws: &[&PackedMatrix],
+    x: &[f32],
+    t: usize,
+    kernel: Option<SparseKernel>,
+) -> Vec<Vec<f32>> {
+    for w in ws {
+        assert_eq!(x.len(), t * w.cols, "packed product: input shape");
+    }
+    let kernel = kernel.unwrap_or_else(SparseKernel::best);
+    // Output rows in a few chunks per thread (each task costs about a microsecond to hand out, a
+    // 576-row 2:4 linear takes about twenty); each chunk runs every input row against its weight
+    // rows while they are in cache.
+    let rows: usize = ws.iter().map(|w| w.rows).sum();
+    let chunk = rows
+        .div_ceil(4 * rayon::current_num_threads())
+        .next_multiple_of(4)
+        .max(16);
+    let jobs: Vec<(usize, usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| {
+            (0..w.rows)
+                .step_by(chunk)
+                .map(move |r0| (i, r0, (r0 + chunk).min(w.rows)))
+        })
+        .collect();
+    let parts: Vec<Vec<f32>> = jobs
+        .par_iter()
+        .map(|&(i, r0, r1)| {
+            let mut out = vec![0f32; (r1 - r0) * t];
+            ws[i].rows_into(kernel, (r0, r1), x, t, &mut out);
+            out
+        })
+        .collect();
+    // Each weight's chunks in order give `[rows, t]`; the result is `[t, rows]`.
+    let mut parts = jobs.iter().zip(parts);
+    ws.iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let by_row: Vec<f32> = parts
+                .by_ref()
+                .take(w.rows.div_ceil(chunk))
+                .flat_map(|((j, _, _), p)| {
+                    debug_assert_eq!(*j, i);
+                    p
+                })
+                .collect();
+            if t == 1 {
+                return by_row;
+            }
+            let mut y = vec![0f32; t * w.rows];
+            for r in 0..w.rows {
+                for k in 0..t {
+                    y[k * w.rows + r] = by_row[r * t + k];
+                }
+            }
+            y
+        })
+        .collect()
 }
 
 /// Code `j` of `bits` bits (2, 4 or 8) in a row's codes.
@@ -1192,8 +1244,13 @@ pub const UNPACK_ROWS: usize = 24;
 /// (decoding) run on the packed values; many rows, or an input that needs a gradient, on the
 /// unpacked weight.
 pub fn packed_matmul(x: &Tensor, w: &PackedMatrix) -> crate::error::Result<Tensor> {
+    Ok(packed_matmul_many(x, &[w])?.remove(0))
+}
+
+/// [`packed_matmul`] of several weights that read `x`, in one pass when they run packed.
+pub fn packed_matmul_many(x: &Tensor, ws: &[&PackedMatrix]) -> crate::error::Result<Vec<Tensor>> {
     let (t, cols) = x.dims2()?;
-    if cols != w.cols {
+    if let Some(w) = ws.iter().find(|w| w.cols != cols) {
         crate::bail!(
             "packed product: input has {cols} features, weight expects {}",
             w.cols
@@ -1201,9 +1258,18 @@ pub fn packed_matmul(x: &Tensor, w: &PackedMatrix) -> crate::error::Result<Tenso
     }
     let x = x.to_dtype(DType::F32)?;
     if t >= UNPACK_ROWS || x.track_op() || !x.device().is_cpu() {
-        let dense = super::f32_tensor(w.unpack(), (w.rows, w.cols))?.to_device(x.device())?;
-        return super::frozen_matmul(&x, &dense);
+        return ws
+            .iter()
+            .map(|w| {
+                let dense =
+                    super::f32_tensor(w.unpack(), (w.rows, w.cols))?.to_device(x.device())?;
+                super::frozen_matmul(&x, &dense)
+            })
+            .collect();
     }
-    let y = super::with_f32(&x, |xs| w.matvec(xs, t, None))?;
-    Ok(super::f32_tensor(y, (t, w.rows))?)
+    let ys = super::with_f32(&x, |xs| matvec_many(ws, xs, t, None))?;
+    ys.into_iter()
+        .zip(ws)
+        .map(|(y, w)| Ok(super::f32_tensor(y, (t, w.rows))?))
+        .collect()
 }

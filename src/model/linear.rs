@@ -125,13 +125,19 @@ impl SparseLinear {
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
     /// adapters, one GEMM over all their weights ([`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-        if lins
-            .iter()
-            .any(|l| l.adapter.is_some() || l.packed.is_some())
-        {
+        let packed: Option<Vec<&PackedMatrix>> = lins.iter().map(|l| l.packed.as_deref()).collect();
+        let adapted = lins.iter().any(|l| l.adapter.is_some());
+        if adapted || (packed.is_none() && lins.iter().any(|l| l.packed.is_some())) {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
         let (dims, x) = flatten(x)?;
+        if let Some(ps) = packed {
+            return crate::cpu::packed_matmul_many(&x, &ps)?
+                .into_iter()
+                .zip(lins)
+                .map(|(y, l)| l.finish(y.to_dtype(x.dtype())?, &dims))
+                .collect();
+        }
         let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
         crate::cpu::frozen_matmul_many(&x, &ws)?
             .into_iter()
