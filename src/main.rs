@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use spp::job::{self, GgufArgs, MergeArgs, ModelArgs, PplArgs, PruneArgs, TasksArgs, TrainArgs};
 use spp::model::stream::gib;
-use spp::record::{ConvertRecord, MergeRecord, PruneRecord, TrainRecord};
+use spp::record::{ConvertRecord, LrFindRecord, MergeRecord, PruneRecord, TrainRecord};
 use spp::tokenizer::{Message, Tokenizer};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -256,6 +256,21 @@ fn trained(a: &TrainArgs, r: &TrainRecord) -> String {
     )
 }
 
+fn found(a: &TrainArgs, r: &LrFindRecord) -> String {
+    let rep = &r.report;
+    format!(
+        "suggested lr {:.3e} ({}; smoothed loss {:.4} at lr {:.3e}) from {} range-test steps on {}, {:.1} s -> {}\n",
+        rep.suggested_lr,
+        rep.rule,
+        rep.min_smoothed_loss,
+        rep.lr_at_min_loss,
+        rep.points.len(),
+        a.data.display(),
+        rep.seconds,
+        a.out.join("lr_find.json").display()
+    )
+}
+
 fn merged(a: &MergeArgs, r: &MergeRecord) -> String {
     let method = r.adapter_config.as_ref().map(|c| c.method);
     let (before, after, numel) = (r.zeros_before, r.zeros_after, r.adapted_weights);
@@ -433,6 +448,7 @@ fn main() {
         Cmd::Generate(a) => generate(a, log),
         Cmd::Inspect(a) => inspect(a, log),
         Cmd::Prune(j) => show(j.json, job::prune(&j.a, log), |r| pruned(&j.a, r)),
+        Cmd::Train(j) if j.a.find_lr => show(j.json, job::find_lr(&j.a, log), |r| found(&j.a, r)),
         Cmd::Train(j) => show(j.json, job::train(&j.a, log), |r| trained(&j.a, r)),
         Cmd::Merge(j) => show(j.json, job::merge(&j.a, log), |r| merged(&j.a, r)),
     };
