@@ -183,52 +183,123 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
         }
     }
     if let Some(t) = &r.train {
+        // Range tests by their argv (without --out) → the lr_find.json they write: a test is run
+        // once for all the settings it serves.
+        let mut finds: Vec<(Vec<String>, PathBuf)> = Vec::new();
         for (base_label, base) in &bases {
             for method in &t.methods {
-                let label = format!("{base_label} + {method}");
-                let (name, path) = dir(&stages, "train", &label);
-                let adapter = path.join("adapter");
-                let argv = [
-                    vec!["spp".into(), "train".into()],
-                    model_opts(base),
-                    vec!["--method".into(), method.clone()],
-                    args(&t.flags),
-                    vec!["--out".into(), adapter.display().to_string()],
-                ]
-                .concat();
-                let mut inputs = vec![base.clone()];
-                inputs.extend(flag_inputs(&t.flags));
-                stages.push(Stage {
-                    name,
-                    kind: Kind::Train,
-                    model: label.clone(),
-                    commands: vec![Cmd { argv, stdout: None }],
-                    inputs,
-                });
-                let (name, path) = dir(&stages, "merge", &label);
-                let merged = path.join("model");
-                let argv = vec![
-                    "spp".into(),
-                    "merge".into(),
-                    "--model".into(),
-                    base.display().to_string(),
-                    "--adapter".into(),
-                    adapter.display().to_string(),
-                    "--out".into(),
-                    merged.display().to_string(),
-                ];
-                stages.push(Stage {
-                    name,
-                    kind: Kind::Merge,
-                    model: label.clone(),
-                    commands: vec![Cmd { argv, stdout: None }],
-                    inputs: vec![base.clone(), adapter.clone()],
-                });
-                eval(&mut stages, &merged, &label);
+                for setting in t.grid() {
+                    let label =
+                        format!("{base_label} + {method}{}", recipe::setting_label(&setting));
+                    let mut flags = t.flags_of(&setting);
+                    let mut inputs = vec![base.clone()];
+                    inputs.extend(flag_inputs(&flags));
+                    let find = flags
+                        .iter()
+                        .position(|f| f.key == "lr" && f.value.as_deref() == Some(recipe::FIND));
+                    if let Some(i) = find {
+                        let test: Vec<String> = [
+                            vec!["spp".into(), "train".into()],
+                            model_opts(base),
+                            vec!["--method".into(), method.clone()],
+                            args(&range_test_flags(&flags, &t.find)),
+                            vec!["--find-lr".into()],
+                        ]
+                        .concat();
+                        let json = match finds.iter().find(|(argv, _)| *argv == test) {
+                            Some((_, json)) => json.clone(),
+                            None => {
+                                let (name, path) = dir(&stages, "lr-find", &label);
+                                let out = path.join("lr-find");
+                                let json = out.join("lr_find.json");
+                                let argv = [
+                                    test.clone(),
+                                    vec!["--out".into(), out.display().to_string()],
+                                ]
+                                .concat();
+                                stages.push(Stage {
+                                    name,
+                                    kind: Kind::LrFind,
+                                    model: label.clone(),
+                                    commands: vec![Cmd { argv, stdout: None }],
+                                    inputs: inputs.clone(),
+                                });
+                                finds.push((test, json.clone()));
+                                json
+                            }
+                        };
+                        flags[i] = recipe::Flag {
+                            key: "lr_from".into(),
+                            flag: "--lr-from".into(),
+                            value: Some(json.display().to_string()),
+                        };
+                        inputs.push(json);
+                    }
+                    let (name, path) = dir(&stages, "train", &label);
+                    let adapter = path.join("adapter");
+                    let argv = [
+                        vec!["spp".into(), "train".into()],
+                        model_opts(base),
+                        vec!["--method".into(), method.clone()],
+                        args(&flags),
+                        vec!["--out".into(), adapter.display().to_string()],
+                    ]
+                    .concat();
+                    stages.push(Stage {
+                        name,
+                        kind: Kind::Train,
+                        model: label.clone(),
+                        commands: vec![Cmd { argv, stdout: None }],
+                        inputs,
+                    });
+                    let (name, path) = dir(&stages, "merge", &label);
+                    let merged = path.join("model");
+                    let argv = vec![
+                        "spp".into(),
+                        "merge".into(),
+                        "--model".into(),
+                        base.display().to_string(),
+                        "--adapter".into(),
+                        adapter.display().to_string(),
+                        "--out".into(),
+                        merged.display().to_string(),
+                    ];
+                    stages.push(Stage {
+                        name,
+                        kind: Kind::Merge,
+                        model: label.clone(),
+                        commands: vec![Cmd { argv, stdout: None }],
+                        inputs: vec![base.clone(), adapter.clone()],
+                    });
+                    eval(&mut stages, &merged, &label);
+                }
             }
         }
     }
     stages
+}
+
+/// The training options that decide the learning-rate range test: the flags of the setting
+/// without `lr` and the schedule, length, validation and checkpoint options (the test takes a
+/// fixed number of steps with its own lr), then the range test's own flags `find`.
+fn range_test_flags(flags: &[recipe::Flag], find: &[recipe::Flag]) -> Vec<recipe::Flag> {
+    const UNUSED: &[&str] = &[
+        "lr",
+        "max_steps",
+        "epochs",
+        "warmup_ratio",
+        "schedule",
+        "eval_every",
+        "save_every",
+    ];
+    let mut out: Vec<recipe::Flag> = flags
+        .iter()
+        .filter(|f| !UNUSED.contains(&f.key.as_str()))
+        .cloned()
+        .collect();
+    out.extend(find.iter().cloned());
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 /// A 64-bit content hash of a file or directory (sorted walk; names and bytes).

@@ -62,10 +62,22 @@ fn prune_options() -> Vec<Arg> {
     options::<PruneArgs>(&["out", "force", "max_shard_size"])
 }
 
-/// `[train]`: `spp train`'s options (`method` may be a list).
+/// `[train]`: `spp train`'s options (any of them may be a list: a sweep; `lr` may be "find").
 fn train_options() -> Vec<Arg> {
-    options::<TrainArgs>(&["out", "stream_blocks", "keep_blocks", "resume"])
+    options::<TrainArgs>(&[
+        "out",
+        "stream_blocks",
+        "keep_blocks",
+        "resume",
+        "find_lr",
+        "lr_from",
+    ])
 }
+
+/// `[train]` keys that set the range test of `lr = "find"` and go to it alone.
+pub const FIND_LR_KEYS: &[&str] = &["lr_min", "lr_max", "find_lr_steps"];
+/// The value of `[train] lr` that runs a range test and trains with its suggestion.
+pub const FIND: &str = "find";
 
 /// `[eval]`: `ppl_text` (`spp eval ppl --text`), its `seqlen` and `max_windows`, and the task
 /// settings of `spp eval tasks`.
@@ -128,7 +140,70 @@ pub type Flags = Vec<Flag>;
 pub struct Variants {
     pub methods: Vec<String>,
     pub sparsities: Vec<String>,
+    /// The options given one value (in key order).
     pub flags: Flags,
+    /// `[train]`: the options given a list of values, in key order; every combination of their
+    /// values is a setting of the sweep (none: one setting).
+    pub sweep: Vec<Axis>,
+    /// `[train]`: the range test's own flags ([`FIND_LR_KEYS`]), given to it alone.
+    pub find: Flags,
+}
+
+/// One swept option and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub key: String,
+    pub values: Vec<Setting>,
+}
+
+/// One value of a swept option: how stage names and labels show it, and its flag (`None`: a
+/// switch set to false, left out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub label: String,
+    pub flag: Option<Flag>,
+}
+
+impl Variants {
+    /// Every setting of the sweep: one pick per axis, the last axis changing fastest; one
+    /// empty setting without axes.
+    pub fn grid(&self) -> Vec<Vec<(&str, &Setting)>> {
+        let mut out: Vec<Vec<(&str, &Setting)>> = vec![vec![]];
+        for axis in &self.sweep {
+            out = out
+                .into_iter()
+                .flat_map(|head| {
+                    axis.values.iter().map(move |v| {
+                        let mut p = head.clone();
+                        p.push((axis.key.as_str(), v));
+                        p
+                    })
+                })
+                .collect();
+        }
+        out
+    }
+
+    /// The flags of one setting of the grid: the single-valued flags and the setting's, in key
+    /// order (so a recipe without lists gives the flags it always gave).
+    pub fn flags_of(&self, setting: &[(&str, &Setting)]) -> Flags {
+        let mut all: Flags = self.flags.clone();
+        all.extend(setting.iter().filter_map(|(_, s)| s.flag.clone()));
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+}
+
+/// ` (lr 0.004, r 16)`: how a setting extends a model's label; empty without a sweep.
+pub fn setting_label(setting: &[(&str, &Setting)]) -> String {
+    if setting.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = setting
+        .iter()
+        .map(|(k, s)| format!("{k} {}", s.label))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -324,6 +399,8 @@ impl Recipe {
                         base,
                         &mut errors,
                     ),
+                    sweep: vec![],
+                    find: vec![],
                 })
             }
         };
@@ -345,18 +422,34 @@ impl Recipe {
                             .into(),
                     );
                 }
-                let flags = section_flags(t, &["method"], ("train", &train_o), base, &mut errors);
-                let value = |key: &str| {
-                    flags
+                let (all, sweep) = train_settings(t, &train_o, base, &mut errors);
+                let (find, flags): (Flags, Flags) = all
+                    .into_iter()
+                    .partition(|f| FIND_LR_KEYS.contains(&f.key.as_str()));
+                // Every value a key takes in the grid.
+                let values = |key: &str| -> Vec<String> {
+                    let one = flags.iter().filter(|f| f.key == key);
+                    let many = sweep
                         .iter()
-                        .find(|f| f.key == key)
-                        .and_then(|f| f.value.as_deref())
+                        .filter(|a| a.key == key)
+                        .flat_map(|a| a.values.iter().filter_map(|s| s.flag.as_ref()));
+                    one.chain(many).filter_map(|f| f.value.clone()).collect()
                 };
-                let r = value("r").and_then(|v| v.parse::<usize>().ok());
-                if let (Some(r), Some(cfg)) = (r, &cfg) {
+                let finds = values("lr").iter().any(|v| v == FIND);
+                for k in FIND_LR_KEYS {
+                    if !finds && t.contains_key(*k) {
+                        errors.push(format!(
+                            "train.{k} sets the learning-rate range test, which only lr = \"{FIND}\" runs: set lr = \"{FIND}\" (or a list holding it), or leave train.{k} out"
+                        ));
+                    }
+                }
+                let targets = values("targets");
+                let targets = targets.first().map_or("all", |s| s.as_str());
+                let rs = values("r");
+                for r in rs.iter().filter_map(|v| v.parse::<usize>().ok()) {
+                    let Some(cfg) = &cfg else { break };
                     if methods.iter().any(|m| m == "spp") {
                         let head = cfg.head_dim();
-                        let targets = value("targets").unwrap_or("all");
                         let targets = crate::prune::parse_targets(targets).unwrap_or_default();
                         let bad: Vec<String> = [
                             ("q", cfg.num_attention_heads * head),
@@ -383,6 +476,8 @@ impl Recipe {
                     methods,
                     sparsities: vec![],
                     flags,
+                    sweep,
+                    find,
                 })
             }
         };
@@ -512,6 +607,88 @@ fn section_flags(
         out.push(flag(Some(value)));
     }
     out
+}
+
+/// `[train]`'s options: those given one value (a list of one counts as one), and the axes of
+/// those given a list. `lr` may be "find" (alone or in its list); the range test's own keys
+/// ([`FIND_LR_KEYS`]) take one value.
+fn train_settings(
+    t: &toml::Table,
+    opts: &[Arg],
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> (Flags, Vec<Axis>) {
+    let find = |k: &str, v: &Value| k == "lr" && v.as_str() == Some(FIND);
+    let find_flag = || Flag {
+        key: "lr".into(),
+        flag: "--lr".into(),
+        value: Some(FIND.into()),
+    };
+    // Each key through `section_flags` on its own, so every value is checked as the flag checks it.
+    let one = |k: &str, v: &Value, errors: &mut Vec<String>| -> Option<Flag> {
+        if find(k, v) {
+            return Some(find_flag());
+        }
+        let mut single = toml::Table::new();
+        single.insert(k.to_string(), v.clone());
+        section_flags(&single, &[], ("train", opts), base, errors).pop()
+    };
+    let (mut flags, mut sweep) = (Vec::new(), Vec::new());
+    for (k, v) in t.iter().filter(|(k, _)| k.as_str() != "method") {
+        if !opts.iter().any(|a| a.get_id() == k.as_str()) {
+            continue;
+        }
+        let list = match v {
+            Value::Array(a) => a,
+            v => {
+                flags.extend(one(k, v, errors));
+                continue;
+            }
+        };
+        if list.is_empty() {
+            errors.push(format!(
+                "train.{k} = []: give one value or a list of at least one"
+            ));
+            continue;
+        }
+        if list.len() == 1 {
+            flags.extend(one(k, &list[0], errors));
+            continue;
+        }
+        if FIND_LR_KEYS.contains(&k.as_str()) {
+            errors.push(format!(
+                "train.{k}: the range test's settings take one value, not a list"
+            ));
+            continue;
+        }
+        let arg = opts.iter().find(|a| a.get_id() == k.as_str());
+        let mut values: Vec<Setting> = Vec::new();
+        for x in list {
+            let n = errors.len();
+            let flag = one(k, x, errors);
+            if errors.len() > n {
+                continue;
+            }
+            let shown = match x {
+                Value::String(s) if arg.is_some_and(is_path) => Path::new(s)
+                    .file_name()
+                    .map_or(s.clone(), |f| f.to_string_lossy().into_owned()),
+                x => scalar(x, k).unwrap_or_default(),
+            };
+            if values.iter().any(|s| s.label == shown) {
+                errors.push(format!(
+                    "train.{k} lists {shown} twice (or two files of that name): each value names its stages, so give each once"
+                ));
+                continue;
+            }
+            values.push(Setting { label: shown, flag });
+        }
+        sweep.push(Axis {
+            key: k.clone(),
+            values,
+        });
+    }
+    (flags, sweep)
 }
 
 /// `value` checked as the flag checks it on the command line (its range, its names); a path
