@@ -70,6 +70,7 @@ pub(super) fn compose(run: &Run) -> (Vec<Block>, Vec<(String, String)>) {
             "What pruning cost and fine-tuning won back".into(),
         ));
         recovery(run, &rows, &mut doc);
+        super::compare::comparisons(run, &rows, &mut doc, &mut figures);
     }
 
     doc.push(Block::H(2, "Stages".into()));
