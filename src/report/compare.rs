@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn numbers_are_shown_to_four_digits() {
-        assert_eq!(shown(&serde_json::json!(0.0007742636826811273)), "0.0007743");
+        assert_eq!(
+            shown(&serde_json::json!(0.0007742636826811273)),
+            "0.0007743"
+        );
         assert_eq!(svg::significant(12.345678), "12.35");
         assert_eq!(shown(&serde_json::json!(16)), "16");
         assert_eq!(shown(&serde_json::json!(["q", "v"])), "q,v");
@@ -219,7 +222,8 @@ fn compare_one(
     let ppl = common_ppl(&all);
     let gap = ppl.as_ref().and_then(|v| {
         let g = v[1] - v[0];
-        (g > 1e-12 * v[0].abs()).then(|| v[2..].iter().map(|x| (v[1] - x) / g).collect::<Vec<f64>>())
+        (g > 1e-12 * v[0].abs())
+            .then(|| v[2..].iter().map(|x| (v[1] - x) / g).collect::<Vec<f64>>())
     });
     let rows_only: Vec<&Row> = entries.iter().map(|e| e.row).collect();
     let acc = common_mean_acc(&rows_only);
@@ -277,9 +281,17 @@ fn compare_one(
         }
         cells.push(e.row.trainable().map_or_else(dash, fmt_int));
         cells.push(fmt_int(e.train.report.tokens as u64));
-        cells.push(e.row.seconds(false).map_or_else(dash, super::format::fmt_secs));
+        cells.push(
+            e.row
+                .seconds(false)
+                .map_or_else(dash, super::format::fmt_secs),
+        );
         cells.push(e.train_stage.peak().map_or_else(dash, fmt_bytes));
-        cells.push(if best[i] { "best".into() } else { String::new() });
+        cells.push(if best[i] {
+            "best".into()
+        } else {
+            String::new()
+        });
         body.push(cells);
     }
     let mut num = vec![true; head.len()];
@@ -330,7 +342,9 @@ fn compare_one(
     let (x_axis, x_label, names): (svg::XAxis, String, Vec<String>) = match x_field {
         Some(f) => {
             let xs: Vec<f64> = entries.iter().filter_map(x_of).collect();
-            let (lo, hi) = xs.iter().fold((f64::INFINITY, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
+            let (lo, hi) = xs
+                .iter()
+                .fold((f64::INFINITY, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
             let axis = if lo > 0.0 && hi / lo >= 10.0 {
                 svg::XAxis::Log
             } else {
@@ -346,7 +360,11 @@ fn compare_one(
     };
     let mut lines: Vec<svg::Line> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let others: Vec<String> = fields.iter().filter(|f| Some(*f) != x_field).cloned().collect();
+        let others: Vec<String> = fields
+            .iter()
+            .filter(|f| Some(*f) != x_field)
+            .cloned()
+            .collect();
         let name = match others.is_empty() || x_field.is_none() {
             true => e.method.clone(),
             false => format!("{} ({})", e.method, setting(e, &others)),
@@ -386,7 +404,10 @@ fn compare_one(
 fn range_tests(entries: &[Entry], doc: &mut Vec<Block>) {
     let mut items = Vec::new();
     for e in entries.iter().filter(|e| e.train.lr_from.is_some()) {
-        let test = e.row.done().find_map(|s| s.lr_find.as_ref().map(|r| (s, r)));
+        let test = e
+            .row
+            .done()
+            .find_map(|s| s.lr_find.as_ref().map(|r| (s, r)));
         let lr = e.options.get("lr").map_or("?".into(), shown);
         let text = match test {
             Some((s, r)) => {

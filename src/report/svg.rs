@@ -244,7 +244,13 @@ pub enum XAxis {
 
 /// Lines with dots at their points, one colour per line; the y range spans the data and 0;
 /// `percent` formats y as percentages of 1.
-pub fn lines(series: &[Line], x_axis: &XAxis, x_label: &str, y_label: &str, percent: bool) -> String {
+pub fn lines(
+    series: &[Line],
+    x_axis: &XAxis,
+    x_label: &str,
+    y_label: &str,
+    percent: bool,
+) -> String {
     const W: f64 = 720.0;
     const H: f64 = 400.0;
     const PAD: f64 = 64.0;
@@ -312,13 +318,20 @@ pub fn lines(series: &[Line], x_axis: &XAxis, x_label: &str, y_label: &str, perc
     }
     // x ticks: the names, or the distinct x values of the data (at most 12).
     let ticks: Vec<(f64, String)> = match x_axis {
-        XAxis::Names(n) => n.iter().enumerate().map(|(i, t)| (i as f64, t.clone())).collect(),
+        XAxis::Names(n) => n
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as f64, t.clone()))
+            .collect(),
         _ => {
             let mut xs: Vec<f64> = pts().map(|p| p.0).collect();
             xs.sort_by(f64::total_cmp);
             xs.dedup();
             let every = xs.len().div_ceil(12).max(1);
-            xs.iter().step_by(every).map(|&x| (x, significant(x))).collect()
+            xs.iter()
+                .step_by(every)
+                .map(|&x| (x, significant(x)))
+                .collect()
         }
     };
     let px = |x: f64| match x_axis {
@@ -361,13 +374,15 @@ pub fn lines(series: &[Line], x_axis: &XAxis, x_label: &str, y_label: &str, perc
                 s,
                 r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{}"><title>{}</title></circle>"#,
                 color(i),
-                escape(&format!("{} · {}: {}", l.name, significant(*dx), fmt_y(*dy)))
+                escape(&format!(
+                    "{} · {}: {}",
+                    l.name,
+                    significant(*dx),
+                    fmt_y(*dy)
+                ))
             );
         }
-        let (lx, ly) = (
-            left + 160.0 * (i % 4) as f64,
-            16.0 + 18.0 * (i / 4) as f64,
-        );
+        let (lx, ly) = (left + 160.0 * (i % 4) as f64, 16.0 + 18.0 * (i / 4) as f64);
         let _ = writeln!(
             s,
             r#"<circle cx="{cx}" cy="{cy}" r="4" fill="{c}"/><text x="{tx}" y="{ly}">{t}</text>"#,
@@ -386,7 +401,10 @@ pub fn lines(series: &[Line], x_axis: &XAxis, x_label: &str, y_label: &str, perc
         cx = (left + right) / 2.0,
         xy = H - 14.0,
         cy = (top + bottom) / 2.0,
-        xl = escape(&format!("{x_label}{}", if log { " (log scale)" } else { "" })),
+        xl = escape(&format!(
+            "{x_label}{}",
+            if log { " (log scale)" } else { "" }
+        )),
         yl = escape(y_label),
     );
     s.push_str("</svg>\n");
@@ -453,7 +471,10 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 4 + 2);
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("lora &amp; mask") && svg.contains("(log scale)"));
-        assert!(svg.contains("-10%") || svg.contains("-2%"), "negative y shown");
+        assert!(
+            svg.contains("-10%") || svg.contains("-2%"),
+            "negative y shown"
+        );
         assert!(!svg.contains("NaN"));
         // On the log axis 1e-3 lies halfway between 1e-4 and 1e-2.
         let cx = |t: &str| -> f64 {

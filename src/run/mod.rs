@@ -690,3 +690,143 @@ fn eta(left: &[Stage], done: &[(Kind, f64)]) -> Option<f64> {
             .sum(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::recipe::{Axis, Flag, Setting, Variants};
+    use super::*;
+
+    fn flag(key: &str, value: &str) -> Flag {
+        Flag {
+            key: key.into(),
+            flag: format!("--{}", key.replace('_', "-")),
+            value: Some(value.into()),
+        }
+    }
+
+    fn recipe(train: Variants) -> Recipe {
+        Recipe {
+            path: "r.toml".into(),
+            name: "t".into(),
+            model: "m".into(),
+            dtype: None,
+            device: None,
+            prune: Some(Variants {
+                methods: vec!["wanda".into()],
+                sparsities: vec!["2:4".into()],
+                flags: vec![flag("nsamples", "2")],
+                sweep: vec![],
+                find: vec![],
+            }),
+            train: Some(train),
+            eval: Default::default(),
+        }
+    }
+
+    fn axis(key: &str, values: &[&str]) -> Axis {
+        Axis {
+            key: key.into(),
+            values: values
+                .iter()
+                .map(|v| Setting {
+                    label: v.to_string(),
+                    flag: Some(flag(key, v)),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_recipe_without_lists_plans_the_stages_it_always_did() {
+        let train = Variants {
+            methods: vec!["spp".into(), "lora-mask".into()],
+            sparsities: vec![],
+            flags: vec![flag("data", "d.json"), flag("lr", "0.004"), flag("r", "16")],
+            sweep: vec![],
+            find: vec![],
+        };
+        let stages = plan(&recipe(train), Path::new("out"));
+        let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "00-eval-dense",
+                "01-prune-wanda-2-4",
+                "02-eval-wanda-2-4",
+                "03-train-wanda-2-4-spp",
+                "04-merge-wanda-2-4-spp",
+                "05-eval-wanda-2-4-spp",
+                "06-train-wanda-2-4-lora-mask",
+                "07-merge-wanda-2-4-lora-mask",
+                "08-eval-wanda-2-4-lora-mask"
+            ]
+        );
+        assert_eq!(
+            stages[3].commands[0].argv.join(" "),
+            "spp train --model out/01-prune-wanda-2-4/model --method spp --data d.json --lr 0.004 --r 16 --out out/03-train-wanda-2-4-spp/adapter"
+        );
+        assert_eq!(stages[3].model, "wanda 2:4 + spp");
+    }
+
+    #[test]
+    fn a_sweep_plans_the_grid_and_one_range_test_per_model_method_and_setting() {
+        let train = Variants {
+            methods: vec!["spp".into()],
+            sparsities: vec![],
+            flags: vec![flag("data", "d.json"), flag("r", "16")],
+            // max_steps does not change the range test: the two settings with lr find share one.
+            sweep: vec![
+                axis("lr", &["find", "0.004"]),
+                axis("max_steps", &["10", "20"]),
+            ],
+            find: vec![flag("find_lr_steps", "30")],
+        };
+        let stages = plan(&recipe(train), Path::new("out"));
+        let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            &names[3..],
+            [
+                "03-lr-find-wanda-2-4-spp-lr-find-max-steps-10",
+                "04-train-wanda-2-4-spp-lr-find-max-steps-10",
+                "05-merge-wanda-2-4-spp-lr-find-max-steps-10",
+                "06-eval-wanda-2-4-spp-lr-find-max-steps-10",
+                "07-train-wanda-2-4-spp-lr-find-max-steps-20",
+                "08-merge-wanda-2-4-spp-lr-find-max-steps-20",
+                "09-eval-wanda-2-4-spp-lr-find-max-steps-20",
+                "10-train-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "11-merge-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "12-eval-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "13-train-wanda-2-4-spp-lr-0.004-max-steps-20",
+                "14-merge-wanda-2-4-spp-lr-0.004-max-steps-20",
+                "15-eval-wanda-2-4-spp-lr-0.004-max-steps-20",
+            ]
+        );
+        assert_eq!(stages[3].kind, Kind::LrFind);
+        assert_eq!(
+            stages[3].commands[0].argv.join(" "),
+            "spp train --model out/01-prune-wanda-2-4/model --method spp --data d.json --find-lr-steps 30 --r 16 --find-lr --out out/03-lr-find-wanda-2-4-spp-lr-find-max-steps-10/lr-find"
+        );
+        let json =
+            PathBuf::from("out/03-lr-find-wanda-2-4-spp-lr-find-max-steps-10/lr-find/lr_find.json");
+        for i in [4, 7] {
+            let argv = stages[i].commands[0].argv.join(" ");
+            assert!(
+                argv.contains(&format!("--lr-from {}", json.display())) && !argv.contains("--lr "),
+                "{argv}"
+            );
+            assert!(
+                stages[i].inputs.contains(&json),
+                "the key covers the test's result"
+            );
+        }
+        assert!(stages[10].commands[0]
+            .argv
+            .join(" ")
+            .contains("--lr 0.004 --max-steps 10"));
+        assert_eq!(stages[10].model, "wanda 2:4 + spp (lr 0.004, max_steps 10)");
+        // Names are directory names: no separators, unique.
+        let set: std::collections::HashSet<&&str> = names.iter().collect();
+        assert_eq!(set.len(), names.len());
+        assert!(names.iter().all(|n| !n.contains(['/', ' ', ':'])));
+    }
+}

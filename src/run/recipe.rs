@@ -769,6 +769,84 @@ mod tests {
         );
     }
 
+    fn train_section(text: &str) -> (Flags, Vec<Axis>, Vec<String>) {
+        let t: toml::Table = text.parse().unwrap();
+        let mut errors = Vec::new();
+        let (f, a) = train_settings(&t, &train_options(), Path::new("."), &mut errors);
+        (f, a, errors)
+    }
+
+    #[test]
+    fn lists_become_the_axes_of_a_grid() {
+        let (flags, sweep, errors) = train_section(
+            "lr = [\"find\", 4e-3, 1.2e-2]\nr = [8, 16]\nmax_steps = [50]\ngrad_checkpoint = [true, false]\ndata = \"Cargo.toml\"",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        // A list of one is one value; data and max_steps are single flags.
+        assert_eq!(
+            flags.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+            ["data", "max_steps"]
+        );
+        let keys: Vec<&str> = sweep.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["grad_checkpoint", "lr", "r"]);
+        let labels: Vec<&str> = sweep[1].values.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["find", "0.004", "0.012"]);
+        // A switch set to false is left out.
+        assert_eq!(sweep[0].values[1].flag, None);
+        let v = Variants {
+            methods: vec!["spp".into()],
+            sparsities: vec![],
+            flags,
+            sweep,
+            find: vec![],
+        };
+        let grid = v.grid();
+        assert_eq!(grid.len(), 2 * 3 * 2);
+        // The last axis changes fastest; labels name every swept value in key order.
+        let names: Vec<String> = grid.iter().map(|g| setting_label(g)).collect();
+        assert_eq!(names[0], " (grad_checkpoint true, lr find, r 8)");
+        assert_eq!(names[1], " (grad_checkpoint true, lr find, r 16)");
+        assert_eq!(names[11], " (grad_checkpoint false, lr 0.012, r 16)");
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        // A setting's flags: single and swept ones merged in key order.
+        assert_eq!(
+            args(&v.flags_of(&grid[11])),
+            [
+                "--data",
+                "./Cargo.toml",
+                "--lr",
+                "0.012",
+                "--max-steps",
+                "50",
+                "--r",
+                "16"
+            ]
+        );
+        // Without lists: one setting, no label, the flags as given.
+        let single = Variants {
+            sweep: vec![],
+            ..v.clone()
+        };
+        assert_eq!(single.grid().len(), 1);
+        assert_eq!(setting_label(&single.grid()[0]), "");
+        assert_eq!(single.flags_of(&single.grid()[0]), single.flags);
+    }
+
+    #[test]
+    fn bad_lists_are_refused() {
+        let (_, _, e) = train_section("lr = [1e-3, 1e-3]");
+        assert!(e[0].contains("lists 0.001 twice"), "{e:?}");
+        let (_, _, e) = train_section("r = [8, -1]");
+        assert!(e[0].starts_with("train.r = -1"), "{e:?}");
+        let (_, _, e) = train_section("lr = []");
+        assert!(e[0].contains("train.lr = []"), "{e:?}");
+        let (_, _, e) = train_section("lr = [\"fnd\", 1e-3]");
+        assert!(e[0].contains("train.lr = \"fnd\""), "{e:?}");
+        let (_, _, e) = train_section("lr_max = [1.0, 0.1]");
+        assert!(e[0].contains("take one value"), "{e:?}");
+    }
+
     #[test]
     fn values_are_checked_as_their_flags_check_them() {
         let train = train_options();
@@ -807,6 +885,7 @@ mod tests {
             .map(|a| a.get_id().as_str())
             .collect();
         assert_eq!(paths, ["ppl_text", "data_dir"]);
-        assert_eq!(keys(&train_options()).len(), 23);
+        // spp train's options but out, stream_blocks, keep_blocks, resume, find_lr and lr_from.
+        assert_eq!(keys(&train_options()).len(), 26);
     }
 }
