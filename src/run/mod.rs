@@ -829,4 +829,34 @@ mod tests {
         assert_eq!(set.len(), names.len());
         assert!(names.iter().all(|n| !n.contains(['/', ' ', ':'])));
     }
+
+    #[test]
+    fn the_example_recipes_load_and_plan() {
+        if !Path::new("models/smollm2-135m/config.json").exists() {
+            eprintln!("skipped: no models/smollm2-135m (scripts/setup.sh makes it)");
+            return;
+        }
+        let r = Recipe::load(Path::new("recipes/smollm2-135m-recovery.toml")).unwrap();
+        let stages = plan(&r, Path::new("out"));
+        let count = |k: Kind| stages.iter().filter(|s| s.kind == k).count();
+        // 2 pruned models × 3 methods × (lr find + 3 values); one range test per model and method.
+        assert_eq!((count(Kind::Prune), count(Kind::Train)), (2, 24));
+        assert_eq!(count(Kind::LrFind), 6);
+        assert!(stages
+            .iter()
+            .any(|s| s.name == "07-train-wanda-2-4-spp-lr-0.001"));
+        let r = Recipe::load(Path::new("recipes/smollm2-135m.toml")).unwrap();
+        let names: Vec<String> = plan(&r, Path::new("out"))
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names[6..9],
+            [
+                "06-eval-wanda-50",
+                "07-train-wanda-50-spp",
+                "08-merge-wanda-50-spp"
+            ]
+        );
+    }
 }
