@@ -844,18 +844,23 @@ mod tests {
         assert_eq!(count(Kind::LrFind), 6);
         assert!(stages
             .iter()
-            .any(|s| s.name == "07-train-wanda-2-4-spp-lr-0.001"));
+            .any(|s| s.name == "09-train-wanda-2-4-spp-lr-0.001"));
         let r = Recipe::load(Path::new("recipes/smollm2-135m.toml")).unwrap();
         let names: Vec<String> = plan(&r, Path::new("out"))
             .into_iter()
             .map(|s| s.name)
             .collect();
         assert_eq!(
-            names[6..9],
+            names[3..],
             [
-                "06-eval-wanda-50",
-                "07-train-wanda-50-spp",
-                "08-merge-wanda-50-spp"
+                "03-prune-wanda-50",
+                "04-eval-wanda-50",
+                "05-train-wanda-2-4-spp",
+                "06-merge-wanda-2-4-spp",
+                "07-eval-wanda-2-4-spp",
+                "08-train-wanda-50-spp",
+                "09-merge-wanda-50-spp",
+                "10-eval-wanda-50-spp"
             ]
         );
     }
