@@ -72,7 +72,7 @@ enum Cmd {
     /// Prune a dense model (magnitude, Wanda, SparseGPT; unstructured or N:M).
     Prune(Json<PruneArgs>),
     /// Fine-tune adapters (SPP, LoRA, LoRA + mask) on the frozen, pruned model.
-    Train(Json<TrainArgs>),
+    Train(Box<Json<TrainArgs>>),
     /// Fold an adapter into the weights and write a Hugging Face directory.
     Merge(Json<MergeArgs>),
     /// The whole experiment from a recipe: prune → eval → train → merge → eval, and a report.

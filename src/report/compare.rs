@@ -126,22 +126,6 @@ fn budget(entries: &[Entry]) -> (Vec<String>, String) {
     (differ, same)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_shown_to_four_digits() {
-        assert_eq!(
-            shown(&serde_json::json!(0.0007742636826811273)),
-            "0.0007743"
-        );
-        assert_eq!(svg::significant(12.345678), "12.35");
-        assert_eq!(shown(&serde_json::json!(16)), "16");
-        assert_eq!(shown(&serde_json::json!(["q", "v"])), "q,v");
-    }
-}
-
 fn steps_tokens(t: &str) -> String {
     t.parse::<u64>().map_or(t.to_string(), fmt_int)
 }
@@ -444,5 +428,21 @@ fn range_tests(entries: &[Entry], doc: &mut Vec<Block>) {
     }
     if !items.is_empty() {
         doc.push(Block::List(items));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_shown_to_four_digits() {
+        assert_eq!(
+            shown(&serde_json::json!(0.0007742636826811273)),
+            "0.0007743"
+        );
+        assert_eq!(svg::significant(12.345678), "12.35");
+        assert_eq!(shown(&serde_json::json!(16)), "16");
+        assert_eq!(shown(&serde_json::json!(["q", "v"])), "q,v");
     }
 }

@@ -171,7 +171,7 @@ pub fn range_test(
     range.check()?;
     if opts.micro_batch_size == 0
         || opts.batch_size == 0
-        || opts.batch_size % opts.micro_batch_size != 0
+        || !opts.batch_size.is_multiple_of(opts.micro_batch_size)
     {
         bail!(
             "--batch-size {} must be a positive multiple of --micro-batch-size {}",
