@@ -15,6 +15,7 @@
 //! method = "spp"                        # spp | lora | lora-mask, or a list
 //! data = "../data/alpaca/alpaca_gpt4_en_demo.json"
 //! max_steps = 12                        # any other `spp train` option by its flag name
+//! lr = ["find", 4e-3]                   # any option may be a list (a sweep); "find": range test
 //!
 //! [eval]                                # optional
 //! ppl_text = "../data/wikitext2/wiki.test.raw"
