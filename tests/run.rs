@@ -265,6 +265,9 @@ fn a_sweep_runs_its_grid_and_the_report_compares_the_settings() {
         "{svg}"
     );
     assert_eq!(svg.matches("<polyline").count(), 2, "one line per method");
+    let test_plot = a.join("plots/lr-find-03-lr-find-wanda-2-4-spp-lr-find.svg");
+    let test_plot = std::fs::read_to_string(test_plot).unwrap();
+    assert!(test_plot.contains("smoothed loss"));
     let html = std::fs::read_to_string(a.join("report.html")).unwrap();
     assert!(html.contains("Fine-tuning settings compared"));
 

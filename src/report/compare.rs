@@ -308,7 +308,7 @@ fn compare_one(
         notes.push(format!("Mean acc over {}.", names.join(", ")));
     }
     doc.push(Block::Note(notes.join(" ")));
-    range_tests(entries, doc);
+    range_tests(entries, doc, figures);
 
     // Gap closed against the swept value, one line per method (and value of any other swept
     // option).
@@ -385,8 +385,9 @@ fn compare_one(
 }
 
 /// The range tests that chose a learning rate (`lr = "find"`).
-fn range_tests(entries: &[Entry], doc: &mut Vec<Block>) {
+fn range_tests(entries: &[Entry], doc: &mut Vec<Block>, figures: &mut Vec<(String, String)>) {
     let mut items = Vec::new();
+    let mut charts: Vec<Block> = Vec::new();
     for e in entries.iter().filter(|e| e.train.lr_from.is_some()) {
         let test = e
             .row
@@ -416,6 +417,29 @@ fn range_tests(entries: &[Entry], doc: &mut Vec<Block>) {
                 for n in &rep.notes {
                     x.push_str(&format!(" Note: {n}."));
                 }
+                let file = format!("lr-find-{}.svg", super::format::file_stem_safe(&s.name));
+                if !figures.iter().any(|(f, _)| *f == file) {
+                    let line = |name: &str, y: fn(&crate::train::lr_find::Point) -> f64| svg::Line {
+                        name: name.into(),
+                        points: rep.points.iter().map(|p| (p.lr, y(p))).collect(),
+                    };
+                    let chart = svg::lines(
+                        &[line("loss", |p| p.loss), line("smoothed loss", |p| p.smoothed)],
+                        &svg::XAxis::Log,
+                        "learning rate",
+                        "training loss",
+                        false,
+                    );
+                    figures.push((file.clone(), chart.clone()));
+                    charts.push(Block::Figure {
+                        caption: format!(
+                            "Range test of stage {}: training loss per step against its lr; suggested lr {:.3e}",
+                            s.name, rep.suggested_lr
+                        ),
+                        file: format!("plots/{file}"),
+                        svg: chart,
+                    });
+                }
                 x
             }
             None => format!(
@@ -429,6 +453,7 @@ fn range_tests(entries: &[Entry], doc: &mut Vec<Block>) {
     if !items.is_empty() {
         doc.push(Block::List(items));
     }
+    doc.extend(charts);
 }
 
 #[cfg(test)]
