@@ -6,7 +6,7 @@
 //! value per method.
 
 use super::analysis::{baseline, common_mean_acc, common_ppl, parent, Row};
-use super::document::{p, Block, Table};
+use super::blocks::{p, t, Block, Table};
 use super::format::{fmt_bytes, fmt_int, fmt_ppl, pct};
 use super::load::{Run, Stage};
 use super::svg;
@@ -448,7 +448,7 @@ fn range_tests(entries: &[Entry], doc: &mut Vec<Block>, figures: &mut Vec<(Strin
                 e.train.lr_from.as_deref().unwrap_or("?")
             ),
         };
-        items.push(vec![super::document::t(text)]);
+        items.push(vec![t(text)]);
     }
     if !items.is_empty() {
         doc.push(Block::List(items));

@@ -20,6 +20,7 @@
 pub mod svg;
 
 mod analysis;
+mod blocks;
 mod compare;
 mod document;
 mod format;

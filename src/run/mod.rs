@@ -11,6 +11,7 @@
 //! (`.spp-run.lock`, holding the pid) keeps two runs out of one directory.
 
 pub mod recipe;
+pub mod sweep;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};

@@ -41,6 +41,8 @@ use clap::Arg;
 use std::path::{Path, PathBuf};
 use toml::Value;
 
+pub use super::sweep::{setting_label, Axis, Flag, Flags, Setting};
+
 const TOP: &[&str] = &["name", "model", "dtype", "device", "prune", "train", "eval"];
 /// The flags of every model command: `spp run` sets them from the recipe's top level.
 const MODEL_FLAGS: &[&str] = &["model", "dtype", "device", "adapter"];
@@ -125,17 +127,6 @@ pub struct Recipe {
     pub eval: Eval,
 }
 
-/// A recipe key, the flag it becomes, and its value as given (a switch has none).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Flag {
-    pub key: String,
-    pub flag: String,
-    pub value: Option<String>,
-}
-
-/// A section's flags in the recipe's (sorted) key order.
-pub type Flags = Vec<Flag>;
-
 /// One section: the methods (× sparsities for pruning) to run, and the other flags as given.
 #[derive(Debug, Clone)]
 pub struct Variants {
@@ -148,21 +139,6 @@ pub struct Variants {
     pub sweep: Vec<Axis>,
     /// `[train]`: the range test's own flags ([`FIND_LR_KEYS`]), given to it alone.
     pub find: Flags,
-}
-
-/// One swept option and its values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Axis {
-    pub key: String,
-    pub values: Vec<Setting>,
-}
-
-/// One value of a swept option: how stage names and labels show it, and its flag (`None`: a
-/// switch set to false, left out).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Setting {
-    pub label: String,
-    pub flag: Option<Flag>,
 }
 
 impl Variants {
@@ -193,18 +169,6 @@ impl Variants {
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
     }
-}
-
-/// ` (lr 0.004, r 16)`: how a setting extends a model's label; empty without a sweep.
-pub fn setting_label(setting: &[(&str, &Setting)]) -> String {
-    if setting.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = setting
-        .iter()
-        .map(|(k, s)| format!("{k} {}", s.label))
-        .collect();
-    format!(" ({})", parts.join(", "))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -442,6 +406,23 @@ impl Recipe {
                         errors.push(format!(
                             "train.{k} sets the learning-rate range test, which only lr = \"{FIND}\" runs: set lr = \"{FIND}\" (or a list holding it), or leave train.{k} out"
                         ));
+                    }
+                }
+                if finds {
+                    let get = |k: &str| find.iter().find(|f| f.key == k)?.value.clone();
+                    let range = crate::train::lr_find::Range {
+                        lr_min: get("lr_min")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::LR_MIN),
+                        lr_max: get("lr_max")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::LR_MAX),
+                        steps: get("find_lr_steps")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::FIND_LR_STEPS),
+                    };
+                    if let Err(e) = range.check() {
+                        errors.push(format!("train.lr = \"{FIND}\": {e}"));
                     }
                 }
                 let targets = values("targets");

@@ -843,6 +843,11 @@ pub(crate) fn cases(fx: &Fixture, mut add: &mut AddCase) -> PathBuf {
             vec!["train.r = -4"],
         ),
         (
+            "range test lr_min above lr_max",
+            format!("{good}lr = \"find\"\nlr_min = 0.5\nlr_max = 0.1\n"),
+            vec!["train.lr = \"find\"", "0 < --lr-min < --lr-max"],
+        ),
+        (
             "range test settings without lr find",
             format!("{good}lr_max = 0.1\n"),
             vec!["train.lr_max", "lr = \"find\""],
