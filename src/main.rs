@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use spp::job::{self, GgufArgs, MergeArgs, ModelArgs, PplArgs, PruneArgs, TasksArgs, TrainArgs};
 use spp::model::stream::gib;
-use spp::record::{ConvertRecord, MergeRecord, PruneRecord, TrainRecord};
+use spp::record::{ConvertRecord, LrFindRecord, MergeRecord, PruneRecord, TrainRecord};
 use spp::tokenizer::{Message, Tokenizer};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -72,7 +72,7 @@ enum Cmd {
     /// Prune a dense model (magnitude, Wanda, SparseGPT; unstructured or N:M).
     Prune(Json<PruneArgs>),
     /// Fine-tune adapters (SPP, LoRA, LoRA + mask) on the frozen, pruned model.
-    Train(Json<TrainArgs>),
+    Train(Box<Json<TrainArgs>>),
     /// Fold an adapter into the weights and write a Hugging Face directory.
     Merge(Json<MergeArgs>),
     /// Store the sparse linears packed (N:M codes or a bitmask plus the kept values): smaller
@@ -265,6 +265,21 @@ fn trained(a: &TrainArgs, r: &TrainRecord) -> String {
         rep.tokens_per_second,
         gib(rep.peak_rss_bytes.unwrap_or(0)),
         a.out.display()
+    )
+}
+
+fn found(a: &TrainArgs, r: &LrFindRecord) -> String {
+    let rep = &r.report;
+    format!(
+        "suggested lr {:.3e} ({}; smoothed loss {:.4} at lr {:.3e}) from {} range-test steps on {}, {:.1} s -> {}\n",
+        rep.suggested_lr,
+        rep.rule,
+        rep.min_smoothed_loss,
+        rep.lr_at_min_loss,
+        rep.points.len(),
+        a.data.display(),
+        rep.seconds,
+        a.out.join("lr_find.json").display()
     )
 }
 
@@ -474,6 +489,7 @@ fn main() {
         Cmd::Generate(a) => generate(a, log),
         Cmd::Inspect(a) => inspect(a, log),
         Cmd::Prune(j) => show(j.json, job::prune(&j.a, log), |r| pruned(&j.a, r)),
+        Cmd::Train(j) if j.a.find_lr => show(j.json, job::find_lr(&j.a, log), |r| found(&j.a, r)),
         Cmd::Train(j) => show(j.json, job::train(&j.a, log), |r| trained(&j.a, r)),
         Cmd::Merge(j) => show(j.json, job::merge(&j.a, log), |r| merged(&j.a, r)),
         Cmd::Pack(j) => show(j.json, job::pack(&j.a, log), |r| r.line(&j.a.out)),

@@ -11,6 +11,7 @@ use crate::eval::perplexity::PplResult;
 use crate::eval::zeroshot::TaskResult;
 use crate::gguf::ConvertReport;
 use crate::prune::{calib::Calibration, PruneOptions, PruneReport};
+use crate::train::lr_find::LrFindReport;
 use crate::train::{TrainOptions, TrainReport};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -85,8 +86,24 @@ pub struct TrainRecord {
     pub model: Option<String>,
     pub data: Option<String>,
     pub options: Option<TrainOptions>,
+    /// The range test record (`lr_find.json`) whose suggestion was the learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_from: Option<String>,
     #[serde(default)]
     pub report: TrainReport,
+}
+
+/// `lr_find.json`, the record of a learning-rate range test (`spp train --find-lr`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LrFindRecord {
+    pub spp_version: Option<String>,
+    /// The frozen model's directory.
+    pub model: Option<String>,
+    pub data: Option<String>,
+    /// The settings of the test, with `lr` the suggestion.
+    pub options: Option<TrainOptions>,
+    #[serde(default)]
+    pub report: LrFindReport,
 }
 
 /// `merge.json`, next to the merged model.
@@ -228,6 +245,9 @@ pub enum StageKind {
     Train,
     Merge,
     Eval,
+    /// A learning-rate range test (`spp train --find-lr`).
+    #[serde(rename = "lr-find")]
+    LrFind,
 }
 
 impl StageKind {
@@ -237,6 +257,7 @@ impl StageKind {
             StageKind::Train => "train",
             StageKind::Merge => "merge",
             StageKind::Eval => "eval",
+            StageKind::LrFind => "lr-find",
         }
     }
 }

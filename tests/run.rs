@@ -188,6 +188,112 @@ fn a_recipe_runs_every_stage_and_resumes_after_a_kill() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
 }
 
+/// A sweep: `setup`'s recipe with `train` as its `[train]` options instead of the usual ones and
+/// perplexity as the only evaluation.
+fn sweep_recipe(tmp: &Path, name: &str, train: &str) -> String {
+    let base = std::fs::read_to_string(setup(tmp)).unwrap();
+    let head = &base[..base.find("[train]").unwrap()];
+    let text = format!(
+        "{head}[train]\ndata = \"{}\"\nbatch_size = 2\nmicro_batch_size = 1\ncutoff = 48\nval_size = 4\neval_every = 2\nr = 4\n{train}\n[eval]\nppl_text = \"{}\"\nseqlen = 32\nmax_windows = 2\n",
+        shared("alpaca/alpaca_gpt4_en_demo.json"),
+        shared("wikitext2/wiki.test.raw"),
+    );
+    let path = tmp.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_sweep_runs_its_grid_and_the_report_compares_the_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = sweep_recipe(
+        tmp.path(),
+        "sweep",
+        "method = [\"spp\", \"lora-mask\"]\nmax_steps = 4\nlr = [\"find\", 1e-3]\nfind_lr_steps = 8\nlr_max = 0.1\n",
+    );
+    let a = tmp.path().join("a");
+    let o = spp(&["run", &r, "--out", &a.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = json(&a.join("run.json"));
+    let stages: Vec<String> = serde_json::from_value(run["stages"].clone()).unwrap();
+    assert_eq!(
+        &stages[3..8],
+        [
+            "03-lr-find-wanda-2-4-spp-lr-find",
+            "04-train-wanda-2-4-spp-lr-find",
+            "05-merge-wanda-2-4-spp-lr-find",
+            "06-eval-wanda-2-4-spp-lr-find",
+            "07-train-wanda-2-4-spp-lr-0.001",
+        ]
+    );
+    assert_eq!(stages.len(), 3 + 2 * (1 + 3 + 3));
+    // The range test's suggestion is the lr its training ran with.
+    let test = json(&a.join("03-lr-find-wanda-2-4-spp-lr-find/lr-find/lr_find.json"));
+    let found = test["report"]["suggested_lr"].as_f64().unwrap();
+    assert_eq!(test["report"]["points"].as_array().unwrap().len(), 8);
+    let train = json(&a.join("04-train-wanda-2-4-spp-lr-find/adapter/train.json"));
+    assert_eq!(train["options"]["lr"].as_f64().unwrap(), found);
+    assert!(!a
+        .join("03-lr-find-wanda-2-4-spp-lr-find/lr-find/adapter_model.safetensors")
+        .exists());
+
+    // The report: the comparison of the four settings, the best of each method, the budget
+    // line, the range tests and the plot.
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    let section = &md[md.find("## Fine-tuning settings compared").expect(&md)..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    assert!(section.contains("### From wanda 2:4"), "{section}");
+    assert!(
+        section.contains("| method | setting | perplexity |"),
+        "{section}"
+    );
+    assert!(section.contains("ppl gap closed"), "{section}");
+    for row in [
+        "| spp | lr 0.001 |",
+        "| lora-mask | lr 0.001 |",
+        "(range test)",
+    ] {
+        assert!(section.contains(row), "{row}: {section}");
+    }
+    assert_eq!(section.matches("| best |").count(), 2, "{section}");
+    assert!(section.contains("Equal budget: every setting here trained for 4 optimizer steps"));
+    assert!(section.contains("from the range test of stage 03-lr-find-wanda-2-4-spp-lr-find"));
+    assert!(section.contains("plots/compare-0.svg"));
+    let svg = std::fs::read_to_string(a.join("plots/compare-0.svg")).unwrap();
+    assert!(
+        svg.contains("lora-mask") && svg.contains("(log scale)"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<polyline").count(), 2, "one line per method");
+    let test_plot = a.join("plots/lr-find-03-lr-find-wanda-2-4-spp-lr-find.svg");
+    let test_plot = std::fs::read_to_string(test_plot).unwrap();
+    assert!(test_plot.contains("smoothed loss"));
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(html.contains("Fine-tuning settings compared"));
+
+    // Resume: every stage done earlier.
+    let o = spp(&["run", &r, "--out", &a.display().to_string(), "--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("done earlier").count(), stages.len(), "{err}");
+
+    // Different budgets are flagged.
+    let r = sweep_recipe(
+        tmp.path(),
+        "budget",
+        "method = \"spp\"\nmax_steps = [2, 4]\n",
+    );
+    let b = tmp.path().join("b");
+    let o = spp(&["run", &r, "--out", &b.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(b.join("report.md")).unwrap();
+    assert!(
+        md.contains("Warning: not an equal budget — optimizer steps (2, 4)"),
+        "{md}"
+    );
+    assert!(md.contains("| spp | max_steps 2 |"), "{md}");
+}
+
 #[test]
 fn bad_recipes_are_refused_before_any_stage() {
     let tmp = tempfile::tempdir().unwrap();

@@ -329,3 +329,87 @@ fn gradient_checkpointing_gives_the_same_training() {
         assert!(d < 1e-5, "{name}: {d}");
     }
 }
+
+/// The range test sees what training sees: its first step (adapters as initialised, the same
+/// examples and dropout seeds) has training's first loss exactly; its lr rises geometrically;
+/// it writes its record and no adapter; and `--lr-from` trains with the suggestion.
+#[test]
+fn the_range_test_starts_where_training_starts_and_feeds_lr_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::converted_tiny(tmp.path());
+    let common_args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            &common::s(&model),
+            "--data",
+            &common::shared("alpaca/alpaca_gpt4_en_demo.json"),
+            "--out",
+            &common::s(out),
+            "--batch-size",
+            "2",
+            "--micro-batch-size",
+            "1",
+            "--cutoff",
+            "48",
+            "--val-size",
+            "4",
+            "--r",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = common::spp(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (t, f, g) = (
+        tmp.path().join("t"),
+        tmp.path().join("f"),
+        tmp.path().join("g"),
+    );
+    let mut a = common_args(&t);
+    a.extend(["--max-steps", "1"].map(String::from));
+    run(a);
+    let mut a = common_args(&f);
+    a.extend(
+        [
+            "--find-lr",
+            "--find-lr-steps",
+            "6",
+            "--lr-min",
+            "1e-4",
+            "--lr-max",
+            "1e-1",
+        ]
+        .map(String::from),
+    );
+    let printed = run(a);
+    let metrics = std::fs::read_to_string(t.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("lr_find.json")).unwrap()).unwrap();
+    let points = rec["report"]["points"].as_array().unwrap();
+    assert_eq!(
+        points[0]["loss"], first["loss"],
+        "step 1: the same batch, dropout and adapters"
+    );
+    for (i, p) in points.iter().enumerate() {
+        let want = 1e-4 * 1000f64.powf(i as f64 / 5.0);
+        assert!((p["lr"].as_f64().unwrap() / want - 1.0).abs() < 1e-12);
+    }
+    let suggested = rec["report"]["suggested_lr"].as_f64().unwrap();
+    assert!(printed.contains("suggested lr"), "{printed}");
+    assert!(!f.join("adapter_model.safetensors").exists() && !f.join("checkpoint").exists());
+    let mut a = common_args(&g);
+    a.extend(["--max-steps", "1", "--lr-from"].map(String::from));
+    a.push(common::s(&f.join("lr_find.json")));
+    run(a);
+    let train: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(g.join("train.json")).unwrap()).unwrap();
+    assert_eq!(train["options"]["lr"].as_f64().unwrap(), suggested);
+    assert!(train["lr_from"].as_str().unwrap().ends_with("lr_find.json"));
+}

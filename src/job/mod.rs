@@ -13,7 +13,7 @@ pub use eval::{eval_ppl, eval_tasks, PplArgs, TasksArgs};
 pub use merge::{merge, MergeArgs};
 pub use pack::{pack, pack_in_place, unpack, LayoutChoice, PackArgs, UnpackArgs, ValuesChoice};
 pub use prune::{prune, PruneArgs};
-pub use train::{train, TrainArgs};
+pub use train::{find_lr, lr_from, train, TrainArgs, FIND_LR_STEPS, LR_MAX, LR_MIN};
 
 use crate::bail;
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@ use crate::adapter::Method;
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::outpath;
-use crate::record::TrainRecord;
+use crate::record::{LrFindRecord, TrainRecord};
 use crate::tokenizer::Tokenizer;
 use clap::Args;
 use std::path::PathBuf;
@@ -109,7 +109,31 @@ pub struct TrainArgs {
     /// Stop after this many steps, leaving a checkpoint (for testing resume).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
+    /// Run a learning-rate range test instead of training: --find-lr-steps optimizer steps with
+    /// the lr rising geometrically from --lr-min to --lr-max; writes OUT/lr_find.json (loss per
+    /// step, smoothed, and the suggested lr: a tenth of the lr at the smoothed minimum) and
+    /// prints the suggestion. No adapter is saved.
+    #[arg(long, conflicts_with_all = ["resume", "lr_from"])]
+    pub find_lr: bool,
+    /// Lowest lr of the range test [default: 1e-6].
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::validate::learning_rate)]
+    pub lr_min: Option<f64>,
+    /// Highest lr of the range test [default: 1].
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::validate::learning_rate)]
+    pub lr_max: Option<f64>,
+    /// Optimizer steps of the range test (it stops earlier when the loss diverges) [default: 100].
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::validate::positive_usize)]
+    pub find_lr_steps: Option<usize>,
+    /// Train with the lr a range test suggested: the suggested_lr of this lr_find.json
+    /// (`spp train --find-lr --out DIR` writes DIR/lr_find.json); replaces --lr.
+    #[arg(long, value_name = "LR_FIND_JSON", conflicts_with = "lr")]
+    pub lr_from: Option<PathBuf>,
 }
+
+/// The range test's defaults (`--lr-min`, `--lr-max`, `--find-lr-steps`).
+pub const LR_MIN: f64 = 1e-6;
+pub const LR_MAX: f64 = 1.0;
+pub const FIND_LR_STEPS: usize = 100;
 
 impl TrainArgs {
     /// Trains adapters on `model` with `data` into `out`, every other option at its default.
@@ -138,18 +162,18 @@ impl crate::train::Progress for TrainProgress<'_> {
     }
 }
 
-/// Trains adapters on the frozen `a.m.model` into `a.out` (adapter, checkpoint, metrics,
-/// `train.json`); returns `train.json`'s record.
-pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
-    if a.m.adapter.is_some() {
-        bail!("--adapter is for running a trained adapter; spp train attaches fresh ones (use --resume to continue a run)");
-    }
-    outpath::check_resumable(
-        &a.out,
-        a.resume,
-        crate::train::CHECKPOINT_DIR,
-        &[&a.m.model, &a.data],
-    )?;
+/// What training and the range test start from: the model (or the streamed model's shell),
+/// the blocks kept in memory, the data and the options.
+struct Setup {
+    streamed: Option<crate::model::StreamedModel>,
+    kept: Vec<crate::model::llama::Block>,
+    model: crate::model::Llama,
+    ds: crate::train::data::Dataset,
+    opts: crate::train::TrainOptions,
+}
+
+/// Loads the model and the data of `a`, with `lr` as the learning rate.
+fn setup(a: &TrainArgs, lr: f64, log: &mut dyn Log) -> Result<Setup> {
     let streamed = {
         let sm = open_streamed(&a.m, log)?;
         if a.stream_blocks || exceeds_half_of_memory(&sm, log) {
@@ -168,7 +192,7 @@ pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
         }
         None => Vec::new(),
     };
-    let mut model = match &streamed {
+    let model = match &streamed {
         Some(sm) => {
             let mut m = sm.with_embeddings()?;
             m.stand_in_blocks()?;
@@ -220,7 +244,7 @@ pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
         r,
         scale,
         dropout: a.dropout,
-        lr: a.lr,
+        lr,
         warmup_ratio: a.warmup_ratio,
         schedule: a.schedule,
         weight_decay: a.weight_decay,
@@ -237,14 +261,125 @@ pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
         seed: a.seed,
         grad_checkpoint: a.grad_checkpoint || streamed.is_some(),
     };
+    Ok(Setup {
+        streamed,
+        kept,
+        model,
+        ds,
+        opts,
+    })
+}
+
+/// The suggested lr of the range test record `path` (`--lr-from`).
+pub fn lr_from(path: &std::path::Path) -> Result<f64> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Msg(format!(
+            "--lr-from {}: {e}; give the lr_find.json that `spp train --find-lr --out DIR` wrote",
+            path.display()
+        ))
+    })?;
+    let rec: LrFindRecord = serde_json::from_str(&text).map_err(|e| {
+        Error::Msg(format!(
+            "--lr-from {}: not a range test record ({e}); give the lr_find.json that `spp train --find-lr` wrote",
+            path.display()
+        ))
+    })?;
+    let lr = rec.report.suggested_lr;
+    if !(lr.is_finite() && lr > 0.0) {
+        bail!(
+            "--lr-from {}: its suggested_lr {lr} is not a positive number; rerun the range test",
+            path.display()
+        );
+    }
+    Ok(lr)
+}
+
+/// `spp train --find-lr`: the learning-rate range test on `a.m.model` with `a`'s data and
+/// settings; writes `a.out/lr_find.json` and returns its record. No adapter is saved.
+pub fn find_lr(a: &TrainArgs, log: &mut dyn Log) -> Result<LrFindRecord> {
+    if a.m.adapter.is_some() {
+        bail!(
+            "--adapter is for running a trained adapter; spp train --find-lr attaches fresh ones"
+        );
+    }
+    let range = crate::train::lr_find::Range {
+        lr_min: a.lr_min.unwrap_or(LR_MIN),
+        lr_max: a.lr_max.unwrap_or(LR_MAX),
+        steps: a.find_lr_steps.unwrap_or(FIND_LR_STEPS),
+    };
+    range.check()?;
+    outpath::check_kind(&a.out, outpath::OutKind::Dir)?;
+    let path = a.out.join("lr_find.json");
+    let mut s = setup(a, a.lr, log)?;
+    let weights = match &s.streamed {
+        Some(sm) => crate::train::Weights::Streamed(sm, &s.kept),
+        None => crate::train::Weights::Resident,
+    };
+    let report = crate::train::lr_find::range_test(
+        &mut s.model,
+        weights,
+        &s.ds,
+        &s.opts,
+        &range,
+        &mut TrainProgress(log),
+    )?;
+    for n in &report.notes {
+        log.line(&format!("note: {n}"));
+    }
+    let mut options = s.opts.clone();
+    options.lr = report.suggested_lr;
+    let record = LrFindRecord {
+        spp_version: crate::record::spp_version(),
+        model: Some(a.m.model.display().to_string()),
+        data: Some(a.data.display().to_string()),
+        options: Some(options),
+        report,
+    };
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    crate::fsio::write_json_atomically(&path, &record)?;
+    Ok(record)
+}
+
+/// Trains adapters on the frozen `a.m.model` into `a.out` (adapter, checkpoint, metrics,
+/// `train.json`); returns `train.json`'s record.
+pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
+    if a.find_lr {
+        bail!("--find-lr runs the range test, not training: call job::find_lr");
+    }
+    if a.lr_min.is_some() || a.lr_max.is_some() || a.find_lr_steps.is_some() {
+        bail!("--lr-min, --lr-max and --find-lr-steps set the range test: add --find-lr (or leave them out to train)");
+    }
+    if a.m.adapter.is_some() {
+        bail!("--adapter is for running a trained adapter; spp train attaches fresh ones (use --resume to continue a run)");
+    }
+    outpath::check_resumable(
+        &a.out,
+        a.resume,
+        crate::train::CHECKPOINT_DIR,
+        &[&a.m.model, &a.data],
+    )?;
+    let lr = match &a.lr_from {
+        Some(p) => {
+            let lr = lr_from(p)?;
+            note!(
+                log,
+                "lr {lr:.3e}: the range test's suggestion in {}",
+                p.display()
+            );
+            lr
+        }
+        None => a.lr,
+    };
+    let mut s = setup(a, lr, log)?;
+    let weights = match &s.streamed {
+        Some(sm) => crate::train::Weights::Streamed(sm, &s.kept),
+        None => crate::train::Weights::Resident,
+    };
     let trainer = crate::train::Trainer {
-        model: &mut model,
-        weights: match &streamed {
-            Some(sm) => crate::train::Weights::Streamed(sm, &kept),
-            None => crate::train::Weights::Resident,
-        },
-        data: &ds,
-        opts: &opts,
+        model: &mut s.model,
+        weights,
+        data: &s.ds,
+        opts: &s.opts,
         out: a.out.clone(),
         base_path: a.m.model.clone(),
         resume: a.resume,
@@ -255,7 +390,8 @@ pub fn train(a: &TrainArgs, log: &mut dyn Log) -> Result<TrainRecord> {
         spp_version: crate::record::spp_version(),
         model: Some(a.m.model.display().to_string()),
         data: Some(a.data.display().to_string()),
-        options: Some(opts),
+        options: Some(s.opts),
+        lr_from: a.lr_from.as_ref().map(|p| p.display().to_string()),
         report,
     };
     let path = a.out.join("train.json");

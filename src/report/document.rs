@@ -9,46 +9,7 @@ use crate::shell::quote_argv;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-pub(super) enum Span {
-    T(String),
-    C(String),
-    B(String),
-}
-
-pub(super) enum Block {
-    H(u8, String),
-    P(Vec<Span>),
-    Note(String),
-    List(Vec<Vec<Span>>),
-    Table(Table),
-    Figure {
-        caption: String,
-        file: String,
-        svg: String,
-    },
-    Code(String),
-}
-
-pub(super) struct Table {
-    pub(super) class: &'static str,
-    pub(super) head: Vec<String>,
-    pub(super) rows: Vec<Vec<String>>,
-    /// Right-aligned columns.
-    pub(super) num: Vec<bool>,
-}
-
-pub(super) fn t(s: impl Into<String>) -> Span {
-    Span::T(s.into())
-}
-pub(super) fn c(s: impl Into<String>) -> Span {
-    Span::C(s.into())
-}
-pub(super) fn b(s: impl Into<String>) -> Span {
-    Span::B(s.into())
-}
-pub(super) fn p(s: impl Into<String>) -> Block {
-    Block::P(vec![t(s)])
-}
+pub(super) use super::blocks::{b, c, p, t, Block, Span, Table};
 
 /// Builds the document and the plots (file name, SVG) it refers to.
 pub(super) fn compose(run: &Run) -> (Vec<Block>, Vec<(String, String)>) {
@@ -70,6 +31,7 @@ pub(super) fn compose(run: &Run) -> (Vec<Block>, Vec<(String, String)>) {
             "What pruning cost and fine-tuning won back".into(),
         ));
         recovery(run, &rows, &mut doc);
+        super::compare::comparisons(run, &rows, &mut doc, &mut figures);
     }
 
     doc.push(Block::H(2, "Stages".into()));

@@ -6,7 +6,8 @@ use crate::bail;
 use crate::error::{IoContext, Result};
 pub(super) use crate::inspect::Report as Inspect;
 use crate::record::{
-    MergeRecord, PplRecord, PruneRecord, RunRecord, StageRecord, TasksRecord, TrainRecord,
+    LrFindRecord, MergeRecord, PplRecord, PruneRecord, RunRecord, StageRecord, TasksRecord,
+    TrainRecord,
 };
 use crate::train::Metric;
 use std::collections::BTreeMap;
@@ -115,6 +116,8 @@ pub(super) struct Stage {
     pub(super) train: Option<TrainRecord>,
     pub(super) adapter_config: Option<AdapterConfig>,
     pub(super) merge: Option<MergeRecord>,
+    /// `lr-find/lr_find.json` of a range test stage.
+    pub(super) lr_find: Option<LrFindRecord>,
     pub(super) metrics: Vec<Metric>,
 }
 
@@ -277,6 +280,7 @@ pub(super) fn load_stage(dir: &Path, name: String, warnings: &mut Vec<String>) -
         train: None,
         adapter_config: None,
         merge: None,
+        lr_find: None,
         metrics: Vec::new(),
     };
     if !sdir.is_dir() {
@@ -314,6 +318,7 @@ pub(super) fn load_stage(dir: &Path, name: String, warnings: &mut Vec<String>) -
     st.merge = read_json(&sdir.join("model/merge.json"), dir, warnings);
     st.train = read_json(&sdir.join("adapter/train.json"), dir, warnings);
     st.adapter_config = read_json(&sdir.join("adapter/adapter_config.json"), dir, warnings);
+    st.lr_find = read_json(&sdir.join("lr-find/lr_find.json"), dir, warnings);
     let mpath = sdir.join("adapter/metrics.jsonl");
     if mpath.is_file() {
         match std::fs::read_to_string(&mpath) {

@@ -20,6 +20,8 @@
 pub mod svg;
 
 mod analysis;
+mod blocks;
+mod compare;
 mod document;
 mod format;
 mod load;

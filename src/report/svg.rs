@@ -217,6 +217,200 @@ pub fn grouped_bars(
     s
 }
 
+/// `x` to four significant digits, written the shortest way (0.0007742636 → 0.0007743).
+pub fn significant(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return x.to_string();
+    }
+    let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    ((x * scale).round() / scale).to_string()
+}
+
+/// One line of a line chart: its points `(x, y)` in order of x.
+pub struct Line {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// The x axis of a line chart.
+pub enum XAxis {
+    /// Numbers on a linear scale.
+    Linear,
+    /// Positive numbers on a log scale (e.g. learning rates).
+    Log,
+    /// Named positions: x = 0, 1, … is `names[x]`.
+    Names(Vec<String>),
+}
+
+/// Lines with dots at their points, one colour per line; the y range spans the data and 0;
+/// `percent` formats y as percentages of 1.
+pub fn lines(
+    series: &[Line],
+    x_axis: &XAxis,
+    x_label: &str,
+    y_label: &str,
+    percent: bool,
+) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 400.0;
+    const PAD: f64 = 64.0;
+    let log = matches!(x_axis, XAxis::Log);
+    let tx = |x: f64| if log { x.log10() } else { x };
+    let pts = || {
+        series
+            .iter()
+            .flat_map(|l| l.points.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log || *x > 0.0))
+    };
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut y0, mut y1) = (0f64, f64::NEG_INFINITY);
+    for &(x, y) in pts() {
+        (x0, x1) = (x0.min(tx(x)), x1.max(tx(x)));
+        (y0, y1) = (y0.min(y), y1.max(y));
+    }
+    if let XAxis::Names(n) = x_axis {
+        (x0, x1) = (0.0, n.len().saturating_sub(1) as f64);
+    }
+    if !x0.is_finite() {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        (x0, x1) = (x0 - 0.5, x1 + 0.5);
+    }
+    if !y1.is_finite() || y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let legend_rows = series.len().div_ceil(4).max(1);
+    let top = 20.0 + 18.0 * legend_rows as f64;
+    let (left, right, bottom) = (PAD, W - PAD / 2.0, H - PAD);
+    let sx = |x: f64| left + 12.0 + (tx(x) - x0) / (x1 - x0) * (right - left - 24.0);
+    let sy = |y: f64| bottom - (y - y0) / (y1 - y0) * (bottom - top);
+    let fmt_y = |y: f64| {
+        if percent {
+            format!("{:.0}%", y * 100.0)
+        } else {
+            format!("{y:.3}")
+        }
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{H}" fill="white"/>"#
+    );
+    for i in 0..=5 {
+        let y = y0 + (y1 - y0) * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{right}" y2="{py:.1}" stroke="#e0e0e0"/><text x="{lx}" y="{ty:.1}" text-anchor="end">{t}</text>"##,
+            py = sy(y),
+            lx = left - 6.0,
+            ty = sy(y) + 4.0,
+            t = fmt_y(y)
+        );
+    }
+    if y0 < 0.0 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{right}" y2="{py:.1}" stroke="#808080"/>"##,
+            py = sy(0.0)
+        );
+    }
+    // x ticks: the names, or the distinct x values of the data (at most 12).
+    let ticks: Vec<(f64, String)> = match x_axis {
+        XAxis::Names(n) => n
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as f64, t.clone()))
+            .collect(),
+        _ => {
+            let mut xs: Vec<f64> = pts().map(|p| p.0).collect();
+            xs.sort_by(f64::total_cmp);
+            xs.dedup();
+            let every = xs.len().div_ceil(12).max(1);
+            xs.iter()
+                .step_by(every)
+                .map(|&x| (x, significant(x)))
+                .collect()
+        }
+    };
+    let px = |x: f64| match x_axis {
+        XAxis::Names(_) => left + 12.0 + (x - x0) / (x1 - x0) * (right - left - 24.0),
+        _ => sx(x),
+    };
+    let mut last = f64::NEG_INFINITY;
+    for (x, t) in &ticks {
+        // A label too close to the one before is left out (its point still has a tooltip).
+        if px(*x) - last < 7.0 * t.chars().count() as f64 {
+            continue;
+        }
+        last = px(*x);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            px(*x),
+            bottom + 16.0,
+            escape(t)
+        );
+    }
+    for (i, l) in series.iter().enumerate() {
+        let p: Vec<(f64, f64)> = l
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log || *x > 0.0))
+            .map(|&(x, y)| (px(x), sy(y)))
+            .collect();
+        if p.len() > 1 {
+            let d: Vec<String> = p.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+                color(i),
+                d.join(" ")
+            );
+        }
+        for ((x, y), (dx, dy)) in p.iter().zip(l.points.iter()) {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{}"><title>{}</title></circle>"#,
+                color(i),
+                escape(&format!(
+                    "{} · {}: {}",
+                    l.name,
+                    significant(*dx),
+                    fmt_y(*dy)
+                ))
+            );
+        }
+        let (lx, ly) = (left + 160.0 * (i % 4) as f64, 16.0 + 18.0 * (i / 4) as f64);
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{cx}" cy="{cy}" r="4" fill="{c}"/><text x="{tx}" y="{ly}">{t}</text>"#,
+            cx = lx + 5.0,
+            cy = ly - 4.0,
+            c = color(i),
+            tx = lx + 14.0,
+            t = escape(&l.name)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>
+<text x="{cx}" y="{xy}" text-anchor="middle">{xl}</text>
+<text x="14" y="{cy}" text-anchor="middle" transform="rotate(-90 14 {cy})">{yl}</text>"#,
+        cx = (left + right) / 2.0,
+        xy = H - 14.0,
+        cy = (top + bottom) / 2.0,
+        xl = escape(&format!(
+            "{x_label}{}",
+            if log { " (log scale)" } else { "" }
+        )),
+        yl = escape(y_label),
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +452,38 @@ mod tests {
         assert_eq!(svg.matches("<path").count(), 1);
         assert!(svg.contains(">100%<") && !svg.contains("NaN"));
         assert_eq!(svg.matches("<svg").count(), svg.matches("</svg>").count());
+    }
+
+    #[test]
+    fn lines_place_points_on_a_log_axis_and_skip_bad_ones() {
+        let l = [
+            Line {
+                name: "spp".into(),
+                points: vec![(1e-3, 0.2), (1e-2, 0.6), (f64::NAN, 0.1)],
+            },
+            Line {
+                name: "lora & mask".into(),
+                points: vec![(1e-4, -0.1), (1e-3, 0.3)],
+            },
+        ];
+        let svg = lines(&l, &XAxis::Log, "lr", "gap closed", true);
+        // Four finite points and two legend dots; the NaN point is left out.
+        assert_eq!(svg.matches("<circle").count(), 4 + 2);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("lora &amp; mask") && svg.contains("(log scale)"));
+        assert!(
+            svg.contains("-10%") || svg.contains("-2%"),
+            "negative y shown"
+        );
+        assert!(!svg.contains("NaN"));
+        // On the log axis 1e-3 lies halfway between 1e-4 and 1e-2.
+        let cx = |t: &str| -> f64 {
+            let i = svg.find(&format!("· {t}:")).unwrap();
+            let head = &svg[..i];
+            let c = head.rfind("cx=\"").unwrap();
+            head[c + 4..].split('"').next().unwrap().parse().unwrap()
+        };
+        let (a, b, c) = (cx("0.0001"), cx("0.001"), cx("0.01"));
+        assert!(((b - a) - (c - b)).abs() < 0.2, "{a} {b} {c}");
     }
 }

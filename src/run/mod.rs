@@ -11,6 +11,7 @@
 //! (`.spp-run.lock`, holding the pid) keeps two runs out of one directory.
 
 pub mod recipe;
+pub mod sweep;
 
 use crate::bail;
 use crate::error::{Error, IoContext, Result};
@@ -183,52 +184,123 @@ pub fn plan(r: &Recipe, out: &Path) -> Vec<Stage> {
         }
     }
     if let Some(t) = &r.train {
+        // Range tests by their argv (without --out) → the lr_find.json they write: a test is run
+        // once for all the settings it serves.
+        let mut finds: Vec<(Vec<String>, PathBuf)> = Vec::new();
         for (base_label, base) in &bases {
             for method in &t.methods {
-                let label = format!("{base_label} + {method}");
-                let (name, path) = dir(&stages, "train", &label);
-                let adapter = path.join("adapter");
-                let argv = [
-                    vec!["spp".into(), "train".into()],
-                    model_opts(base),
-                    vec!["--method".into(), method.clone()],
-                    args(&t.flags),
-                    vec!["--out".into(), adapter.display().to_string()],
-                ]
-                .concat();
-                let mut inputs = vec![base.clone()];
-                inputs.extend(flag_inputs(&t.flags));
-                stages.push(Stage {
-                    name,
-                    kind: Kind::Train,
-                    model: label.clone(),
-                    commands: vec![Cmd { argv, stdout: None }],
-                    inputs,
-                });
-                let (name, path) = dir(&stages, "merge", &label);
-                let merged = path.join("model");
-                let argv = vec![
-                    "spp".into(),
-                    "merge".into(),
-                    "--model".into(),
-                    base.display().to_string(),
-                    "--adapter".into(),
-                    adapter.display().to_string(),
-                    "--out".into(),
-                    merged.display().to_string(),
-                ];
-                stages.push(Stage {
-                    name,
-                    kind: Kind::Merge,
-                    model: label.clone(),
-                    commands: vec![Cmd { argv, stdout: None }],
-                    inputs: vec![base.clone(), adapter.clone()],
-                });
-                eval(&mut stages, &merged, &label);
+                for setting in t.grid() {
+                    let label =
+                        format!("{base_label} + {method}{}", recipe::setting_label(&setting));
+                    let mut flags = t.flags_of(&setting);
+                    let mut inputs = vec![base.clone()];
+                    inputs.extend(flag_inputs(&flags));
+                    let find = flags
+                        .iter()
+                        .position(|f| f.key == "lr" && f.value.as_deref() == Some(recipe::FIND));
+                    if let Some(i) = find {
+                        let test: Vec<String> = [
+                            vec!["spp".into(), "train".into()],
+                            model_opts(base),
+                            vec!["--method".into(), method.clone()],
+                            args(&range_test_flags(&flags, &t.find)),
+                            vec!["--find-lr".into()],
+                        ]
+                        .concat();
+                        let json = match finds.iter().find(|(argv, _)| *argv == test) {
+                            Some((_, json)) => json.clone(),
+                            None => {
+                                let (name, path) = dir(&stages, "lr-find", &label);
+                                let out = path.join("lr-find");
+                                let json = out.join("lr_find.json");
+                                let argv = [
+                                    test.clone(),
+                                    vec!["--out".into(), out.display().to_string()],
+                                ]
+                                .concat();
+                                stages.push(Stage {
+                                    name,
+                                    kind: Kind::LrFind,
+                                    model: label.clone(),
+                                    commands: vec![Cmd { argv, stdout: None }],
+                                    inputs: inputs.clone(),
+                                });
+                                finds.push((test, json.clone()));
+                                json
+                            }
+                        };
+                        flags[i] = recipe::Flag {
+                            key: "lr_from".into(),
+                            flag: "--lr-from".into(),
+                            value: Some(json.display().to_string()),
+                        };
+                        inputs.push(json);
+                    }
+                    let (name, path) = dir(&stages, "train", &label);
+                    let adapter = path.join("adapter");
+                    let argv = [
+                        vec!["spp".into(), "train".into()],
+                        model_opts(base),
+                        vec!["--method".into(), method.clone()],
+                        args(&flags),
+                        vec!["--out".into(), adapter.display().to_string()],
+                    ]
+                    .concat();
+                    stages.push(Stage {
+                        name,
+                        kind: Kind::Train,
+                        model: label.clone(),
+                        commands: vec![Cmd { argv, stdout: None }],
+                        inputs,
+                    });
+                    let (name, path) = dir(&stages, "merge", &label);
+                    let merged = path.join("model");
+                    let argv = vec![
+                        "spp".into(),
+                        "merge".into(),
+                        "--model".into(),
+                        base.display().to_string(),
+                        "--adapter".into(),
+                        adapter.display().to_string(),
+                        "--out".into(),
+                        merged.display().to_string(),
+                    ];
+                    stages.push(Stage {
+                        name,
+                        kind: Kind::Merge,
+                        model: label.clone(),
+                        commands: vec![Cmd { argv, stdout: None }],
+                        inputs: vec![base.clone(), adapter.clone()],
+                    });
+                    eval(&mut stages, &merged, &label);
+                }
             }
         }
     }
     stages
+}
+
+/// The training options that decide the learning-rate range test: the flags of the setting
+/// without `lr` and the schedule, length, validation and checkpoint options (the test takes a
+/// fixed number of steps with its own lr), then the range test's own flags `find`.
+fn range_test_flags(flags: &[recipe::Flag], find: &[recipe::Flag]) -> Vec<recipe::Flag> {
+    const UNUSED: &[&str] = &[
+        "lr",
+        "max_steps",
+        "epochs",
+        "warmup_ratio",
+        "schedule",
+        "eval_every",
+        "save_every",
+    ];
+    let mut out: Vec<recipe::Flag> = flags
+        .iter()
+        .filter(|f| !UNUSED.contains(&f.key.as_str()))
+        .cloned()
+        .collect();
+    out.extend(find.iter().cloned());
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 /// A 64-bit content hash of a file or directory (sorted walk; names and bytes).
@@ -618,4 +690,179 @@ fn eta(left: &[Stage], done: &[(Kind, f64)]) -> Option<f64> {
             .map(|s| avg(Some(s.kind)).or(avg(None)).unwrap_or(0.0))
             .sum(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recipe::{Axis, Flag, Setting, Variants};
+    use super::*;
+
+    fn flag(key: &str, value: &str) -> Flag {
+        Flag {
+            key: key.into(),
+            flag: format!("--{}", key.replace('_', "-")),
+            value: Some(value.into()),
+        }
+    }
+
+    fn recipe(train: Variants) -> Recipe {
+        Recipe {
+            path: "r.toml".into(),
+            name: "t".into(),
+            model: "m".into(),
+            dtype: None,
+            device: None,
+            prune: Some(Variants {
+                methods: vec!["wanda".into()],
+                sparsities: vec!["2:4".into()],
+                flags: vec![flag("nsamples", "2")],
+                sweep: vec![],
+                find: vec![],
+            }),
+            train: Some(train),
+            eval: Default::default(),
+        }
+    }
+
+    fn axis(key: &str, values: &[&str]) -> Axis {
+        Axis {
+            key: key.into(),
+            values: values
+                .iter()
+                .map(|v| Setting {
+                    label: v.to_string(),
+                    flag: Some(flag(key, v)),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_recipe_without_lists_plans_the_stages_it_always_did() {
+        let train = Variants {
+            methods: vec!["spp".into(), "lora-mask".into()],
+            sparsities: vec![],
+            flags: vec![flag("data", "d.json"), flag("lr", "0.004"), flag("r", "16")],
+            sweep: vec![],
+            find: vec![],
+        };
+        let stages = plan(&recipe(train), Path::new("out"));
+        let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "00-eval-dense",
+                "01-prune-wanda-2-4",
+                "02-eval-wanda-2-4",
+                "03-train-wanda-2-4-spp",
+                "04-merge-wanda-2-4-spp",
+                "05-eval-wanda-2-4-spp",
+                "06-train-wanda-2-4-lora-mask",
+                "07-merge-wanda-2-4-lora-mask",
+                "08-eval-wanda-2-4-lora-mask"
+            ]
+        );
+        assert_eq!(
+            stages[3].commands[0].argv.join(" "),
+            "spp train --model out/01-prune-wanda-2-4/model --method spp --data d.json --lr 0.004 --r 16 --out out/03-train-wanda-2-4-spp/adapter"
+        );
+        assert_eq!(stages[3].model, "wanda 2:4 + spp");
+    }
+
+    #[test]
+    fn a_sweep_plans_the_grid_and_one_range_test_per_model_method_and_setting() {
+        let train = Variants {
+            methods: vec!["spp".into()],
+            sparsities: vec![],
+            flags: vec![flag("data", "d.json"), flag("r", "16")],
+            // max_steps does not change the range test: the two settings with lr find share one.
+            sweep: vec![
+                axis("lr", &["find", "0.004"]),
+                axis("max_steps", &["10", "20"]),
+            ],
+            find: vec![flag("find_lr_steps", "30")],
+        };
+        let stages = plan(&recipe(train), Path::new("out"));
+        let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            &names[3..],
+            [
+                "03-lr-find-wanda-2-4-spp-lr-find-max-steps-10",
+                "04-train-wanda-2-4-spp-lr-find-max-steps-10",
+                "05-merge-wanda-2-4-spp-lr-find-max-steps-10",
+                "06-eval-wanda-2-4-spp-lr-find-max-steps-10",
+                "07-train-wanda-2-4-spp-lr-find-max-steps-20",
+                "08-merge-wanda-2-4-spp-lr-find-max-steps-20",
+                "09-eval-wanda-2-4-spp-lr-find-max-steps-20",
+                "10-train-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "11-merge-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "12-eval-wanda-2-4-spp-lr-0.004-max-steps-10",
+                "13-train-wanda-2-4-spp-lr-0.004-max-steps-20",
+                "14-merge-wanda-2-4-spp-lr-0.004-max-steps-20",
+                "15-eval-wanda-2-4-spp-lr-0.004-max-steps-20",
+            ]
+        );
+        assert_eq!(stages[3].kind, Kind::LrFind);
+        assert_eq!(
+            stages[3].commands[0].argv.join(" "),
+            "spp train --model out/01-prune-wanda-2-4/model --method spp --data d.json --find-lr-steps 30 --r 16 --find-lr --out out/03-lr-find-wanda-2-4-spp-lr-find-max-steps-10/lr-find"
+        );
+        let json =
+            PathBuf::from("out/03-lr-find-wanda-2-4-spp-lr-find-max-steps-10/lr-find/lr_find.json");
+        for i in [4, 7] {
+            let argv = stages[i].commands[0].argv.join(" ");
+            assert!(
+                argv.contains(&format!("--lr-from {}", json.display())) && !argv.contains("--lr "),
+                "{argv}"
+            );
+            assert!(
+                stages[i].inputs.contains(&json),
+                "the key covers the test's result"
+            );
+        }
+        assert!(stages[10].commands[0]
+            .argv
+            .join(" ")
+            .contains("--lr 0.004 --max-steps 10"));
+        assert_eq!(stages[10].model, "wanda 2:4 + spp (lr 0.004, max_steps 10)");
+        // Names are directory names: no separators, unique.
+        let set: std::collections::HashSet<&&str> = names.iter().collect();
+        assert_eq!(set.len(), names.len());
+        assert!(names.iter().all(|n| !n.contains(['/', ' ', ':'])));
+    }
+
+    #[test]
+    fn the_example_recipes_load_and_plan() {
+        if !Path::new("models/smollm2-135m/config.json").exists() {
+            eprintln!("skipped: no models/smollm2-135m (scripts/setup.sh makes it)");
+            return;
+        }
+        let r = Recipe::load(Path::new("recipes/smollm2-135m-recovery.toml")).unwrap();
+        let stages = plan(&r, Path::new("out"));
+        let count = |k: Kind| stages.iter().filter(|s| s.kind == k).count();
+        // 2 pruned models × 3 methods × (lr find + 3 values); one range test per model and method.
+        assert_eq!((count(Kind::Prune), count(Kind::Train)), (2, 24));
+        assert_eq!(count(Kind::LrFind), 6);
+        assert!(stages
+            .iter()
+            .any(|s| s.name == "09-train-wanda-2-4-spp-lr-0.001"));
+        let r = Recipe::load(Path::new("recipes/smollm2-135m.toml")).unwrap();
+        let names: Vec<String> = plan(&r, Path::new("out"))
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names[3..],
+            [
+                "03-prune-wanda-50",
+                "04-eval-wanda-50",
+                "05-train-wanda-2-4-spp",
+                "06-merge-wanda-2-4-spp",
+                "07-eval-wanda-2-4-spp",
+                "08-train-wanda-50-spp",
+                "09-merge-wanda-50-spp",
+                "10-eval-wanda-50-spp"
+            ]
+        );
+    }
 }

@@ -15,6 +15,7 @@
 //! method = "spp"                        # spp | lora | lora-mask, or a list
 //! data = "../data/alpaca/alpaca_gpt4_en_demo.json"
 //! max_steps = 12                        # any other `spp train` option by its flag name
+//! lr = ["find", 4e-3]                   # any option may be a list (a sweep); "find": range test
 //!
 //! [eval]                                # optional
 //! ppl_text = "../data/wikitext2/wiki.test.raw"
@@ -40,6 +41,8 @@ use clap::Arg;
 use std::path::{Path, PathBuf};
 use toml::Value;
 
+pub use super::sweep::{setting_label, Axis, Flag, Flags, Setting};
+
 const TOP: &[&str] = &["name", "model", "dtype", "device", "prune", "train", "eval"];
 /// The flags of every model command: `spp run` sets them from the recipe's top level.
 const MODEL_FLAGS: &[&str] = &["model", "dtype", "device", "adapter"];
@@ -62,10 +65,22 @@ fn prune_options() -> Vec<Arg> {
     options::<PruneArgs>(&["out", "force", "max_shard_size"])
 }
 
-/// `[train]`: `spp train`'s options (`method` may be a list).
+/// `[train]`: `spp train`'s options (any of them may be a list: a sweep; `lr` may be "find").
 fn train_options() -> Vec<Arg> {
-    options::<TrainArgs>(&["out", "stream_blocks", "keep_blocks", "resume"])
+    options::<TrainArgs>(&[
+        "out",
+        "stream_blocks",
+        "keep_blocks",
+        "resume",
+        "find_lr",
+        "lr_from",
+    ])
 }
+
+/// `[train]` keys that set the range test of `lr = "find"` and go to it alone.
+pub const FIND_LR_KEYS: &[&str] = &["lr_min", "lr_max", "find_lr_steps"];
+/// The value of `[train] lr` that runs a range test and trains with its suggestion.
+pub const FIND: &str = "find";
 
 /// `[eval]`: `ppl_text` (`spp eval ppl --text`), its `seqlen` and `max_windows`, and the task
 /// settings of `spp eval tasks`.
@@ -112,23 +127,48 @@ pub struct Recipe {
     pub eval: Eval,
 }
 
-/// A recipe key, the flag it becomes, and its value as given (a switch has none).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Flag {
-    pub key: String,
-    pub flag: String,
-    pub value: Option<String>,
-}
-
-/// A section's flags in the recipe's (sorted) key order.
-pub type Flags = Vec<Flag>;
-
 /// One section: the methods (× sparsities for pruning) to run, and the other flags as given.
 #[derive(Debug, Clone)]
 pub struct Variants {
     pub methods: Vec<String>,
     pub sparsities: Vec<String>,
+    /// The options given one value (in key order).
     pub flags: Flags,
+    /// `[train]`: the options given a list of values, in key order; every combination of their
+    /// values is a setting of the sweep (none: one setting).
+    pub sweep: Vec<Axis>,
+    /// `[train]`: the range test's own flags ([`FIND_LR_KEYS`]), given to it alone.
+    pub find: Flags,
+}
+
+impl Variants {
+    /// Every setting of the sweep: one pick per axis, the last axis changing fastest; one
+    /// empty setting without axes.
+    pub fn grid(&self) -> Vec<Vec<(&str, &Setting)>> {
+        let mut out: Vec<Vec<(&str, &Setting)>> = vec![vec![]];
+        for axis in &self.sweep {
+            out = out
+                .into_iter()
+                .flat_map(|head| {
+                    axis.values.iter().map(move |v| {
+                        let mut p = head.clone();
+                        p.push((axis.key.as_str(), v));
+                        p
+                    })
+                })
+                .collect();
+        }
+        out
+    }
+
+    /// The flags of one setting of the grid: the single-valued flags and the setting's, in key
+    /// order (so a recipe without lists gives the flags it always gave).
+    pub fn flags_of(&self, setting: &[(&str, &Setting)]) -> Flags {
+        let mut all: Flags = self.flags.clone();
+        all.extend(setting.iter().filter_map(|(_, s)| s.flag.clone()));
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -324,6 +364,8 @@ impl Recipe {
                         base,
                         &mut errors,
                     ),
+                    sweep: vec![],
+                    find: vec![],
                 })
             }
         };
@@ -345,18 +387,51 @@ impl Recipe {
                             .into(),
                     );
                 }
-                let flags = section_flags(t, &["method"], ("train", &train_o), base, &mut errors);
-                let value = |key: &str| {
-                    flags
+                let (all, sweep) = train_settings(t, &train_o, base, &mut errors);
+                let (find, flags): (Flags, Flags) = all
+                    .into_iter()
+                    .partition(|f| FIND_LR_KEYS.contains(&f.key.as_str()));
+                // Every value a key takes in the grid.
+                let values = |key: &str| -> Vec<String> {
+                    let one = flags.iter().filter(|f| f.key == key);
+                    let many = sweep
                         .iter()
-                        .find(|f| f.key == key)
-                        .and_then(|f| f.value.as_deref())
+                        .filter(|a| a.key == key)
+                        .flat_map(|a| a.values.iter().filter_map(|s| s.flag.as_ref()));
+                    one.chain(many).filter_map(|f| f.value.clone()).collect()
                 };
-                let r = value("r").and_then(|v| v.parse::<usize>().ok());
-                if let (Some(r), Some(cfg)) = (r, &cfg) {
+                let finds = values("lr").iter().any(|v| v == FIND);
+                for k in FIND_LR_KEYS {
+                    if !finds && t.contains_key(*k) {
+                        errors.push(format!(
+                            "train.{k} sets the learning-rate range test, which only lr = \"{FIND}\" runs: set lr = \"{FIND}\" (or a list holding it), or leave train.{k} out"
+                        ));
+                    }
+                }
+                if finds {
+                    let get = |k: &str| find.iter().find(|f| f.key == k)?.value.clone();
+                    let range = crate::train::lr_find::Range {
+                        lr_min: get("lr_min")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::LR_MIN),
+                        lr_max: get("lr_max")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::LR_MAX),
+                        steps: get("find_lr_steps")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(crate::job::FIND_LR_STEPS),
+                    };
+                    if let Err(e) = range.check() {
+                        errors.push(format!("train.lr = \"{FIND}\": {e}"));
+                    }
+                }
+                let targets = values("targets");
+                let targets = targets.first().map_or("all", |s| s.as_str());
+                let rs = values("r");
+                for r in rs.iter().filter_map(|v| v.parse::<usize>().ok()) {
+                    let Some(cfg) = &cfg else { break };
                     if methods.iter().any(|m| m == "spp") {
                         let head = cfg.head_dim();
-                        let targets = value("targets").unwrap_or("all");
                         let targets = crate::prune::parse_targets(targets).unwrap_or_default();
                         let bad: Vec<String> = [
                             ("q", cfg.num_attention_heads * head),
@@ -383,6 +458,8 @@ impl Recipe {
                     methods,
                     sparsities: vec![],
                     flags,
+                    sweep,
+                    find,
                 })
             }
         };
@@ -514,6 +591,88 @@ fn section_flags(
     out
 }
 
+/// `[train]`'s options: those given one value (a list of one counts as one), and the axes of
+/// those given a list. `lr` may be "find" (alone or in its list); the range test's own keys
+/// ([`FIND_LR_KEYS`]) take one value.
+fn train_settings(
+    t: &toml::Table,
+    opts: &[Arg],
+    base: &Path,
+    errors: &mut Vec<String>,
+) -> (Flags, Vec<Axis>) {
+    let find = |k: &str, v: &Value| k == "lr" && v.as_str() == Some(FIND);
+    let find_flag = || Flag {
+        key: "lr".into(),
+        flag: "--lr".into(),
+        value: Some(FIND.into()),
+    };
+    // Each key through `section_flags` on its own, so every value is checked as the flag checks it.
+    let one = |k: &str, v: &Value, errors: &mut Vec<String>| -> Option<Flag> {
+        if find(k, v) {
+            return Some(find_flag());
+        }
+        let mut single = toml::Table::new();
+        single.insert(k.to_string(), v.clone());
+        section_flags(&single, &[], ("train", opts), base, errors).pop()
+    };
+    let (mut flags, mut sweep) = (Vec::new(), Vec::new());
+    for (k, v) in t.iter().filter(|(k, _)| k.as_str() != "method") {
+        if !opts.iter().any(|a| a.get_id() == k.as_str()) {
+            continue;
+        }
+        let list = match v {
+            Value::Array(a) => a,
+            v => {
+                flags.extend(one(k, v, errors));
+                continue;
+            }
+        };
+        if list.is_empty() {
+            errors.push(format!(
+                "train.{k} = []: give one value or a list of at least one"
+            ));
+            continue;
+        }
+        if list.len() == 1 {
+            flags.extend(one(k, &list[0], errors));
+            continue;
+        }
+        if FIND_LR_KEYS.contains(&k.as_str()) {
+            errors.push(format!(
+                "train.{k}: the range test's settings take one value, not a list"
+            ));
+            continue;
+        }
+        let arg = opts.iter().find(|a| a.get_id() == k.as_str());
+        let mut values: Vec<Setting> = Vec::new();
+        for x in list {
+            let n = errors.len();
+            let flag = one(k, x, errors);
+            if errors.len() > n {
+                continue;
+            }
+            let shown = match x {
+                Value::String(s) if arg.is_some_and(is_path) => Path::new(s)
+                    .file_name()
+                    .map_or(s.clone(), |f| f.to_string_lossy().into_owned()),
+                x => scalar(x, k).unwrap_or_default(),
+            };
+            if values.iter().any(|s| s.label == shown) {
+                errors.push(format!(
+                    "train.{k} lists {shown} twice (or two files of that name): each value names its stages, so give each once"
+                ));
+                continue;
+            }
+            values.push(Setting { label: shown, flag });
+        }
+        sweep.push(Axis {
+            key: k.clone(),
+            values,
+        });
+    }
+    (flags, sweep)
+}
+
 /// `value` checked as the flag checks it on the command line (its range, its names); a path
 /// is checked to exist instead.
 fn check_value(arg: &Arg, value: &str) -> std::result::Result<(), String> {
@@ -592,6 +751,84 @@ mod tests {
         );
     }
 
+    fn train_section(text: &str) -> (Flags, Vec<Axis>, Vec<String>) {
+        let t: toml::Table = text.parse().unwrap();
+        let mut errors = Vec::new();
+        let (f, a) = train_settings(&t, &train_options(), Path::new("."), &mut errors);
+        (f, a, errors)
+    }
+
+    #[test]
+    fn lists_become_the_axes_of_a_grid() {
+        let (flags, sweep, errors) = train_section(
+            "lr = [\"find\", 4e-3, 1.2e-2]\nr = [8, 16]\nmax_steps = [50]\ngrad_checkpoint = [true, false]\ndata = \"Cargo.toml\"",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        // A list of one is one value; data and max_steps are single flags.
+        assert_eq!(
+            flags.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+            ["data", "max_steps"]
+        );
+        let keys: Vec<&str> = sweep.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["grad_checkpoint", "lr", "r"]);
+        let labels: Vec<&str> = sweep[1].values.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["find", "0.004", "0.012"]);
+        // A switch set to false is left out.
+        assert_eq!(sweep[0].values[1].flag, None);
+        let v = Variants {
+            methods: vec!["spp".into()],
+            sparsities: vec![],
+            flags,
+            sweep,
+            find: vec![],
+        };
+        let grid = v.grid();
+        assert_eq!(grid.len(), 2 * 3 * 2);
+        // The last axis changes fastest; labels name every swept value in key order.
+        let names: Vec<String> = grid.iter().map(|g| setting_label(g)).collect();
+        assert_eq!(names[0], " (grad_checkpoint true, lr find, r 8)");
+        assert_eq!(names[1], " (grad_checkpoint true, lr find, r 16)");
+        assert_eq!(names[11], " (grad_checkpoint false, lr 0.012, r 16)");
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        // A setting's flags: single and swept ones merged in key order.
+        assert_eq!(
+            args(&v.flags_of(&grid[11])),
+            [
+                "--data",
+                "./Cargo.toml",
+                "--lr",
+                "0.012",
+                "--max-steps",
+                "50",
+                "--r",
+                "16"
+            ]
+        );
+        // Without lists: one setting, no label, the flags as given.
+        let single = Variants {
+            sweep: vec![],
+            ..v.clone()
+        };
+        assert_eq!(single.grid().len(), 1);
+        assert_eq!(setting_label(&single.grid()[0]), "");
+        assert_eq!(single.flags_of(&single.grid()[0]), single.flags);
+    }
+
+    #[test]
+    fn bad_lists_are_refused() {
+        let (_, _, e) = train_section("lr = [1e-3, 1e-3]");
+        assert!(e[0].contains("lists 0.001 twice"), "{e:?}");
+        let (_, _, e) = train_section("r = [8, -1]");
+        assert!(e[0].starts_with("train.r = -1"), "{e:?}");
+        let (_, _, e) = train_section("lr = []");
+        assert!(e[0].contains("train.lr = []"), "{e:?}");
+        let (_, _, e) = train_section("lr = [\"fnd\", 1e-3]");
+        assert!(e[0].contains("train.lr = \"fnd\""), "{e:?}");
+        let (_, _, e) = train_section("lr_max = [1.0, 0.1]");
+        assert!(e[0].contains("take one value"), "{e:?}");
+    }
+
     #[test]
     fn values_are_checked_as_their_flags_check_them() {
         let train = train_options();
@@ -630,6 +867,7 @@ mod tests {
             .map(|a| a.get_id().as_str())
             .collect();
         assert_eq!(paths, ["ppl_text", "data_dir"]);
-        assert_eq!(keys(&train_options()).len(), 23);
+        // spp train's options but out, stream_blocks, keep_blocks, resume, find_lr and lr_from.
+        assert_eq!(keys(&train_options()).len(), 26);
     }
 }

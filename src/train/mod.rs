@@ -2,6 +2,7 @@
 //! validation, checkpoints and resume. Every protocol choice is in `docs/TRAINING.md`.
 
 pub mod data;
+pub mod lr_find;
 pub mod plot;
 
 use crate::adapter::{self, AdapterConfig, AdapterSpec, DropoutCtl};

@@ -36,6 +36,34 @@ pub(crate) fn cases(fx: &Fixture, mut add: &mut AddCase) -> PathBuf {
         .map(|x| x.to_string())
         .collect()
     };
+    // The range test's flags.
+    for (name, extra, expect) in [
+        (
+            "train: --lr-min above --lr-max",
+            &["--find-lr", "--lr-min", "1", "--lr-max", "0.1"][..],
+            &["0 < --lr-min < --lr-max"][..],
+        ),
+        (
+            "train: range test flags without --find-lr",
+            &["--lr-max", "0.1"][..],
+            &["add --find-lr"][..],
+        ),
+        (
+            "train: --lr-from missing",
+            &["--lr-from", "/nonexistent/lr_find.json"][..],
+            &["--lr-from /nonexistent/lr_find.json"][..],
+        ),
+        (
+            "train: --lr-from not a range test record",
+            &["--lr-from", data.as_str()][..],
+            &["not a range test record"][..],
+        ),
+    ] {
+        let mut args = train(&data);
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        add(name, &args, expect, Some(&train_out));
+    }
     let mut train_case = |name: &str, data: String, expect: &[&str]| {
         let args = train(&data);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -803,6 +831,26 @@ pub(crate) fn cases(fx: &Fixture, mut add: &mut AddCase) -> PathBuf {
             "dtype unknown",
             format!("dtype = \"f8\"\n{good}"),
             vec!["dtype", "f8"],
+        ),
+        (
+            "sweep lists a value twice",
+            format!("{good}lr = [1e-3, 1e-3]\n"),
+            vec!["train.lr lists 0.001 twice"],
+        ),
+        (
+            "sweep holds a bad value",
+            format!("{good}r = [4, -4]\n"),
+            vec!["train.r = -4"],
+        ),
+        (
+            "range test lr_min above lr_max",
+            format!("{good}lr = \"find\"\nlr_min = 0.5\nlr_max = 0.1\n"),
+            vec!["train.lr = \"find\"", "0 < --lr-min < --lr-max"],
+        ),
+        (
+            "range test settings without lr find",
+            format!("{good}lr_max = 0.1\n"),
+            vec!["train.lr_max", "lr = \"find\""],
         ),
         (
             "many problems at once",
