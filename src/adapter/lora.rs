@@ -140,7 +140,9 @@ pub fn backward(
                     for &j in dr {
                         va[j as usize] = 0.0;
                     }
-                    dx.iter_mut().zip(va.iter()).for_each(|(d, e)| *d += keep * e);
+                    dx.iter_mut()
+                        .zip(va.iter())
+                        .for_each(|(d, e)| *d += keep * e);
                 });
         }
     }
