@@ -383,7 +383,7 @@ fn saved_adapter_loads_back_and_refuses_another_model() {
 /// as the f32 model holding the same (bf16-rounded) weights, up to bf16 rounding of activations,
 /// and gradients reach every A and b.
 #[test]
-fn spp_on_bf16_weights_matches_f32_and_trains() {
+fn spp_and_lora_on_bf16_weights_match_f32_and_train() {
     let cfg = common::tiny_config(false, false);
     let t = common::random_tensors(&cfg);
     let rounded: std::collections::HashMap<String, Tensor> = t
@@ -398,38 +398,41 @@ fn spp_on_bf16_weights_matches_f32_and_trains() {
             )
         })
         .collect();
-    let mut m16 = Llama::load(cfg.clone(), &rounded, DType::BF16, &Device::Cpu).unwrap();
-    let mut m32 = Llama::load(cfg, &rounded, DType::F32, &Device::Cpu).unwrap();
-    let s = AdapterSpec {
-        dropout: 0.0,
-        ..spec(Method::Spp, 4, 2.0)
-    };
-    adapter::attach(&mut m16, &s, 3).unwrap();
-    adapter::attach(&mut m32, &s, 3).unwrap();
-    randomise(&m16);
-    randomise(&m32);
-    let (a, b) = (logits(&m16), logits(&m32));
-    let diff = common::max_diff(&a, &b);
-    let scale = common::max_abs(&b);
-    assert!(
-        diff < 0.05 * scale,
-        "bf16 {diff} against a scale of {scale}"
-    );
-    let ids = Tensor::from_vec(common::ids(12, 96, 4), (1, 12), &Device::Cpu).unwrap();
-    let loss = m16
-        .forward(&ids)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap();
-    let grads = loss.backward().unwrap();
-    for (name, v) in adapter::trainable(&m16) {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert!(common::max_abs(g) > 0.0, "{name}");
+    // SPP and LoRA both run their fused op in f32 on 16-bit weights.
+    for method in [Method::Spp, Method::Lora] {
+        let mut m16 = Llama::load(cfg.clone(), &rounded, DType::BF16, &Device::Cpu).unwrap();
+        let mut m32 = Llama::load(cfg.clone(), &rounded, DType::F32, &Device::Cpu).unwrap();
+        let s = AdapterSpec {
+            dropout: 0.0,
+            ..spec(method, 4, 2.0)
+        };
+        adapter::attach(&mut m16, &s, 3).unwrap();
+        adapter::attach(&mut m32, &s, 3).unwrap();
+        randomise(&m16);
+        randomise(&m32);
+        let (a, b) = (logits(&m16), logits(&m32));
+        let diff = common::max_diff(&a, &b);
+        let scale = common::max_abs(&b);
+        assert!(
+            diff < 0.05 * scale,
+            "{method}: bf16 {diff} against a scale of {scale}"
+        );
+        let ids = Tensor::from_vec(common::ids(12, 96, 4), (1, 12), &Device::Cpu).unwrap();
+        let loss = m16
+            .forward(&ids)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, v) in adapter::trainable(&m16) {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{method}: no gradient for {name}"));
+            assert!(common::max_abs(g) > 0.0, "{name}");
+        }
     }
 }

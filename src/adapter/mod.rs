@@ -6,6 +6,7 @@
 //! SPP: `.spp_A.weight` `[rows, in]`, `.spp_b.weight` `[out, 1]`;
 //! LoRA: `.lora_A.weight` `[r, in]`, `.lora_B.weight` `[out, r]` (peft's names and shapes).
 
+pub mod lora;
 pub mod op;
 
 use crate::bail;
@@ -255,10 +256,7 @@ impl Adapter {
             Method::Spp => {
                 // The fused op works in f32; 16-bit weights are widened one linear at a time
                 // (the naive form would build and keep [out, in] products for the backward).
-                let fast = x.device().is_cpu()
-                    && x.dtype() == w.dtype()
-                    && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16);
-                if fast {
+                if fused_ok(x, w) {
                     let op = op::SppOp {
                         w: w.to_dtype(DType::F32)?.contiguous()?,
                         scale: self.scale as f32,
@@ -281,13 +279,29 @@ impl Adapter {
                 )
             }
             Method::Lora | Method::LoraMask => {
-                let base = crate::cpu::frozen_matmul(x, w)?;
-                let xd = match Self::mask_tensor(drop, x)? {
-                    Some(m) => (x * m)?,
-                    None => x.clone(),
-                };
-                let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
-                Ok((base + (xd.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?)?)
+                // The fused op keeps nothing but its inputs for the backward (the composition
+                // keeps two [T, in] and three [T, out] tensors per linear); 16-bit weights are
+                // widened inside each call.
+                if fused_ok(x, w) {
+                    let op = lora::LoraOp {
+                        w: w.clone(),
+                        scale: self.scale as f32,
+                        dropout: drop,
+                    };
+                    let y = x
+                        .to_dtype(DType::F32)?
+                        .contiguous()?
+                        .apply_op3(&a, &b, op)?;
+                    return Ok(y.to_dtype(x.dtype())?);
+                }
+                lora::lora_naive(
+                    x,
+                    w,
+                    &a,
+                    &b,
+                    self.scale,
+                    Self::mask_tensor(drop, x)?.as_ref(),
+                )
             }
         }
     }
@@ -321,6 +335,13 @@ impl Adapter {
         };
         Ok(merged.to_dtype(w.dtype())?)
     }
+}
+
+/// Whether the fused CPU ops (f32 inside) take this input and weight.
+fn fused_ok(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// `M = R(A) ⊙ b` (`[m, n]`): each row of A repeated `m/r` times contiguously, times b.
