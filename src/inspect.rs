@@ -80,8 +80,8 @@ impl Report {
         let shown = if all { r.linears.len() } else { SHOWN_LINEARS };
         let _ = writeln!(
             s,
-            "{:<40} {:>12} {:>9} {:>5} {:>5}  {}",
-            "linear", "shape", "sparsity", "2:4", "4:8", "stored"
+            "{:<40} {:>12} {:>9} {:>5} {:>5}  stored",
+            "linear", "shape", "sparsity", "2:4", "4:8"
         );
         for l in r.linears.iter().take(shown) {
             let _ = writeln!(

@@ -295,9 +295,8 @@ fn bad_packed_checkpoints_are_refused_clearly() {
     let variant = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["model.safetensors"] {
-            std::fs::copy(good.join(f), dir.join(f)).unwrap();
-        }
+        let f = "model.safetensors";
+        std::fs::copy(good.join(f), dir.join(f)).unwrap();
         let mut c = cfg.clone();
         edit(&mut c);
         std::fs::write(dir.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();

@@ -101,13 +101,16 @@ pub struct UnpackArgs {
     pub max_shard_size: crate::model::checkpoint::ByteSize,
 }
 
-/// How each linear of block `i` packs (`None`: stays dense), with the packed form.
+/// A linear's name, shape and packed form (`None`: it stays dense).
+type Packed = (String, [usize; 2], Option<PackedMatrix>);
+
+/// How each linear of block `i` packs.
 fn pack_block(
     sm: &StreamedModel,
     i: usize,
     a: &PackArgs,
     values: ValueKind,
-) -> Result<Vec<(String, [usize; 2], Option<PackedMatrix>)>> {
+) -> Result<Vec<Packed>> {
     let block = sm.block(i)?;
     let mut out = Vec::new();
     for (name, lin) in block.linears() {
@@ -296,7 +299,7 @@ fn write_packed(a: &PackArgs, log: &mut dyn Log) -> Result<PackRecord> {
         }
         let json = serde_json::to_vec_pretty(&record).map_err(json_error)?;
         std::fs::write(tmp.join("pack.json"), json)
-            .map_err(|e| Error::io(&tmp.join("pack.json"), e))?;
+            .map_err(|e| Error::io(tmp.join("pack.json"), e))?;
         Ok(())
     })?;
     Ok(record)

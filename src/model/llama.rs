@@ -10,61 +10,12 @@ use super::linear::{SparseLinear, LINEARS};
 use super::packing::ATTN_CHUNK;
 pub use super::packing::{PackedRow, Packing};
 use super::rope::Rope;
+use super::source::StandIns;
+pub use super::source::TensorSource;
 use crate::bail;
 use crate::cpu::attention::{Heads, Visibility};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
-
-/// Where a model's tensors come from (memory-mapped safetensors, an in-memory map, a GGUF…).
-pub trait TensorSource {
-    /// The tensor called `name`, or `None` when the source has no such tensor.
-    fn get(&self, name: &str) -> Result<Option<Tensor>>;
-    /// Where the tensors live, for error messages.
-    fn describe(&self) -> String;
-    /// Whether the loader checks the values (NaN, infinity): not for stand-ins that hold none,
-    /// nor for sources that check each tensor as they read it.
-    fn needs_finite_check(&self) -> bool {
-        true
-    }
-    /// Checks, where the source can without reading the data (a file header), that `name`
-    /// exists with `shape` and a dtype spp reads.
-    fn check_header(&self, _name: &str, _shape: &[usize]) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl TensorSource for std::collections::HashMap<String, Tensor> {
-    fn get(&self, name: &str) -> Result<Option<Tensor>> {
-        Ok(self.get(name).cloned())
-    }
-    fn describe(&self) -> String {
-        "in-memory tensors".into()
-    }
-}
-
-/// Zero-memory tensors of the right shapes (see [`Llama::stand_in_blocks`]).
-struct StandIns {
-    shapes: std::collections::HashMap<String, Vec<usize>>,
-    dtype: DType,
-    device: Device,
-}
-
-impl TensorSource for StandIns {
-    fn get(&self, name: &str) -> Result<Option<Tensor>> {
-        match self.shapes.get(name) {
-            Some(shape) => Ok(Some(
-                Tensor::zeros(1, self.dtype, &self.device)?.broadcast_as(shape.as_slice())?,
-            )),
-            None => Ok(None),
-        }
-    }
-    fn describe(&self) -> String {
-        "stand-in weights".into()
-    }
-    fn needs_finite_check(&self) -> bool {
-        false
-    }
-}
 
 /// Block `i` of a model with `cfg` read from `src` in `dtype` on `device`, shapes checked.
 pub fn read_block(

@@ -11,6 +11,7 @@ pub mod packed;
 pub mod packing;
 pub mod rope;
 pub mod shards;
+pub mod source;
 pub mod stream;
 
 pub use checkpoint::{load_model, save_model, LoadedModel, SaveOptions};
