@@ -854,7 +854,7 @@ mod tests {
         let prune = keys(&prune_options()).join(",");
         assert_eq!(
             prune,
-            "method,sparsity,calib,nsamples,seqlen,seed,true_sequential,blocksize,percdamp,targets"
+            "method,sparsity,calib,nsamples,seqlen,seed,true_sequential,blocksize,percdamp,targets,pack"
         );
         let eval = eval_options();
         assert_eq!(
