@@ -158,7 +158,7 @@ impl SafetensorsSource {
         };
         let t = t.map_err(|e| corrupt(&e))?;
         if bad {
-            return Err(super::llama::non_finite(name, self));
+            return Err(super::source::non_finite(name, self));
         }
         Ok(t)
     }

@@ -10,8 +10,8 @@ use super::linear::{SparseLinear, LINEARS};
 use super::packing::ATTN_CHUNK;
 pub use super::packing::{PackedRow, Packing};
 use super::rope::Rope;
-use super::source::StandIns;
 pub use super::source::TensorSource;
+use super::source::{check_finite, StandIns};
 use crate::bail;
 use crate::cpu::attention::{Heads, Visibility};
 use crate::error::Result;
@@ -127,23 +127,6 @@ impl Loader<'_> {
             post_attention_layernorm: norm("post_attention_layernorm", hd)?,
         })
     }
-}
-
-/// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
-/// numbers (a NaN in one attention head can vanish behind the softmax's masking).
-pub fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
-    if crate::cpu::has_non_finite(t)? {
-        return Err(non_finite(name, src));
-    }
-    Ok(())
-}
-
-/// The error for tensor `name` of `src` holding NaN or infinite values.
-pub fn non_finite(name: &str, src: &dyn TensorSource) -> crate::error::Error {
-    crate::error::Error::Msg(format!(
-        "{}: tensor {name} holds NaN or infinite values; the weights are corrupt — re-download or re-convert the model",
-        src.describe()
-    ))
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@
 //! "values": "f32"}, …}}`; a linear not listed is stored dense.
 
 use super::config::LlamaConfig;
-use super::llama::TensorSource;
+use super::source::TensorSource;
 use crate::bail;
 use crate::cpu::{PackedMatrix, PackedValues, SparseLayout, ValueKind};
 use crate::error::Result;
@@ -282,7 +282,10 @@ pub fn read(
         PackedValues::I8 { scale, .. } => scale.iter().all(|x| x.is_finite()),
     };
     if !finite {
-        return Err(super::llama::non_finite(&format!("{p}.weight_values"), src));
+        return Err(super::source::non_finite(
+            &format!("{p}.weight_values"),
+            src,
+        ));
     }
     let index = match k.layout {
         SparseLayout::Dense => Vec::new(),

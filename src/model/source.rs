@@ -54,3 +54,20 @@ impl TensorSource for StandIns {
         false
     }
 }
+
+/// Refuses a weight holding NaN or ±inf: such a model computes plausible-looking but wrong
+/// numbers (a NaN in one attention head can vanish behind the softmax's masking).
+pub fn check_finite(t: &Tensor, name: &str, src: &dyn TensorSource) -> Result<()> {
+    if crate::cpu::has_non_finite(t)? {
+        return Err(non_finite(name, src));
+    }
+    Ok(())
+}
+
+/// The error for tensor `name` of `src` holding NaN or infinite values.
+pub fn non_finite(name: &str, src: &dyn TensorSource) -> crate::error::Error {
+    crate::error::Error::Msg(format!(
+        "{}: tensor {name} holds NaN or infinite values; the weights are corrupt — re-download or re-convert the model",
+        src.describe()
+    ))
+}
