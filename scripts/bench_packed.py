@@ -55,7 +55,7 @@ def host():
 def llama_cpp_decode(spp, model, ty, tokens, tmp):
     from llama_cpp import Llama
 
-    path = os.path.join(tmp, f"model-{ty}.gguf")
+    path = os.path.join(tmp, f"{os.path.basename(os.path.normpath(model))}-{ty}.gguf")
     run([spp, "export", "gguf", "--model", model, "--out", path, "--type", ty])
     llm = Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), verbose=False)
     llm("The history of the city", max_tokens=4, temperature=0.0)  # warm-up

@@ -122,23 +122,33 @@ impl SparseLinear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// Whether a product over `x` (`[rows, in]`) runs on the packed weight: few rows, no
+    /// gradient (else on the unpacked weight, in the dense kernels).
+    fn runs_packed(&self, x: &Tensor) -> bool {
+        self.packed.is_some() && x.dims()[0] < crate::cpu::UNPACK_ROWS && !x.track_op()
+    }
+
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
-    /// adapters, one GEMM over all their weights ([`crate::cpu::frozen_matmul_many`]).
+    /// adapters, one product over all their weights ([`crate::cpu::packed_matmul_many`] for
+    /// packed weights and few rows, else [`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let packed: Option<Vec<&PackedMatrix>> = lins.iter().map(|l| l.packed.as_deref()).collect();
-        let adapted = lins.iter().any(|l| l.adapter.is_some());
-        if adapted || (packed.is_none() && lins.iter().any(|l| l.packed.is_some())) {
+        if lins.iter().any(|l| l.adapter.is_some()) {
             return lins.iter().map(|l| l.forward(x)).collect();
         }
         let (dims, x) = flatten(x)?;
-        if let Some(ps) = packed {
+        if lins.iter().all(|l| l.runs_packed(&x)) {
+            let ps: Vec<&PackedMatrix> = lins.iter().filter_map(|l| l.packed.as_deref()).collect();
             return crate::cpu::packed_matmul_many(&x, &ps)?
                 .into_iter()
                 .zip(lins)
                 .map(|(y, l)| l.finish(y.to_dtype(x.dtype())?, &dims))
                 .collect();
         }
-        let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
+        let dense: Vec<Tensor> = lins
+            .iter()
+            .map(|l| l.dense_weight())
+            .collect::<Result<_>>()?;
+        let ws: Vec<&Tensor> = dense.iter().collect();
         crate::cpu::frozen_matmul_many(&x, &ws)?
             .into_iter()
             .zip(lins)
@@ -149,11 +159,11 @@ impl SparseLinear {
     /// `forward(silu(g) ⊙ u)` (down_proj of the SwiGLU MLP); without an adapter through
     /// [`crate::cpu::frozen_matmul_silu`], which never stores the product.
     pub fn forward_silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
-        if self.adapter.is_some() || self.packed.is_some() {
-            return self.forward(&crate::cpu::silu_mul(g, u)?);
-        }
         let ((dims, g), (_, u)) = (flatten(g)?, flatten(u)?);
-        let y = crate::cpu::frozen_matmul_silu(&g, &u, &self.weight)?;
+        if self.adapter.is_some() || self.runs_packed(&g) {
+            return self.forward(&crate::cpu::silu_mul(&g, &u)?.reshape(dims.as_slice())?);
+        }
+        let y = crate::cpu::frozen_matmul_silu(&g, &u, &self.dense_weight()?)?;
         self.finish(y, &dims)
     }
 
