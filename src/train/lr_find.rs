@@ -5,13 +5,13 @@
 //!
 //! The rule and its reasons are in `docs/TRAINING.md`.
 
-use super::data::{self, Dataset, Example, Stream};
-use super::{micro_step, AdamW, Progress, TrainOptions, Weights};
+use super::data::{self, Dataset, Stream};
+use super::{step_grads, AdamW, Progress, StepInputs, TrainOptions, Weights};
 use crate::adapter::{self, AdapterSpec};
 use crate::bail;
 use crate::error::Result;
 use crate::model::Llama;
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -214,35 +214,17 @@ pub fn range_test(
     for step in 0..range.steps {
         let t0 = Instant::now();
         let lr = range.lr(step);
-        let mut grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.as_tensor().zeros_like())
-            .collect::<candle_core::Result<_>>()?;
-        let (mut loss_sum, mut tokens) = (0.0, 0usize);
-        for micro in 0..accum {
-            // The dropout seeds and the examples of training's step `step`.
-            let mut seed = opts.seed ^ ((step as u64) << 20) ^ micro as u64;
-            ctl.base
-                .store(crate::rng::splitmix64(&mut seed), Ordering::Relaxed);
-            let exs: Vec<&Example> = (0..opts.micro_batch_size)
-                .map(|k| &ds.examples[stream.get(pos + k)])
-                .collect();
-            pos += opts.micro_batch_size;
-            let b = data::batch(&exs, &device)?;
-            tokens += b.tokens;
-            if b.n_targets == 0 {
-                continue;
-            }
-            loss_sum += micro_step(
-                model,
-                weights,
-                &b,
-                &params,
-                1.0 / accum as f64,
-                opts.grad_checkpoint,
-                &mut grads,
-            )?;
-        }
+        let inputs = StepInputs {
+            model,
+            weights,
+            params: &params,
+            ds,
+            ctl: &ctl,
+            opts,
+            device: &device,
+        };
+        let (mut grads, micro, tokens) = step_grads(&inputs, &mut stream, step, &mut pos)?;
+        let loss_sum = micro.iter().fold(0.0, |a, l| a + l);
         let loss = loss_sum / accum as f64;
         tokens_all += tokens;
         losses.push(loss);

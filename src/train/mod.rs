@@ -179,6 +179,61 @@ fn accumulate(
     Ok(())
 }
 
+/// What an optimizer step's micro-batches run on (with the data stream they are read from) (training and the
+/// learning-rate range test share it, so both see the same data and dropout).
+pub(crate) struct StepInputs<'a> {
+    pub model: &'a Llama,
+    pub weights: Weights<'a>,
+    pub params: &'a [Var],
+    pub ds: &'a Dataset,
+    pub ctl: &'a DropoutCtl,
+    pub opts: &'a TrainOptions,
+    pub device: &'a Device,
+}
+
+/// The gradients of optimizer step `step`: its `accum` micro-batches, read from `*pos` on in the
+/// data stream, each with its dropout seed. Returns them with the losses of the micro-batches
+/// that have targets, in order, and the tokens read.
+pub(crate) fn step_grads(
+    s: &StepInputs,
+    stream: &mut data::Stream,
+    step: usize,
+    pos: &mut usize,
+) -> Result<(Vec<Tensor>, Vec<f64>, usize)> {
+    let accum = s.opts.batch_size / s.opts.micro_batch_size;
+    let mut grads: Vec<Tensor> = s
+        .params
+        .iter()
+        .map(|p| p.as_tensor().zeros_like())
+        .collect::<candle_core::Result<_>>()?;
+    let (mut losses, mut tokens) = (Vec::with_capacity(accum), 0usize);
+    for micro in 0..accum {
+        let mut seed = s.opts.seed ^ ((step as u64) << 20) ^ micro as u64;
+        s.ctl
+            .base
+            .store(crate::rng::splitmix64(&mut seed), Ordering::Relaxed);
+        let exs: Vec<&Example> = (0..s.opts.micro_batch_size)
+            .map(|k| &s.ds.examples[stream.get(*pos + k)])
+            .collect();
+        *pos += s.opts.micro_batch_size;
+        let b = data::batch(&exs, s.device)?;
+        tokens += b.tokens;
+        if b.n_targets == 0 {
+            continue;
+        }
+        losses.push(micro_step(
+            s.model,
+            s.weights,
+            &b,
+            s.params,
+            1.0 / accum as f64,
+            s.opts.grad_checkpoint,
+            &mut grads,
+        )?);
+    }
+    Ok((grads, losses, tokens))
+}
+
 /// Runs one micro-batch and adds `weight ×` its gradients to `grads`; returns its loss.
 ///
 /// With `checkpoint`, the forward keeps only each block's input (the blocks' graphs are dropped),
@@ -608,42 +663,24 @@ impl Trainer<'_> {
             let t0 = Instant::now();
             let lr = lr_at(step, total, warmup, opts.lr, opts.schedule);
             ctl.train.store(true, Ordering::Relaxed);
-            let mut grads: Vec<Tensor> = params
-                .iter()
-                .map(|p| p.as_tensor().zeros_like())
-                .collect::<candle_core::Result<_>>()?;
-            let (mut loss_sum, mut tokens) = (0.0, 0usize);
-            for micro in 0..accum {
-                let mut seed = opts.seed ^ ((step as u64) << 20) ^ micro as u64;
-                ctl.base
-                    .store(crate::rng::splitmix64(&mut seed), Ordering::Relaxed);
-                let exs: Vec<&Example> = (0..opts.micro_batch_size)
-                    .map(|k| &ds.examples[stream.get(pos + k)])
-                    .collect();
-                pos += opts.micro_batch_size;
-                let b = data::batch(&exs, &device)?;
-                tokens += b.tokens;
-                if b.n_targets == 0 {
-                    continue;
-                }
-                let lv = micro_step(
-                    model,
-                    weights,
-                    &b,
-                    &params,
-                    1.0 / accum as f64,
-                    opts.grad_checkpoint,
-                    &mut grads,
-                )?;
-                if !lv.is_finite() {
-                    bail!(
-                        "step {}: the loss is {lv}; training stopped, the last good checkpoint is in {} (lower --lr, check the data, or resume from it)",
-                        step + 1,
-                        ckpt_dir.display()
-                    );
-                }
-                loss_sum += lv;
+            let inputs = StepInputs {
+                model,
+                weights,
+                params: &params,
+                ds,
+                ctl: &ctl,
+                opts,
+                device: &device,
+            };
+            let (mut grads, losses, tokens) = step_grads(&inputs, &mut stream, step, &mut pos)?;
+            if let Some(lv) = losses.iter().find(|l| !l.is_finite()) {
+                bail!(
+                    "step {}: the loss is {lv}; training stopped, the last good checkpoint is in {} (lower --lr, check the data, or resume from it)",
+                    step + 1,
+                    ckpt_dir.display()
+                );
             }
+            let loss_sum = losses.iter().fold(0.0, |a, l| a + l);
             let norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
             adam.step(&params, &grads, lr, opts.weight_decay)?;
             step += 1;
