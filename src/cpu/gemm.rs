@@ -20,6 +20,8 @@
 //! written once instead of zero-filled first (`spp eval tasks` 4–5 % faster, `spp
 //! eval ppl` about 3 %, in alternating runs).
 
+use super::PackedMatrix;
+
 /// `c += alpha · xᵀx` on the tiles of the `[n, n]` row-major `c` that reach the diagonal or below
 /// it, for `x` a row-major `[t, n]` matrix (rows are samples, columns features): the lower
 /// triangle of a Gram matrix for half the arithmetic of a full product, read straight from `x`
@@ -82,10 +84,31 @@ pub(crate) enum Lhs<'a> {
     },
 }
 
-/// The right operand B `[n, k]` (A·Bᵀ): its rows, or the columns of a row-major `[k, ld]` matrix.
+/// A weight `[n, k]` of [`gemm_lhs_abt_many`]: dense f32 rows, or a packed matrix (any layout and
+/// value type) whose rows are unpacked a panel's depth at a time while B is packed, so the dense
+/// weight never exists as a whole.
+#[derive(Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    F32(&'a [f32]),
+    Packed(&'a PackedMatrix),
+}
+
+impl Weight<'_> {
+    fn holds(&self, n: usize, k: usize) -> bool {
+        match self {
+            Weight::F32(b) => b.len() >= n * k,
+            Weight::Packed(p) => p.rows == n && p.cols == k,
+        }
+    }
+}
+
+/// The right operand B `[n, k]` (A·Bᵀ): its rows (dense or packed), or the columns of a
+/// row-major `[k, ld]` matrix.
 #[derive(Clone, Copy)]
 enum Rhs<'a> {
     Rows(&'a [f32]),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Packed(&'a PackedMatrix),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Cols(&'a [f32], usize),
 }
@@ -120,7 +143,8 @@ impl<'a> Lhs<'a> {
 /// the threads split all the weights' columns), returned as one `[m, nᵢ]` matrix per weight. The
 /// outputs are never zero-filled first: every element is written exactly once by the kernel.
 pub fn gemm_abt_many(a: &[f32], m: usize, k: usize, bs: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
-    gemm_lhs_abt_many(Lhs::Rows(a), m, k, bs)
+    let bs: Vec<_> = bs.iter().map(|&(b, n)| (Weight::F32(b), n)).collect();
+    gemm_lhs_abt_many(Lhs::Rows(a), m, k, &bs)
 }
 
 /// [`gemm_abt_many`] for any [`Lhs`].
@@ -128,10 +152,10 @@ pub(crate) fn gemm_lhs_abt_many(
     a: Lhs,
     m: usize,
     k: usize,
-    bs: &[(&[f32], usize)],
+    bs: &[(Weight, usize)],
 ) -> Vec<Vec<f32>> {
     assert!(
-        a.holds(m, k) && bs.iter().all(|(b, n)| b.len() >= n * k),
+        a.holds(m, k) && bs.iter().all(|(b, n)| b.holds(*n, k)),
         "gemm: slice too short"
     );
     #[cfg(target_arch = "x86_64")]
@@ -140,7 +164,13 @@ pub(crate) fn gemm_lhs_abt_many(
         let parts: Vec<_> = bs
             .iter()
             .zip(&mut outs)
-            .map(|(&(b, n), c)| (Rhs::Rows(b), n, x86::Out(c.as_mut_ptr())))
+            .map(|(&(b, n), c)| {
+                let rhs = match b {
+                    Weight::F32(b) => Rhs::Rows(b),
+                    Weight::Packed(p) => Rhs::Packed(p),
+                };
+                (rhs, n, x86::Out(c.as_mut_ptr()))
+            })
             .collect();
         x86::blocked(kernel, a, m, k, &parts, None, false);
         for (c, (_, n)) in outs.iter_mut().zip(bs) {
@@ -169,7 +199,10 @@ pub(crate) fn gemm_lhs_abt_many(
     bs.iter()
         .map(|&(b, n)| {
             let mut c = vec![0f32; m * n];
-            faer_abt(a, b, &mut c, m, k, n);
+            match b {
+                Weight::F32(b) => faer_abt(a, b, &mut c, m, k, n),
+                Weight::Packed(p) => faer_abt(a, &p.unpack(), &mut c, m, k, n),
+            }
             c
         })
         .collect()
@@ -421,8 +454,14 @@ mod x86 {
                         let kcs = kc_of(s);
                         let first = s == 0 && !accumulate;
                         for (&(i, j), panel) in group.iter().zip(bp.chunks_exact_mut(kcs * NR)) {
-                            if let (super::Rhs::Rows(b), n, _) = parts[i] {
-                                pack::<NR>(b, k, j, NR.min(n - j), s * kc, kcs, panel);
+                            match parts[i] {
+                                (super::Rhs::Rows(b), n, _) => {
+                                    pack::<NR>(b, k, j, NR.min(n - j), s * kc, kcs, panel)
+                                }
+                                (super::Rhs::Packed(w), n, _) => {
+                                    pack_packed::<NR>(w, j, NR.min(n - j), s * kc, kcs, panel)
+                                }
+                                (super::Rhs::Cols(..), ..) => {}
                             }
                         }
                         // Columns of x (syrk_lower's one part): a row of x at a time for all
@@ -470,6 +509,27 @@ mod x86 {
         static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         /// Rows of `silu(g)·u` for one A panel ([`super::Lhs::SiluMul`]).
         static SILU: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// Unpacked row segments of one B panel ([`super::Rhs::Packed`]).
+        static SEGMENTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`pack`] of rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of a packed weight: each row's
+    /// segment unpacked (the values [`PackedMatrix::unpack`] gives), then laid out as `pack` does.
+    fn pack_packed<const W: usize>(
+        w: &crate::cpu::PackedMatrix,
+        r0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        SEGMENTS.with_borrow_mut(|seg| {
+            seg.resize(W * kc, 0.0);
+            for (i, row) in seg.chunks_exact_mut(kc).take(rows).enumerate() {
+                w.unpack_segment(r0 + i, p0, row);
+            }
+            pack::<W>(seg, kc, 0, rows, 0, kc, out)
+        })
     }
 
     /// Rows `[r0, r0 + rows)`, columns `[p0, p0 + kc)` of the row-major `[_, k]` matrix `x` as one
@@ -802,7 +862,7 @@ pub(crate) mod tests {
                 ld,
                 alpha: 0.5,
             };
-            let got = gemm_lhs_abt_many(cols, m, k, &[(&b, n)]).remove(0);
+            let got = gemm_lhs_abt_many(cols, m, k, &[(Weight::F32(&b), n)]).remove(0);
             for (e, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-3,

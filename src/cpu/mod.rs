@@ -16,7 +16,7 @@ pub use gemm::{gemm_abt, gemm_abt_many, gemm_abt_reference, syrk_lower};
 pub(crate) use kernels::{axpy, dot};
 pub use ops::{
     causal_softmax, causal_softmax_reference, frozen_matmul, frozen_matmul_many,
-    frozen_matmul_reference, frozen_matmul_silu, lm_head_nll, masked_softmax, rms_norm,
+    frozen_matmul_reference, frozen_matmul_silu, lm_head_nll, packed_matmul_silu, masked_softmax, rms_norm,
     rms_norm_reference, rope, rope_reference, silu_mul, silu_mul_reference, token_nll,
     token_nll_reference,
 };

@@ -6,7 +6,8 @@
 //! RMSNorm and RoPE have none, which training needs).
 
 use super::kernels::{exp_fast, logsumexp, rms_row, silu_mul_chunk, softmax_row};
-use super::{f32_slice, f32_tensor, fast_path, par_fill, with_f32};
+use super::gemm::Weight;
+use super::{f32_slice, f32_tensor, fast_path, par_fill, with_f32, PackedMatrix};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
@@ -98,27 +99,42 @@ pub fn frozen_matmul_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
 /// gradient to track, the product computes `silu(g) ⊙ u` while packing its left operand (the
 /// `[rows, in]` hidden state is never stored); else [`silu_mul`] then [`frozen_matmul`].
 pub fn frozen_matmul_silu(g: &Tensor, u: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let fused = fast_path(g)
+    let fused = fast_path(w) && w.rank() == 2 && silu_fusable(g, u, w.dim(1)?);
+    if !fused {
+        return frozen_matmul(&silu_mul(g, u)?, w);
+    }
+    with_f32(w, |w| silu_product(g, u, Weight::F32(w), w.len() / g.dims()[1]))?
+}
+
+/// [`frozen_matmul_silu`] for a packed weight (many rows: its rows are unpacked as the product
+/// packs them; else the packed product of `silu(g) ⊙ u`).
+pub fn packed_matmul_silu(g: &Tensor, u: &Tensor, w: &PackedMatrix) -> Result<Tensor> {
+    if g.dims().first().is_some_and(|&t| t < super::UNPACK_ROWS) || !silu_fusable(g, u, w.cols) {
+        return super::packed_matmul(&silu_mul(g, u)?, w);
+    }
+    silu_product(g, u, Weight::Packed(w), w.rows)
+}
+
+/// Whether `silu(g) ⊙ u` can be computed while a product packs it: f32 on the CPU, no gradient,
+/// `[rows, k]` both.
+fn silu_fusable(g: &Tensor, u: &Tensor, k: usize) -> bool {
+    fast_path(g)
         && fast_path(u)
-        && fast_path(w)
         && !g.track_op()
         && !u.track_op()
         && g.rank() == 2
         && g.dims() == u.dims()
-        && w.rank() == 2
-        && w.dim(1)? == g.dim(1)?;
-    if !fused {
-        return frozen_matmul(&silu_mul(g, u)?, w);
-    }
-    let ((rows, k), n) = (g.dims2()?, w.dim(0)?);
+        && g.dims()[1] == k
+}
+
+fn silu_product(g: &Tensor, u: &Tensor, w: Weight, n: usize) -> Result<Tensor> {
+    let (rows, k) = g.dims2()?;
     let y = with_f32(g, |g| {
         with_f32(u, |u| {
-            with_f32(w, |w| {
-                let lhs = super::gemm::Lhs::SiluMul(g, u);
-                super::gemm::gemm_lhs_abt_many(lhs, rows, k, &[(w, n)]).remove(0)
-            })
+            let lhs = super::gemm::Lhs::SiluMul(g, u);
+            super::gemm::gemm_lhs_abt_many(lhs, rows, k, &[(w, n)]).remove(0)
         })
-    })???;
+    })??;
     Ok(f32_tensor(y, (rows, n))?)
 }
 

@@ -122,15 +122,15 @@ impl SparseLinear {
         Ok(y.reshape(out_dims)?)
     }
 
-    /// Whether a product over `x` (`[rows, in]`) runs on the packed weight: few rows, no
-    /// gradient (else on the unpacked weight, in the dense kernels).
+    /// Whether a product over `x` runs on the packed weight (no gradient; else on the unpacked
+    /// weight, whose product has a backward).
     fn runs_packed(&self, x: &Tensor) -> bool {
-        self.packed.is_some() && x.dims()[0] < crate::cpu::UNPACK_ROWS && !x.track_op()
+        self.packed.is_some() && !x.track_op()
     }
 
     /// The outputs of several linears that read the same input (q, k, v; gate, up): without
     /// adapters, one product over all their weights ([`crate::cpu::packed_matmul_many`] for
-    /// packed weights and few rows, else [`crate::cpu::frozen_matmul_many`]).
+    /// packed weights, else [`crate::cpu::frozen_matmul_many`]).
     pub fn forward_many(lins: &[&SparseLinear], x: &Tensor) -> Result<Vec<Tensor>> {
         if lins.iter().any(|l| l.adapter.is_some()) {
             return lins.iter().map(|l| l.forward(x)).collect();
@@ -157,13 +157,16 @@ impl SparseLinear {
     }
 
     /// `forward(silu(g) ⊙ u)` (down_proj of the SwiGLU MLP); without an adapter through
-    /// [`crate::cpu::frozen_matmul_silu`], which never stores the product.
+    /// [`crate::cpu::frozen_matmul_silu`] (or its packed form), which never stores the product.
     pub fn forward_silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         let ((dims, g), (_, u)) = (flatten(g)?, flatten(u)?);
-        if self.adapter.is_some() || self.runs_packed(&g) {
+        if self.adapter.is_some() || (self.packed.is_some() && g.track_op()) {
             return self.forward(&crate::cpu::silu_mul(&g, &u)?.reshape(dims.as_slice())?);
         }
-        let y = crate::cpu::frozen_matmul_silu(&g, &u, &self.dense_weight()?)?;
+        let y = match &self.packed {
+            Some(p) => crate::cpu::packed_matmul_silu(&g, &u, p)?.to_dtype(g.dtype())?,
+            None => crate::cpu::frozen_matmul_silu(&g, &u, &self.weight)?,
+        };
         self.finish(y, &dims)
     }
 

@@ -17,6 +17,7 @@
 //! puts column `c` in lane `c mod 16` (a dropped column adds `0 · x`). Each step is one fused
 //! multiply-add, so the AVX-512 kernel, the AVX2 kernel and the portable loop give the same bits.
 
+use super::gemm::{gemm_lhs_abt_many, Lhs, Weight};
 use candle_core::{DType, Tensor};
 use half::f16;
 use rayon::prelude::*;
@@ -386,6 +387,61 @@ impl PackedMatrix {
         w
     }
 
+    /// Columns `[p0, p0 + out.len())` of row `r`, as [`Self::unpack`] gives them.
+    pub(crate) fn unpack_segment(&self, r: usize, p0: usize, out: &mut [f32]) {
+        let p1 = p0 + out.len();
+        let ib = self.layout.index_bytes(self.cols);
+        let idx = &self.index[r * ib..(r + 1) * ib];
+        let s0 = self.starts[r];
+        let scale = self.values.scale(r);
+        match self.layout {
+            SparseLayout::Dense => match &self.values {
+                PackedValues::F32(v) => out.copy_from_slice(&v[s0 + p0..s0 + p1]),
+                PackedValues::Bf16(v) => {
+                    for (o, &b) in out.iter_mut().zip(&v[s0 + p0..s0 + p1]) {
+                        *o = f32::from_bits((b as u32) << 16);
+                    }
+                }
+                PackedValues::F16(v) => {
+                    for (o, &b) in out.iter_mut().zip(&v[s0 + p0..s0 + p1]) {
+                        *o = f16::from_bits(b).to_f32();
+                    }
+                }
+                PackedValues::I8 { q, .. } => {
+                    for (o, &b) in out.iter_mut().zip(&q[s0 + p0..s0 + p1]) {
+                        *o = b as f32 * scale;
+                    }
+                }
+            },
+            SparseLayout::NM { n, m } => {
+                out.fill(0.0);
+                let bits = SparseLayout::code_bits(m).unwrap_or(8);
+                for j in p0 / m * n..p1.div_ceil(m) * n {
+                    let c = self.nm_col(idx, j, n, m, bits);
+                    if (p0..p1).contains(&c) {
+                        out[c - p0] = self.values.get(s0 + j) * scale;
+                    }
+                }
+            }
+            SparseLayout::Bitmask => {
+                out.fill(0.0);
+                let before = idx[..p0 / 8]
+                    .iter()
+                    .map(|b| b.count_ones() as usize)
+                    .sum::<usize>();
+                let mut i = s0 + before;
+                for c in p0 / 8 * 8..p1 {
+                    if idx[c / 8] >> (c % 8) & 1 == 1 {
+                        if c >= p0 {
+                            out[c - p0] = self.values.get(i) * scale;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
     fn unpack_row(&self, r: usize, row: &mut [f32]) {
         let ib = self.layout.index_bytes(self.cols);
         let idx = &self.index[r * ib..(r + 1) * ib];
@@ -651,6 +707,16 @@ pub fn packed_matmul_many(x: &Tensor, ws: &[&PackedMatrix]) -> crate::error::Res
         );
     }
     let x = x.to_dtype(DType::F32)?;
+    if t >= UNPACK_ROWS && !x.track_op() && x.device().is_cpu() {
+        // One product over all the weights; each B panel is unpacked as it is packed.
+        let bs: Vec<_> = ws.iter().map(|w| (Weight::Packed(w), w.rows)).collect();
+        let ys = super::with_f32(&x, |xs| gemm_lhs_abt_many(Lhs::Rows(xs), t, cols, &bs))?;
+        return ys
+            .into_iter()
+            .zip(ws)
+            .map(|(y, w)| Ok(super::f32_tensor(y, (t, w.rows))?))
+            .collect();
+    }
     if t >= UNPACK_ROWS || x.track_op() || !x.device().is_cpu() {
         return ws
             .iter()

@@ -129,6 +129,47 @@ fn every_kernel_gives_the_same_bits_and_the_dense_product() {
 }
 
 #[test]
+fn segments_are_the_unpacked_rows() {
+    // Segments that start and end inside N:M groups and mask bytes.
+    let (rows, cols) = (3, 64);
+    for layout in LAYOUTS {
+        for kind in KINDS {
+            let p = PackedMatrix::pack(&sparse(rows, cols, layout, 7), rows, cols, layout, kind)
+                .unwrap();
+            let w = p.unpack();
+            for (p0, len) in [(0, 64), (0, 13), (5, 30), (17, 47), (63, 1), (8, 16)] {
+                for r in 0..rows {
+                    let mut seg = vec![f32::NAN; len];
+                    p.unpack_segment(r, p0, &mut seg);
+                    assert_eq!(seg, w[r * cols + p0..r * cols + p0 + len], "{layout:?} {kind:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn many_rows_multiply_the_packed_rows_as_the_dense_weight() {
+    // k = 1208: three K slices of 403 columns, so panels start inside groups and mask bytes.
+    use crate::cpu::gemm::{gemm_lhs_abt_many, Lhs, Weight};
+    let (m, k, n) = (40, 1208, 70);
+    let x = values(m * k, 9);
+    for layout in LAYOUTS {
+        for kind in KINDS {
+            let p = PackedMatrix::pack(&sparse(n, k, layout, 13), n, k, layout, kind).unwrap();
+            let dense = p.unpack();
+            let want = gemm_lhs_abt_many(Lhs::Rows(&x), m, k, &[(Weight::F32(&dense), n)]);
+            let got = gemm_lhs_abt_many(Lhs::Rows(&x), m, k, &[(Weight::Packed(&p), n)]);
+            assert_eq!(
+                got[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{layout:?} {kind:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn bad_parts_are_refused() {
     let layout = SparseLayout::NM { n: 2, m: 4 };
     let w = sparse(2, 8, layout, 1);
