@@ -138,7 +138,7 @@ pub fn block_linears(i: usize, block: &Block) -> Result<Vec<LinearReport>> {
                 sparsity: lin.sparsity()?,
                 n2m4: lin.satisfies_n_m(2, 4)?,
                 n4m8: lin.satisfies_n_m(4, 8)?,
-                packed: lin.packed.as_ref().map(|p| {
+                packed: lin.stored_packed().map(|p| {
                     format!(
                         "{} {}",
                         crate::model::packed::layout_name(p.layout),

@@ -379,9 +379,9 @@ fn saved_adapter_loads_back_and_refuses_another_model() {
     assert!(warning.is_some());
 }
 
-/// SPP on bf16 weights runs the fused op in f32, one linear widened at a time: the same logits
-/// as the f32 model holding the same (bf16-rounded) weights, up to bf16 rounding of activations,
-/// and gradients reach every A and b.
+/// SPP on bf16 weights runs the fused op in f32, one linear widened at a time, and activations
+/// are f32 on the CPU: the same logits as the f32 model holding the same (bf16-rounded) weights
+/// up to the order of f32 sums, and gradients reach every A and b.
 #[test]
 fn spp_and_lora_on_bf16_weights_match_f32_and_train() {
     let cfg = common::tiny_config(false, false);
@@ -414,7 +414,7 @@ fn spp_and_lora_on_bf16_weights_match_f32_and_train() {
         let diff = common::max_diff(&a, &b);
         let scale = common::max_abs(&b);
         assert!(
-            diff < 0.05 * scale,
+            diff < 1e-4 * scale,
             "{method}: bf16 {diff} against a scale of {scale}"
         );
         let ids = Tensor::from_vec(common::ids(12, 96, 4), (1, 12), &Device::Cpu).unwrap();

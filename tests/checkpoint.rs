@@ -72,6 +72,68 @@ fn save_load_is_bit_exact() {
     }
 }
 
+/// A bf16 model on the CPU holds its linears as their own 16 bits (products widen them as they
+/// read them), computes in f32, and saves bf16 tensors that load back to the same logits.
+#[test]
+fn bf16_weights_stay_16_bit_and_round_trip() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let (f32_dir, out) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    for tied in [false, true] {
+        let m = common::tiny_model(tied, true, &dev);
+        save_model(
+            &m,
+            &f32_dir,
+            &SaveOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let m16 = load_model(&f32_dir, DTypeChoice::Bf16, &dev).unwrap().model;
+        for (name, lin) in m16.layers[0].linears() {
+            let n = (lin.out_features() * lin.in_features()) as u64;
+            assert_eq!(lin.weight_bytes(), 2 * n, "{name} held in 16 bits");
+            assert!(
+                lin.packed.is_some() && lin.stored_packed().is_none(),
+                "{name}"
+            );
+        }
+        save_model(
+            &m16,
+            &out,
+            &SaveOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let back = load_model(&out, DTypeChoice::Auto, &dev).unwrap().model;
+        assert_eq!(back.dtype(), candle_core::DType::BF16);
+        for ((na, ta), (_, tb)) in m16
+            .named_tensors()
+            .unwrap()
+            .iter()
+            .zip(back.named_tensors().unwrap().iter())
+        {
+            assert_eq!(ta.dtype(), candle_core::DType::BF16, "{na} saved in bf16");
+            assert_eq!(common::max_diff(ta, tb), 0.0, "{na}");
+        }
+        let ids = Tensor::new(&common::ids(12, 96, 3)[..], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let (a, b) = (m16.forward(&ids).unwrap(), back.forward(&ids).unwrap());
+        assert_eq!(a.dtype(), candle_core::DType::F32);
+        assert_eq!(common::max_diff(&a, &b), 0.0);
+        // The same rounded weights held in f32 give the same logits up to the order of sums.
+        let wide = load_model(&out, DTypeChoice::F32, &dev).unwrap().model;
+        let c = wide.forward(&ids).unwrap();
+        let d = common::max_diff(&a, &c);
+        assert!(d <= 1e-4 * common::max_abs(&c), "bf16 weights drift {d}");
+    }
+}
+
 #[test]
 fn sharded_save_loads_back() {
     let dev = Device::Cpu;

@@ -747,7 +747,7 @@ fn merge_block(i: usize, block: &mut Block) -> Result<Vec<MergedLinear>> {
             numel: merged.elem_count(),
             zeros_kept: kept == zb,
         });
-        lin.set_weight(merged);
+        lin.set_weight(merged)?;
     }
     Ok(out)
 }

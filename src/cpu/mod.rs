@@ -16,9 +16,9 @@ pub use gemm::{gemm_abt, gemm_abt_many, gemm_abt_reference, syrk_lower};
 pub(crate) use kernels::{axpy, dot};
 pub use ops::{
     causal_softmax, causal_softmax_reference, frozen_matmul, frozen_matmul_many,
-    frozen_matmul_reference, frozen_matmul_silu, lm_head_nll, packed_matmul_silu, masked_softmax, rms_norm,
-    rms_norm_reference, rope, rope_reference, silu_mul, silu_mul_reference, token_nll,
-    token_nll_reference,
+    frozen_matmul_reference, frozen_matmul_silu, lm_head_nll, lm_head_nll_packed, masked_softmax,
+    packed_matmul_silu, rms_norm, rms_norm_reference, rope, rope_reference, silu_mul,
+    silu_mul_reference, token_nll, token_nll_reference,
 };
 pub use os::{keep_freed_memory, return_freed_memory};
 pub(crate) use os::{map_safetensors, stop_self};

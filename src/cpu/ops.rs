@@ -5,8 +5,8 @@
 //! The CPU ops carry their backward, so autograd keeps working through them (candle's own fused
 //! RMSNorm and RoPE have none, which training needs).
 
+use super::gemm::{Lhs, Weight};
 use super::kernels::{exp_fast, logsumexp, rms_row, silu_mul_chunk, softmax_row};
-use super::gemm::Weight;
 use super::{f32_slice, f32_tensor, fast_path, par_fill, with_f32, PackedMatrix};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
@@ -103,7 +103,9 @@ pub fn frozen_matmul_silu(g: &Tensor, u: &Tensor, w: &Tensor) -> Result<Tensor> 
     if !fused {
         return frozen_matmul(&silu_mul(g, u)?, w);
     }
-    with_f32(w, |w| silu_product(g, u, Weight::F32(w), w.len() / g.dims()[1]))?
+    with_f32(w, |w| {
+        silu_product(g, u, Weight::F32(w), w.len() / g.dims()[1])
+    })?
 }
 
 /// [`frozen_matmul_silu`] for a packed weight (many rows: its rows are unpacked as the product
@@ -329,8 +331,8 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll_reference(logits, &targets)
 }
 
-/// Rows of the LM head computed at once by [`lm_head_nll`]: their logits live in one buffer reused
-/// for every chunk, at most `LM_HEAD_LOGITS` floats (64 MiB) and 64–512 rows (SmolLM2: 341).
+/// Rows of the LM head computed at once by [`lm_head_nll`]: the logits of one chunk exist at a
+/// time, at most `LM_HEAD_LOGITS` floats (64 MiB) and 64–512 rows (SmolLM2: 341).
 /// More rows per chunk let the GEMM reuse each streamed weight row more often.
 const LM_HEAD_LOGITS: usize = 1 << 24;
 
@@ -344,12 +346,25 @@ pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !(fast_path(h) && w.dtype() == DType::F32 && !h.track_op()) {
         return token_nll(&frozen_matmul(h, w)?, &targets);
     }
-    let ((t, hd), (v, hd2)) = (h.dims2()?, w.dims2()?);
+    with_f32(w, |ws| head_nll(h, Weight::F32(ws), w.dims2()?, &targets))?
+}
+
+/// [`lm_head_nll`] for a packed head (its rows unpacked as the products pack them).
+pub fn lm_head_nll_packed(h: &Tensor, w: &PackedMatrix, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.to_dtype(DType::U32)?;
+    if !(fast_path(h) && !h.track_op()) {
+        return token_nll(&super::packed_matmul(h, w)?, &targets);
+    }
+    head_nll(h, Weight::Packed(w), (w.rows, w.cols), &targets)
+}
+
+fn head_nll(h: &Tensor, w: Weight, (v, hd2): (usize, usize), targets: &Tensor) -> Result<Tensor> {
+    let (t, hd) = h.dims2()?;
     if hd != hd2 || targets.dims() != [t] {
         crate::bail!(
             "lm-head NLL: hidden {:?}, weight {:?} and targets {:?} do not fit",
             h.dims(),
-            w.dims(),
+            (v, hd2),
             targets.dims()
         );
     }
@@ -358,22 +373,20 @@ pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
         crate::bail!("target token {bad} is outside the vocabulary of {v}");
     }
     let out = with_f32(h, |h| {
-        with_f32(w, |w| {
-            let rows = (LM_HEAD_LOGITS / v).clamp(64, 512);
-            let mut logits = vec![0f32; rows.min(t) * v];
-            let mut out = Vec::with_capacity(t);
-            for (hc, tc) in h.chunks(rows * hd).zip(tgt.chunks(rows)) {
-                let (n, buf) = (tc.len(), &mut logits[..tc.len() * v]);
-                super::gemm::gemm_abt(hc, w, buf, n, hd, v);
-                out.par_extend(
-                    buf.par_chunks(v)
-                        .zip(tc.par_iter())
-                        .map(|(row, &t)| logsumexp(row) - row[t as usize]),
-                );
-            }
-            out
-        })
-    })??;
+        let rows = (LM_HEAD_LOGITS / v).clamp(64, 512);
+        let mut out = Vec::with_capacity(t);
+        for (hc, tc) in h.chunks(rows * hd).zip(tgt.chunks(rows)) {
+            let n = tc.len();
+            let logits = super::gemm::gemm_lhs_abt_many(Lhs::Rows(hc), n, hd, &[(w, v)]);
+            out.par_extend(
+                logits[0]
+                    .par_chunks(v)
+                    .zip(tc.par_iter())
+                    .map(|(row, &t)| logsumexp(row) - row[t as usize]),
+            );
+        }
+        out
+    })?;
     Ok(f32_tensor(out, t)?)
 }
 

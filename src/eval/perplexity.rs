@@ -118,7 +118,7 @@ pub fn perplexity_streamed(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplResult> {
     let windows = window_count(ids.len(), seqlen, max_windows, model.cfg())?;
-    let per_window = window_bytes(model.cfg(), model.dtype(), seqlen).max(1);
+    let per_window = window_bytes(model.cfg(), model.compute_dtype(), seqlen).max(1);
     let group = ((activation_budget / per_window) as usize).clamp(1, windows);
     let shell = model.shell();
     let dev = shell.device().clone();

@@ -60,8 +60,8 @@ pub fn eval_ppl(a: &PplArgs, log: &mut dyn Log) -> Result<PplRecord> {
         let m = open_streamed(&a.m, log)?;
         let (ids, bos) = encode(m.cfg(), log)?;
         let windows = (ids.len() / a.seqlen.max(1)).min(a.max_windows.unwrap_or(usize::MAX));
-        let acts =
-            (windows as u64 * window_bytes(m.cfg(), m.dtype(), a.seqlen)).min(ACTIVATION_BUDGET);
+        let acts = (windows as u64 * window_bytes(m.cfg(), m.compute_dtype(), a.seqlen))
+            .min(ACTIVATION_BUDGET);
         let peak = acts + 2 * m.block_bytes() + 2 * m.embedding_bytes();
         note!(
             log,

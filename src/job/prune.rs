@@ -121,7 +121,13 @@ pub fn prune(a: &PruneArgs, log: &mut dyn Log) -> Result<PruneRecord> {
                 cfg.max_position_embeddings
             );
         }
-        let peak = streamed_peak_estimate(&cfg, model.dtype(), &opts, a.nsamples, a.seqlen);
+        let peak = streamed_peak_estimate(
+            &cfg,
+            (model.dtype(), model.compute_dtype()),
+            &opts,
+            a.nsamples,
+            a.seqlen,
+        );
         crate::validate::check_memory(
             &format!(
                 "pruning with {} × {} calibration tokens",
@@ -160,7 +166,7 @@ pub fn prune(a: &PruneArgs, log: &mut dyn Log) -> Result<PruneRecord> {
         .collect();
     let peak = streamed_peak_estimate(
         &cfg,
-        model.dtype(),
+        (model.dtype(), model.compute_dtype()),
         &opts,
         windows.len(),
         windows.first().map_or(0, |w| w.len()),

@@ -38,6 +38,18 @@ impl DTypeChoice {
     }
 }
 
+/// The dtype activations are computed in for weights stored in `dtype` on `device`: f32 on the
+/// CPU, whose fused kernels work in f32 (16-bit weights are widened as the products read them, so
+/// they cost half the bytes and no precision beyond their own rounding); the weights' dtype
+/// elsewhere.
+pub fn compute_dtype(dtype: DType, device: &candle_core::Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// The name transformers uses for a dtype in `config.json`.
 pub fn torch_dtype_name(d: DType) -> &'static str {
     match d {

@@ -50,6 +50,15 @@ impl SparseLinear {
         }
     }
 
+    /// A linear whose weight is `w`. On the CPU a 16-bit weight is held as a dense packed matrix
+    /// of its own bits ([`PackedMatrix::dense16`]), which the products read without widening it
+    /// whole; elsewhere, and for f32, as the tensor itself.
+    pub fn with_weight(w: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let mut l = Self::new(w.clone(), bias);
+        l.set_weight(w)?;
+        Ok(l)
+    }
+
     /// A linear whose weight is `packed`; `dtype` and `device` are the model's.
     pub fn from_packed(
         packed: PackedMatrix,
@@ -76,10 +85,52 @@ impl SparseLinear {
         }
     }
 
-    /// Replaces the weight with the dense `w` (the packed form, if any, is dropped).
-    pub fn set_weight(&mut self, w: Tensor) {
-        self.weight = w;
-        self.packed = None;
+    /// The weight as a dense tensor in `dtype` (the products' input dtype), unpacked straight
+    /// into f32 when packed.
+    pub fn weight_as(&self, dtype: DType) -> Result<Tensor> {
+        match &self.packed {
+            Some(p) if dtype == DType::F32 => {
+                Ok(crate::cpu::f32_tensor(p.unpack(), (p.rows, p.cols))?
+                    .to_device(self.weight.device())?)
+            }
+            _ => Ok(self.dense_weight()?.to_dtype(dtype)?),
+        }
+    }
+
+    /// Replaces the weight with the dense `w` (the packed form, if any, is dropped; a 16-bit
+    /// weight on the CPU is held as [`Self::with_weight`] says).
+    pub fn set_weight(&mut self, w: Tensor) -> Result<()> {
+        match crate::cpu::PackedMatrix::dense16(&w)? {
+            Some(p) => {
+                let (dtype, device) = (w.dtype(), w.device().clone());
+                *self = Self::from_packed(p, self.bias.take(), dtype, &device)?
+                    .with_adapter(self.adapter.take());
+            }
+            None => {
+                self.weight = w;
+                self.packed = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn with_adapter(mut self, adapter: Option<Arc<dyn LinearAdapter>>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// The packed form when it is more than the weight's own dtype held dense (a 16-bit weight on
+    /// the CPU is always held packed; a checkpoint stores it as a plain tensor).
+    pub fn stored_packed(&self) -> Option<&PackedMatrix> {
+        let plain16 = |p: &PackedMatrix| {
+            p.layout == crate::cpu::SparseLayout::Dense
+                && matches!(
+                    (&p.values, self.weight.dtype()),
+                    (crate::cpu::PackedValues::Bf16(_), DType::BF16)
+                        | (crate::cpu::PackedValues::F16(_), DType::F16)
+                )
+        };
+        self.packed.as_deref().filter(|p| !plain16(p))
     }
 
     /// Bytes of the weight a product reads: the packed form's, else the dense tensor's.
@@ -104,7 +155,7 @@ impl SparseLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (dims, x) = flatten(x)?;
         let y = match (&self.adapter, &self.packed) {
-            (Some(ad), _) => ad.forward(&x, &self.dense_weight()?)?,
+            (Some(ad), _) => ad.forward(&x, &self.weight_as(x.dtype())?)?,
             (None, Some(p)) => crate::cpu::packed_matmul(&x, p)?.to_dtype(x.dtype())?,
             (None, None) => crate::cpu::frozen_matmul(&x, &self.weight)?,
         };
@@ -114,7 +165,7 @@ impl SparseLinear {
     /// `y` (`[rows, out]`) plus the bias, shaped like the input `dims` with `out` last.
     fn finish(&self, y: Tensor, dims: &[usize]) -> Result<Tensor> {
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         };
         let mut out_dims = dims.to_vec();

@@ -84,7 +84,7 @@ impl Loader<'_> {
             let m = super::packed::read(self.src, &prefix, out_f, in_f, k)?;
             return SparseLinear::from_packed(m, b, self.dtype, self.device);
         }
-        Ok(SparseLinear::new(self.req(&weight, &[out_f, in_f])?, b))
+        SparseLinear::with_weight(self.req(&weight, &[out_f, in_f])?, b)
     }
 
     fn block(&self, cfg: &LlamaConfig, i: usize) -> Result<Block> {
@@ -136,7 +136,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// RMSNorm of `x`, in `x`'s dtype (a weight stored in another dtype is converted).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.weight.dtype() != x.dtype() {
+            let w = self.weight.to_dtype(x.dtype())?;
+            return crate::cpu::rms_norm(x, &w, self.eps);
+        }
         crate::cpu::rms_norm(x, &self.weight, self.eps)
     }
 }
@@ -538,7 +543,7 @@ impl Llama {
             weight: l.req("model.norm.weight", &[hd])?,
             eps: cfg.rms_norm_eps,
         };
-        let rope = Rope::new(&cfg, dtype, device)?;
+        let rope = Rope::new(&cfg, super::dtype::compute_dtype(dtype, device), device)?;
         let mut shell = Self {
             embed_tokens: Tensor::zeros((0, hd), dtype, device)?,
             cfg,
@@ -585,7 +590,14 @@ impl Llama {
                 &self.device,
             )?);
         } else if output && !tied {
-            self.lm_head = Some(SparseLinear::new(l.req("lm_head.weight", &[v, hd])?, None));
+            self.lm_head = Some(SparseLinear::with_weight(
+                l.req("lm_head.weight", &[v, hd])?,
+                None,
+            )?);
+        } else if output && tied {
+            // A 16-bit tied head on the CPU: a packed copy of the table for the products.
+            let head = SparseLinear::with_weight(self.embed_tokens.clone(), None)?;
+            self.lm_head = head.packed.is_some().then_some(head);
         }
         Ok(())
     }
@@ -607,8 +619,14 @@ impl Llama {
         &self.device
     }
 
+    /// The dtype the weights are held in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype activations are computed in ([`super::dtype::compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        super::dtype::compute_dtype(self.dtype, &self.device)
     }
 
     /// Every tensor under its checkpoint name, in checkpoint order (tied heads omitted).
@@ -642,7 +660,8 @@ impl Llama {
         Ok(self
             .embed_tokens
             .index_select(&flat, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?)
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(self.compute_dtype())?)
     }
 
     /// Runs block `i` on hidden states `x` at positions `0 .. T` (no cache).
@@ -838,7 +857,10 @@ impl Llama {
             }
             return Ok(Tensor::cat(&parts, 0)?);
         }
-        crate::cpu::lm_head_nll(hidden, &self.output_weight()?, targets)
+        match self.lm_head.as_ref().and_then(|h| h.packed.as_deref()) {
+            Some(p) => crate::cpu::lm_head_nll_packed(hidden, p, targets),
+            None => crate::cpu::lm_head_nll(hidden, &self.output_weight()?, targets),
+        }
     }
 
     /// Logits for every position: `[B, T]` → `[B, T, vocab]`.

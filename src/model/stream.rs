@@ -144,6 +144,11 @@ impl StreamedModel {
         self.shell.dtype()
     }
 
+    /// The dtype activations are computed in.
+    pub fn compute_dtype(&self) -> DType {
+        self.shell.compute_dtype()
+    }
+
     pub fn n_layers(&self) -> usize {
         self.shell.cfg.num_hidden_layers
     }

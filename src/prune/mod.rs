@@ -174,7 +174,8 @@ pub struct BlockDone {
 }
 
 /// Bytes the driver holds besides the blocks' weights, with `h` = hidden size, `i` = MLP width,
-/// `N × T` calibration tokens, `b` = bytes per value of the model's dtype, `c` = cores:
+/// `N × T` calibration tokens, `b` = bytes per value of the activations' dtype (`dtype`; f32 on the
+/// CPU whatever the weights'), `c` = cores:
 /// - activations `N·T·h·b` (a block's input and output windows replace each other, so this
 ///   is the only term that grows with the calibration, plus one window per core in flight);
 /// - taps of the windows in flight `c·T·(3h + i)·b`;
@@ -213,12 +214,13 @@ pub fn memory_estimate(
     acts + taps + stats + 4 * h * i * 4
 }
 
-/// Predicted peak of a block-streamed prune: [`memory_estimate`] plus two blocks' weights (the one
+/// Predicted peak of a block-streamed prune (weights in `dtype`, activations in `acts`):
+/// [`memory_estimate`] plus two blocks' weights (the one
 /// being pruned and the next, read ahead; SparseGPT reads none ahead), or the embedding table while
 /// the calibration is embedded if that is larger, plus [`PROCESS_BYTES`].
 pub fn streamed_peak_estimate(
     c: &LlamaConfig,
-    dtype: DType,
+    (dtype, acts): (DType, DType),
     opts: &PruneOptions,
     nsamples: usize,
     seqlen: usize,
@@ -231,7 +233,7 @@ pub fn streamed_peak_estimate(
     };
     let blocks = ahead * crate::model::stream::block_bytes(c, dtype);
     let embed = (c.vocab_size * c.hidden_size) as u64 * b;
-    memory_estimate(c, dtype, opts, nsamples, seqlen) + blocks.max(embed) + PROCESS_BYTES
+    memory_estimate(c, acts, opts, nsamples, seqlen) + blocks.max(embed) + PROCESS_BYTES
 }
 
 /// What the process holds besides the model and the job (tokenizer, the calibration corpus's
@@ -297,7 +299,7 @@ fn prune_linear(
         _ => bail!("internal: {name} has no statistics for {:?}", opts.method),
     };
     let dev = lin.weight.device().clone();
-    lin.set_weight(Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?);
+    lin.set_weight(Tensor::from_vec(pruned, (rows, cols), &dev)?.to_dtype(lin.weight.dtype())?)?;
     // Counted on the stored weight: a narrower dtype may round more entries to zero.
     report.sparsity = lin.sparsity()?;
     if let Sparsity::NM { n, m } = opts.sparsity {
@@ -537,7 +539,7 @@ pub fn prune_blocks(
         linears,
         blocks,
         total_seconds: start.elapsed().as_secs_f64(),
-        estimated_bytes: memory_estimate(cfg, shell.dtype(), opts, nsamples, seqlen),
+        estimated_bytes: memory_estimate(cfg, shell.compute_dtype(), opts, nsamples, seqlen),
         warnings,
     })
 }

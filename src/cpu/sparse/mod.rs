@@ -345,6 +345,36 @@ impl PackedMatrix {
         })
     }
 
+    /// A 16-bit (bf16, f16) `[rows, cols]` weight on the CPU as a dense packed matrix of the same
+    /// bits, for the packed kernels to read (the decode product at half f32's bytes, the GEMM
+    /// widening a panel at a time); `None` for other dtypes and devices.
+    pub fn dense16(w: &Tensor) -> crate::error::Result<Option<Self>> {
+        if !w.device().is_cpu() || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (rows, cols) = w.dims2()?;
+        let values = match w.dtype() {
+            DType::BF16 => PackedValues::Bf16(
+                w.flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .into_iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            ),
+            DType::F16 => PackedValues::F16(
+                w.flatten_all()?
+                    .to_vec1::<f16>()?
+                    .into_iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            ),
+            _ => return Ok(None),
+        };
+        Self::from_parts(rows, cols, SparseLayout::Dense, values, Vec::new())
+            .map(Some)
+            .map_err(|e| crate::error::Error::Msg(format!("16-bit weight: {e}")))
+    }
+
     /// Number of stored values (explicit zeros of N:M groups included).
     pub fn stored(&self) -> usize {
         self.starts[self.rows]

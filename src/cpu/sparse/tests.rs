@@ -141,7 +141,11 @@ fn segments_are_the_unpacked_rows() {
                 for r in 0..rows {
                     let mut seg = vec![f32::NAN; len];
                     p.unpack_segment(r, p0, &mut seg);
-                    assert_eq!(seg, w[r * cols + p0..r * cols + p0 + len], "{layout:?} {kind:?}");
+                    assert_eq!(
+                        seg,
+                        w[r * cols + p0..r * cols + p0 + len],
+                        "{layout:?} {kind:?}"
+                    );
                 }
             }
         }
