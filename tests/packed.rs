@@ -40,7 +40,8 @@ fn pruned_tiny(dir: &Path, pattern: Pattern, tied: bool) -> PathBuf {
                     g[i] = 0.0;
                 }
             }
-            lin.set_weight(Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap());
+            lin.set_weight(Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap())
+                .unwrap();
         }
     }
     let out = dir.join(format!(

@@ -352,7 +352,7 @@ pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// [`lm_head_nll`] for a packed head (its rows unpacked as the products pack them).
 pub fn lm_head_nll_packed(h: &Tensor, w: &PackedMatrix, targets: &Tensor) -> Result<Tensor> {
     let targets = targets.to_dtype(DType::U32)?;
-    if !(fast_path(h) && !h.track_op()) {
+    if !fast_path(h) || h.track_op() {
         return token_nll(&super::packed_matmul(h, w)?, &targets);
     }
     head_nll(h, Weight::Packed(w), (w.rows, w.cols), &targets)
