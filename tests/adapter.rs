@@ -27,7 +27,7 @@ fn spp_op_equals_naive_form_forward_and_gradients() {
             let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
             let b = Var::from_tensor(&rand(&[m, 1], 4, 0.5)).unwrap();
             let o = op::SppOp {
-                w: w.clone(),
+                w: op::Frozen::Dense(w.clone()),
                 scale: 1.7,
                 dropout: drop,
             };
@@ -76,6 +76,71 @@ fn spp_op_equals_naive_form_forward_and_gradients() {
                     common::max_diff(f, s)
                 );
             }
+        }
+    }
+}
+
+/// The op on a packed weight (a sparse layout, or 16-bit values) reads it a row at a time and
+/// gives the bits it gives on the unpacked dense weight: forward and every gradient, with and
+/// without dropout.
+#[test]
+fn spp_op_on_packed_weights_equals_the_dense_weight() {
+    use spp::cpu::{PackedMatrix, SparseLayout, ValueKind};
+    let (m, r, t, n) = (32, 4, 9, 24);
+    // Two of every four inputs zero, so every layout fits.
+    let w = rand(&[m, n], 1, 1.0)
+        .mul(
+            &Tensor::from_iter((0..m * n).map(|i| (i % 4 < 2) as u8 as f32), &Device::Cpu)
+                .unwrap()
+                .reshape((m, n))
+                .unwrap(),
+        )
+        .unwrap();
+    let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    let layouts = [
+        (SparseLayout::NM { n: 2, m: 4 }, ValueKind::F32),
+        (SparseLayout::Bitmask, ValueKind::F16),
+        (SparseLayout::Dense, ValueKind::Bf16),
+    ];
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    for (layout, kind) in layouts {
+        let p = PackedMatrix::pack(&wv, m, n, layout, kind).unwrap();
+        let dense = Tensor::from_vec(p.unpack(), (m, n), &Device::Cpu).unwrap();
+        for drop in [None, Some((11u64, 0.3f32))] {
+            let run = |w: op::Frozen| {
+                let x = Var::from_tensor(&rand(&[t, n], 2, 1.0)).unwrap();
+                let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
+                let b = Var::from_tensor(&rand(&[m], 4, 0.5)).unwrap();
+                let o = op::SppOp {
+                    w,
+                    scale: 1.7,
+                    dropout: drop,
+                };
+                let y = x
+                    .as_tensor()
+                    .apply_op3(a.as_tensor(), b.as_tensor(), o)
+                    .unwrap();
+                let g = (&y * rand(&[t, m], 5, 1.0))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let mut out = vec![bits(&y)];
+                for v in [&x, &a, &b] {
+                    out.push(bits(g.get(v.as_tensor()).unwrap()));
+                }
+                out
+            };
+            let packed = run(op::Frozen::Packed(std::sync::Arc::new(p.clone())));
+            assert_eq!(
+                packed,
+                run(op::Frozen::Dense(dense.clone())),
+                "{layout:?} {kind:?} {drop:?}"
+            );
         }
     }
 }

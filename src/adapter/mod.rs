@@ -254,20 +254,11 @@ impl Adapter {
         let (a, b) = self.params();
         match self.method {
             Method::Spp => {
-                // The fused op works in f32; 16-bit weights are widened one linear at a time
-                // (the naive form would build and keep [out, in] products for the backward).
+                // The fused op works in f32; 16-bit weights are widened inside each call, one
+                // linear at a time (the naive form would build and keep [out, in] products for
+                // the backward).
                 if fused_ok(x, w) {
-                    let op = op::SppOp {
-                        w: w.to_dtype(DType::F32)?.contiguous()?,
-                        scale: self.scale as f32,
-                        dropout: drop,
-                    };
-                    let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op3(
-                        &a,
-                        &b.flatten_all()?,
-                        op,
-                    )?;
-                    return Ok(y.to_dtype(x.dtype())?);
+                    return self.spp_fused(x, op::Frozen::Dense(w.contiguous()?));
                 }
                 spp_naive(
                     x,
@@ -306,6 +297,21 @@ impl Adapter {
         }
     }
 
+    /// SPP through its fused CPU op on the frozen weight `w`.
+    fn spp_fused(&self, x: &Tensor, w: op::Frozen) -> Result<Tensor> {
+        let (a, b) = self.params();
+        let op = op::SppOp {
+            w,
+            scale: self.scale as f32,
+            dropout: self.dropout_seed(),
+        };
+        let y = x
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .apply_op3(&a, &b.flatten_all()?, op)?;
+        Ok(y.to_dtype(x.dtype())?)
+    }
+
     /// The weight with the adapter folded in (f32 arithmetic, returned in `w`'s dtype).
     pub fn merged(&self, w: &Tensor) -> Result<Tensor> {
         let wf = w.to_dtype(DType::F32)?;
@@ -337,10 +343,11 @@ impl Adapter {
     }
 }
 
-/// Whether the fused CPU ops (f32 inside) take this input and weight.
+/// Whether the fused CPU ops (f32 inside) take this input and weight: an input in the weight's
+/// dtype or in f32 (16-bit weights on the CPU compute in f32).
 fn fused_ok(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu()
-        && x.dtype() == w.dtype()
+        && (x.dtype() == w.dtype() || x.dtype() == DType::F32)
         && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
@@ -394,8 +401,14 @@ fn param_names(i: usize, full: &str, method: Method) -> (String, String) {
 }
 
 impl LinearAdapter for Adapter {
-    fn forward(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        Adapter::forward(self, x, weight)
+    fn forward(&self, x: &Tensor, lin: &SparseLinear) -> Result<Tensor> {
+        match (&lin.packed, self.method) {
+            // SPP reads a packed weight (16-bit, sparse) a row at a time: never widened whole.
+            (Some(p), Method::Spp) if x.device().is_cpu() => {
+                self.spp_fused(x, op::Frozen::Packed(p.clone()))
+            }
+            _ => Adapter::forward(self, x, &lin.dense_weight()?),
+        }
     }
 }
 

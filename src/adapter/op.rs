@@ -26,11 +26,12 @@
 //! with m·n beyond the fixed scratch.
 
 use super::dropped_rows;
-use crate::cpu::{axpy, dot, f32_slice, f32_tensor, with_f32};
+use crate::cpu::{axpy, dot, f32_slice, f32_tensor, with_f32, PackedMatrix};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Rows handled by one rayon task in the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
@@ -155,9 +156,41 @@ impl Sparse {
     }
 }
 
+/// The frozen weight as the row-group form reads it: a row segment at a time, from f32 rows or
+/// from a packed matrix (16-bit values, sparse layouts) unpacked segment by segment.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    F32(&'a [f32]),
+    Packed(&'a PackedMatrix),
+}
+
+thread_local! {
+    /// One unpacked row segment of a [`Rows::Packed`] weight.
+    static SEGMENT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Rows<'_> {
+    /// `f` of columns `j0 .. j0 + len` of row `i` (rows of `n` columns).
+    fn with_row<R>(
+        self,
+        (i, j0, len): (usize, usize, usize),
+        n: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        match self {
+            Rows::F32(w) => f(&w[i * n + j0..][..len]),
+            Rows::Packed(p) => SEGMENT.with_borrow_mut(|seg| {
+                seg.resize(len, 0.0);
+                p.unpack_segment(i, j0, &mut seg[..len]);
+                f(&seg[..len])
+            }),
+        }
+    }
+}
+
 /// The adapter's weight `Wa_i = s·b_i·A_{k(i)} ⊙ W_i`, built a row group at a time.
 struct Adapter<'a> {
-    w: &'a [f32],
+    w: Rows<'a>,
     a: &'a [f32],
     b: &'a [f32],
     scale: f32,
@@ -170,14 +203,15 @@ impl Adapter<'_> {
         let (n, blk) = (self.d.n, self.d.m / self.d.r);
         out[..rows * n]
             .par_chunks_mut(n)
-            .zip(self.w[i0 * n..(i0 + rows) * n].par_chunks(n))
             .enumerate()
-            .for_each(|(i, (o, w))| {
+            .for_each(|(i, o)| {
                 let ak = &self.a[((i0 + i) / blk) * n..][..n];
                 let sb = c * self.scale * self.b[i0 + i];
-                for ((o, w), a) in o.iter_mut().zip(w).zip(ak) {
-                    *o = w * (1.0 + sb * a);
-                }
+                self.w.with_row((i0 + i, 0, n), n, |w| {
+                    for ((o, w), a) in o.iter_mut().zip(w).zip(ak) {
+                        *o = w * (1.0 + sb * a);
+                    }
+                });
             });
     }
 
@@ -193,12 +227,13 @@ impl Adapter<'_> {
                 let nj = o.len() / rows;
                 for ii in 0..rows {
                     let i = i0 + ii;
-                    let wi = &self.w[i * n + j0..][..nj];
                     let ak = &self.a[(i / blk) * n + j0..][..nj];
                     let sb = self.scale * self.b[i];
-                    for jj in 0..nj {
-                        o[jj * rows + ii] = sb * ak[jj] * wi[jj];
-                    }
+                    self.w.with_row((i, j0, nj), n, |wi| {
+                        for jj in 0..nj {
+                            o[jj * rows + ii] = sb * ak[jj] * wi[jj];
+                        }
+                    });
                 }
             });
     }
@@ -238,7 +273,14 @@ pub fn forward(
             });
         }
         Form::RowGroups => {
-            return forward_groups(x, &Adapter { w, a, b, scale, d }, &Sparse::new(mask, t, n))
+            let ad = Adapter {
+                w: Rows::F32(w),
+                a,
+                b,
+                scale,
+                d,
+            };
+            return forward_groups(x, &ad, &Sparse::new(mask, t, n));
         }
     }
     y
@@ -319,7 +361,13 @@ pub fn backward(
         Form::Blocks => backward_blocks(&dropped(x, mask), w, a, b, g, d, scale, mask),
         Form::RowGroups => backward_groups(
             x,
-            &Adapter { w, a, b, scale, d },
+            &Adapter {
+                w: Rows::F32(w),
+                a,
+                b,
+                scale,
+                d,
+            },
             g,
             &Sparse::new(mask, d.t, d.n),
         ),
@@ -458,14 +506,17 @@ fn backward_groups(
                 let ak = &a[(i0 / blk + kk) * n..][..n];
                 for (ii, dbi) in dbk.iter_mut().enumerate() {
                     let i = kk * blk + ii;
-                    let (wi, pi) = (&w[(i0 + i) * n..][..n], &p[i * n..][..n]);
+                    let pi = &p[i * n..][..n];
                     let sb = scale * b[i0 + i];
-                    let mut acc = 0f32;
-                    for j in 0..n {
-                        let q = wi[j] * pi[j];
-                        dak[j] += sb * q;
-                        acc += ak[j] * q;
-                    }
+                    let acc = w.with_row((i0 + i, 0, n), n, |wi| {
+                        let mut acc = 0f32;
+                        for j in 0..n {
+                            let q = wi[j] * pi[j];
+                            dak[j] += sb * q;
+                            acc += ak[j] * q;
+                        }
+                        acc
+                    });
                     *dbi = scale * acc;
                 }
             });
@@ -473,9 +524,27 @@ fn backward_groups(
     (dx, da, db)
 }
 
+/// The frozen weight an [`SppOp`] holds: a dense tensor (a 16-bit one widened to f32 inside
+/// each call), or a packed matrix whose rows are unpacked as the row groups read them (the
+/// weight is never widened or copied whole).
+#[derive(Clone)]
+pub enum Frozen {
+    Dense(Tensor),
+    Packed(Arc<PackedMatrix>),
+}
+
+impl Frozen {
+    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            Frozen::Dense(w) => w.dims2(),
+            Frozen::Packed(p) => Ok((p.rows, p.cols)),
+        }
+    }
+}
+
 /// The SPP linear as a candle op on `(x [T, n], A [r, n], b [m])`, holding the frozen weight.
 pub struct SppOp {
-    pub w: Tensor,
+    pub w: Frozen,
     pub scale: f32,
     /// `(seed, p)` of the adapter's dropout, `None` when off.
     pub dropout: Option<(u64, f32)>,
@@ -485,16 +554,24 @@ impl SppOp {
     fn dims(&self, x: &Shape, a: &Shape) -> candle_core::Result<Dims> {
         let (t, n) = x.dims2()?;
         let (r, n2) = a.dims2()?;
-        let (m, n3) = self.w.dims2()?;
+        let (m, n3) = self.w.dims()?;
         if n != n2 || n != n3 || r == 0 || m % r != 0 {
             candle_core::bail!(
                 "spp: x {:?}, A {:?} and W {:?} do not fit",
                 x.dims(),
                 a.dims(),
-                self.w.dims()
+                (m, n3)
             );
         }
         Ok(Dims { t, n, m, r })
+    }
+
+    /// `f` of the frozen weight's rows.
+    fn with_rows<R>(&self, f: impl FnOnce(Rows) -> R) -> candle_core::Result<R> {
+        match &self.w {
+            Frozen::Dense(w) => with_f32(w, |w| f(Rows::F32(w))),
+            Frozen::Packed(p) => Ok(f(Rows::Packed(p))),
+        }
     }
 
     fn sparse(&self, d: Dims) -> Sparse {
@@ -523,9 +600,7 @@ impl CustomOp3 for SppOp {
         let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let sp = self.sparse(d);
         let scale = self.scale;
-        let y = with_f32(&self.w, |w| {
-            forward_groups(x, &Adapter { w, a, b, scale, d }, &sp)
-        })?;
+        let y = self.with_rows(|w| forward_groups(x, &Adapter { w, a, b, scale, d }, &sp))?;
         Ok((CpuStorage::F32(y), Shape::from((d.t, d.m))))
     }
 
@@ -540,7 +615,7 @@ impl CustomOp3 for SppOp {
         let d = self.dims(x.shape(), a.shape())?;
         let (sp, scale) = (self.sparse(d), self.scale);
         let (dx, da, db) = with_f32(x, |x| {
-            with_f32(&self.w, |w| {
+            self.with_rows(|w| {
                 with_f32(a, |a| {
                     with_f32(b, |b| {
                         with_f32(grad, |g| {

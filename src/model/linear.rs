@@ -23,8 +23,9 @@ pub const LINEARS: [(&str, &str); 7] = [
 /// calls it; the adapters (`crate::adapter`) implement it and reach their own type back through
 /// `Any`, so the model does not depend on them.
 pub trait LinearAdapter: std::any::Any + std::fmt::Debug + Send + Sync {
-    /// `y` `[rows, out]` for `x` `[rows, in]` and the frozen weight `[out, in]`.
-    fn forward(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor>;
+    /// `y` `[rows, out]` for `x` `[rows, in]` through the frozen linear `lin` (its weight
+    /// `[out, in]`, dense or packed).
+    fn forward(&self, x: &Tensor, lin: &SparseLinear) -> Result<Tensor>;
 }
 
 #[derive(Debug, Clone)]
@@ -79,21 +80,10 @@ impl SparseLinear {
     pub fn dense_weight(&self) -> Result<Tensor> {
         match &self.packed {
             None => Ok(self.weight.clone()),
+            Some(p) if self.stored_packed().is_none() => Ok(p.dense16_tensor()?),
             Some(p) => Ok(crate::cpu::f32_tensor(p.unpack(), (p.rows, p.cols))?
                 .to_dtype(self.weight.dtype())?
                 .to_device(self.weight.device())?),
-        }
-    }
-
-    /// The weight as a dense tensor in `dtype` (the products' input dtype), unpacked straight
-    /// into f32 when packed.
-    pub fn weight_as(&self, dtype: DType) -> Result<Tensor> {
-        match &self.packed {
-            Some(p) if dtype == DType::F32 => {
-                Ok(crate::cpu::f32_tensor(p.unpack(), (p.rows, p.cols))?
-                    .to_device(self.weight.device())?)
-            }
-            _ => Ok(self.dense_weight()?.to_dtype(dtype)?),
         }
     }
 
@@ -155,7 +145,7 @@ impl SparseLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (dims, x) = flatten(x)?;
         let y = match (&self.adapter, &self.packed) {
-            (Some(ad), _) => ad.forward(&x, &self.weight_as(x.dtype())?)?,
+            (Some(ad), _) => ad.forward(&x, self)?,
             (None, Some(p)) => crate::cpu::packed_matmul(&x, p)?.to_dtype(x.dtype())?,
             (None, None) => crate::cpu::frozen_matmul(&x, &self.weight)?,
         };

@@ -375,6 +375,22 @@ impl PackedMatrix {
             .map_err(|e| crate::error::Error::Msg(format!("16-bit weight: {e}")))
     }
 
+    /// The tensor [`Self::dense16`] was made from (a dense 16-bit matrix's values as they are).
+    pub fn dense16_tensor(&self) -> crate::error::Result<Tensor> {
+        let n = self.rows * self.cols;
+        let (dev, shape) = (&candle_core::Device::Cpu, (self.rows, self.cols));
+        Ok(match (&self.values, self.layout) {
+            (PackedValues::Bf16(v), SparseLayout::Dense) => {
+                Tensor::from_iter(v[..n].iter().map(|&b| half::bf16::from_bits(b)), dev)?
+                    .reshape(shape)?
+            }
+            (PackedValues::F16(v), SparseLayout::Dense) => {
+                Tensor::from_iter(v[..n].iter().map(|&b| f16::from_bits(b)), dev)?.reshape(shape)?
+            }
+            _ => crate::bail!("internal: not a dense 16-bit matrix"),
+        })
+    }
+
     /// Number of stored values (explicit zeros of N:M groups included).
     pub fn stored(&self) -> usize {
         self.starts[self.rows]
