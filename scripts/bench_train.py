@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ref", action="store_true")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="both sides' frozen weights")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -54,19 +55,21 @@ def main():
     if not os.path.exists(args.model):
         run([args.spp, "prune", "--model", args.dense, "--method", "wanda", "--sparsity", "2:4",
              "--calib", os.path.join(args.data_dir, "c4/c4_sample.jsonl"), "--out", args.model], env)
-    ppl = lambda m: json.loads(run([args.spp, "eval", "ppl", "--model", m, "--text", text,
+    ppl = lambda m: json.loads(run([args.spp, "eval", "ppl", "--model", m, "--text", text, "--dtype", args.dtype,
                                     "--max-windows", str(args.eval_windows), "--json"], env)[0].stdout)
     eval_every = args.eval_every or args.steps
     common = ["--data", data, "--method", args.method, "--max-steps", str(args.steps), "--batch-size",
               str(args.batch_size), "--micro-batch-size", str(args.micro_batch_size), "--cutoff", str(args.cutoff),
-              "--lr", str(args.lr), "--val-size", str(args.val_size), "--eval-every", str(eval_every)]
+              "--lr", str(args.lr), "--val-size", str(args.val_size), "--eval-every", str(eval_every),
+              "--dtype", args.dtype]
 
     pruned_ppl = ppl(args.model)["ppl"]
     out = os.path.join(work, "spp")
     p, train_wall = run([args.spp, "train", "--model", args.model, "--out", out, "--json"] + common, env)
     ours = json.loads(p.stdout)["report"]
     merged = os.path.join(work, "merged")
-    merge = json.loads(run([args.spp, "merge", "--model", args.model, "--adapter", out, "--out", merged, "--json"], env)[0].stdout)
+    merge = json.loads(run([args.spp, "merge", "--model", args.model, "--adapter", out, "--out", merged,
+                            "--dtype", args.dtype, "--json"], env)[0].stdout)
     zeros = lambda m: json.loads(run([args.spp, "inspect", "--model", m, "--json"], env)[0].stdout)
     before, after = zeros(args.model), zeros(merged)
     ours_ppl = ppl(merged)["ppl"]
@@ -105,7 +108,7 @@ def main():
          ("kept" if ref["merge"]["zeros_kept"] else "NOT kept") if ref else "-"),
         ("2:4 after merge", str(after["all_linears_2_4"]), ""),
     ]
-    print(f"\n{args.method}: {args.steps} steps x {args.batch_size} examples (micro-batch {args.micro_batch_size}, "
+    print(f"\n{args.method}, {args.dtype} weights: {args.steps} steps x {args.batch_size} examples (micro-batch {args.micro_batch_size}, "
           f"cutoff {args.cutoff}, lr {args.lr}), {args.threads} threads; GEMM peak {peak:.0f} GFLOP/s (torch)\n")
     print("| | spp | PyTorch reference |")
     print("|---|---|---|")

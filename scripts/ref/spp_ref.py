@@ -393,7 +393,8 @@ class SPPLinear(nn.Module):
 
     def forward(self, x):
         W = self.base.weight
-        return self.base(x) + self.scale * F.linear(self.dropout(x), self.delta() * W)
+        # f32 adapters; on bf16 weights the branch runs in the activations' dtype (a no-op in f32).
+        return self.base(x) + self.scale * F.linear(self.dropout(x), (self.delta() * W).to(x.dtype))
 
     @torch.no_grad()
     def merged(self):
@@ -416,8 +417,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        h = F.linear(self.dropout(x), self.lora_A.weight)
-        return self.base(x) + self.scale * F.linear(h, self.lora_B.weight)
+        h = F.linear(self.dropout(x), self.lora_A.weight.to(x.dtype))
+        return self.base(x) + self.scale * F.linear(h, self.lora_B.weight.to(x.dtype))
 
     @torch.no_grad()
     def merged(self):
@@ -600,6 +601,8 @@ def main():
     ap.add_argument("--timing-skip", type=int, default=2, help="warm-up steps left out of the throughput")
     ap.add_argument("--json-out", help="summary JSON (default OUT/spp_ref.json)")
     ap.add_argument("--init-adapter", help="safetensors with the initial adapter values")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="the frozen model's dtype (bf16: PyTorch's own bf16 CPU path; adapters stay f32)")
     args = ap.parse_args()
 
     if args.batch_size <= 0 or args.micro_batch_size <= 0 or args.batch_size % args.micro_batch_size:
@@ -617,7 +620,8 @@ def main():
 
     # ------------------------------------------------------------------ model
     t_load = time.time()
-    model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa")
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa")
     model.config.use_cache = False
     for p in model.parameters():
         p.requires_grad_(False)

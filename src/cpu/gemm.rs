@@ -320,6 +320,27 @@ mod x86 {
     const MC: usize = 48;
     /// Columns of B packed at once (`KC · NC` floats).
     const NC: usize = 1024;
+
+    /// The cache blocking: `(KC, MC, NC)` above, or `SPP_GEMM_BLOCKING=KC,MC,NC` (to measure
+    /// others on a host; MC is rounded up to a multiple of 24, both kernels' rows).
+    fn blocking() -> (usize, usize, usize) {
+        static B: std::sync::OnceLock<(usize, usize, usize)> = std::sync::OnceLock::new();
+        *B.get_or_init(|| {
+            let Ok(v) = std::env::var("SPP_GEMM_BLOCKING") else {
+                return (KC, MC, NC);
+            };
+            let parts: Vec<usize> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+            match parts[..] {
+                [kc, mc, nc] if kc > 0 && mc > 0 && nc >= 32 => {
+                    (kc, mc.next_multiple_of(24), nc.next_multiple_of(32))
+                }
+                _ => {
+                    eprintln!("spp: SPP_GEMM_BLOCKING={v:?} is not KC,MC,NC; using {KC},{MC},{NC}");
+                    (KC, MC, NC)
+                }
+            }
+        })
+    }
     /// Most bytes of A and C one multi-slice product works on at once (of a 32 MiB L3 cache):
     /// SmolLM2's down projection runs 2047 rows in one block, 8192 in four.
     const ROW_BLOCK_BYTES: usize = 20 << 20;
@@ -364,14 +385,15 @@ mod x86 {
         lower: Option<usize>,
         accumulate: bool,
     ) {
+        let (kc_max, mc_rows, nc_cols) = blocking();
         // Equal K slices no longer than KC (576 = 3 × 192, not 256 + 256 + 64).
-        let slices = k.div_ceil(KC);
+        let slices = k.div_ceil(kc_max);
         // Several slices add into C: with many rows, A and C outgrow the L3 cache and every slice
         // after the first re-reads both from memory (8192 × 1536 · (576 × 1536)ᵀ, the down
         // projection of an `eval tasks` pass, ran at 122 GFLOP/s against 146 in four blocks of
         // 2048 rows). So such products run in row blocks whose A and C fit in ROW_BLOCK_BYTES.
         let n_all: usize = parts.iter().map(|p| p.1).sum();
-        let most = (ROW_BLOCK_BYTES / (4 * (k + n_all))).max(MC);
+        let most = (ROW_BLOCK_BYTES / (4 * (k + n_all))).max(mc_rows);
         if slices > 1 && m > most {
             let blocks = m.div_ceil(most);
             let rows = m.div_ceil(blocks).next_multiple_of(MR);
@@ -404,13 +426,13 @@ mod x86 {
                 match a {
                     super::Lhs::Rows(a) => pack::<MR>(a, k, r0, rows, p0, kcs, panel),
                     super::Lhs::SiluMul(g, u) => SILU.with_borrow_mut(|h| {
-                        // The panel's rows of silu(g)·u, KC apart, then packed as usual.
-                        h.resize(MR * KC, 0.0);
-                        for (i, row) in h.chunks_exact_mut(KC).take(rows).enumerate() {
+                        // The panel's rows of silu(g)·u, kc apart, then packed as usual.
+                        h.resize(MR * kc, 0.0);
+                        for (i, row) in h.chunks_exact_mut(kc).take(rows).enumerate() {
                             let at = (r0 + i) * k + p0..(r0 + i) * k + p0 + kcs;
                             silu_mul_chunk(&g[at.clone()], &u[at], &mut row[..kcs]);
                         }
-                        pack::<MR>(h, KC, 0, rows, 0, kcs, panel)
+                        pack::<MR>(h, kc, 0, rows, 0, kcs, panel)
                     }),
                     super::Lhs::Cols { x, ld, alpha } => {
                         pack_cols::<MR>(x, ld, r0, rows, p0, kcs, alpha, panel)
@@ -448,8 +470,8 @@ mod x86 {
             let mine = &panels[cuts[t]..cuts[t + 1]];
             BUFFER.with(|buf| {
                 let bp = &mut *buf.borrow_mut();
-                bp.resize(NC * kc, 0.0);
-                for group in mine.chunks(NC / NR) {
+                bp.resize(nc_cols * kc, 0.0);
+                for group in mine.chunks(nc_cols / NR) {
                     for s in 0..slices {
                         let kcs = kc_of(s);
                         let first = s == 0 && !accumulate;
@@ -469,8 +491,8 @@ mod x86 {
                         if let super::Rhs::Cols(x, ld) = parts[group[0].0].0 {
                             pack_cols_group::<NR>(x, ld, group, s * kc, kcs, bp);
                         }
-                        for ic in (0..m).step_by(MC) {
-                            let mc = MC.min(m - ic);
+                        for ic in (0..m).step_by(mc_rows) {
+                            let mc = mc_rows.min(m - ic);
                             for (q, &(i, j)) in group.iter().enumerate() {
                                 let (_, n, c) = parts[i];
                                 let nr = NR.min(n - j);

@@ -103,9 +103,8 @@ pub fn frozen_matmul_silu(g: &Tensor, u: &Tensor, w: &Tensor) -> Result<Tensor> 
     if !fused {
         return frozen_matmul(&silu_mul(g, u)?, w);
     }
-    with_f32(w, |w| {
-        silu_product(g, u, Weight::F32(w), w.len() / g.dims()[1])
-    })?
+    let n = w.dim(0)?;
+    with_f32(w, |ws| silu_product(g, u, Weight::F32(ws), n))?
 }
 
 /// [`frozen_matmul_silu`] for a packed weight (many rows: its rows are unpacked as the product
