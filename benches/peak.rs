@@ -78,7 +78,9 @@ mod probe {
             std::arch::asm!("", options(nomem, nostack));
         }
         let mut out = [0f32; 8];
-        let s = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+        let s = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
         _mm256_storeu_ps(out.as_mut_ptr(), s);
         out.iter().sum()
     }
@@ -101,7 +103,10 @@ fn all_threads(flops: f64, f: impl Fn() -> f32 + Sync) -> f64 {
 
 fn main() {
     let (name, flags) = host();
-    println!("host: {name}; {} threads; {flags}", rayon::current_num_threads());
+    println!(
+        "host: {name}; {} threads; {flags}",
+        rayon::current_num_threads()
+    );
     let mut peak = f64::NAN;
     #[cfg(target_arch = "x86_64")]
     {
@@ -135,10 +140,15 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let m = 2047;
     for (k, n) in [(576, 576), (576, 1536), (1536, 576)] {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let w16 = PackedMatrix::pack(&w, n, k, SparseLayout::Dense, ValueKind::Bf16).unwrap();
-        let xt = candle_core::Tensor::from_vec(x.clone(), (m, k), &candle_core::Device::Cpu).unwrap();
+        let xt =
+            candle_core::Tensor::from_vec(x.clone(), (m, k), &candle_core::Device::Cpu).unwrap();
         let mut out = vec![0f32; m * n];
         let (mut t32, mut t16) = (Vec::new(), Vec::new());
         for round in 0..=ROUNDS {

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use spp::adapter::{self, dropout_mask, op, spp_naive, AdapterSpec, Method};
+use spp::adapter::{self, dropout_mask, lora, op, spp_naive, AdapterSpec, Method};
 use spp::model::Llama;
 
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
@@ -80,13 +80,14 @@ fn spp_op_equals_naive_form_forward_and_gradients() {
     }
 }
 
-/// The op on a packed weight (a sparse layout, or 16-bit values) reads it a row at a time and
-/// gives the bits it gives on the unpacked dense weight: forward and every gradient, with and
-/// without dropout.
+/// SPP's and LoRA's ops on a packed weight (a sparse layout, or 16-bit values) read it as it is
+/// (SPP a row at a time, LoRA through the GEMM and an unpacked copy in its backward) and give the
+/// bits they give on the unpacked dense weight: forward and every gradient, with and without
+/// dropout. 30 tokens: LoRA's product takes the blocked GEMM.
 #[test]
-fn spp_op_on_packed_weights_equals_the_dense_weight() {
+fn fused_ops_on_packed_weights_equal_the_dense_weight() {
     use spp::cpu::{PackedMatrix, SparseLayout, ValueKind};
-    let (m, r, t, n) = (32, 4, 9, 24);
+    let (m, r, t, n) = (32, 4, 30, 24);
     // Two of every four inputs zero, so every layout fits.
     let w = rand(&[m, n], 1, 1.0)
         .mul(
@@ -109,20 +110,22 @@ fn spp_op_on_packed_weights_equals_the_dense_weight() {
     for (layout, kind) in layouts {
         let p = PackedMatrix::pack(&wv, m, n, layout, kind).unwrap();
         let dense = Tensor::from_vec(p.unpack(), (m, n), &Device::Cpu).unwrap();
-        for drop in [None, Some((11u64, 0.3f32))] {
+        for (lora, drop) in [false, true]
+            .into_iter()
+            .flat_map(|l| [(l, None), (l, Some((11u64, 0.3f32)))])
+        {
             let run = |w: op::Frozen| {
                 let x = Var::from_tensor(&rand(&[t, n], 2, 1.0)).unwrap();
                 let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
-                let b = Var::from_tensor(&rand(&[m], 4, 0.5)).unwrap();
-                let o = op::SppOp {
-                    w,
-                    scale: 1.7,
-                    dropout: drop,
-                };
-                let y = x
-                    .as_tensor()
-                    .apply_op3(a.as_tensor(), b.as_tensor(), o)
-                    .unwrap();
+                let b_shape = if lora { vec![m, r] } else { vec![m] };
+                let b = Var::from_tensor(&rand(&b_shape, 4, 0.5)).unwrap();
+                let (scale, dropout) = (1.7, drop);
+                let (x_, a_, b_) = (x.as_tensor(), a.as_tensor(), b.as_tensor());
+                let y = match lora {
+                    true => x_.apply_op3(a_, b_, lora::LoraOp { w, scale, dropout }),
+                    false => x_.apply_op3(a_, b_, op::SppOp { w, scale, dropout }),
+                }
+                .unwrap();
                 let g = (&y * rand(&[t, m], 5, 1.0))
                     .unwrap()
                     .sum_all()
@@ -139,7 +142,7 @@ fn spp_op_on_packed_weights_equals_the_dense_weight() {
             assert_eq!(
                 packed,
                 run(op::Frozen::Dense(dense.clone())),
-                "{layout:?} {kind:?} {drop:?}"
+                "lora {lora}: {layout:?} {kind:?} {drop:?}"
             );
         }
     }

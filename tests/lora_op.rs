@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
-use spp::adapter::{dropout_mask, lora};
+use spp::adapter::{dropout_mask, lora, op};
 
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -36,7 +36,7 @@ fn lora_op_equals_naive_form_forward_and_gradients() {
             let a = Var::from_tensor(&rand(&[r, n], 3, 0.5)).unwrap();
             let b = Var::from_tensor(&rand(&[m, r], 4, 0.5)).unwrap();
             let op = lora::LoraOp {
-                w: w.clone(),
+                w: op::Frozen::Dense(w.clone()),
                 scale: 1.7,
                 dropout: drop,
             };
@@ -82,7 +82,7 @@ fn lora_op_equals_naive_form_forward_and_gradients() {
 #[test]
 fn lora_op_refuses_shapes_that_do_not_fit() {
     let op = lora::LoraOp {
-        w: rand(&[6, 4], 1, 1.0),
+        w: op::Frozen::Dense(rand(&[6, 4], 1, 1.0)),
         scale: 1.0,
         dropout: None,
     };

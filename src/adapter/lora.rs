@@ -13,7 +13,8 @@
 //! GEMMs (`x·Wᵀ`, `G·W`) per layer and step that a frozen linear costs, plus rank-`r` ones.
 
 use super::dropped_rows;
-use crate::cpu::{f32_slice, f32_tensor, gemm_abt_many, with_f32};
+use super::op::Frozen;
+use crate::cpu::{f32_slice, f32_tensor, gemm_lhs_abt_many, with_f32, Lhs, Weight};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -63,9 +64,9 @@ fn low_rank_input(xd: &[f32], a: &[f32], d: Dims) -> Vec<f32> {
 }
 
 /// `y = x·Wᵀ + s·(xd·Aᵀ)·Bᵀ` `[t, m]`, row-major.
-pub fn forward(
+pub(crate) fn forward(
     x: &[f32],
-    w: &[f32],
+    w: Weight,
     a: &[f32],
     b: &[f32],
     d: Dims,
@@ -74,7 +75,7 @@ pub fn forward(
 ) -> Vec<f32> {
     let Dims { t, n, m, r } = d;
     // The frozen product through the same GEMM as a linear without adapter.
-    let mut y = gemm_abt_many(x, t, n, &[(w, m)]).remove(0);
+    let mut y = gemm_lhs_abt_many(Lhs::Rows(x), t, n, &[(w, m)]).remove(0);
     let mut u = low_rank_input(&dropped(x, n, dropout), a, d);
     u.iter_mut().for_each(|v| *v *= scale);
     gemm(
@@ -169,9 +170,9 @@ pub fn backward(
 }
 
 /// The LoRA linear as a candle op on `(x [t, n], A [r, n], B [m, r])`, holding the frozen
-/// weight (any dtype; widened to f32 one call at a time, never kept).
+/// weight (dense in any dtype, or packed; widened to f32 one call at a time, never kept).
 pub struct LoraOp {
-    pub w: Tensor,
+    pub w: Frozen,
     pub scale: f32,
     /// `(seed, p)` of the adapter's dropout, `None` when off.
     pub dropout: Option<(u64, f32)>,
@@ -182,14 +183,14 @@ impl LoraOp {
         let (t, n) = x.dims2()?;
         let (r, n2) = a.dims2()?;
         let (m, r2) = b.dims2()?;
-        let (m2, n3) = self.w.dims2()?;
+        let (m2, n3) = self.w.dims()?;
         if n != n2 || n != n3 || m != m2 || r != r2 {
             candle_core::bail!(
                 "lora: x {:?}, A {:?}, B {:?} and W {:?} do not fit",
                 x.dims(),
                 a.dims(),
                 b.dims(),
-                self.w.dims()
+                (m2, n3)
             );
         }
         Ok(Dims { t, n, m, r })
@@ -212,9 +213,9 @@ impl CustomOp3 for LoraOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.dims(l1.shape(), l2.shape(), l3.shape())?;
         let (x, a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let y = with_f32(&self.w, |w| {
-            forward(x, w, a, b, d, self.scale, self.dropout)
-        })?;
+        let y = self
+            .w
+            .with_weight(|w| forward(x, w, a, b, d, self.scale, self.dropout))?;
         Ok((CpuStorage::F32(y), Shape::from((d.t, d.m))))
     }
 
@@ -228,7 +229,7 @@ impl CustomOp3 for LoraOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = self.dims(x.shape(), a.shape(), b.shape())?;
         let (dx, da, db) = with_f32(x, |x| {
-            with_f32(&self.w, |w| {
+            self.w.with_dense(|w| {
                 with_f32(a, |a| {
                     with_f32(b, |b| {
                         with_f32(grad, |g| {

@@ -258,7 +258,7 @@ impl Adapter {
                 // linear at a time (the naive form would build and keep [out, in] products for
                 // the backward).
                 if fused_ok(x, w) {
-                    return self.spp_fused(x, op::Frozen::Dense(w.contiguous()?));
+                    return self.fused(x, op::Frozen::Dense(w.contiguous()?));
                 }
                 spp_naive(
                     x,
@@ -274,16 +274,7 @@ impl Adapter {
                 // keeps two [T, in] and three [T, out] tensors per linear); 16-bit weights are
                 // widened inside each call.
                 if fused_ok(x, w) {
-                    let op = lora::LoraOp {
-                        w: w.clone(),
-                        scale: self.scale as f32,
-                        dropout: drop,
-                    };
-                    let y = x
-                        .to_dtype(DType::F32)?
-                        .contiguous()?
-                        .apply_op3(&a, &b, op)?;
-                    return Ok(y.to_dtype(x.dtype())?);
+                    return self.fused(x, op::Frozen::Dense(w.clone()));
                 }
                 lora::lora_naive(
                     x,
@@ -297,18 +288,17 @@ impl Adapter {
         }
     }
 
-    /// SPP through its fused CPU op on the frozen weight `w`.
-    fn spp_fused(&self, x: &Tensor, w: op::Frozen) -> Result<Tensor> {
+    /// The adapter through its fused CPU op (SPP's or LoRA's, f32 inside) on the frozen `w`.
+    fn fused(&self, x: &Tensor, w: op::Frozen) -> Result<Tensor> {
         let (a, b) = self.params();
-        let op = op::SppOp {
-            w,
-            scale: self.scale as f32,
-            dropout: self.dropout_seed(),
+        let (scale, dropout) = (self.scale as f32, self.dropout_seed());
+        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+        let y = match self.method {
+            Method::Spp => x32.apply_op3(&a, &b.flatten_all()?, op::SppOp { w, scale, dropout })?,
+            Method::Lora | Method::LoraMask => {
+                x32.apply_op3(&a, &b, lora::LoraOp { w, scale, dropout })?
+            }
         };
-        let y = x
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .apply_op3(&a, &b.flatten_all()?, op)?;
         Ok(y.to_dtype(x.dtype())?)
     }
 
@@ -402,11 +392,10 @@ fn param_names(i: usize, full: &str, method: Method) -> (String, String) {
 
 impl LinearAdapter for Adapter {
     fn forward(&self, x: &Tensor, lin: &SparseLinear) -> Result<Tensor> {
-        match (&lin.packed, self.method) {
-            // SPP reads a packed weight (16-bit, sparse) a row at a time: never widened whole.
-            (Some(p), Method::Spp) if x.device().is_cpu() => {
-                self.spp_fused(x, op::Frozen::Packed(p.clone()))
-            }
+        match &lin.packed {
+            // The fused ops read a packed weight (16-bit, sparse) as it is, never widened whole
+            // for longer than one call.
+            Some(p) if x.device().is_cpu() => self.fused(x, op::Frozen::Packed(p.clone())),
             _ => Adapter::forward(self, x, &lin.dense_weight()?),
         }
     }

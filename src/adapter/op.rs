@@ -26,7 +26,7 @@
 //! with m·n beyond the fixed scratch.
 
 use super::dropped_rows;
-use crate::cpu::{axpy, dot, f32_slice, f32_tensor, with_f32, PackedMatrix};
+use crate::cpu::{axpy, dot, f32_slice, f32_tensor, with_f32, PackedMatrix, Weight};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -534,10 +534,26 @@ pub enum Frozen {
 }
 
 impl Frozen {
-    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+    pub(crate) fn dims(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             Frozen::Dense(w) => w.dims2(),
             Frozen::Packed(p) => Ok((p.rows, p.cols)),
+        }
+    }
+
+    /// `f` of the weight as dense f32 rows (widened, or unpacked, for this call only).
+    pub(crate) fn with_dense<R>(&self, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+        match self {
+            Frozen::Dense(w) => with_f32(w, f),
+            Frozen::Packed(p) => Ok(f(&p.unpack())),
+        }
+    }
+
+    /// `f` of the weight as a GEMM operand (a packed one is unpacked a panel at a time).
+    pub(crate) fn with_weight<R>(&self, f: impl FnOnce(Weight) -> R) -> candle_core::Result<R> {
+        match self {
+            Frozen::Dense(w) => with_f32(w, |w| f(Weight::F32(w))),
+            Frozen::Packed(p) => Ok(f(Weight::Packed(p))),
         }
     }
 }

@@ -13,6 +13,7 @@ mod sparse;
 
 pub use finite::{copy_checked, has_non_finite};
 pub use gemm::{gemm_abt, gemm_abt_many, gemm_abt_reference, syrk_lower};
+pub(crate) use gemm::{gemm_lhs_abt_many, Lhs, Weight};
 pub(crate) use kernels::{axpy, dot};
 pub use ops::{
     causal_softmax, causal_softmax_reference, frozen_matmul, frozen_matmul_many,
