@@ -250,40 +250,18 @@ impl Adapter {
 
     /// `y` for x `[T, in]` through the frozen weight `w` `[out, in]` plus the adapter branch.
     pub fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let drop = self.dropout_seed();
+        // The fused ops work in f32 (16-bit weights widened inside each call) and keep nothing
+        // but their inputs for the backward; the compositions of candle ops (other devices)
+        // keep [out, in] products (SPP) or two [T, in] and three [T, out] tensors (LoRA).
+        if fused_ok(x, w) {
+            return self.fused(x, op::Frozen::Dense(w.contiguous()?));
+        }
         let (a, b) = self.params();
+        let mask = Self::mask_tensor(self.dropout_seed(), x)?;
         match self.method {
-            Method::Spp => {
-                // The fused op works in f32; 16-bit weights are widened inside each call, one
-                // linear at a time (the naive form would build and keep [out, in] products for
-                // the backward).
-                if fused_ok(x, w) {
-                    return self.fused(x, op::Frozen::Dense(w.contiguous()?));
-                }
-                spp_naive(
-                    x,
-                    w,
-                    &a,
-                    &b,
-                    self.scale,
-                    Self::mask_tensor(drop, x)?.as_ref(),
-                )
-            }
+            Method::Spp => spp_naive(x, w, &a, &b, self.scale, mask.as_ref()),
             Method::Lora | Method::LoraMask => {
-                // The fused op keeps nothing but its inputs for the backward (the composition
-                // keeps two [T, in] and three [T, out] tensors per linear); 16-bit weights are
-                // widened inside each call.
-                if fused_ok(x, w) {
-                    return self.fused(x, op::Frozen::Dense(w.clone()));
-                }
-                lora::lora_naive(
-                    x,
-                    w,
-                    &a,
-                    &b,
-                    self.scale,
-                    Self::mask_tensor(drop, x)?.as_ref(),
-                )
+                lora::lora_naive(x, w, &a, &b, self.scale, mask.as_ref())
             }
         }
     }
