@@ -3,6 +3,10 @@
 //! `spp::cpu::gemm_abt` (faer's matrix × vector) against the packed forms (2:4 and bitmask with
 //! f32 values, 2:4 with bf16 and int8 values). Rounds interleave the variants; the table gives each
 //! one's median time per pass, the weight bytes it read and the bandwidth that makes.
+//!
+//! A second table: the prefill product (2047 tokens) over one block's seven linears, dense against
+//! each packed form, as the model runs it (`spp::cpu::packed_matmul`: the GEMM unpacks each B
+//! panel as it packs it) and as it ran before (the whole weight unpacked, then the dense GEMM).
 
 use spp::cpu::{PackedMatrix, SparseLayout, ValueKind};
 use std::time::Instant;
@@ -103,6 +107,7 @@ fn main() {
             times[k + 1].push(t.elapsed().as_secs_f64());
         }
     }
+    prefill(&dense[..shapes.len()], &variants);
     let dense_bytes: u64 = dense.iter().map(|(w, _, _)| w.len() as u64 * 4).sum();
     let base = median(times[0].clone());
     println!("| weights | MB read | ms per pass | GB/s | × dense |");
@@ -124,4 +129,60 @@ fn main() {
             base / t
         );
     }
+}
+
+/// The prefill table: one block's linears (`dense`, and the first seven of each variant) against
+/// 2047 rows of input.
+fn prefill(dense: &[(Vec<f32>, usize, usize)], variants: &[(&str, Vec<PackedMatrix>)]) {
+    const T: usize = 2047;
+    let x: Vec<f32> = (0..T * 1536).map(|i| (i as f32 * 0.37).sin()).collect();
+    let tensor = |c: usize| {
+        candle_core::Tensor::from_vec(x[..T * c].to_vec(), (T, c), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let inputs = [tensor(576), tensor(1536)];
+    let input = |c: usize| &inputs[usize::from(c == 1536)];
+    // Per round: dense, then per variant its panels path and the unpack-first path.
+    let mut times = vec![Vec::new(); 1 + 2 * variants.len()];
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for (w, r, c) in dense {
+            let mut y = vec![0f32; T * r];
+            spp::cpu::gemm_abt(&x[..T * c], w, &mut y, T, *c, *r);
+            std::hint::black_box(&y);
+        }
+        times[0].push(t.elapsed().as_secs_f64());
+        for (k, (_, ms)) in variants.iter().enumerate() {
+            let t = Instant::now();
+            for m in &ms[..dense.len()] {
+                std::hint::black_box(spp::cpu::packed_matmul(input(m.cols), m).unwrap());
+            }
+            times[1 + 2 * k].push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for m in &ms[..dense.len()] {
+                let mut y = vec![0f32; T * m.rows];
+                spp::cpu::gemm_abt(&x[..T * m.cols], &m.unpack(), &mut y, T, m.cols, m.rows);
+                std::hint::black_box(&y);
+            }
+            times[2 + 2 * k].push(t.elapsed().as_secs_f64());
+        }
+    }
+    let base = median(times[0].clone());
+    println!("| one block's linears × {T} rows | ms | × dense | unpacked first: ms | × dense |");
+    println!("|---|---|---|---|---|");
+    println!("| dense f32 | {:.1} | 1.00 | | |", base * 1e3);
+    for (k, (name, _)) in variants.iter().enumerate() {
+        let (a, b) = (
+            median(times[1 + 2 * k].clone()),
+            median(times[2 + 2 * k].clone()),
+        );
+        println!(
+            "| {name} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            a * 1e3,
+            base / a,
+            b * 1e3,
+            base / b
+        );
+    }
+    println!();
 }

@@ -435,37 +435,42 @@ impl PackedMatrix {
 
     /// Columns `[p0, p0 + out.len())` of row `r`, as [`Self::unpack`] gives them.
     pub(crate) fn unpack_segment(&self, r: usize, p0: usize, out: &mut [f32]) {
+        let scale = self.values.scale(r);
+        // One loop per value type: the type's match stays out of the per-value work.
+        match &self.values {
+            PackedValues::F32(v) => self.segment_with(r, p0, out, |i| v[i] * scale),
+            PackedValues::Bf16(v) => {
+                self.segment_with(r, p0, out, |i| f32::from_bits((v[i] as u32) << 16) * scale)
+            }
+            PackedValues::F16(v) => {
+                self.segment_with(r, p0, out, |i| f16::from_bits(v[i]).to_f32() * scale)
+            }
+            PackedValues::I8 { q, .. } => self.segment_with(r, p0, out, |i| q[i] as f32 * scale),
+        }
+    }
+
+    /// [`Self::unpack_segment`] with `get(i)` the `i`-th stored value, scaled.
+    #[inline(always)]
+    fn segment_with(&self, r: usize, p0: usize, out: &mut [f32], get: impl Fn(usize) -> f32) {
         let p1 = p0 + out.len();
         let ib = self.layout.index_bytes(self.cols);
         let idx = &self.index[r * ib..(r + 1) * ib];
         let s0 = self.starts[r];
-        let scale = self.values.scale(r);
         match self.layout {
-            SparseLayout::Dense => match &self.values {
-                PackedValues::F32(v) => out.copy_from_slice(&v[s0 + p0..s0 + p1]),
-                PackedValues::Bf16(v) => {
-                    for (o, &b) in out.iter_mut().zip(&v[s0 + p0..s0 + p1]) {
-                        *o = f32::from_bits((b as u32) << 16);
-                    }
+            SparseLayout::Dense => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = get(s0 + p0 + c);
                 }
-                PackedValues::F16(v) => {
-                    for (o, &b) in out.iter_mut().zip(&v[s0 + p0..s0 + p1]) {
-                        *o = f16::from_bits(b).to_f32();
-                    }
-                }
-                PackedValues::I8 { q, .. } => {
-                    for (o, &b) in out.iter_mut().zip(&q[s0 + p0..s0 + p1]) {
-                        *o = b as f32 * scale;
-                    }
-                }
-            },
+            }
             SparseLayout::NM { n, m } => {
                 out.fill(0.0);
                 let bits = SparseLayout::code_bits(m).unwrap_or(8);
-                for j in p0 / m * n..p1.div_ceil(m) * n {
-                    let c = self.nm_col(idx, j, n, m, bits);
-                    if (p0..p1).contains(&c) {
-                        out[c - p0] = self.values.get(s0 + j) * scale;
+                for g in p0 / m..p1.div_ceil(m) {
+                    for j in g * n..(g + 1) * n {
+                        let c = g * m + code(idx, j, bits);
+                        if (p0..p1).contains(&c) {
+                            out[c - p0] = get(s0 + j);
+                        }
                     }
                 }
             }
@@ -476,12 +481,16 @@ impl PackedMatrix {
                     .map(|b| b.count_ones() as usize)
                     .sum::<usize>();
                 let mut i = s0 + before;
-                for c in p0 / 8 * 8..p1 {
-                    if idx[c / 8] >> (c % 8) & 1 == 1 {
-                        if c >= p0 {
-                            out[c - p0] = self.values.get(i) * scale;
+                // The set bits of each mask byte, lowest first.
+                for (b, &byte) in idx.iter().enumerate().take(p1.div_ceil(8)).skip(p0 / 8) {
+                    let mut bits = byte;
+                    while bits != 0 {
+                        let c = b * 8 + bits.trailing_zeros() as usize;
+                        if (p0..p1).contains(&c) {
+                            out[c - p0] = get(i);
                         }
                         i += 1;
+                        bits &= bits - 1;
                     }
                 }
             }
