@@ -68,8 +68,7 @@ def main():
     p, train_wall = run([args.spp, "train", "--model", args.model, "--out", out, "--json"] + common, env)
     ours = json.loads(p.stdout)["report"]
     merged = os.path.join(work, "merged")
-    merge = json.loads(run([args.spp, "merge", "--model", args.model, "--adapter", out, "--out", merged,
-                            "--dtype", args.dtype, "--json"], env)[0].stdout)
+    merge = json.loads(run([args.spp, "merge", "--model", args.model, "--adapter", out, "--out", merged, "--json"], env)[0].stdout)
     zeros = lambda m: json.loads(run([args.spp, "inspect", "--model", m, "--json"], env)[0].stdout)
     before, after = zeros(args.model), zeros(merged)
     ours_ppl = ppl(merged)["ppl"]

@@ -132,8 +132,7 @@ fn silu_product(g: &Tensor, u: &Tensor, w: Weight, n: usize) -> Result<Tensor> {
     let (rows, k) = g.dims2()?;
     let y = with_f32(g, |g| {
         with_f32(u, |u| {
-            let lhs = super::gemm::Lhs::SiluMul(g, u);
-            super::gemm::gemm_lhs_abt_many(lhs, rows, k, &[(w, n)]).remove(0)
+            super::gemm::gemm_lhs_abt_many(Lhs::SiluMul(g, u), rows, k, &[(w, n)]).remove(0)
         })
     })??;
     Ok(f32_tensor(y, (rows, n))?)

@@ -429,11 +429,11 @@ impl PackedMatrix {
         let mut w = vec![0f32; self.rows * self.cols];
         w.par_chunks_mut(self.cols.max(1))
             .enumerate()
-            .for_each(|(r, row)| self.unpack_row(r, row));
+            .for_each(|(r, row)| self.unpack_segment(r, 0, row));
         w
     }
 
-    /// Columns `[p0, p0 + out.len())` of row `r`, as [`Self::unpack`] gives them.
+    /// Columns `[p0, p0 + out.len())` of row `r` of the dense weight.
     pub(crate) fn unpack_segment(&self, r: usize, p0: usize, out: &mut [f32]) {
         let scale = self.values.scale(r);
         // One loop per value type: the type's match stays out of the per-value work.
@@ -491,35 +491,6 @@ impl PackedMatrix {
                         }
                         i += 1;
                         bits &= bits - 1;
-                    }
-                }
-            }
-        }
-    }
-
-    fn unpack_row(&self, r: usize, row: &mut [f32]) {
-        let ib = self.layout.index_bytes(self.cols);
-        let idx = &self.index[r * ib..(r + 1) * ib];
-        let (s0, s1) = (self.starts[r], self.starts[r + 1]);
-        let scale = self.values.scale(r);
-        match self.layout {
-            SparseLayout::NM { n, m } => {
-                let bits = SparseLayout::code_bits(m).unwrap_or(8);
-                for j in 0..s1 - s0 {
-                    row[self.nm_col(idx, j, n, m, bits)] = self.values.get(s0 + j) * scale;
-                }
-            }
-            SparseLayout::Dense => {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = self.values.get(s0 + c) * scale;
-                }
-            }
-            SparseLayout::Bitmask => {
-                let mut i = s0;
-                for (c, v) in row.iter_mut().enumerate() {
-                    if idx[c / 8] >> (c % 8) & 1 == 1 {
-                        *v = self.values.get(i) * scale;
-                        i += 1;
                     }
                 }
             }
