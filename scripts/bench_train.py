@@ -26,6 +26,26 @@ import tempfile
 from bench_prune import run  # scripts/bench_prune.py: run a command, exit with its stderr on failure
 
 
+def bf16_copy(src, dst):
+    """`src` with every safetensors tensor cast to bf16 and config.json saying so."""
+    import shutil
+    import torch
+    from safetensors.torch import load_file, save_file
+    os.makedirs(dst)
+    for f in os.listdir(src):
+        p = os.path.join(src, f)
+        if f.endswith(".safetensors"):
+            save_file({k: v.to(torch.bfloat16) for k, v in load_file(p).items()}, os.path.join(dst, f),
+                      metadata={"format": "pt"})
+        elif f == "config.json":
+            cfg = json.load(open(p))
+            cfg["torch_dtype"] = cfg["dtype"] = "bfloat16"
+            json.dump(cfg, open(os.path.join(dst, f), "w"), indent=1)
+        elif os.path.isfile(p):
+            shutil.copy(p, dst)
+    return dst
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/smollm2-135m-wanda-2-4", help="the pruned model")
@@ -55,6 +75,9 @@ def main():
     if not os.path.exists(args.model):
         run([args.spp, "prune", "--model", args.dense, "--method", "wanda", "--sparsity", "2:4",
              "--calib", os.path.join(args.data_dir, "c4/c4_sample.jsonl"), "--out", args.model], env)
+    if args.dtype == "bf16":
+        # A bf16 checkpoint, so that every command (and the adapter's base hash) sees one model.
+        args.model = bf16_copy(args.model, os.path.join(work, "pruned-bf16"))
     ppl = lambda m: json.loads(run([args.spp, "eval", "ppl", "--model", m, "--text", text, "--dtype", args.dtype,
                                     "--max-windows", str(args.eval_windows), "--json"], env)[0].stdout)
     eval_every = args.eval_every or args.steps
