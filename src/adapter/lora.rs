@@ -13,26 +13,13 @@
 //! GEMMs (`x·Wᵀ`, `G·W`) per layer and step that a frozen linear costs, plus rank-`r` ones.
 
 use super::dropped_rows;
-use super::op::Frozen;
+use super::op::{gemm, Dims, Frozen};
 use crate::cpu::{f32_slice, f32_tensor, gemm_lhs_abt_many, with_f32, Lhs, Weight};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 use std::borrow::Cow;
-
-fn gemm(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
-    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, 1.0f32, Par::rayon(0));
-}
-
-/// Shapes of one LoRA product: `t` tokens, `n` inputs, `m` outputs, rank `r`.
-#[derive(Debug, Clone, Copy)]
-pub struct Dims {
-    pub t: usize,
-    pub n: usize,
-    pub m: usize,
-    pub r: usize,
-}
 
 /// `x ⊙ dropout_mask(seed, t·n, p)` ([`super::dropout_mask`]) built without the mask: kept
 /// entries times `1/(1−p)`, dropped ones 0.

@@ -36,11 +36,13 @@ use std::sync::Arc;
 /// Rows handled by one rayon task in the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
-fn gemm(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
+/// `dst (+)= lhs · rhs` through faer on rayon's threads.
+pub(super) fn gemm(dst: MatMut<'_, f32>, accum: Accum, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, 1.0f32, Par::rayon(0));
 }
 
-/// Shapes of one SPP product: `t` tokens, `n` inputs, `m` outputs, `r` rows of A.
+/// Shapes of one SPP or LoRA product: `t` tokens, `n` inputs, `m` outputs, `r` rows of A (SPP's
+/// r, LoRA's rank).
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {
     pub t: usize,
