@@ -52,17 +52,26 @@ def host():
     return f"{name}, {os.cpu_count()} cores, {' '.join(isa)}"
 
 
-def llama_cpp_decode(spp, model, ty, tokens, tmp):
+def llama_cpp_decode(spp, model, ty, tokens, rounds, tmp):
     from llama_cpp import Llama
 
     path = os.path.join(tmp, f"{os.path.basename(os.path.normpath(model))}-{ty}.gguf")
     run([spp, "export", "gguf", "--model", model, "--out", path, "--type", ty])
     llm = Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), verbose=False)
-    llm("The history of the city", max_tokens=4, temperature=0.0)  # warm-up
-    t0 = time.perf_counter()
-    out = llm("The history of the city", max_tokens=tokens, temperature=0.0)
-    dt = time.perf_counter() - t0
-    return out["usage"]["completion_tokens"] / dt, os.path.getsize(path)
+
+    def timed(n):
+        t0 = time.perf_counter()
+        out = llm("The history of the city", max_tokens=n, temperature=0.0)
+        return time.perf_counter() - t0, out["usage"]["completion_tokens"]
+
+    timed(4)  # warm-up
+    # Decode alone, as spp reports it: the time of `tokens` tokens less that of the prompt and
+    # the first token.
+    rates = []
+    for _ in range(rounds):
+        (first, _), (dt, n) = timed(1), timed(tokens)
+        rates.append((n - 1) / (dt - first))
+    return statistics.median(rates), os.path.getsize(path)
 
 
 def main():
@@ -124,7 +133,7 @@ def main():
                   f"{a.rounds}; ppl: {a.windows} windows of 2048)")
             if a.llama_cpp:
                 for ty in ("f16", "q8_0"):
-                    rate, size = llama_cpp_decode(a.spp, model, ty, a.tokens, tmp)
+                    rate, size = llama_cpp_decode(a.spp, model, ty, a.tokens, a.rounds, tmp)
                     print(f"{name:<28} {'llama.cpp ' + ty:<12} {'':>11} {'':>11} {rate:7.1f}        "
                           f"(GGUF {size / 1e6:.1f} MB)")
 

@@ -177,7 +177,7 @@ pub struct Heads {
 
 impl Heads {
     /// `(query heads, KV heads, head size, query heads per KV head)`.
-    fn split(&self) -> (usize, usize, usize, usize) {
+    pub(super) fn split(&self) -> (usize, usize, usize, usize) {
         (
             self.n_heads,
             self.n_kv,
@@ -208,6 +208,17 @@ pub fn attention(
     };
     Ok(q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// One head's row rotated by the tables of its position (`cos`, `sin`: `D/2` each; `sign` −1
+/// rotates back) and multiplied by `s`.
+pub(super) fn rope_row(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], s: f32, sign: f32) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, z, sn) = (src[i], src[i + half], sign * sin[i]);
+        dst[i] = (a * cos[i] - z * sn) * s;
+        dst[i + half] = (z * cos[i] + a * sn) * s;
+    }
 }
 
 fn gemm(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>) {
@@ -306,15 +317,14 @@ impl FusedAttention {
     /// with `sign = −1` the inverse rotation (the transpose, for gradients).
     fn rope(&self, src: &[f32], dst: &mut [f32], pos: usize, s: f32, sign: f32) {
         let half = self.heads.head_dim / 2;
-        let (c, sn) = (
+        rope_row(
+            src,
+            dst,
             &self.cos[pos * half..][..half],
             &self.sin[pos * half..][..half],
+            s,
+            sign,
         );
-        for i in 0..half {
-            let (a, z, sn) = (src[i], src[i + half], sign * sn[i]);
-            dst[i] = (a * c[i] - z * sn) * s;
-            dst[i + half] = (z * c[i] + a * sn) * s;
-        }
     }
 
     fn rotate(&self, qs: &[f32], ks: &[f32], vs: &[f32], b: usize, t: usize) -> Rotated {

@@ -4,6 +4,7 @@
 //! the crate sees only the safe functions re-exported here.
 
 pub mod attention;
+pub mod decode;
 mod finite;
 mod gemm;
 mod kernels;

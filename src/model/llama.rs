@@ -14,6 +14,7 @@ pub use super::source::TensorSource;
 use super::source::{check_finite, StandIns};
 use crate::bail;
 use crate::cpu::attention::{Heads, Visibility};
+use crate::cpu::decode::KvRows;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -196,7 +197,15 @@ pub struct Taps {
 /// Keys and values of past positions, one entry per block.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
+    kv: Vec<Option<Kv>>,
+}
+
+/// One block's cache: growing buffers on the CPU (f32, one sequence), else tensors
+/// `[B, KV, T, D]` that each step concatenates to.
+#[derive(Debug, Clone)]
+enum Kv {
+    Cpu(KvRows),
+    Tensors(Tensor, Tensor),
 }
 
 impl KvCache {
@@ -210,7 +219,10 @@ impl KvCache {
         self.kv
             .first()
             .and_then(|e| e.as_ref())
-            .map(|(k, _)| k.dims()[2])
+            .map(|kv| match kv {
+                Kv::Cpu(rows) => rows.len(),
+                Kv::Tensors(k, _) => k.dims()[2],
+            })
             .unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
@@ -222,7 +234,7 @@ impl KvCache {
 /// the position of the first token, and the packing of several sequences into one row.
 struct At<'a> {
     rope: &'a Rope,
-    cache: Option<&'a mut Option<(Tensor, Tensor)>>,
+    cache: Option<&'a mut Option<Kv>>,
     offset: usize,
     packing: Option<&'a Packing>,
 }
@@ -269,21 +281,31 @@ impl Attention {
             Some(w) => visible.windowed(offset, t, w),
             None => visible,
         };
-        let fused = !self.reference
-            && cache.is_none()
-            && offset == 0
+        let cpu_f32 = !self.reference
             && qkv
                 .iter()
                 .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-        if fused {
+        let heads = Heads {
+            n_heads: h,
+            n_kv: kvh,
+            head_dim: d,
+        };
+        let cache = match cache {
+            Some(slot) if cpu_f32 && b == 1 && packing.is_none() => {
+                let Kv::Cpu(rows) = slot.get_or_insert_with(|| Kv::Cpu(KvRows::new(kvh, d))) else {
+                    bail!("internal: a KV cache of tensors met the CPU's attention");
+                };
+                let (cos, sin) = rope.tables(offset, t)?;
+                return crate::cpu::decode::attend_cached(
+                    rows, q, k, v, &cos, &sin, heads, window, visible,
+                );
+            }
+            other => other,
+        };
+        if cpu_f32 && cache.is_none() && offset == 0 {
             let (cos, sin) = match packing {
                 Some(p) => rope.tables_at(&p.positions)?,
                 None => rope.tables(0, t)?,
-            };
-            let heads = Heads {
-                n_heads: h,
-                n_kv: kvh,
-                head_dim: d,
             };
             return crate::cpu::attention::attention(q, k, v, &cos, &sin, heads, visible);
         }
@@ -301,10 +323,13 @@ impl Attention {
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    Some(Kv::Tensors(pk, pv)) => {
+                        (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                    }
+                    Some(Kv::Cpu(_)) => bail!("internal: a CPU KV cache met tensors"),
                     None => (k, v),
                 };
-                *slot = Some((k.clone(), v.clone()));
+                *slot = Some(Kv::Tensors(k.clone(), v.clone()));
                 (k, v)
             }
             None => (k, v),
