@@ -604,30 +604,22 @@ pub fn matvec_many(
                 .map(move |r0| (i, r0, (r0 + chunk).min(w.rows)))
         })
         .collect();
-    let parts: Vec<Vec<f32>> = jobs
-        .par_iter()
-        .map(|&(i, r0, r1)| {
-            let mut out = vec![0f32; (r1 - r0) * t];
-            ws[i].rows_into(kernel, (r0, r1), x, t, &mut out);
-            out
-        })
+    // Each weight's output `[rows, t]`, cut into its jobs' chunks in job order.
+    let mut by_row: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * t]).collect();
+    let parts: Vec<&mut [f32]> = by_row
+        .iter_mut()
+        .flat_map(|y| y.chunks_mut(chunk * t))
         .collect();
-    // Each weight's chunks in order give `[rows, t]`; the result is `[t, rows]`.
-    let mut parts = jobs.iter().zip(parts);
+    jobs.par_iter()
+        .zip(parts)
+        .for_each(|(&(i, r0, r1), out)| ws[i].rows_into(kernel, (r0, r1), x, t, out));
+    if t == 1 {
+        return by_row;
+    }
+    // The result is `[t, rows]`.
     ws.iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let by_row: Vec<f32> = parts
-                .by_ref()
-                .take(w.rows.div_ceil(chunk))
-                .flat_map(|((j, _, _), p)| {
-                    debug_assert_eq!(*j, i);
-                    p
-                })
-                .collect();
-            if t == 1 {
-                return by_row;
-            }
+        .zip(by_row)
+        .map(|(w, by_row)| {
             let mut y = vec![0f32; t * w.rows];
             for r in 0..w.rows {
                 for k in 0..t {
