@@ -493,7 +493,7 @@ impl FusedAttention {
         use super::gemm::{kernel_6x16, kernel_8x32, Kernel};
         let d = self.heads.head_dim;
         match kernel? {
-            Kernel::Avx512 if d.is_multiple_of(32) => {
+            Kernel::Avx512 | Kernel::Avx512x8 if d.is_multiple_of(32) => {
                 Some(self.forward_micro::<8, 32>(kernel_8x32, r, b, t))
             }
             _ if d.is_multiple_of(16) => Some(self.forward_micro::<6, 16>(kernel_6x16, r, b, t)),
