@@ -1,6 +1,7 @@
 """Packed sparse models against the same models stored dense, side by side on this host: size of
 the block linears, decode and prefill rates, bytes of weights per token, perplexity, and greedy
-agreement; optionally llama.cpp's decode on the same model exported to GGUF (F16, Q8_0).
+agreement; optionally llama.cpp's decode on the same model exported to GGUF (F16, Q8_0; median of
+--rounds, the prompt and first token left out of the time as spp leaves them out).
 
 Usage (from the repository root, after `cargo build --release`; the llama.cpp rows need
 `llama-cpp-python` in a venv outside the repository, never in CI):
@@ -11,11 +12,11 @@ Usage (from the repository root, after `cargo build --release`; the llama.cpp ro
 
 Each --model is a pruned model stored dense (`spp prune` / `spp merge` output). It is packed twice
 with `spp pack` (values as stored; and int8 with the output head in int8 too) into a temporary
-directory. Per variant: `spp generate
--n TOKENS` greedy (median of --rounds, variants alternating) for the decode rate, the bytes of
-weights a decode step reads and the bandwidth that makes; a 2048-token prompt for the prefill rate;
-`spp eval ppl` on --windows windows of WikiText-2; and --prompts prompts (lines of WikiText-2)
-continued greedily for 32 tokens, counting the continuations identical to the dense model's.
+directory. Per variant: `spp generate -n TOKENS` greedy (median of --rounds, variants
+alternating) for the decode rate, the bytes of weights a decode step reads and the bandwidth that
+makes; a 2048-token prompt for the prefill rate (likewise); `spp eval ppl` on --windows windows
+of WikiText-2; and --prompts prompts (lines of WikiText-2) continued greedily for 32 tokens,
+counting the continuations identical to the dense model's.
 """
 
 import argparse
@@ -111,9 +112,12 @@ def main():
             for _ in range(a.rounds):
                 for k, d in variants.items():
                     decode[k].append(generate(a.spp, d, "The history of the city", n=a.tokens)[0]["stats"])
-            prefill = {k: statistics.median(
-                generate(a.spp, d, long_prompt, n=1)[0]["stats"]["prefill_tokens_per_second"]
-                for _ in range(a.rounds)) for k, d in variants.items()}
+            prefill = {k: [] for k in variants}
+            for _ in range(a.rounds):
+                for k, d in variants.items():
+                    prefill[k].append(generate(a.spp, d, long_prompt, n=1)[0]["stats"]
+                                      ["prefill_tokens_per_second"])
+            prefill = {k: statistics.median(v) for k, v in prefill.items()}
             n_prompt = generate(a.spp, model, long_prompt, n=1)[0]["stats"]["prompt_tokens"]
             ppl = {k: json.loads(run([a.spp, "eval", "ppl", "--model", d, "--text", text_path,
                                       "--max-windows", str(a.windows), "--json"]))["ppl"]
