@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from hostinfo import host
+
 
 def run(binary, args):
     t0 = time.perf_counter()
@@ -39,6 +41,7 @@ def main():
     ap.add_argument("--data", default=os.environ.get("SPP_DATA_DIR", "../shared/data"))
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
+    print(f"host: {host()}")
     jobs = {
         "eval ppl 2x2048": ["eval", "ppl", "--model", a.model, "--text",
                             os.path.join(a.data, "wikitext2/wiki.test.raw"), "--max-windows", "2", "--json"],

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from hostinfo import host
+
 
 def spp_ppl(spp, model, text, windows):
     out = subprocess.run([spp, "eval", "ppl", "--model", model, "--text", text,
@@ -55,6 +57,7 @@ def main():
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--types", default="f32,f16,q8_0")
     a = ap.parse_args()
+    print(f"host: {host()}")
     from llama_cpp import Llama
     from tokenizers import Tokenizer
 

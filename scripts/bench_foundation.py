@@ -54,6 +54,8 @@ import sys
 import tempfile
 import time
 
+from hostinfo import host
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SEQLEN = 2048
 PROMPT = "The capital of France is"
@@ -110,6 +112,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="both sides' weights")
     args = ap.parse_args()
+    print(f"host: {host()}")
 
     os.chdir(ROOT)
     import numpy as np

@@ -29,24 +29,12 @@ import sys
 import threading
 import time
 
+from hostinfo import host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPP = os.path.join(ROOT, "target/release/spp")
 SYNTH = os.path.join(ROOT, "target/release/examples/synth_checkpoint")
 GIB = 1 << 30
-
-
-def host():
-    name = flags = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name == "?":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and flags == "?":
-                f = line.split(":", 1)[1].split()
-                flags = " ".join(x for x in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16") if x in f)
-    except OSError:
-        pass
-    return f"{name} ({flags}), {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.1f} GiB"
 
 
 def status(pid):

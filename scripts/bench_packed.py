@@ -22,11 +22,12 @@ counting the continuations identical to the dense model's.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
 import time
+
+from hostinfo import host
 
 
 def run(cmd):
@@ -37,20 +38,6 @@ def generate(spp, model, prompt=None, prompts=None, n=128):
     cmd = [spp, "generate", "--model", model, "-n", str(n), "--json"]
     cmd += ["--prompts", prompts] if prompts else ["--prompt", prompt]
     return [json.loads(line) for line in run(cmd).splitlines() if line.strip()]
-
-
-def host():
-    name = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16") if f" {f}" in flags]
-    return f"{name}, {os.cpu_count()} cores, {' '.join(isa)}"
 
 
 def llama_cpp_decode(spp, model, ty, tokens, rounds, tmp):

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from hostinfo import host
+
 
 def run(cmd, env=None):
     t = time.time()
@@ -57,6 +59,7 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="keep the pruned models (0.5 GB per side and configuration) instead of deleting them at exit")
     args = ap.parse_args()
+    print(f"host: {host()}")
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     calib = os.path.join(args.data, "c4/c4_sample.jsonl")

@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+from hostinfo import host
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "ref"))
 
@@ -139,6 +141,7 @@ def main():
     ap.add_argument("--harness-json", help="reuse a --save-harness file instead of running the harness")
     ap.add_argument("--json-out", help="write the comparison rows here")
     args = ap.parse_args()
+    print(f"host: {host()}")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
     spp, spp_wall = None, None

@@ -25,6 +25,8 @@ import tempfile
 
 from bench_prune import run  # scripts/bench_prune.py: run a command, exit with its stderr on failure
 
+from hostinfo import host
+
 
 def bf16_copy(src, dst):
     """`src` with every safetensors tensor cast to bf16 and config.json saying so."""
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="both sides' frozen weights")
     ap.add_argument("--json-out")
     args = ap.parse_args()
+    print(f"host: {host()}")
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     data = os.path.join(args.data_dir, "alpaca/alpaca_gpt4_en_demo.json")
