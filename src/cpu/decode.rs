@@ -8,7 +8,7 @@
 //! cache) runs the fused attention of [`super::attention`] and only stores its keys and values.
 
 use super::attention::{attention, rope_row, Heads, Visibility};
-use super::kernels::{axpy, dot, exp_shifted};
+use super::kernels::{axpys, dots, exp_shifted};
 use super::{f32_tensor, with_f32};
 use crate::error::Result;
 use candle_core::{DType, Tensor};
@@ -146,16 +146,11 @@ fn attend(
         rope_row(&q[r * d..][..d], qr, c, s, scale, 1.0);
         let g = j / rep;
         let keys = cache.rows(&cache.k, g, lo, pos + 1);
-        scores.clear();
-        scores.extend(keys.chunks_exact(d).map(|key| dot(qr, key)));
+        scores.resize(pos + 1 - lo, 0.0);
+        dots(qr, keys, scores);
         let sum = exp_shifted(scores);
         o.fill(0.0);
-        for (&p, value) in scores
-            .iter()
-            .zip(cache.rows(&cache.v, g, lo, pos + 1).chunks_exact(d))
-        {
-            axpy(o, p, value);
-        }
+        axpys(o, scores, cache.rows(&cache.v, g, lo, pos + 1));
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|x| *x *= inv);
     };

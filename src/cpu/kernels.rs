@@ -148,6 +148,22 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `s[j] = a·rows[j]` ([`dot_body`]) for consecutive rows of `a.len()` floats.
+#[inline(always)]
+fn dots_body(a: &[f32], rows: &[f32], s: &mut [f32]) {
+    for (s, row) in s.iter_mut().zip(rows.chunks_exact(a.len())) {
+        *s = dot_body(a, row);
+    }
+}
+
+/// `y += p[j]·rows[j]` ([`axpy_body`]) for consecutive rows of `y.len()` floats, in order.
+#[inline(always)]
+fn axpys_body(y: &mut [f32], p: &[f32], rows: &[f32]) {
+    for (&p, row) in p.iter().zip(rows.chunks_exact(y.len())) {
+        axpy_body(y, p, row);
+    }
+}
+
 /// `max[c] ← max(max[c], m[r, c])` over the rows of `m` (`[_, max.len()]`, a multiple of 8
 /// columns), in strips of eight columns so that a strip's maxima stay in one register.
 #[inline(always)]
@@ -244,6 +260,8 @@ dispatch!(dot_fast, dot_avx2, dot_body, (a: &[f32], b: &[f32]) -> f32);
 dispatch!(col_max_fast, col_max_avx2, col_max_body, (m: &[f32], max: &mut [f32]) -> ());
 dispatch!(hand-written col_exp_fast, simd::col_exp, col_exp_body, (m: &mut [f32], max: &[f32], sum: &mut [f32]) -> ());
 dispatch!(axpy_fast, axpy_avx2, axpy_body, (y: &mut [f32], a: f32, x: &[f32]) -> ());
+dispatch!(dots, dots_avx2, dots_body, (a: &[f32], rows: &[f32], s: &mut [f32]) -> ());
+dispatch!(axpys, axpys_avx2, axpys_body, (y: &mut [f32], p: &[f32], rows: &[f32]) -> ());
 
 /// AVX2 + FMA versions of the kernels whose exponentials dominate them. Written with intrinsics:
 /// the compiler does not contract `exp_fast`'s multiply-adds into FMAs, and with four vectors of

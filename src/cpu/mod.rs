@@ -8,6 +8,8 @@ pub mod decode;
 mod finite;
 mod gemm;
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod microkernel;
 mod ops;
 mod os;
 mod sparse;

@@ -6,6 +6,8 @@
 //! `model.layers.3.self_attn.q_proj.weight`.
 
 use super::config::LlamaConfig;
+use super::kv_cache::Kv;
+pub use super::kv_cache::KvCache;
 use super::linear::{SparseLinear, LINEARS};
 use super::packing::ATTN_CHUNK;
 pub use super::packing::{PackedRow, Packing};
@@ -192,42 +194,6 @@ pub struct Taps {
     pub mlp_in: Tensor,
     /// Input of down_proj (`silu(gate) * up`).
     pub down_in: Tensor,
-}
-
-/// Keys and values of past positions, one entry per block.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    kv: Vec<Option<Kv>>,
-}
-
-/// One block's cache: growing buffers on the CPU (f32, one sequence), else tensors
-/// `[B, KV, T, D]` that each step concatenates to.
-#[derive(Debug, Clone)]
-enum Kv {
-    Cpu(KvRows),
-    Tensors(Tensor, Tensor),
-}
-
-impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
-        Self {
-            kv: vec![None; n_layers],
-        }
-    }
-    /// Number of positions already cached.
-    pub fn len(&self) -> usize {
-        self.kv
-            .first()
-            .and_then(|e| e.as_ref())
-            .map(|kv| match kv {
-                Kv::Cpu(rows) => rows.len(),
-                Kv::Tensors(k, _) => k.dims()[2],
-            })
-            .unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where a block's tokens stand: the rotary tables, the KV-cache slot of the block (generation),

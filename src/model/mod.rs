@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod hash;
+mod kv_cache;
 pub mod layout;
 pub mod linear;
 pub mod llama;
