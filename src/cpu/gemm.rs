@@ -69,6 +69,35 @@ pub fn gemm_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usiz
     faer_abt(a, b, c, m, k, n);
 }
 
+/// `a·b` with a `[m, k]` and b `[k, n]` both row-major, as a new `[m, n]` matrix: the columns of b
+/// are packed as the product's B rows (no transpose is materialised). The input gradient of a
+/// frozen linear, `G·W`.
+pub(crate) fn gemm_ab(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n,
+        "gemm: slice too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = x86::usable(m, k).filter(|_| m > 0 && n > 0) {
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        let part = [(Rhs::Cols(b, n), n, x86::Out(c.as_mut_ptr()))];
+        x86::blocked(kernel, Lhs::Rows(a), m, k, &part, None, false);
+        // SAFETY: `blocked` wrote all m·n elements (the first K slice stores, later ones add).
+        unsafe { c.set_len(m * n) };
+        return c;
+    }
+    let mut c = vec![0f32; m * n];
+    faer::linalg::matmul::matmul(
+        faer::MatMut::from_row_major_slice_mut(&mut c, m, n),
+        faer::Accum::Replace,
+        faer::MatRef::from_row_major_slice(&a[..m * k], m, k),
+        faer::MatRef::from_row_major_slice(&b[..k * n], k, n),
+        1.0f32,
+        faer::Par::rayon(0),
+    );
+    c
+}
+
 /// The left operand of a product: a row-major `[m, k]` matrix, or `silu(g) ⊙ u` of two such
 /// matrices (the MLP's down_proj input), computed while A is packed instead of stored first.
 #[derive(Clone, Copy)]
@@ -768,6 +797,23 @@ pub(crate) mod tests {
             );
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn untransposed_right_operands_equal_explicit_transposes() {
+        // b `[k, n]` row-major against the reference on bᵀ: the blocked path (m ≥ 24, n not a
+        // multiple of a panel) and the faer one (m < 24).
+        for (i, &(m, k, n)) in [(50, 70, 45), (5, 9, 11)].iter().enumerate() {
+            let a = values(m * k, 90 + i as u32);
+            let b = values(k * n, 100 + i as u32);
+            let bt: Vec<f32> = (0..n * k).map(|e| b[(e % k) * n + e / k]).collect();
+            let mut want = vec![0f32; m * n];
+            gemm_abt_reference(&a, &bt, &mut want, m, k, n);
+            let got = gemm_ab(&a, &b, m, k, n);
+            assert_eq!(got.len(), m * n);
+            let worst = max_abs_diff(&got, &want);
+            assert!(worst <= 1e-3, "m {m}: max |diff| {worst}");
+        }
     }
 
     #[test]

@@ -46,7 +46,12 @@ impl CustomOp2 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None))
+        // `G·W` through spp's GEMM too (candle's matmul takes an AVX2 kernel even on AVX-512).
+        let ((rows, out), (_, k)) = (grad.dims2()?, w.dims2()?);
+        let dx = with_f32(grad, |g| {
+            with_f32(w, |w| super::gemm::gemm_ab(g, w, rows, out, k))
+        })??;
+        Ok((Some(f32_tensor(dx, (rows, k))?), None))
     }
 }
 
